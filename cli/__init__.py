@@ -1,0 +1,1 @@
+"""aifb.cli package."""

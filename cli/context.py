@@ -1,0 +1,117 @@
+"""What every CLI command shares: the connection, output format, and error reporting."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+import typer
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from rich.console import Console
+
+from aifb.mesh.channel import load_token, open_sync_channel, raise_for_rpc_error
+from aifb.mesh.config import Config, load_config
+from aifb.mesh.errors import AifbError
+from aifb.v1 import server_pb2_grpc
+
+__all__ = ["CliState", "Output", "fail", "handle_errors", "state_of"]
+
+T = TypeVar("T")
+
+
+class Output(str, Enum):
+    text = "text"
+    json = "json"
+
+
+@dataclass
+class CliState:
+    server: str | None = None
+    home: str | None = None
+    config_file: str | None = None
+    output: Output = Output.text
+    timeout: float = 30.0
+    console: Console = field(default_factory=lambda: Console(highlight=False))
+    err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
+    _config: Config | None = None
+    _channel: grpc.Channel | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            overrides = {"mesh": {"home": self.home}}
+            self._config = load_config(file=self.config_file, overrides=overrides)
+        return self._config
+
+    @property
+    def address(self) -> str:
+        return self.server or self.config.mesh.listen
+
+    def channel(self) -> grpc.Channel:
+        if self._channel is None:
+            mesh = self.config.mesh
+            token = load_token(mesh.home_path)
+            self._channel = open_sync_channel(
+                self.address, token=token, ca_file=mesh.tls_client_ca if mesh.tls else "")
+        return self._channel
+
+    def server_stub(self) -> server_pb2_grpc.ServerServiceStub:
+        return server_pb2_grpc.ServerServiceStub(self.channel())
+
+    def call(self, fn: Callable[..., T], request: Message, **kwargs: Any) -> T:
+        """A unary call with the CLI's deadline; RPC errors become AifbError."""
+        try:
+            return fn(request, timeout=self.timeout, **kwargs)
+        except grpc.RpcError as exc:
+            raise_for_rpc_error(exc)
+
+    def emit(self, message: Message | list[Message] | dict[str, Any],
+             text: Callable[[], None]) -> None:
+        """Print JSON (for scripts) or the human form."""
+        if self.output is Output.json:
+            if isinstance(message, Message):
+                data: Any = to_dict(message)
+            elif isinstance(message, list):
+                data = [to_dict(m) for m in message]
+            else:
+                data = message
+            sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        else:
+            text()
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def state_of(ctx: typer.Context) -> CliState:
+    state = ctx.find_root().obj
+    assert isinstance(state, CliState)
+    return state
+
+
+def fail(state: CliState, message: str, code: int = 1) -> NoReturn:
+    state.err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def handle_errors(state: CliState) -> Iterator[None]:
+    """Domain errors become one line on stderr and a non-zero exit (no traceback)."""
+    try:
+        yield
+    except AifbError as exc:
+        hint = ""
+        if exc.code == grpc.StatusCode.UNAVAILABLE:
+            hint = f" (is `aifb up` running at {state.address}?)"
+        if exc.code == grpc.StatusCode.UNAUTHENTICATED:
+            hint = f" (token file: {Path(state.config.mesh.home_path) / 'token'})"
+        fail(state, f"{exc.message}{hint}", code=1)

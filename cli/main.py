@@ -1,0 +1,46 @@
+"""The `aifb` command: one sub-app per noun, every command a client of the aifb services."""
+
+from __future__ import annotations
+
+import typer
+
+from aifb.cli import recipes, services
+from aifb.cli.context import CliState, Output
+from aifb.cli.up import up
+
+app = typer.Typer(
+    name="aifb",
+    help="Benchmark AI infrastructure on HPC clusters: deploy services as SLURM jobs from "
+    "recipes, drive load against them, and collect what happens.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(services.app, name="services")
+app.add_typer(recipes.app, name="recipes")
+app.command(help="Run every aifb service in this process (embedded mode).")(up)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    server: str = typer.Option(None, "--server", "-s", envvar="AIFB_SERVER_ADDRESS",
+                               help="host:port of the aifb server (default: mesh.listen)."),
+    home: str = typer.Option(None, "--home", envvar="AIFB_HOME",
+                             help="aifb's state directory (default ~/.aifb)."),
+    config: str = typer.Option(None, "--config", envvar="AIFB_CONFIG",
+                               help="Config file (YAML)."),
+    output: Output = typer.Option(Output.text, "--output", "-o",
+                                  help="text for people, json for scripts."),
+    timeout: float = typer.Option(30.0, help="Deadline of each call, in seconds."),
+) -> None:
+    ctx.obj = CliState(server=server, home=home, config_file=config, output=output,
+                       timeout=timeout)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

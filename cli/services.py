@@ -1,0 +1,190 @@
+"""`aifb services ...`: create, get, list, watch, delete, logs."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import typer
+
+from aifb.cli.context import CliState, handle_errors, state_of, to_dict
+from aifb.cli.format import endpoint_text, service_table, state_name, styled_state, when
+from aifb.cli.params import parse_params, resources_from_options
+from aifb.mesh.channel import raise_for_rpc_error
+from aifb.mesh.errors import Unavailable
+from aifb.v1 import server_pb2
+
+app = typer.Typer(help="Deploy services from recipes and follow them.", no_args_is_help=True)
+
+TERMINAL = {server_pb2.SERVICE_STATE_STOPPED, server_pb2.SERVICE_STATE_FAILED}
+
+
+def watch_stream(state: CliState, name: str, reconnect_for: float = 60.0
+                 ) -> Iterator[server_pb2.Service]:
+    """Follow one service to a terminal state; reconnects (the first message is a snapshot)
+    when the server restarts, for up to `reconnect_for` seconds without contact."""
+    stub = state.server_stub()
+    last_revision = 0
+    lost_since: float | None = None
+    while True:
+        try:
+            for msg in stub.WatchService(server_pb2.WatchServiceRequest(name=name),
+                                         wait_for_ready=lost_since is not None):
+                lost_since = None
+                if msg.service.revision > last_revision:
+                    last_revision = msg.service.revision
+                    yield msg.service
+            return
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise_for_rpc_error(exc)
+            lost_since = lost_since or time.monotonic()
+            if time.monotonic() - lost_since > reconnect_for:
+                raise Unavailable(f"lost the server for {reconnect_for:.0f}s: {exc.details()}"
+                                  ) from exc
+            time.sleep(0.5)
+
+
+def _print_change(state: CliState, s: server_pb2.Service) -> None:
+    if state.output.value == "json":
+        import json
+        import sys
+        sys.stdout.write(json.dumps(to_dict(s), sort_keys=True) + "\n")
+        sys.stdout.flush()
+        return
+    extra = f"  {endpoint_text(s)}" if s.state == server_pb2.SERVICE_STATE_READY else ""
+    msg = s.state_message.splitlines()[0] if s.state_message else ""
+    state.console.print(f"{when(s)}  {styled_state(s.state):<20} {msg}{extra}")
+    if s.state == server_pb2.SERVICE_STATE_FAILED and "\n" in s.state_message:
+        state.console.print(s.state_message.split("\n", 1)[1], markup=False)
+
+
+@app.command()
+def create(
+    ctx: typer.Context,
+    recipe: str = typer.Argument(..., help="Recipe name (see `aifb recipes list`)."),
+    param: list[str] = typer.Option([], "--param", "-p", help="Recipe parameter KEY=VALUE."),
+    label: list[str] = typer.Option([], "--label", "-l", help="Label KEY=VALUE."),
+    cpus: int = typer.Option(0, help="CPUs per task (0: the recipe's default)."),
+    memory: str = typer.Option("", help="Memory per node, e.g. 512M or 4G."),
+    gpus: int = typer.Option(0, help="GPUs (0: the recipe's default)."),
+    time_limit: str = typer.Option("", "--time", help="Time limit: minutes or HH:MM:SS."),
+    partition: str = typer.Option("", help="SLURM partition."),
+    account: str = typer.Option("", help="SLURM account."),
+    request_id: str = typer.Option("", help="Idempotency key (default: a new random one)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until READY (or failed)."),
+    wait_timeout: float = typer.Option(600.0, help="Seconds --wait waits at most."),
+) -> None:
+    """Deploy a service from a recipe; with --wait, show progress until it is READY."""
+    state = state_of(ctx)
+    with handle_errors(state):
+        req = server_pb2.CreateServiceRequest(
+            recipe=recipe, parameters=parse_params(param, "--param"),
+            labels=parse_params(label, "--label"),
+            resources=resources_from_options(cpus, memory, gpus, time_limit, partition, account),
+            request_id=request_id or uuid.uuid4().hex)
+        service = state.call(state.server_stub().CreateService, req).service
+        if not wait:
+            state.emit(service, lambda: state.console.print(
+                f"created {service.name} ({state_name(service.state)}); "
+                f"follow with: aifb services watch {service.name.removeprefix('services/')}"))
+            return
+        final = service
+        deadline = time.monotonic() + wait_timeout
+        with state.err.status(f"deploying {recipe} as {service.name} ...") as status:
+            for s in watch_stream(state, service.name):
+                final = s
+                status.update(f"{service.name}: {state_name(s.state)} "
+                              f"{s.state_message.splitlines()[0] if s.state_message else ''}")
+                if s.state == server_pb2.SERVICE_STATE_READY or s.state in TERMINAL:
+                    break
+                if time.monotonic() > deadline:
+                    break
+        state.emit(final, lambda: _print_change(state, final))
+        if final.state != server_pb2.SERVICE_STATE_READY:
+            raise typer.Exit(1)
+
+
+@app.command()
+def get(ctx: typer.Context, service: str = typer.Argument(..., help="Service id.")) -> None:
+    """Show one service."""
+    state = state_of(ctx)
+    with handle_errors(state):
+        s = state.call(state.server_stub().GetService,
+                       server_pb2.GetServiceRequest(name=service)).service
+
+        def text() -> None:
+            state.console.print(service_table([s]))
+            if s.state_message:
+                state.console.print(f"\n{s.state_message}", markup=False)
+
+        state.emit(s, text)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    filter_: str = typer.Option("", "--filter", help="e.g. 'state=READY recipe=redis label.k=v'"),
+    page_size: int = typer.Option(0, help="Services per request (0: the server's default)."),
+) -> None:
+    """List your services (all pages)."""
+    state = state_of(ctx)
+    with handle_errors(state):
+        services: list[server_pb2.Service] = []
+        token = ""
+        while True:
+            resp = state.call(state.server_stub().ListServices, server_pb2.ListServicesRequest(
+                filter=filter_, page_size=page_size, page_token=token))
+            services.extend(resp.services)
+            token = resp.next_page_token
+            if not token:
+                break
+        state.emit(list(services), lambda: state.console.print(service_table(services)))
+
+
+@app.command()
+def watch(ctx: typer.Context, service: str = typer.Argument(..., help="Service id.")) -> None:
+    """Stream state changes until the service is terminal (reconnects if the server restarts)."""
+    state = state_of(ctx)
+    with handle_errors(state):
+        last = None
+        for s in watch_stream(state, service):
+            last = s
+            _print_change(state, s)
+        if last is not None and last.state == server_pb2.SERVICE_STATE_FAILED:
+            raise typer.Exit(1)
+
+
+@app.command()
+def delete(ctx: typer.Context, service: str = typer.Argument(..., help="Service id."),
+           wait: bool = typer.Option(False, "--wait", help="Wait until STOPPED.")) -> None:
+    """Cancel the service's job (STOPPING, then STOPPED)."""
+    state = state_of(ctx)
+    with handle_errors(state):
+        s = state.call(state.server_stub().DeleteService,
+                       server_pb2.DeleteServiceRequest(name=service)).service
+        if wait:
+            for s in watch_stream(state, s.name):
+                pass
+        state.emit(s, lambda: state.console.print(f"{s.name}: {styled_state(s.state)}"))
+
+
+@app.command()
+def logs(ctx: typer.Context, service: str = typer.Argument(..., help="Service id."),
+         tail: int = typer.Option(65536, help="Bytes from the end of each stream.")) -> None:
+    """Print the job's stdout and stderr so far."""
+    state = state_of(ctx)
+    with handle_errors(state):
+        resp = state.call(state.server_stub().GetServiceLogs,
+                          server_pb2.GetServiceLogsRequest(name=service, tail_bytes=tail))
+
+        def text() -> None:
+            if resp.truncated:
+                state.err.print(f"(showing the last {tail} bytes)")
+            state.console.print(resp.stdout, end="", markup=False)
+            if resp.stderr:
+                state.err.print(resp.stderr, end="", markup=False)
+
+        state.emit(resp, text)

@@ -1,0 +1,1 @@
+"""aifb.client package."""

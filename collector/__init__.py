@@ -1,0 +1,1 @@
+"""aifb.collector package."""

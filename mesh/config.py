@@ -1,0 +1,129 @@
+"""Typed configuration: packaged YAML defaults < config file < AIFB_* environment < flags."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from aifb.mesh.errors import InvalidArgument
+
+__all__ = ["Config", "MeshConfig", "ServerConfig", "is_loopback", "load_config"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MeshConfig(_Section):
+    listen: str = "127.0.0.1:50051"
+    home: str = "~/.aifb"
+    auth: bool = True
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    insecure: bool = False
+    otlp_endpoint: str = ""
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser()
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
+
+
+class ServerConfig(_Section):
+    scheduler: Literal["auto", "local", "slurm", "slurmrest"] = "auto"
+    slurmrest_url: str = ""
+    slurmrest_user: str = ""
+    recipe_dirs: list[str] = Field(default_factory=list)
+    poll_interval_seconds: float = Field(default=0.5, gt=0)
+    poll_max_interval_seconds: float = Field(default=5.0, gt=0)
+    advertise_address: str = ""
+    local_kill_wait_seconds: float = Field(default=10.0, ge=0)
+
+
+class Config(_Section):
+    mesh: MeshConfig = Field(default_factory=MeshConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """AIFB_MESH__LISTEN=... -> {"mesh": {"listen": "..."}}; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith("AIFB_") or "__" not in name:
+            continue
+        section, _, key = name[len("AIFB_"):].lower().partition("__")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidArgument(f"cannot read config file {path}: {exc}", field=str(path)) from exc
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"config file {path}: expected a mapping at the top", field=str(path))
+    return data
+
+
+def load_config(
+    *,
+    file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the config. `overrides` are flags, as {"mesh": {"listen": ...}}; None values skip."""
+    env = os.environ if environ is None else environ
+    text = resources.files("aifb.mesh").joinpath("defaults.yaml").read_text(encoding="utf-8")
+    data: dict[str, Any] = yaml.safe_load(text)
+    path = Path(file) if file else Path(env.get("AIFB_CONFIG", "~/.config/aifb/config.yaml"))
+    path = path.expanduser()
+    if file or path.exists():
+        data = _deep_merge(data, _read_yaml(path))
+    data = _deep_merge(data, _env_overrides(env))
+    if overrides:
+        clean = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in overrides.items()}
+        data = _deep_merge(data, clean)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidArgument(f"config: {where}: {first['msg']}", field=where) from exc
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost listen addresses (host:port or [v6]:port)."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

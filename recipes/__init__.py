@@ -1,0 +1,1 @@
+"""aifb.recipes package."""

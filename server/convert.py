@@ -1,0 +1,53 @@
+"""Conversions between aifb.v1 protobuf messages and the server's domain objects."""
+
+from __future__ import annotations
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from aifb.server.deploy import ResourceRequest
+from aifb.server.jobs import ResourceSpec
+from aifb.server.model import ServiceRecord
+from aifb.v1 import common_pb2, server_pb2
+
+__all__ = ["resource_request_from_proto", "resources_to_proto", "service_to_proto"]
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def resources_to_proto(spec: ResourceSpec) -> common_pb2.Resources:
+    return common_pb2.Resources(
+        nodes=spec.nodes, cpus=spec.cpus, memory_mib=spec.memory_mib, gpus=spec.gpus,
+        time_limit_minutes=spec.time_limit_minutes or 0, partition=spec.partition,
+        account=spec.account)
+
+
+def resource_request_from_proto(msg: common_pb2.Resources) -> ResourceRequest:
+    return ResourceRequest(
+        nodes=msg.nodes, cpus=msg.cpus, memory_mib=msg.memory_mib, gpus=msg.gpus,
+        time_limit_minutes=msg.time_limit_minutes, partition=msg.partition, account=msg.account)
+
+
+def service_to_proto(record: ServiceRecord) -> server_pb2.Service:
+    job = server_pb2.SchedulerJob(
+        scheduler=record.scheduler, job_id=record.job_id, raw_state=record.raw_state,
+        reason=record.reason, nodes=record.nodes, stdout_path=record.stdout_path,
+        stderr_path=record.stderr_path)
+    if record.exit_code is not None:
+        job.exit_code = record.exit_code
+    if record.signal is not None:
+        job.signal = record.signal
+    msg = server_pb2.Service(
+        name=record.name, recipe=record.recipe, parameters=record.parameters,
+        labels=record.labels, state=int(record.state), owner=record.owner, job=job,
+        state_message=record.state_message, resources=resources_to_proto(record.resources),
+        create_time=_timestamp(record.create_time), update_time=_timestamp(record.update_time),
+        trace_id=record.trace_id, revision=record.revision)
+    if record.endpoint_host:
+        msg.endpoint.CopyFrom(common_pb2.Endpoint(host=record.endpoint_host,
+                                                  port=record.endpoint_port,
+                                                  url=record.endpoint_url))
+    return msg

@@ -1,0 +1,66 @@
+"""From recipe + parameters to a JobSpec and its batch script; recipes as protobuf messages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from aifb.mesh.config import Config
+from aifb.server.batch import render_batch_script
+from aifb.server.jobs import JobSpec
+from aifb.server.recipes.catalog import RecipeCatalog
+from aifb.server.recipes.resolve import build_job_spec, resolve
+
+__all__ = ["Deployer", "Prepared", "ResourceRequest"]
+
+# RenderService shows the script for this id; CreateService uses the real one.
+PLACEHOLDER_ID = "render-only"
+
+
+@dataclass(frozen=True)
+class ResourceRequest:
+    """What the user asked for on top of the recipe's defaults; zero or empty = default."""
+
+    nodes: int = 0
+    cpus: int = 0
+    memory_mib: int = 0
+    gpus: int = 0
+    time_limit_minutes: int = 0
+    partition: str = ""
+    account: str = ""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    spec: JobSpec
+    script: str
+    parameters: dict[str, str]
+
+
+class Deployer:
+    def __init__(self, catalog: RecipeCatalog, *, python: str) -> None:
+        self.catalog = catalog
+        self.python = python
+
+    @classmethod
+    def from_config(cls, config: Config, *, python: str) -> Deployer:
+        dirs = [Path(d).expanduser() for d in config.server.recipe_dirs]
+        return cls(RecipeCatalog(dirs), python=python)
+
+    def prepare(self, recipe: str, params: Mapping[str, str], resources: ResourceRequest, *,
+                service_id: str, workdir: Path, environment: Mapping[str, str]) -> Prepared:
+        resolved = resolve(self.catalog.get(recipe), params, resources)
+        spec = build_job_spec(resolved, service_id=service_id,
+                              job_name=f"aifb-{recipe}-{service_id}", workdir=workdir,
+                              python=self.python, environment=environment)
+        return Prepared(spec=spec, script=render_batch_script(spec),
+                        parameters=resolved.parameter_text())
+
+    def render(self, recipe: str, params: Mapping[str, str], resources: ResourceRequest
+               ) -> Prepared:
+        env = {"AIFB_SERVICE": f"services/{PLACEHOLDER_ID}", "AIFB_SERVER": "<server address>",
+               "AIFB_REPORT_TOKEN": "<generated at create time>"}
+        return self.prepare(recipe, params, resources, service_id=PLACEHOLDER_ID,
+                            workdir=Path("~/.aifb/jobs").expanduser() / PLACEHOLDER_ID,
+                            environment=env)

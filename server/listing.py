@@ -1,0 +1,88 @@
+"""Filtering and paging of service lists (the `filter` and `page_token` of List/Watch RPCs)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from aifb.mesh.errors import InvalidArgument
+from aifb.server.model import ServiceRecord
+from aifb.server.states import ServiceState
+
+__all__ = ["Page", "page", "parse_filter"]
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+
+def parse_filter(text: str) -> Callable[[ServiceRecord], bool]:
+    """'state=READY recipe=redis label.team=ml' -> predicate (all terms must hold)."""
+    checks: list[Callable[[ServiceRecord], bool]] = []
+    for term in text.split():
+        key, sep, value = term.partition("=")
+        if not sep or not value:
+            raise InvalidArgument(f"bad filter term {term!r}: expected KEY=VALUE", field="filter")
+        if key == "state":
+            name = value.upper().removeprefix("SERVICE_STATE_")
+            if name not in ServiceState.__members__:
+                valid = ", ".join(ServiceState.__members__)
+                raise InvalidArgument(f"unknown state {value!r} in filter; valid: {valid}",
+                                      field="filter")
+            state = ServiceState[name]
+            checks.append(lambda r, s=state: r.state == s)
+        elif key == "recipe":
+            checks.append(lambda r, v=value: r.recipe == v)
+        elif key.startswith("label."):
+            label = key[len("label."):]
+            checks.append(lambda r, k=label, v=value: r.labels.get(k) == v)
+        else:
+            raise InvalidArgument(
+                f"unknown filter key {key!r}: expected state, recipe or label.KEY",
+                field="filter")
+    return lambda r: all(c(r) for c in checks)
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[ServiceRecord]
+    next_token: str
+
+
+def _encode_token(create_time: float, sid: str, filter_text: str) -> str:
+    raw = json.dumps([create_time, sid, filter_text]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str, filter_text: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        create_time, sid, old_filter = json.loads(raw)
+        if old_filter != filter_text:
+            raise ValueError("filter changed")
+        return float(create_time), str(sid)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument("bad page_token (it must come from the previous response with "
+                              "the same filter)", field="page_token") from exc
+
+
+def page(records: Sequence[ServiceRecord], *, page_size: int, token: str,
+         filter_text: str) -> Page:
+    """Keyset paging on (create_time, id): stable while services are being added."""
+    if page_size < 0 or page_size > MAX_PAGE_SIZE:
+        raise InvalidArgument(f"page_size must be 0..{MAX_PAGE_SIZE}", field="page_size")
+    size = page_size or DEFAULT_PAGE_SIZE
+    accept = parse_filter(filter_text)
+    after = _decode_token(token, filter_text) if token else None
+    out: list[ServiceRecord] = []
+    for record in sorted(records, key=lambda r: (r.create_time, r.id)):
+        if after is not None and (record.create_time, record.id) <= after:
+            continue
+        if not accept(record):
+            continue
+        if len(out) == size:
+            last = out[-1]
+            return Page(out, _encode_token(last.create_time, last.id, filter_text))
+        out.append(record)
+    return Page(out, "")

@@ -1,0 +1,280 @@
+"""The service lifecycle: create, delete, events from jobs, scheduler states; no gRPC here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from opentelemetry import trace
+
+from aifb.mesh.auth import Principal, hash_token
+from aifb.mesh.errors import (
+    AifbError,
+    IllegalTransition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from aifb.mesh.tracing import current_trace_id, traceparent_env
+from aifb.server.deploy import Deployer, ResourceRequest
+from aifb.server.hub import Hub
+from aifb.server.jobs import JobStatus, Scheduler
+from aifb.server.model import ServiceRecord
+from aifb.server.registry import Registry
+from aifb.server.states import ServiceState, check_transition, service_state_for_job
+
+__all__ = ["EventKind", "ServiceManager"]
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID = re.compile(r"^[a-z0-9-]{1,64}$")
+# A job the scheduler no longer knows is declared lost after this many seconds unseen.
+LOST_AFTER_SECONDS = 30.0
+LOST_RAW_STATE = "LOST"
+
+
+@dataclass(frozen=True)
+class EventKind:
+    STARTING = "starting"
+    READY = "ready"
+    EXITED = "exited"
+
+
+def parse_service_id(name: str) -> str:
+    """'services/abc' or 'abc' -> 'abc'; anything else is INVALID_ARGUMENT."""
+    sid = name.removeprefix("services/")
+    if not _ID.match(sid):
+        raise InvalidArgument(f"bad service name {name!r}: expected services/<id>", field="name")
+    return sid
+
+
+class ServiceManager:
+    """Owns the registry, talks to the scheduler, publishes every change to the hub."""
+
+    def __init__(self, registry: Registry, scheduler: Scheduler, deployer: Deployer,
+                 *, home: Path, advertise_address: str, otlp_endpoint: str = "",
+                 tracer: trace.Tracer | None = None) -> None:
+        self.otlp_endpoint = otlp_endpoint
+        self.registry = registry
+        self.scheduler = scheduler
+        self.deployer = deployer
+        self.home = home
+        self.advertise_address = advertise_address
+        self.hub = Hub()
+        self.tracer = tracer or trace.NoOpTracer()
+        self._unseen_since: dict[str, float] = {}
+        self._lock = asyncio.Lock()
+        self.on_change: list[object] = []
+        self.wake_poller: object = None
+
+    # ---- queries -------------------------------------------------------------------------
+    def get(self, principal: Principal, name: str) -> ServiceRecord:
+        sid = parse_service_id(name)
+        record = self.registry.get(sid)
+        if record is None or record.owner != principal.user:
+            # Another user's service is reported as absent: its existence is not revealed.
+            raise NotFound(f"service {sid} not found")
+        return record
+
+    def list(self, principal: Principal) -> list[ServiceRecord]:
+        return list(self.registry.owned_by(principal.user))
+
+    def active_job_ids(self) -> list[str]:
+        return [r.job_id for r in self.registry.polled() if r.job_id]
+
+    def resolve_report_token(self, token: str) -> Principal | None:
+        digest = hash_token(token)
+        for record in self.registry.active():
+            if record.report_token_hash and secrets.compare_digest(record.report_token_hash,
+                                                                  digest):
+                return Principal(user=record.owner, service=record.id)
+        return None
+
+    # ---- commands ------------------------------------------------------------------------
+    async def create(self, principal: Principal, recipe: str, params: Mapping[str, str],
+                     resources: ResourceRequest, labels: Mapping[str, str],
+                     request_id: str) -> ServiceRecord:
+        if principal.is_job:
+            raise PermissionDenied("a job's report token cannot create services")
+        if request_id:
+            if not _REQUEST_ID.match(request_id):
+                raise InvalidArgument("request_id must be 1-64 of [A-Za-z0-9_-]",
+                                      field="request_id")
+            existing = self.registry.by_request_id(principal.user, request_id)
+            if existing is not None:
+                return existing
+        _check_labels(labels)
+        with self.tracer.start_as_current_span("aifb.server.create_service") as span:
+            sid = secrets.token_hex(6)
+            token = secrets.token_urlsafe(24)
+            workdir = self.home / "jobs" / sid
+            env = {
+                "AIFB_SERVICE": f"services/{sid}",
+                "AIFB_SERVER": self.advertise_address,
+                "AIFB_REPORT_TOKEN": token,
+                **traceparent_env(),
+                **({"AIFB_OTLP_ENDPOINT": self.otlp_endpoint} if self.otlp_endpoint else {}),
+            }
+            with self.tracer.start_as_current_span("aifb.server.render"):
+                prepared = self.deployer.prepare(recipe, params, resources, service_id=sid,
+                                                 workdir=workdir, environment=env)
+            span.set_attribute("aifb.service", sid)
+            span.set_attribute("aifb.recipe", recipe)
+            now = time.time()
+            record = ServiceRecord(
+                id=sid, owner=principal.user, recipe=recipe, state=ServiceState.PENDING,
+                parameters=dict(prepared.parameters), labels=dict(labels),
+                resources=prepared.spec.resources, state_message="submitting",
+                scheduler=self.scheduler.name, stdout_path=prepared.spec.stdout_path,
+                stderr_path=prepared.spec.stderr_path, workdir=str(workdir),
+                create_time=now, update_time=now, trace_id=current_trace_id(),
+                request_id=request_id, report_token_hash=hash_token(token),
+            )
+            self.registry.insert(record)
+            self.hub.publish(record)
+            try:
+                with self.tracer.start_as_current_span("aifb.server.submit") as submit_span:
+                    job_id = await self.scheduler.submit(prepared.spec, prepared.script)
+                    submit_span.set_attribute("aifb.job_id", job_id)
+            except AifbError as exc:
+                self._commit(record.evolve(time.time(), state=ServiceState.FAILED,
+                                           state_message=f"submission refused: {exc}"))
+                raise
+            span.set_attribute("aifb.job_id", job_id)
+            record = self._commit(record.evolve(time.time(), job_id=job_id,
+                                                state_message="submitted; waiting for the job"))
+        self._wake()
+        return record
+
+    async def delete(self, principal: Principal, name: str) -> ServiceRecord:
+        record = self.get(principal, name)
+        if record.terminal:
+            return record
+        async with self._lock:
+            record = self.registry.get(record.id) or record
+            if record.terminal:
+                return record
+            record = self._commit(record.evolve(time.time(), state=ServiceState.STOPPING,
+                                                delete_requested=True,
+                                                state_message="deletion requested"))
+        if record.job_id:
+            await self.scheduler.cancel(record.job_id)
+        else:
+            record = self._commit(record.evolve(time.time(), state=ServiceState.STOPPED,
+                                                state_message="stopped before submission"))
+        self._wake()
+        return record
+
+    async def report_event(self, principal: Principal, name: str, kind: str, *, host: str = "",
+                           port: int = 0, url: str = "", exit_code: int | None = None,
+                           log_tail: str = "", message: str = "") -> ServiceRecord:
+        sid = parse_service_id(name)
+        if principal.service and principal.service != sid:
+            raise PermissionDenied("this report token belongs to another service")
+        record = self.get(principal, name)
+        async with self._lock:
+            record = self.registry.get(sid) or record
+            now = time.time()
+            if kind == EventKind.STARTING:
+                target, msg = ServiceState.STARTING, message or "the program started"
+                changes: dict[str, object] = {}
+            elif kind == EventKind.READY:
+                if not host or not 0 < port < 65536:
+                    raise InvalidArgument("READY needs endpoint.host and endpoint.port 1..65535",
+                                          field="endpoint")
+                target, msg = ServiceState.READY, message or f"ready at {host}:{port}"
+                changes = {"endpoint_host": host, "endpoint_port": port, "endpoint_url": url}
+            elif kind == EventKind.EXITED:
+                # The state turns terminal when the scheduler says the job ended, so the
+                # final record carries the scheduler's own state, reason and exit code too.
+                detail = message or f"the program exited with code {exit_code}"
+                if log_tail and exit_code != 0:
+                    detail += "\n--- last output ---\n" + log_tail[-4000:]
+                return self._commit(record.evolve(now, exit_code=exit_code, exit_report=detail,
+                                                  state_message=detail))
+            else:
+                raise InvalidArgument(f"unknown event kind {kind!r}", field="kind")
+            if record.terminal or (record.state == target and kind != EventKind.EXITED):
+                return record
+            if record.delete_requested and target in (ServiceState.STARTING, ServiceState.READY):
+                return record
+            if not check_transition(record.state, target):
+                raise IllegalTransition(
+                    f"service {sid} cannot go from {record.state.name} to {target.name}")
+            return self._commit(record.evolve(now, state=target, state_message=msg, **changes))
+
+    # ---- scheduler updates (from the poller) ---------------------------------------------
+    async def apply_job_statuses(self, statuses: Mapping[str, JobStatus],
+                                 asked: Sequence[str]) -> bool:
+        """Fold one poll's results into the registry. True while something is in motion."""
+        busy = False
+        now = time.time()
+        async with self._lock:
+            for record in self.registry.polled():
+                if not record.job_id or record.job_id not in asked:
+                    continue
+                status = statuses.get(record.job_id)
+                if status is None:
+                    first = self._unseen_since.setdefault(record.job_id, now)
+                    if now - first > LOST_AFTER_SECONDS:
+                        if record.terminal:
+                            lost = record.state
+                        elif record.delete_requested:
+                            lost = ServiceState.STOPPED
+                        else:
+                            lost = ServiceState.FAILED
+                        self._commit(record.evolve(
+                            now, state=lost, raw_state=LOST_RAW_STATE,
+                            state_message=record.state_message if record.terminal
+                            else "the scheduler no longer knows the job"))
+                    busy = True
+                    continue
+                self._unseen_since.pop(record.job_id, None)
+                state, why = service_state_for_job(status, current=record.state,
+                                                   delete_requested=record.delete_requested)
+                if state == ServiceState.FAILED and record.exit_report:
+                    why = f"{why}: {record.exit_report}"  # the job's own report says more
+                changed_job = (status.raw_state, status.reason, status.exit_code, status.signal,
+                               status.nodes) != (record.raw_state, record.reason,
+                                                 record.exit_code, record.signal, record.nodes)
+                if state != record.state or changed_job:
+                    exit_code = status.exit_code if status.exit_code is not None else (
+                        record.exit_code)
+                    self._commit(record.evolve(
+                        now, state=state, state_message=why or record.state_message,
+                        raw_state=status.raw_state, reason=status.reason, exit_code=exit_code,
+                        signal=status.signal, nodes=status.nodes))
+                    busy = True
+                if state in (ServiceState.PENDING, ServiceState.STARTING, ServiceState.STOPPING):
+                    busy = True
+        return busy
+
+    # ---- internals -----------------------------------------------------------------------
+    def _commit(self, record: ServiceRecord) -> ServiceRecord:
+        old = self.registry.get(record.id)
+        self.registry.update(record, history=old is None or old.state != record.state)
+        self.hub.publish(record)
+        return record
+
+    def _wake(self) -> None:
+        if callable(self.wake_poller):
+            self.wake_poller()
+
+
+def _check_labels(labels: Mapping[str, str]) -> None:
+    if len(labels) > 64:
+        raise InvalidArgument("at most 64 labels", field="labels")
+    for key, value in labels.items():
+        if not re.match(r"^[a-z][a-z0-9_.-]{0,62}$", key):
+            raise InvalidArgument(f"bad label key {key!r}: expected [a-z][a-z0-9_.-]{{0,62}}",
+                                  field=f"labels[{key!r}]")
+        if len(value) > 256 or any(ord(c) < 32 for c in value):
+            raise InvalidArgument(f"bad value for label {key!r}: at most 256 printable characters",
+                                  field=f"labels[{key!r}]")

@@ -1,0 +1,69 @@
+"""The server's domain record of a deployed service (what the registry stores)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from aifb.server.jobs import ResourceSpec
+from aifb.server.states import ServiceState
+
+__all__ = ["ServiceRecord", "StateChange"]
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    """One deployed service. Immutable: changes make a new record with `revision + 1`."""
+
+    id: str
+    owner: str
+    recipe: str
+    state: ServiceState
+    parameters: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    state_message: str = ""
+    scheduler: str = ""
+    job_id: str = ""
+    raw_state: str = ""
+    reason: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+    nodes: str = ""
+    stdout_path: str = ""
+    stderr_path: str = ""
+    workdir: str = ""
+    endpoint_host: str = ""
+    endpoint_port: int = 0
+    endpoint_url: str = ""
+    create_time: float = 0.0
+    update_time: float = 0.0
+    trace_id: str = ""
+    revision: int = 1
+    delete_requested: bool = False
+    request_id: str = ""
+    report_token_hash: str = ""
+    # What the in-job entry point said when the program exited (message + log tail).
+    exit_report: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"services/{self.id}"
+
+    @property
+    def terminal(self) -> bool:
+        return self.state.terminal
+
+    def evolve(self, now: float, **changes: object) -> ServiceRecord:
+        """A copy with `changes` applied, revision bumped and update_time set."""
+        return dataclasses.replace(self, **changes, revision=self.revision + 1,  # type: ignore[arg-type]
+                                   update_time=now)
+
+
+@dataclass(frozen=True)
+class StateChange:
+    service_id: str
+    revision: int
+    state: ServiceState
+    message: str
+    time: float

@@ -1,0 +1,104 @@
+"""One shared poller: one scheduler query per tick for all active jobs, with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aifb.mesh.errors import SchedulerUnavailable
+from aifb.server.jobs import JobStatus, Scheduler
+
+__all__ = ["Backoff", "Poller"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backoff:
+    """Interval policy: `fast` while something is in motion, growing ×`factor` up to `slow`
+    while nothing changes."""
+
+    fast: float
+    slow: float
+    factor: float = 1.6
+    current: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.current = self.fast
+
+    def next(self, *, busy: bool) -> float:
+        self.current = self.fast if busy else min(self.slow, self.current * self.factor)
+        return self.current
+
+
+class Poller:
+    """Polls `scheduler` for the ids `active_jobs()` returns and hands results to `apply`.
+
+    `apply(statuses, asked)` receives the statuses found and the ids asked for, and returns True
+    when it changed something or something is still in motion (keeps the fast tick). `wake()`
+    makes the next tick happen now (after a create or delete).
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        active_jobs: Callable[[], Sequence[str]],
+        apply: Callable[[dict[str, JobStatus], Sequence[str]], Awaitable[bool]],
+        backoff: Backoff,
+    ) -> None:
+        self.scheduler = scheduler
+        self.active_jobs = active_jobs
+        self.apply = apply
+        self.backoff = backoff
+        self.ticks = 0
+        self.queries = 0
+        self.last_tick = 0.0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="aifb-poller")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def tick(self) -> bool:
+        """One poll: at most one scheduler query. Returns whether to stay on the fast tick."""
+        self.ticks += 1
+        self.last_tick = time.monotonic()
+        ids = list(self.active_jobs())
+        if not ids:
+            return False
+        self.queries += 1
+        statuses = await self.scheduler.query(ids)
+        return await self.apply(statuses, ids)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                busy = await self.tick()
+            except SchedulerUnavailable as exc:
+                log.warning("scheduler unavailable, backing off: %s", exc)
+                busy = False
+            except Exception:
+                log.exception("poll tick failed")
+                busy = False
+            delay = self.backoff.next(busy=busy)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                self.backoff.current = self.backoff.fast
+            except TimeoutError:
+                pass

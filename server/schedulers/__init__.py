@@ -1,0 +1,1 @@
+"""aifb.server.schedulers package."""
