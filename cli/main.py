@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from aifb.cli import recipes, services
+from aifb.cli import recipes, services, tokens
 from aifb.cli.context import CliState, Output
+from aifb.cli.demo import demo
 from aifb.cli.up import up
 
 app = typer.Typer(
@@ -18,7 +19,10 @@ app = typer.Typer(
 )
 app.add_typer(services.app, name="services")
 app.add_typer(recipes.app, name="recipes")
+app.add_typer(tokens.app, name="tokens")
 app.command(help="Run every aifb service in this process (embedded mode).")(up)
+app.command(help="Deploy a real service through the embedded mesh, load it, print a summary.")(
+    demo)
 
 
 @app.callback()

@@ -166,8 +166,8 @@ def delete(ctx: typer.Context, service: str = typer.Argument(..., help="Service 
         s = state.call(state.server_stub().DeleteService,
                        server_pb2.DeleteServiceRequest(name=service)).service
         if wait:
-            for s in watch_stream(state, s.name):
-                pass
+            for latest in watch_stream(state, s.name):
+                s = latest
         state.emit(s, lambda: state.console.print(f"{s.name}: {styled_state(s.state)}"))
 
 

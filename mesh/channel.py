@@ -1,4 +1,4 @@
-"""Client side: authenticated channels (bearer token, TLS), retry of UNAVAILABLE, errors mapped back."""
+"""Client side: authenticated channels, retry of UNAVAILABLE, and errors mapped back."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from aifb.mesh.auth import read_token_file
-from aifb.mesh.errors import ERROR_DOMAIN, AifbError, DeadlineExceeded, Unavailable, error_for_reason
+from aifb.mesh.errors import (
+    ERROR_DOMAIN,
+    AifbError,
+    DeadlineExceeded,
+    Unavailable,
+    error_for_reason,
+)
 
 __all__ = [
     "auth_metadata",
@@ -56,7 +62,7 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-class _MetadataUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+class _MetadataUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self.metadata = metadata
 
@@ -64,7 +70,7 @@ class _MetadataUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(_with_metadata(details, self.metadata), request)
 
 
-class _MetadataUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+class _MetadataUnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self.metadata = metadata
 
@@ -72,7 +78,7 @@ class _MetadataUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
         return await continuation(_with_metadata(details, self.metadata), request)
 
 
-class _MetadataStreamStream(grpc.aio.StreamStreamClientInterceptor):
+class _MetadataStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[type-arg]
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self.metadata = metadata
 
@@ -105,8 +111,8 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """An asyncio channel that sends the bearer token on every call and retries UNAVAILABLE."""
     md = auth_metadata(token)
-    chain: tuple[grpc.aio.ClientInterceptor, ...] = (
-        *interceptors, _MetadataUnaryUnary(md), _MetadataUnaryStream(md), _MetadataStreamStream(md))
+    chain: list[Any] = [*interceptors, _MetadataUnaryUnary(md), _MetadataUnaryStream(md),
+                        _MetadataStreamStream(md)]
     options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
     if ca_file:
         creds = _channel_credentials(ca_file, cert_file, key_file)
@@ -114,12 +120,13 @@ def open_channel(
     return grpc.aio.insecure_channel(address, options=options, interceptors=chain)
 
 
-class _SyncMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _SyncMetadata(grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+                    grpc.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self.metadata = metadata
 
     def _details(self, details: Any) -> Any:
-        class _Details(grpc.ClientCallDetails):  # type: ignore[misc]
+        class _Details(grpc.ClientCallDetails):
             method = details.method
             timeout = details.timeout
             metadata = tuple(details.metadata or ()) + self.metadata
@@ -150,11 +157,12 @@ def open_sync_channel(address: str, *, token: str | None = None, ca_file: str = 
 
 def raise_for_rpc_error(exc: grpc.RpcError) -> NoReturn:
     """Re-raise a failed call as the AifbError subclass the server raised (by ErrorInfo.reason)."""
-    code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
-    message: str = exc.details() or code.name  # type: ignore[attr-defined]
+    call: Any = exc  # a grpc.Call / AioRpcError: code(), details(), trailing_metadata()
+    code: grpc.StatusCode = call.code()
+    message: str = call.details() or code.name
     reason = ""
     metadata: dict[str, str] = {}
-    for key, value in exc.trailing_metadata() or ():  # type: ignore[attr-defined]
+    for key, value in call.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
             status = status_pb2.Status.FromString(value)
             for detail in status.details:

@@ -119,7 +119,7 @@ def load_config(
 
 
 def is_loopback(address: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost listen addresses (host:port or [v6]:port)."""
+    """True for 127.0.0.0/8, ::1 and localhost listen addresses (host:port, [v6]:port)."""
     host = address.rsplit(":", 1)[0].strip("[]")
     if host in ("localhost", ""):
         return host == "localhost"

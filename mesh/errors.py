@@ -7,7 +7,7 @@
     ├── AlreadyExists              ALREADY_EXISTS
     ├── FailedPrecondition         FAILED_PRECONDITION
     │   ├── IllegalTransition      FAILED_PRECONDITION a state change the lifecycle forbids
-    │   └── SchedulerRejected      FAILED_PRECONDITION the scheduler refused the job (no such resources)
+    │   └── SchedulerRejected      FAILED_PRECONDITION the scheduler refused the job
     ├── PermissionDenied           PERMISSION_DENIED   another user's resource
     ├── Unauthenticated            UNAUTHENTICATED     missing or unknown bearer token
     ├── ResourceExhausted          RESOURCE_EXHAUSTED

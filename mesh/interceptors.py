@@ -19,6 +19,8 @@ __all__ = ["PUBLIC_METHOD_PREFIXES", "MeshInterceptor", "status_for_error"]
 
 log = logging.getLogger(__name__)
 
+Handler = Any  # grpc.RpcMethodHandler; the stubs type its behaviours as sync callables
+
 # Health and reflection answer without a token (they reveal no user data).
 PUBLIC_METHOD_PREFIXES = (
     "/grpc.health.v1.Health/",
@@ -30,14 +32,16 @@ PUBLIC_METHOD_PREFIXES = (
 def status_for_error(exc: AifbError) -> grpc.Status:
     """A grpc.Status carrying google.rpc ErrorInfo (and BadRequest for a named field)."""
     details: list[any_pb2.Any] = []
-    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata)
+    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN,
+                                       metadata=exc.metadata)
     packed = any_pb2.Any()
     packed.Pack(info)
     details.append(packed)
     if isinstance(exc, InvalidArgument) and exc.field:
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.message)
+                error_details_pb2.BadRequest.FieldViolation(field=exc.field,
+                                                            description=exc.message)
             ]
         )
         packed_bad = any_pb2.Any()
@@ -57,7 +61,7 @@ def _bearer(metadata: Any) -> str | None:
     return None
 
 
-class MeshInterceptor(grpc.aio.ServerInterceptor):
+class MeshInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Authenticates each call, binds the Principal for the handler, and maps errors."""
 
     def __init__(self, authenticator: Authenticator) -> None:
@@ -65,9 +69,9 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
@@ -111,10 +115,11 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
             status = status_for_error(exc)
         else:
             log.exception("unexpected error in %s", method, exc_info=exc)
-            status = status_for_error(AifbError(f"internal error in {method}: {type(exc).__name__}"))
+            status = status_for_error(
+                AifbError(f"internal error in {method}: {type(exc).__name__}"))
         await context.abort(status.code, status.details, status.trailing_metadata)
 
-    def _wrap_unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def _wrap_unary(self, behavior: Any, method: str) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 token = current_principal.set(self._authenticate(context))
@@ -129,7 +134,7 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapped
 
-    def _wrap_stream(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    def _wrap_stream(self, behavior: Any, method: str) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]
                           ) -> AsyncIterator[Any]:
             try:

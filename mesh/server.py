@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import grpc
@@ -37,7 +38,7 @@ class ServiceBinding:
 class MeshServer:
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped)
     service_names: tuple[str, ...]
 
     async def stop(self, grace: float) -> None:
@@ -85,7 +86,7 @@ async def create_server(
     )
     for binding in services:
         binding.add_to_server(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = tuple(b.full_name for b in services)
     reflection.enable_server_reflection(

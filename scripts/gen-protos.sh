@@ -16,6 +16,10 @@ protos=$(cd protos && find aifb -name '*.proto' | sort)
 (cd protos && "$PY" -m grpc_tools.protoc -I . \
   --python_betterproto2_out="$out/betterproto" \
   --python_betterproto2_opt=client_generation=sync $protos) 2> >(grep -v "^Writing" >&2)
+# Third-party wire formats (Prometheus remote write, Loki push), outside the buf module.
+wire=$(cd protos-wire && find aifb -name '*.proto' | sort)
+(cd protos-wire && "$PY" -m grpc_tools.protoc -I . --python_out="$out/python" --pyi_out="$out/python" $wire)
+touch "$out/python/aifb/wire/__init__.py" "$out/python/aifb/wire/py.typed"
 # aifb is a namespace package: the stubs own aifb/v1 only.
 rm -f "$out/python/aifb/__init__.py"
 touch "$out/python/aifb/v1/__init__.py" "$out/python/aifb/v1/py.typed"

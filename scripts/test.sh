@@ -11,7 +11,7 @@ scripts/start-slurm.sh start
 export AIFB_REQUIRE_SLURM=1
 log "static checks: ruff, mypy, buf lint, gen/ up to date"
 .venv/bin/ruff check .
-.venv/bin/mypy
+scripts/typecheck.sh
 node_modules/.bin/buf lint
 scripts/gen-protos.sh --check
 log "tests"

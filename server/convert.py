@@ -42,7 +42,7 @@ def service_to_proto(record: ServiceRecord) -> server_pb2.Service:
         job.signal = record.signal
     msg = server_pb2.Service(
         name=record.name, recipe=record.recipe, parameters=record.parameters,
-        labels=record.labels, state=int(record.state), owner=record.owner, job=job,
+        labels=record.labels, state=server_pb2.ServiceState.Name(int(record.state)), owner=record.owner, job=job,
         state_message=record.state_message, resources=resources_to_proto(record.resources),
         create_time=_timestamp(record.create_time), update_time=_timestamp(record.update_time),
         trace_id=record.trace_id, revision=record.revision)

@@ -17,6 +17,18 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 
 
+def _state_is(state: ServiceState) -> Callable[[ServiceRecord], bool]:
+    return lambda r: r.state == state
+
+
+def _recipe_is(recipe: str) -> Callable[[ServiceRecord], bool]:
+    return lambda r: r.recipe == recipe
+
+
+def _label_is(key: str, value: str) -> Callable[[ServiceRecord], bool]:
+    return lambda r: r.labels.get(key) == value
+
+
 def parse_filter(text: str) -> Callable[[ServiceRecord], bool]:
     """'state=READY recipe=redis label.team=ml' -> predicate (all terms must hold)."""
     checks: list[Callable[[ServiceRecord], bool]] = []
@@ -30,13 +42,11 @@ def parse_filter(text: str) -> Callable[[ServiceRecord], bool]:
                 valid = ", ".join(ServiceState.__members__)
                 raise InvalidArgument(f"unknown state {value!r} in filter; valid: {valid}",
                                       field="filter")
-            state = ServiceState[name]
-            checks.append(lambda r, s=state: r.state == s)
+            checks.append(_state_is(ServiceState[name]))
         elif key == "recipe":
-            checks.append(lambda r, v=value: r.recipe == v)
+            checks.append(_recipe_is(value))
         elif key.startswith("label."):
-            label = key[len("label."):]
-            checks.append(lambda r, k=label, v=value: r.labels.get(k) == v)
+            checks.append(_label_is(key[len("label."):], value))
         else:
             raise InvalidArgument(
                 f"unknown filter key {key!r}: expected state, recipe or label.KEY",

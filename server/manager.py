@@ -83,7 +83,7 @@ class ServiceManager:
             raise NotFound(f"service {sid} not found")
         return record
 
-    def list(self, principal: Principal) -> list[ServiceRecord]:
+    def owned(self, principal: Principal) -> list[ServiceRecord]:
         return list(self.registry.owned_by(principal.user))
 
     def active_job_ids(self) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Backoff:
-    """Interval policy: `fast` while something is in motion, growing ×`factor` up to `slow`
+    """Interval policy: `fast` while something is in motion, growing x`factor` up to `slow`
     while nothing changes."""
 
     fast: float
@@ -65,10 +66,8 @@ class Poller:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
 
     def wake(self) -> None:

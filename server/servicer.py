@@ -101,7 +101,7 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
 
     async def ListServices(self, request: server_pb2.ListServicesRequest, context: Ctx
                            ) -> server_pb2.ListServicesResponse:
-        records = self.manager.list(_human())
+        records = self.manager.owned(_human())
         result = page(records, page_size=request.page_size, token=request.page_token,
                       filter_text=request.filter)
         return server_pb2.ListServicesResponse(
@@ -148,7 +148,7 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
         try:
             seen: dict[str, int] = {}
             if request.include_snapshot:
-                for record in self.manager.list(principal):
+                for record in self.manager.owned(principal):
                     if accept(record):
                         seen[record.id] = record.revision
                         yield server_pb2.WatchServicesResponse(service=service_to_proto(record))

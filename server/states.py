@@ -60,8 +60,8 @@ def service_state_for_job(
     only needs to know where the service stands now (`current`) to avoid moving backwards.
     """
     word = job.raw_state.split()[0] if job.raw_state else "UNKNOWN"
-    if word in ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD",
-                "SUSPENDED", "RESIZING"):
+    if word in ("PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
+                "RESV_DEL_HOLD", "SUSPENDED", "RESIZING"):
         if delete_requested:
             return ServiceState.STOPPING, "deletion requested"
         state = ServiceState.PENDING if current == ServiceState.PENDING else current
