@@ -108,7 +108,8 @@ def load_config(
         data = _deep_merge(data, _read_yaml(path))
     data = _deep_merge(data, _env_overrides(env))
     if overrides:
-        clean = {s: {k: v for k, v in vals.items() if v is not None} for s, vals in overrides.items()}
+        clean = {s: {k: v for k, v in vals.items() if v is not None}
+                 for s, vals in overrides.items()}
         data = _deep_merge(data, clean)
     try:
         return Config.model_validate(data)

@@ -150,7 +150,7 @@ start_munge() {
   chmod 0755 /run/munge
   munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return 0   # a munged answers already
   rm -f /run/munge/munged.pid
-  runuser -u munge -- /usr/sbin/munged
+  runuser -u munge -- /usr/sbin/munged 9>&-   # fd 9 holds our lock: daemons must not keep it
   wait_for 10 test -s /run/munge/munged.pid || die "munged did not start"
   cp /run/munge/munged.pid "$run/munged.pid"
   wait_for 10 bash -c 'munge -n | unmunge' || die "munge does not work"
@@ -159,11 +159,11 @@ start_munge() {
 start_daemons() {
   if ! alive slurmctld slurmctld; then
     rm -f "$run/slurmctld.pid"
-    /usr/sbin/slurmctld -f "$conf"
+    /usr/sbin/slurmctld -f "$conf" 9>&-
   fi
   if ! alive slurmd slurmd; then
     rm -f "$run/slurmd.pid"
-    /usr/sbin/slurmd -f "$conf"
+    /usr/sbin/slurmd -f "$conf" 9>&-
   fi
 }
 
@@ -193,12 +193,12 @@ start_rest() {
   if ! alive slurmrestd-local slurmrestd; then
     rm -f "$rest_sock"
     setsid /usr/sbin/slurmrestd -u "$rest_user" -a rest_auth/local -s "$rest_plugins" \
-      "unix:$rest_sock" >>"$logs/slurmrestd-local.log" 2>&1 </dev/null &
+      "unix:$rest_sock" >>"$logs/slurmrestd-local.log" 2>&1 </dev/null 9>&- &
     echo "$!" >"$run/slurmrestd-local.pid"
   fi
   if ! alive slurmrestd-jwt slurmrestd; then
     SLURM_JWT=daemon setsid /usr/sbin/slurmrestd -u "$rest_user" -a rest_auth/jwt \
-      -s "$rest_plugins" "127.0.0.1:$rest_port" >>"$logs/slurmrestd-jwt.log" 2>&1 </dev/null &
+      -s "$rest_plugins" "127.0.0.1:$rest_port" >>"$logs/slurmrestd-jwt.log" 2>&1 </dev/null 9>&- &
     echo "$!" >"$run/slurmrestd-jwt.pid"
   fi
   wait_for 10 rest_local_ok || die "slurmrestd on $rest_sock does not answer: $(tail -n 3 "$logs/slurmrestd-local.log")"
@@ -217,7 +217,7 @@ do_start() {
   wait_for "$wait_s" node_usable \
     || die "node not usable after ${wait_s}s: $(tail -n 5 "$logs/slurmctld.log" "$logs/slurmd.log")"
   start_rest
-  say "SLURM up on $(hostname -s): ${AIFB_SLURM_CPUS:-8} CPUs, REST unix:$rest_sock and http://127.0.0.1:$rest_port; settings in $dir/env"
+  echo "SLURM up on $(hostname -s): ${AIFB_SLURM_CPUS:-8} CPUs, REST unix:$rest_sock and http://127.0.0.1:$rest_port; settings in $dir/env"
 }
 
 do_stop() {

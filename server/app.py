@@ -30,7 +30,7 @@ def build_scheduler(config: Config) -> Scheduler:
     """The scheduler backend the config names ('auto': slurm when SLURM answers, else local)."""
     from aifb.server.schedulers import detect_default_kind, make_scheduler
 
-    kind = config.server.scheduler
+    kind: str = config.server.scheduler
     if kind == "auto":
         kind = detect_default_kind()
     home = config.mesh.home_path

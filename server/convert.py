@@ -7,9 +7,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from aifb.server.deploy import ResourceRequest
 from aifb.server.jobs import ResourceSpec
 from aifb.server.model import ServiceRecord
+from aifb.server.recipes.schema import Recipe
 from aifb.v1 import common_pb2, server_pb2
 
-__all__ = ["resource_request_from_proto", "resources_to_proto", "service_to_proto"]
+__all__ = [
+    "recipe_to_proto", "resource_request_from_proto", "resources_to_proto", "service_to_proto",
+]
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -42,7 +45,8 @@ def service_to_proto(record: ServiceRecord) -> server_pb2.Service:
         job.signal = record.signal
     msg = server_pb2.Service(
         name=record.name, recipe=record.recipe, parameters=record.parameters,
-        labels=record.labels, state=server_pb2.ServiceState.Name(int(record.state)), owner=record.owner, job=job,
+        labels=record.labels,
+        state=server_pb2.ServiceState.Name(int(record.state)), owner=record.owner, job=job,
         state_message=record.state_message, resources=resources_to_proto(record.resources),
         create_time=_timestamp(record.create_time), update_time=_timestamp(record.update_time),
         trace_id=record.trace_id, revision=record.revision)
@@ -51,3 +55,30 @@ def service_to_proto(record: ServiceRecord) -> server_pb2.Service:
                                                   port=record.endpoint_port,
                                                   url=record.endpoint_url))
     return msg
+
+
+def recipe_to_proto(recipe: Recipe, *, runnable: tuple[bool, str]) -> server_pb2.Recipe:
+    """A recipe with its parameter schema, default resources and caps, and its source."""
+    params = []
+    for name, p in recipe.parameters.items():
+        msg = server_pb2.RecipeParameter(
+            name=name, type=p.type, description=p.description, default_value=p.default_text(),
+            required=p.required, pattern=p.pattern or "",
+            choices=[str(c) for c in p.choices or ()])
+        if p.minimum is not None:
+            msg.minimum = p.minimum
+        if p.maximum is not None:
+            msg.maximum = p.maximum
+        params.append(msg)
+    caps = recipe.resources.max.limits()
+    max_res = common_pb2.Resources(
+        nodes=caps.get("nodes") or 0, cpus=caps.get("cpus") or 0,
+        memory_mib=caps.get("memory_mib") or 0, gpus=caps.get("gpus") or 0,
+        time_limit_minutes=caps.get("time_limit_minutes") or 0)
+    return server_pb2.Recipe(
+        name=recipe.name, description=recipe.description,
+        runtime=(server_pb2.RUNTIME_KIND_APPTAINER if recipe.runtime_kind == "apptainer"
+                 else server_pb2.RUNTIME_KIND_NATIVE),
+        parameters=params, default_resources=resources_to_proto(recipe.resources.defaults()),
+        max_resources=max_res, source_yaml=recipe.source_yaml, runnable_here=runnable[0],
+        not_runnable_reason=runnable[1])

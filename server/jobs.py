@@ -96,6 +96,9 @@ class JobSpec:
     environment: Mapping[str, str] = field(default_factory=dict)
     auto_ports: tuple[str, ...] = ()
     log_files: tuple[str, ...] = ()
+    # Files the in-job entry point writes into `workdir` before starting the program
+    # (relative path -> text; auto-port tokens in the text are filled in first).
+    files: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

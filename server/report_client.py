@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-from opentelemetry.instrumentation.grpc import client_interceptor
+from opentelemetry.propagate import inject
 
 from aifb.mesh.channel import open_sync_channel
 from aifb.mesh.tracing import context_from_env, make_tracer_provider
@@ -48,9 +48,7 @@ class GrpcReporter:
         # OTLP when the server passed an endpoint; the report RPCs carry the context onwards.
         self.provider = make_tracer_provider("aifb-job",
                                              otlp_endpoint=env.get("AIFB_OTLP_ENDPOINT", ""))
-        self.channel = grpc.intercept_channel(
-            open_sync_channel(address, token=token, ca_file=ca_file),
-            client_interceptor(tracer_provider=self.provider))
+        self.channel = open_sync_channel(address, token=token, ca_file=ca_file)
         self.stub = server_pb2_grpc.ServerServiceStub(self.channel)
         self.tracer = self.provider.get_tracer("aifb.jobrun")
         self.parent = context_from_env(env)
@@ -59,8 +57,11 @@ class GrpcReporter:
         request.name = self.service
         request.job_id = self.job_id
         with self.tracer.start_as_current_span(f"aifb.job.{what}", context=self.parent):
+            carrier: dict[str, str] = {}
+            inject(carrier)  # W3C traceparent: the server's span joins the job's trace
             try:
-                self.stub.ReportServiceEvent(request, timeout=self.timeout, wait_for_ready=True)
+                self.stub.ReportServiceEvent(request, timeout=self.timeout, wait_for_ready=True,
+                                             metadata=tuple(carrier.items()))
             except grpc.RpcError as exc:
                 log.warning("could not report %s to the server: %s", what, exc.details())
 

@@ -10,11 +10,17 @@ import grpc
 
 from aifb.mesh.auth import Principal, current_principal
 from aifb.mesh.errors import InvalidArgument, PermissionDenied
-from aifb.server.convert import resource_request_from_proto, resources_to_proto, service_to_proto
+from aifb.server.convert import (
+    recipe_to_proto,
+    resource_request_from_proto,
+    resources_to_proto,
+    service_to_proto,
+)
 from aifb.server.deploy import Deployer
 from aifb.server.listing import page, parse_filter
 from aifb.server.manager import EventKind, ServiceManager, parse_service_id
 from aifb.server.model import ServiceRecord
+from aifb.server.recipes.catalog import runnable_here
 from aifb.v1 import server_pb2, server_pb2_grpc
 
 __all__ = ["ServerServicer"]
@@ -63,14 +69,17 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
     async def ListRecipes(self, request: server_pb2.ListRecipesRequest, context: Ctx
                           ) -> server_pb2.ListRecipesResponse:
         _human()
-        return server_pb2.ListRecipesResponse(recipes=self.deployer.recipes_proto())
+        return server_pb2.ListRecipesResponse(recipes=[
+            recipe_to_proto(r, runnable=runnable_here(r)) for r in self.deployer.catalog.list()])
 
     async def GetRecipe(self, request: server_pb2.GetRecipeRequest, context: Ctx
                         ) -> server_pb2.GetRecipeResponse:
         _human()
         if not request.name:
             raise InvalidArgument("name is required", field="name")
-        return server_pb2.GetRecipeResponse(recipe=self.deployer.recipe_proto(request.name))
+        recipe = self.deployer.catalog.get(request.name)
+        return server_pb2.GetRecipeResponse(
+            recipe=recipe_to_proto(recipe, runnable=runnable_here(recipe)))
 
     async def RenderService(self, request: server_pb2.RenderServiceRequest, context: Ctx
                             ) -> server_pb2.RenderServiceResponse:

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.server"]
+pytest_plugins = [
+    "tests.fixtures.server",
+    "tests.fixtures.slurm",
+    "tests.fixtures.nginx",
+    "tests.fixtures.prometheus",
+    "tests.fixtures.loki",
+]
 
 
 @pytest.fixture

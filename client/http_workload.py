@@ -1,0 +1,136 @@
+"""The built-in `http` workload: one templated HTTP/1.1 request against a base URL, keep-alive.
+
+`path`, header values and `body` may contain `{seq}` (the request number), replaced literally;
+without it the request is encoded once. A response with status >= 400 is an error of kind
+`status_<code>`; transport failures are `connect`, `closed`, `timeout`, `protocol`. Only `http://`
+targets are supported (TLS is not implemented in the fast client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from time import perf_counter_ns
+from urllib.parse import urlsplit
+
+from aifb.client.http_client import HttpError, HttpPool, build_request
+from aifb.client.workload import Outcome
+from aifb.mesh.errors import InvalidArgument
+
+__all__ = ["HttpTarget", "HttpWorkload"]
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpTarget:
+    base_url: str
+    method: str = "GET"
+    path: str = "/"
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = ""
+    connections: int = 64  # most keep-alive connections open at once
+    timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.base_url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise InvalidArgument("base_url must be http://host[:port][/prefix]",
+                                  field="target.base_url")
+        if self.method.upper() not in _METHODS:
+            raise InvalidArgument(f"method must be one of {', '.join(_METHODS)}",
+                                  field="target.method")
+        if not self.path.startswith("/"):
+            raise InvalidArgument("path must start with /", field="target.path")
+        if not 1 <= self.connections <= 65_000:
+            raise InvalidArgument("connections must be in 1..65000", field="target.connections")
+        if not 0 < self.timeout_s <= 3600:
+            raise InvalidArgument("timeout_s must be in (0, 3600]", field="target.timeout_s")
+        for key, value in self.headers.items():
+            if any(ch in key + value for ch in "\r\n") or not key or ":" in key:
+                raise InvalidArgument(f"bad header {key!r}", field=f"target.headers.{key}")
+
+
+class HttpWorkload:
+    """The `http` workload (implements aifb.client.workload.Workload)."""
+
+    name = "http"
+
+    def __init__(self, target: HttpTarget) -> None:
+        self.target = target
+        parts = urlsplit(target.base_url)
+        self._host = parts.hostname or ""
+        self._port = parts.port or 80
+        self._host_header = parts.netloc
+        self._prefix = parts.path.rstrip("/")
+        self._method = target.method.upper()
+        self._templated = "{seq}" in target.path + target.body + "".join(target.headers.values())
+        self._raw = b"" if self._templated else self._encode(0)
+        self._pool: HttpPool | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.timeouts = 0
+        self.bytes_in = 0
+
+    def _encode(self, seq: int) -> bytes:
+        t, s = self.target, str(seq)
+        return build_request(self._method, self._prefix + t.path.replace("{seq}", s),
+                             self._host_header,
+                             {k: v.replace("{seq}", s) for k, v in t.headers.items()},
+                             t.body.replace("{seq}", s).encode())
+
+    async def prepare(self) -> None:
+        self._pool = HttpPool(self._host, self._port, limit=self.target.connections)
+        conn = await self._pool.acquire()  # fail fast when nothing listens
+        self._pool.release(conn)
+        self._sweeper = asyncio.create_task(self._sweep_timeouts())
+
+    async def _sweep_timeouts(self) -> None:
+        limit_ns = int(self.target.timeout_s * 1e9)
+        period = min(self.target.timeout_s / 4, 0.25)
+        while True:
+            await asyncio.sleep(period)
+            if self._pool is None:
+                return
+            now = perf_counter_ns()
+            for conn in self._pool.busy:
+                if conn.sent_ns and now - conn.sent_ns > limit_ns and not conn.closed:
+                    self.timeouts += 1
+                    conn.timeout()
+
+    async def request(self, seq: int) -> Outcome:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("prepare() the workload first")
+        raw = self._encode(seq) if self._templated else self._raw
+        try:
+            conn = pool.try_acquire() or await pool.acquire()
+        except HttpError as exc:
+            return Outcome(ok=False, error=exc.kind)
+        try:
+            resp = await conn.send(raw, head=self._method == "HEAD")
+        except HttpError as exc:
+            return Outcome(ok=False, error=exc.kind)
+        finally:
+            sent_ns = conn.sent_ns
+            pool.release(conn)
+        self.bytes_in += resp.body_len
+        status = resp.status
+        if status >= 400:
+            return Outcome(False, f"status_{status}", status, resp.end_ns, sent_ns)
+        return Outcome(True, "", status, resp.end_ns, sent_ns)
+
+    def extra_metrics(self) -> dict[str, float]:
+        pool = self._pool
+        return {"connections_opened": float(pool.opened if pool else 0),
+                "response_body_bytes": float(self.bytes_in), "timeouts": float(self.timeouts)}
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._pool is not None:
+            self._pool.close()
+            await asyncio.sleep(0)  # let the transports run their close callbacks

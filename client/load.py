@@ -1,0 +1,307 @@
+"""The load engine: runs a LoadSpec against a Workload, with live progress, cancel and a result.
+
+    run = LoadRun(spec, workload)          # validates nothing more: LoadSpec already did
+    run.start()                            # in a running event loop; returns at once
+    async for sample in run.progress():    # per-interval ProgressSample, replayed then live
+        ...
+    run.cancel("user asked")               # ends CANCELLED; stats of what completed are kept
+    result = await run.wait()              # LoadResult: SUCCEEDED, FAILED (reason) or CANCELLED
+
+Open loop sends each request at its scheduled time (asyncio timers to within ~1 ms, then a
+yielding spin), measures latency from that intended time, and records how late the send was.
+Closed loop runs `users` coroutines back to back (a profile can ramp or step the number).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from time import perf_counter_ns
+
+from aifb.client.recorder import ProgressSample, Recorder
+from aifb.client.results import LoadResult, RunState
+from aifb.client.schedule import arrival_offsets_ns
+from aifb.client.spec import LoadSpec, Mode
+from aifb.client.workload import Outcome, Workload
+
+__all__ = ["LoadRun", "ProgressCallback", "run_load"]
+
+log = logging.getLogger(__name__)
+ProgressCallback = Callable[[ProgressSample], None]
+_SPIN_NS = 1_500_000  # closer than this to a send time: yield to the loop instead of a timer
+_TIMER_SLACK_NS = 500_000  # timers (uvloop: 1 ms resolution) are asked to wake this much early
+
+
+class LoadRun:
+    def __init__(self, spec: LoadSpec, workload: Workload, *,
+                 on_progress: ProgressCallback | None = None) -> None:
+        self.spec = spec
+        self.workload = workload
+        self.state = RunState.PENDING
+        self.reason = ""
+        self.samples: list[ProgressSample] = []
+        self._callbacks: list[ProgressCallback] = [on_progress] if on_progress else []
+        self._changed = asyncio.Condition()
+        self._stopping = False
+        self._final_state = RunState.SUCCEEDED
+        self._task: asyncio.Task[LoadResult] | None = None
+        self._requests: set[asyncio.Task[None]] = set()
+        self._rec: Recorder | None = None
+        self._seq = 0
+
+    # -- control
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("a LoadRun starts once")
+        self._task = asyncio.get_running_loop().create_task(self._main())
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        self._stop(RunState.CANCELLED, reason)
+
+    async def wait(self) -> LoadResult:
+        if self._task is None:
+            raise RuntimeError("start() the run first")
+        return await asyncio.shield(self._task)
+
+    async def progress(self) -> AsyncIterator[ProgressSample]:
+        """Every sample so far, then each new one; ends when the run is terminal."""
+        index = 0
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(partial(self._has_news, index))
+                batch = self.samples[index:]
+                done = self.state.terminal
+            for sample in batch:
+                yield sample
+            index += len(batch)
+            if done and index >= len(self.samples):
+                return
+
+    def _has_news(self, index: int) -> bool:
+        return index < len(self.samples) or self.state.terminal
+
+    def _stop(self, state: RunState, reason: str) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._final_state = state
+        self.reason = reason
+        if state is not RunState.SUCCEEDED:
+            log.info("load run stopping: %s (%s)", state.value, reason)
+
+    # -- the run
+    async def _main(self) -> LoadResult:
+        spec = self.spec
+        await self._set_state(RunState.RUNNING)
+        try:
+            await self.workload.prepare()
+        except Exception as exc:
+            log.warning("workload %s failed to prepare: %s", self.workload.name, exc)
+            self._stop(RunState.FAILED, f"workload prepare failed: {exc}")
+            result = LoadResult(mode=spec.mode.value, workload=self.workload.name)
+            return await self._finish(result, None)
+        start = perf_counter_ns()
+        rec = self._rec = Recorder(start, start + int(spec.warmup_s * 1e9),
+                                   start + int((spec.total_s - spec.cooldown_s) * 1e9))
+        ticker = asyncio.create_task(self._ticker(rec))
+        try:
+            if spec.mode is Mode.OPEN:
+                await self._open_loop(rec)
+            else:
+                await self._closed_loop(rec)
+            await self._drain()
+        except asyncio.CancelledError:
+            self._stop(RunState.CANCELLED, "the engine task was cancelled")
+            await self._drain(0.0)
+            raise
+        finally:
+            ticker.cancel()
+            self._emit(rec.tick(perf_counter_ns(), self._target_rate(rec)))
+            try:
+                await self.workload.close()
+            except Exception as exc:
+                log.warning("workload %s failed to close: %s", self.workload.name, exc)
+        end = min(perf_counter_ns(), rec.window_end_ns)
+        rec.result.measured_s = max(end - rec.window_start_ns, 0) / 1e9
+        return await self._finish(rec.result, rec)
+
+    async def _finish(self, result: LoadResult, rec: Recorder | None) -> LoadResult:
+        spec = self.spec
+        result.mode, result.workload = spec.mode.value, self.workload.name
+        prof = spec.level_profile()
+        if spec.mode is Mode.OPEN:
+            result.target_rate = prof.mean_level(spec.warmup_s, spec.total_s - spec.cooldown_s)
+        else:
+            result.users = round(prof.peak)
+        if rec is not None:
+            rec.flush()
+            result.errors_by_kind = dict(rec.errors_by_kind)
+        try:
+            result.extra = dict(self.workload.extra_metrics())
+        except Exception as exc:
+            log.warning("workload %s extra_metrics failed: %s", self.workload.name, exc)
+        self._stop(RunState.SUCCEEDED, "")
+        result.state, result.reason = self._final_state, self.reason
+        await self._set_state(self._final_state)
+        return result
+
+    async def _set_state(self, state: RunState) -> None:
+        async with self._changed:
+            self.state = state
+            self._changed.notify_all()
+
+    def _emit(self, sample: ProgressSample) -> None:
+        self.samples.append(sample)
+        for cb in self._callbacks:
+            try:
+                cb(sample)
+            except Exception as exc:
+                log.warning("progress callback failed: %s", exc)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _target_rate(self, rec: Recorder) -> float:
+        if self.spec.mode is not Mode.OPEN:
+            return 0.0
+        t1 = (perf_counter_ns() - rec.start_ns) / 1e9
+        return round(self.spec.level_profile().mean_level(max(t1 - self.spec.interval_s, 0), t1),
+                     3)
+
+    async def _ticker(self, rec: Recorder) -> None:
+        spec, k = self.spec, 1
+        while True:
+            due = rec.start_ns + int(k * spec.interval_s * 1e9)
+            await asyncio.sleep(max(due - perf_counter_ns(), 0) / 1e9)
+            self._emit(rec.tick(perf_counter_ns(), self._target_rate(rec)))
+            self._check_budget(rec)
+            k += 1
+
+    def _check_budget(self, rec: Recorder) -> None:
+        spec = self.spec
+        if spec.max_errors and rec.all_errors > spec.max_errors:
+            self._stop(RunState.FAILED, f"error budget exceeded: {rec.all_errors} errors > "
+                       f"max_errors {spec.max_errors} ({_top_errors(rec)})")
+        elif (spec.max_error_ratio < 1.0 and rec.all_completed >= spec.min_requests_for_ratio
+              and rec.all_errors / rec.all_completed > spec.max_error_ratio):
+            self._stop(RunState.FAILED, f"error budget exceeded: error ratio "
+                       f"{rec.all_errors / rec.all_completed:.4f} > {spec.max_error_ratio} "
+                       f"after {rec.all_completed} requests ({_top_errors(rec)})")
+
+    def _next_seq(self) -> int | None:
+        seq = self._seq
+        if self.spec.max_requests and seq >= self.spec.max_requests:
+            self._stop(RunState.SUCCEEDED, "")
+            return None
+        self._seq = seq + 1
+        return seq
+
+    async def _call(self, seq: int) -> Outcome:
+        try:
+            return await self.workload.request(seq)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return Outcome(ok=False, error=f"exception:{type(exc).__name__}")
+
+    async def _one(self, rec: Recorder, seq: int, intended: int) -> None:
+        rec.sent(intended, perf_counter_ns())
+        out = await self._call(seq)
+        rec.in_flight -= 1
+        rec.done(intended, out, out.end_ns or perf_counter_ns())
+        if not out.ok and self.spec.max_errors and rec.all_errors > self.spec.max_errors:
+            self._check_budget(rec)
+
+    async def _open_loop(self, rec: Recorder) -> None:
+        spec, start = self.spec, rec.start_ns
+        loop = asyncio.get_running_loop()
+        tasks = self._requests
+        discard = tasks.discard
+        for offset in arrival_offsets_ns(spec.level_profile(), spec.arrival,
+                                         burstiness=spec.burstiness, seed=spec.seed):
+            intended = start + offset
+            while (delay := intended - perf_counter_ns()) > _SPIN_NS and not self._stopping:
+                await asyncio.sleep(min(delay - _SPIN_NS + _TIMER_SLACK_NS, 50_000_000) / 1e9)
+            while perf_counter_ns() < intended and not self._stopping:
+                await asyncio.sleep(0)
+            if self._stopping:
+                return
+            if rec.in_flight >= spec.max_in_flight:
+                rec.dropped(intended)
+                continue
+            seq = self._next_seq()
+            if seq is None:
+                return
+            rec.in_flight += 1
+            task = loop.create_task(self._one(rec, seq, intended))
+            tasks.add(task)
+            task.add_done_callback(discard)
+
+    async def _closed_loop(self, rec: Recorder) -> None:
+        spec, start = self.spec, rec.start_ns
+        end = start + int(spec.total_s * 1e9)
+        prof = spec.level_profile()
+        users: dict[int, asyncio.Task[None]] = {}
+        target = [0]
+
+        async def user(uid: int) -> None:
+            while not self._stopping and uid < target[0]:
+                now = perf_counter_ns()
+                if now >= end:
+                    return
+                seq = self._next_seq()
+                if seq is None:
+                    return
+                rec.in_flight += 1
+                rec.sent_unscheduled(now)
+                out = await self._call(seq)
+                rec.in_flight -= 1
+                rec.done(now, out, out.end_ns or perf_counter_ns())
+                if not out.ok:
+                    if spec.max_errors and rec.all_errors > spec.max_errors:
+                        self._check_budget(rec)
+                    await asyncio.sleep(0)  # a failure may come back without any I/O wait
+
+        while not self._stopping and perf_counter_ns() < end:
+            target[0] = round(prof.level_at((perf_counter_ns() - start) / 1e9))
+            for uid in range(target[0]):
+                if uid not in users or users[uid].done():
+                    users[uid] = asyncio.create_task(user(uid))
+            if all(t.done() for t in users.values()) and self._stopping:
+                break
+            await asyncio.sleep(min(0.05, max(end - perf_counter_ns(), 0) / 1e9))
+        self._requests.update(t for t in users.values() if not t.done())
+
+    async def _drain(self, timeout_s: float | None = None) -> None:
+        pending = {t for t in self._requests if not t.done()}
+        if pending:
+            wait_s = self.spec.drain_s if timeout_s is None else timeout_s
+            _, still = await asyncio.wait(pending, timeout=wait_s or None) if wait_s else (
+                set(), pending)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still)
+                if self._rec is not None:
+                    self._rec.result.counters["unfinished"] += len(still)
+                    self._rec.in_flight = 0
+
+
+def _top_errors(rec: Recorder) -> str:
+    return ", ".join(f"{k}: {n}" for k, n in rec.errors_by_kind.most_common(3))
+
+
+async def run_load(spec: LoadSpec, workload: Workload, *,
+                   on_progress: ProgressCallback | None = None) -> LoadResult:
+    """Start a run and wait for its result (cancelling the caller cancels the run)."""
+    run = LoadRun(spec, workload, on_progress=on_progress)
+    run.start()
+    try:
+        return await run.wait()
+    except asyncio.CancelledError:
+        run.cancel("the caller was cancelled")
+        raise

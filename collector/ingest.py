@@ -1,0 +1,237 @@
+"""Ingest: per-agent dedup, validation, the bounded forwarding queues and their workers.
+
+"Durably accepted" means: validated, written to the local stores, and placed in the bounded
+in-memory forwarding queue (or, with no forwarding target, kept locally). From then on the
+collector owns the batch: it is forwarded, or counted as rejected or dropped; stop() drains the
+queues for `drain_seconds`. There is no on-disk WAL: a crash loses what is queued, which the
+agents' own unacknowledged-batch buffers cannot replay. When a queue is full the push waits
+(gRPC flow control reaches the agent), and after `enqueue_timeout_seconds` answers
+RESOURCE_EXHAUSTED, which agents retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+from dataclasses import dataclass, field
+
+from aifb.collector.config import CollectorConfig
+from aifb.collector.loki import LokiForwarder
+from aifb.collector.model import LogBatchIn, LogRecord, MetricBatchIn, PushOutcome, SeriesOut
+from aifb.collector.remote_write import RemoteWriter
+from aifb.collector.stats import Stats
+from aifb.collector.stores import LatestStore, LogStore, TraceStore
+from aifb.collector.validate import Validator
+from aifb.mesh.errors import InvalidArgument, ResourceExhausted
+
+__all__ = ["Ingest", "SequenceWindow"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _AgentWindow:
+    highest: int = 0
+    seen: set[int] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class SequenceWindow:
+    """Which sequence numbers each agent has had accepted (the last `size` of them).
+
+    A number already accepted, or older than the window, is a duplicate (a resend)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.agents: dict[str, _AgentWindow] = {}
+
+    def agent(self, agent_id: str) -> _AgentWindow:
+        found = self.agents.get(agent_id)
+        if found is None:
+            found = self.agents[agent_id] = _AgentWindow()
+        return found
+
+    def is_duplicate(self, agent: _AgentWindow, sequence: int) -> bool:
+        return sequence in agent.seen or sequence <= agent.highest - self.size
+
+    def mark(self, agent: _AgentWindow, sequence: int) -> None:
+        agent.seen.add(sequence)
+        agent.highest = max(agent.highest, sequence)
+        if len(agent.seen) > 2 * self.size:
+            floor = agent.highest - self.size
+            agent.seen = {s for s in agent.seen if s > floor}
+
+
+def _message(reasons: list[str]) -> str:
+    text = "; ".join(reasons[:5])
+    return text + (f"; and {len(reasons) - 5} more" if len(reasons) > 5 else "")
+
+
+class Ingest:
+    """Accepts agent batches and feeds the stores and forwarders; knows nothing of gRPC."""
+
+    def __init__(self, config: CollectorConfig, stats: Stats, *,
+                 remote: RemoteWriter | None = None, loki: LokiForwarder | None = None) -> None:
+        self.config = config
+        self.stats = stats
+        self.remote = remote
+        self.loki = loki
+        self.validator = Validator(config)
+        self.latest = LatestStore(config.latest_max_series)
+        self.logs = LogStore(config.log_store_max_lines)
+        self.traces = TraceStore(config.trace_store_max_spans)
+        self.metric_seqs = SequenceWindow(config.dedup_window)
+        self.log_seqs = SequenceWindow(config.dedup_window)
+        per_worker = max(1, config.queue_max_batches // config.forward_workers)
+        self._metric_queues: list[asyncio.Queue[list[SeriesOut]]] = (
+            [asyncio.Queue(per_worker) for _ in range(config.forward_workers)] if remote else [])
+        self._log_queue: asyncio.Queue[list[tuple[tuple[tuple[str, str], ...], list[int],
+                                                  list[str]]]] = asyncio.Queue(per_worker)
+        stats.queue_capacity = per_worker * (len(self._metric_queues) + (1 if loki else 0))
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+
+    def start(self) -> None:
+        for queue in self._metric_queues:
+            self._tasks.append(asyncio.create_task(self._metric_worker(queue)))
+        if self.loki is not None:
+            self._tasks.append(asyncio.create_task(self._log_worker(self.loki)))
+
+    def queue_depth(self) -> int:
+        depth = sum(q.qsize() for q in self._metric_queues)
+        return depth + (self._log_queue.qsize() if self.loki else 0)
+
+    async def _enqueue(self, queue: asyncio.Queue[object], item: object) -> None:
+        try:
+            queue.put_nowait(item)
+        except asyncio.QueueFull:
+            try:
+                await asyncio.wait_for(queue.put(item), self.config.enqueue_timeout_seconds)
+            except TimeoutError:
+                raise ResourceExhausted(
+                    f"collector queue full for {self.config.enqueue_timeout_seconds:g}s "
+                    "(forwarding is behind); retry later") from None
+
+    async def push_metrics(self, batch: MetricBatchIn) -> PushOutcome:
+        stats = self.stats
+        stats.metric_batches_received += 1
+        agent = self.metric_seqs.agent(batch.agent_id)
+        async with agent.lock:
+            if self.metric_seqs.is_duplicate(agent, batch.sequence):
+                stats.metric_batches_duplicate += 1
+                return PushOutcome(batch.sequence, duplicate=True)
+            try:
+                prepared = self.validator.metrics(batch)
+            except InvalidArgument:
+                stats.metric_batches_invalid += 1
+                raise
+            if prepared.series and self._metric_queues:
+                shard = zlib.crc32(batch.agent_id.encode()) % len(self._metric_queues)
+                await self._enqueue(self._metric_queues[shard],  # type: ignore[arg-type]
+                                    prepared.series)
+            self.metric_seqs.mark(agent, batch.sequence)
+            stats.agents_last_sequence[batch.agent_id] = agent.highest
+        self.latest.update(prepared.series)
+        stats.metric_samples_received += prepared.received
+        stats.metric_samples_accepted += prepared.accepted
+        stats.metric_samples_rejected += prepared.rejected
+        stats.metric_samples_clamped += prepared.clamped
+        return PushOutcome(batch.sequence, accepted=prepared.accepted,
+                           rejected=prepared.rejected, error_message=_message(prepared.reasons))
+
+    async def push_logs(self, batch: LogBatchIn) -> PushOutcome:
+        stats = self.stats
+        stats.log_batches_received += 1
+        agent = self.log_seqs.agent(batch.agent_id)
+        async with agent.lock:
+            if self.log_seqs.is_duplicate(agent, batch.sequence):
+                stats.log_batches_duplicate += 1
+                return PushOutcome(batch.sequence, duplicate=True)
+            try:
+                prepared = self.validator.logs(batch)
+            except InvalidArgument:
+                stats.log_batches_invalid += 1
+                raise
+            if prepared.streams and self.loki is not None:
+                await self._enqueue(self._log_queue, prepared.streams)  # type: ignore[arg-type]
+            self.log_seqs.mark(agent, batch.sequence)
+        for labels, stamps, lines in prepared.streams:
+            self.logs.extend(LogRecord(labels, t, line)
+                             for t, line in zip(stamps, lines, strict=True))
+        stats.log_lines_received += prepared.received
+        stats.log_lines_accepted += prepared.accepted
+        stats.log_lines_rejected += prepared.rejected
+        return PushOutcome(batch.sequence, accepted=prepared.accepted,
+                           rejected=prepared.rejected, error_message=_message(prepared.reasons))
+
+    async def _metric_worker(self, queue: asyncio.Queue[list[SeriesOut]]) -> None:
+        assert self.remote is not None
+        limit = self.config.remote_write_max_samples
+        while True:
+            series = list(await queue.get())
+            taken = 1
+            samples = sum(len(s.timestamps) for s in series)
+            while samples < limit and not queue.empty():
+                more = queue.get_nowait()
+                taken += 1
+                series += more
+                samples += sum(len(s.timestamps) for s in more)
+            try:
+                await self.remote.write(series)
+            except Exception:  # a bug must not kill the worker: count and go on
+                log.exception("remote write failed unexpectedly; %d samples dropped", samples)
+                self.stats.metric_samples_dropped += samples
+            finally:
+                for _ in range(taken):
+                    queue.task_done()
+
+    async def _log_worker(self, loki: LokiForwarder) -> None:
+        queue = self._log_queue
+        while True:
+            due = loki.due_in()
+            try:
+                item = await (queue.get() if due is None else asyncio.wait_for(queue.get(), due))
+            except TimeoutError:
+                await self._flush_logs(loki)
+                continue
+            loki.add(item)
+            queue.task_done()
+            if loki.due_in() == 0.0:
+                await self._flush_logs(loki)
+
+    async def _flush_logs(self, loki: LokiForwarder) -> None:
+        try:
+            await loki.flush(self._stop)
+        except Exception:
+            log.exception("loki push failed unexpectedly")
+
+    async def stop(self) -> None:
+        """Drain the queues for up to `drain_seconds`, then end the workers."""
+        queues: list[asyncio.Queue[object]] = [*self._metric_queues]  # type: ignore[list-item]
+        if self.loki is not None:
+            queues.append(self._log_queue)  # type: ignore[arg-type]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(q.join() for q in queues)),
+                                   self.config.drain_seconds)
+        except TimeoutError:
+            log.warning("collector stopping with %d batches still queued", self.queue_depth())
+        self._stop.set()
+        if self.remote is not None:
+            # Retries now give up at once (counting what they hold as dropped); let them.
+            self.remote.stop.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(q.join() for q in queues)),
+                                       self.config.remote_write_timeout_seconds)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.loki is not None:
+            await self._flush_logs(self.loki)
+        for queue in self._metric_queues:
+            while not queue.empty():
+                self.stats.metric_samples_dropped += sum(len(s.timestamps)
+                                                         for s in queue.get_nowait())

@@ -1,0 +1,143 @@
+"""Loki push API: label rendering, PushRequest (protobuf+snappy) and JSON bodies, the batcher.
+
+Entries go out per stream in timestamp order. 429 and 5xx are retried with jittered backoff
+(bounded); any other 4xx counts the request's lines as rejected and logs Loki's message once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import logging
+import time
+from collections.abc import Iterable
+from operator import itemgetter
+
+import cramjam
+import httpx
+from google.protobuf import timestamp_pb2
+
+from aifb.collector.config import CollectorConfig
+from aifb.collector.model import Labels
+from aifb.collector.retry import Backoff
+from aifb.collector.stats import Stats
+from aifb.wire import logproto_pb2
+
+__all__ = ["PUSH_PATH", "LokiForwarder", "encode_json", "encode_protobuf", "render_labels"]
+
+log = logging.getLogger(__name__)
+
+PUSH_PATH = "/loki/api/v1/push"
+_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+# One stream's buffered entries: (timestamp ns, line).
+Entries = list[tuple[int, str]]
+
+
+def render_labels(labels: Labels) -> str:
+    """'{a="x", b="y\\"z"}': sorted by name, values escaped as Loki's (PromQL) parser reads them."""
+    return "{" + ", ".join(f'{n}="{v.translate(_ESCAPES)}"' for n, v in sorted(labels)) + "}"
+
+
+def _ordered(entries: Entries) -> Entries:
+    stamps = [e[0] for e in entries]
+    return entries if stamps == sorted(stamps) else sorted(entries, key=itemgetter(0))
+
+
+def encode_protobuf(streams: Iterable[tuple[Labels, Entries]]) -> bytes:
+    """A `logproto.PushRequest`, snappy block-compressed."""
+    request = logproto_pb2.PushRequest()
+    Timestamp, Entry = timestamp_pb2.Timestamp, logproto_pb2.EntryAdapter
+    for labels, entries in streams:
+        request.streams.add(labels=render_labels(labels), entries=[
+            Entry(timestamp=Timestamp(seconds=ts // 1_000_000_000, nanos=ts % 1_000_000_000),
+                  line=line) for ts, line in _ordered(entries)])
+    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+
+
+def encode_json(streams: Iterable[tuple[Labels, Entries]]) -> bytes:
+    """Loki's JSON push body: {"streams":[{"stream":{...},"values":[["<ns>","line"]]}]}."""
+    body = {"streams": [{"stream": dict(sorted(labels)),
+                         "values": [[str(ts), line] for ts, line in _ordered(entries)]}
+                        for labels, entries in streams]}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class LokiForwarder:
+    """Buffers streams and pushes them when `loki_batch_bytes` fill or `loki_batch_wait` ends."""
+
+    def __init__(self, config: CollectorConfig, client: httpx.AsyncClient, stats: Stats) -> None:
+        self.config = config
+        self.url = config.loki_url.rstrip("/") + PUSH_PATH
+        self.client = client
+        self.stats = stats
+        self._buffer: dict[Labels, Entries] = {}
+        self._bytes = 0
+        self._lines = 0
+        self._first_at = 0.0
+
+    @property
+    def buffered_lines(self) -> int:
+        return self._lines
+
+    def add(self, streams: Iterable[tuple[Labels, list[int], list[str]]]) -> None:
+        if not self._lines:
+            self._first_at = time.monotonic()
+        for labels, stamps, lines in streams:
+            self._buffer.setdefault(labels, []).extend(zip(stamps, lines, strict=True))
+            self._bytes += sum(map(len, lines))
+            self._lines += len(lines)
+
+    def due_in(self) -> float | None:
+        """Seconds until the buffer must go out; 0 when it is full; None when it is empty."""
+        if not self._lines:
+            return None
+        if self._bytes >= self.config.loki_batch_bytes:
+            return 0.0
+        return max(0.0, self._first_at + self.config.loki_batch_wait_seconds - time.monotonic())
+
+    def _body(self, streams: list[tuple[Labels, Entries]]) -> tuple[bytes, dict[str, str]]:
+        if self.config.loki_format == "json":
+            body = encode_json(streams)
+            headers = {"Content-Type": "application/json"}
+            if self.config.loki_gzip:
+                body = gzip.compress(body, compresslevel=1)
+                headers["Content-Encoding"] = "gzip"
+            return body, headers
+        return encode_protobuf(streams), {"Content-Type": "application/x-protobuf"}
+
+    async def flush(self, stop: asyncio.Event | None = None) -> None:
+        """Push everything buffered; every line ends forwarded, rejected or dropped."""
+        if not self._lines:
+            return
+        streams, lines = list(self._buffer.items()), self._lines
+        self._buffer, self._bytes, self._lines = {}, 0, 0
+        body, headers = self._body(streams)
+        headers["User-Agent"] = "aifb-collector"
+        backoff = Backoff(self.config.retry)
+        while True:
+            start = time.perf_counter()
+            self.stats.loki_requests += 1
+            try:
+                resp = await self.client.post(self.url, content=body, headers=headers,
+                                              timeout=self.config.loki_timeout_seconds)
+            except httpx.TransportError as exc:
+                log.debug("loki push to %s failed: %s", self.url, exc)
+            else:
+                self.stats.loki_latency.observe(time.perf_counter() - start)
+                status = resp.status_code
+                if 200 <= status < 300:
+                    self.stats.log_lines_forwarded += lines
+                    return
+                if status != 429 and status < 500:
+                    self.stats.log_lines_remote_rejected += lines
+                    log.warning("loki rejected %d lines in %d streams (HTTP %d): %s", lines,
+                                len(streams), status, resp.text.strip()[:500])
+                    return
+                log.debug("loki answered %d: %s", status, resp.text[:200])
+            if not await backoff.wait(stop):
+                self.stats.log_lines_dropped += lines
+                log.error("loki push to %s gave up: %d lines dropped", self.url, lines)
+                return
+            self.stats.loki_retries += 1

@@ -1,0 +1,318 @@
+"""The logger agent: tails each service's files, pushes LogBatches, checkpoints after the ack.
+
+Embedded: `LoggerAgent(config, collector=..., discovery=...)`, `await agent.start()`, mount
+`agent.binding()`. Sidecar or node daemon: `python -m aifb.logger.agent --collector HOST:PORT`.
+Exactly once across restarts: a batch is spooled (with the positions after it) before it is
+sent, the checkpoint moves only when the collector acknowledges it, and a restarted agent
+resends the spool with the same sequence numbers and resumes reading after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aifb.logger.checkpoint import CheckpointStore
+from aifb.logger.config import LoggerConfig
+from aifb.logger.tailer import FileTailer, Position, Record
+from aifb.mesh.discovery import ChannelFactory, ServiceDiscovery, Target
+from aifb.mesh.push import BatchSender
+from aifb.v1 import telemetry_pb2
+
+if TYPE_CHECKING:
+    from aifb.mesh.server import ServiceBinding
+
+__all__ = ["LogSourceState", "LoggerAgent", "TailEvent", "main"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TailEvent:
+    labels: dict[str, str]
+    time_ns: int
+    text: str
+
+
+@dataclass
+class LogSourceState:
+    path: str
+    labels: dict[str, str]
+    tailer: FileTailer
+    recent: deque[TailEvent]
+    removed_at: float | None = None
+
+
+@dataclass
+class _Subscriber:
+    matcher: dict[str, str]
+    queue: asyncio.Queue[TailEvent] = field(default_factory=lambda: asyncio.Queue(10000))
+    dropped: int = 0
+
+
+def _matches(labels: Mapping[str, str], matcher: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in matcher.items())
+
+
+class LoggerAgent:
+    """Owns the tailers, the checkpoint and the sender."""
+
+    def __init__(self, config: LoggerConfig, *, collector: ChannelFactory | None = None,
+                 discovery: ServiceDiscovery | None = None) -> None:
+        self.config = config
+        self.node = config.node_name
+        state = Path(config.state_dir).expanduser()
+        self.checkpoint = CheckpointStore(state / "checkpoint.json")
+        self.sender = (BatchSender("logs", config.agent_name, collector,
+                                   max_batches=config.buffer_batches, window=config.window,
+                                   spool_dir=state / "spool", on_ack=self._on_ack)
+                       if collector is not None else None)
+        self._acked_seq: dict[str, int] = {}
+        self._resume: dict[str, Position] = dict(self.checkpoint.positions)
+        if self.sender is not None:  # batches sent but never acknowledged are resent first
+            for _seq, meta in self.sender.pending():
+                for path, pos in meta.get("positions", {}).items():
+                    self._resume[path] = Position.from_json(pos)
+        self.sources: dict[str, LogSourceState] = {}
+        self.lines_read = 0
+        self._subscribers: list[_Subscriber] = []
+        self._task: asyncio.Task[None] | None = None
+        self.discovery = discovery or ServiceDiscovery(None, node=self.node,
+                                                       all_nodes=config.all_nodes)
+        self.discovery.set_static([t.to_target() for t in config.targets])
+        self.discovery.add_listener(self._on_targets)
+
+    # -- sources ---------------------------------------------------------------------------
+
+    def _on_targets(self, targets: Mapping[str, Target]) -> None:
+        wanted: set[str] = set()
+        for target in targets.values():
+            for path, stream in target.log_sources():
+                wanted.add(path)
+                src = self.sources.get(path)
+                if src is not None:
+                    src.removed_at = None
+                    continue
+                labels = {"service": target.service, "job_id": target.job_id,
+                          "node": self.node, "stream": stream}
+                tailer = FileTailer(path, start=self._resume.get(path),
+                                    max_line_bytes=self.config.max_line_bytes,
+                                    idle_flush_seconds=self.config.idle_flush_seconds)
+                self.sources[path] = LogSourceState(path, labels, tailer,
+                                                    deque(maxlen=self.config.recent_records))
+        now = time.monotonic()
+        for path, src in self.sources.items():
+            if path not in wanted and src.removed_at is None:
+                src.removed_at = now
+
+    # -- reading and delivery --------------------------------------------------------------
+
+    def _read(self, sources: list[LogSourceState]) -> list[tuple[LogSourceState, list[Record]]]:
+        """Runs in a worker thread: only the tailers are touched."""
+        budget = self.config.max_batch_bytes
+        return [(src, src.tailer.poll(budget)) for src in sources]
+
+    def _batches(self, results: list[tuple[LogSourceState, list[Record]]]
+                 ) -> list[tuple[telemetry_pb2.LogBatch, dict[str, Position]]]:
+        out: list[tuple[telemetry_pb2.LogBatch, dict[str, Position]]] = []
+        streams: dict[tuple[tuple[str, str], ...], telemetry_pb2.LogStream] = {}
+        positions: dict[str, Position] = {}
+        lines = size = 0
+
+        def seal() -> None:
+            nonlocal streams, positions, lines, size
+            if lines:
+                batch = telemetry_pb2.LogBatch(resource=telemetry_pb2.TelemetryResource(
+                    attributes={"node": self.node, "agent": self.config.agent_name}))
+                batch.streams.extend(streams.values())
+                out.append((batch, positions))
+            streams, positions, lines, size = {}, {}, 0, 0
+
+        for src, records in results:
+            for rec in records:
+                labels = {**src.labels, "level": rec.level}
+                key = tuple(sorted(labels.items()))
+                stream = streams.get(key)
+                if stream is None:
+                    stream = streams[key] = telemetry_pb2.LogStream(labels=labels)
+                stream.timestamps_ns.append(rec.time_ns)
+                stream.lines.append(rec.text)
+                positions[src.path] = rec.position
+                lines += 1
+                size += len(rec.text)
+                event = TailEvent(labels, rec.time_ns, rec.text)
+                src.recent.append(event)
+                self._publish(event)
+                if lines >= self.config.max_batch_lines or size >= self.config.max_batch_bytes:
+                    seal()
+        seal()
+        return out
+
+    async def poll_once(self) -> int:
+        """Read what is new in every file and submit it; returns the records read."""
+        if self.sender is not None and self.sender.room() <= self.config.buffer_batches // 4:
+            return 0  # the collector is behind: leave the lines in the files for now
+        sources = list(self.sources.values())
+        results = await asyncio.to_thread(self._read, sources)
+        count = sum(len(r) for _, r in results)
+        self.lines_read += count
+        for batch, positions in self._batches(results):
+            if self.sender is None:
+                self.checkpoint.update(positions)
+            else:
+                self.sender.submit(batch, {"positions": {
+                    p: pos.to_json() for p, pos in positions.items()}})
+        self._expire(results)
+        return count
+
+    def _expire(self, results: list[tuple[LogSourceState, list[Record]]]) -> None:
+        now = time.monotonic()
+        for src, records in results:
+            if (src.removed_at is not None and not records
+                    and now - src.removed_at >= self.config.linger_seconds):
+                src.tailer.close()
+                self.sources.pop(src.path, None)
+
+    def _on_ack(self, seq: int, meta: Mapping[str, Any]) -> None:
+        update: dict[str, Position] = {}
+        for path, pos in meta.get("positions", {}).items():
+            if seq > self._acked_seq.get(path, 0):
+                self._acked_seq[path] = seq
+                update[path] = Position.from_json(pos)
+        if update:
+            self.checkpoint.update(update)
+
+    # -- live tail -------------------------------------------------------------------------
+
+    def _publish(self, event: TailEvent) -> None:
+        for sub in self._subscribers:
+            if _matches(event.labels, sub.matcher):
+                try:
+                    sub.queue.put_nowait(event)
+                except asyncio.QueueFull:
+                    sub.dropped += 1
+
+    def recent(self, matcher: Mapping[str, str], count: int) -> list[TailEvent]:
+        events = [e for s in self.sources.values() for e in s.recent
+                  if _matches(e.labels, matcher)]
+        events.sort(key=lambda e: e.time_ns)
+        return events[-count:] if count > 0 else []
+
+    def subscribe(self, matcher: Mapping[str, str]) -> _Subscriber:
+        sub = _Subscriber(dict(matcher))
+        self._subscribers.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: _Subscriber) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(sub)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.discovery.start()
+        if self.sender is not None:
+            self.sender.start()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="logger")
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("log tailing failed")
+            await asyncio.sleep(self.config.poll_interval_seconds)
+
+    async def stop(self, flush_timeout: float = 2.0) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.discovery.close()
+        if self.sender is not None:
+            await self.sender.close(flush_timeout)
+        for src in self.sources.values():
+            src.tailer.close()
+
+    def binding(self) -> ServiceBinding:
+        from aifb.logger.servicer import logger_binding
+
+        return logger_binding(self)
+
+
+async def _amain(config: LoggerConfig, listen: str) -> None:
+    import signal
+
+    from aifb.mesh.auth import Authenticator, TokenStore
+    from aifb.mesh.channel import load_token
+    from aifb.mesh.config import load_config
+    from aifb.mesh.discovery import channel_factory
+    from aifb.mesh.server import create_server, serve_until_signal
+
+    mesh = load_config().mesh
+    token = load_token(mesh.home_path)
+    discovery = ServiceDiscovery(
+        channel_factory(config.server, token=token) if config.server else None,
+        node=config.node_name, all_nodes=config.all_nodes)
+    agent = LoggerAgent(config, discovery=discovery, collector=channel_factory(
+        config.collector, token=token) if config.collector else None)
+    await agent.start()
+    if listen:
+        server = await create_server(mesh, [agent.binding()], listen=listen,
+                                     authenticator=Authenticator(TokenStore(mesh.home_path),
+                                                                 enabled=mesh.auth))
+        await serve_until_signal(server, mesh.shutdown_grace_seconds, on_stop=agent.stop)
+        return
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await agent.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m aifb.logger.agent --collector H:P [--server H:P] [--service S --file PATH]`."""
+    import argparse
+
+    import yaml
+
+    from aifb.mesh.discovery import TargetSpec
+
+    p = argparse.ArgumentParser(prog="aifb-logger")
+    p.add_argument("--config", help="YAML file with LoggerConfig keys")
+    for flag in ("collector", "server", "node", "state-dir"):
+        p.add_argument(f"--{flag}", default=None)
+    p.add_argument("--all-nodes", action="store_true")
+    p.add_argument("--listen", default="", help="serve LoggerService here")
+    p.add_argument("--service", default="", help="follow this service's files (sidecar)")
+    p.add_argument("--job-id", default="")
+    p.add_argument("--stdout", default="")
+    p.add_argument("--stderr", default="")
+    p.add_argument("--file", action="append", default=[])
+    args = p.parse_args(argv)
+    data: dict[str, Any] = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    for key in ("collector", "server", "node", "state_dir"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    if args.all_nodes:
+        data["all_nodes"] = True
+    config = LoggerConfig.model_validate(data)
+    if args.service:
+        config.targets.append(TargetSpec(service=args.service, job_id=args.job_id,
+                                         stdout_path=args.stdout, stderr_path=args.stderr,
+                                         log_files=args.file))
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(_amain(config, args.listen))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Log records from lines: multi-line joining (Python tracebacks, indented lines) and levels."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Joiner", "detect_level"]
+
+_LEVEL = re.compile(
+    r"(?P<error>\b(?:ERROR|ERR|CRITICAL|FATAL|PANIC)\b|\[(?:error|critical|fatal)\]"
+    r"|level=\"?(?:error|err|critical|fatal)\b|\"level\":\s*\"(?:error|critical|fatal)\")"
+    r"|(?P<warning>\b(?:WARNING|WARN)\b|\[(?:warning|warn)\]|level=\"?warn(?:ing)?\b"
+    r"|\"level\":\s*\"warn(?:ing)?\")"
+    r"|(?P<info>\bINFO\b|\[info\]|level=\"?info\b|\"level\":\s*\"info\")"
+    r"|(?P<debug>\b(?:DEBUG|TRACE)\b|\[(?:debug|trace)\]|level=\"?(?:debug|trace)\b"
+    r"|\"level\":\s*\"(?:debug|trace)\")"
+)
+_TRACEBACK_START = ("Traceback (most recent call last)", "During handling of the above exception",
+                    "The above exception was the direct cause")
+
+
+def detect_level(text: str) -> str:
+    """"error", "warning", "info", "debug" from the first line's earliest marker, else "unknown"
+    (a record holding a Python traceback and no marker is an error)."""
+    first = text.split("\n", 1)[0][:512]
+    match = _LEVEL.search(first)
+    if match and match.lastgroup:
+        return match.lastgroup
+    if "\nTraceback (most recent call last)" in text or text.startswith("Traceback ("):
+        return "error"
+    return "unknown"
+
+
+@dataclass
+class _Pending:
+    lines: list[str]
+    end: int
+    traceback: str = ""  # "", "frames" (inside a traceback) or "done" (after its last line)
+
+
+class Joiner:
+    """Feeds lines in, returns finished records as (text, end offset of their last line).
+
+    A line continues the record before it when it is indented, starts a traceback section, is
+    the exception line closing a traceback, or is blank inside a traceback. Blank lines outside
+    tracebacks are skipped (their bytes still count as read).
+    """
+
+    def __init__(self) -> None:
+        self._pending: _Pending | None = None
+
+    @property
+    def has_pending(self) -> bool:
+        return self._pending is not None
+
+    def feed(self, line: str, end: int) -> tuple[str, int] | None:
+        p = self._pending
+        if p is not None and self._continues(p, line):
+            p.lines.append(line)
+            p.end = end
+            if line.startswith(_TRACEBACK_START):
+                p.traceback = "frames"
+            elif p.traceback == "frames" and line and not line[0].isspace():
+                p.traceback = "done"
+            return None
+        done = self.flush()
+        if not line.strip():
+            if done is None:
+                return None
+            self._pending = None
+            return done
+        tb = "frames" if line.startswith(_TRACEBACK_START) else ""
+        self._pending = _Pending([line], end, tb)
+        return done
+
+    @staticmethod
+    def _continues(p: _Pending, line: str) -> bool:
+        if line.startswith(_TRACEBACK_START):
+            return True
+        if not line.strip():
+            return bool(p.traceback)
+        if line[0].isspace():
+            return True
+        return p.traceback == "frames"
+
+    def flush(self) -> tuple[str, int] | None:
+        """Finish the pending record (at end of file, on rotation, or after an idle timeout)."""
+        p = self._pending
+        self._pending = None
+        if p is None:
+            return None
+        lines = p.lines
+        while lines and not lines[-1].strip():
+            lines.pop()
+        return "\n".join(lines), p.end

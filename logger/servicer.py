@@ -1,0 +1,70 @@
+"""aifb.v1.LoggerService: a thin adapter from requests to the LoggerAgent."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from aifb.mesh.errors import InvalidArgument
+from aifb.mesh.server import ServiceBinding
+from aifb.v1 import logger_pb2, logger_pb2_grpc
+
+if TYPE_CHECKING:
+    from aifb.logger.agent import LoggerAgent, TailEvent
+
+__all__ = ["LoggerServicer", "logger_binding"]
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+_MAX_INITIAL = 10000
+
+
+def _response(event: TailEvent) -> logger_pb2.TailLogsResponse:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(event.time_ns)
+    return logger_pb2.TailLogsResponse(labels=event.labels, time=stamp, line=event.text)
+
+
+class LoggerServicer(logger_pb2_grpc.LoggerServiceServicer):
+    def __init__(self, agent: LoggerAgent) -> None:
+        self.agent = agent
+
+    async def ListLogSources(self, request: logger_pb2.ListLogSourcesRequest, context: Ctx
+                             ) -> logger_pb2.ListLogSourcesResponse:
+        sources = []
+        for src in list(self.agent.sources.values()):
+            pos = self.agent.checkpoint.positions.get(src.path)
+            sources.append(logger_pb2.LogSource(
+                path=src.path, labels=src.labels, offset=pos.offset if pos else 0,
+                size_bytes=src.tailer.size(), rotations=src.tailer.rotations,
+                truncations=src.tailer.truncations))
+        return logger_pb2.ListLogSourcesResponse(sources=sources)
+
+    async def TailLogs(self, request: logger_pb2.TailLogsRequest, context: Ctx
+                       ) -> AsyncIterator[logger_pb2.TailLogsResponse]:
+        if not 0 <= request.initial_lines <= _MAX_INITIAL:
+            raise InvalidArgument(f"initial_lines must be 0..{_MAX_INITIAL}",
+                                  field="initial_lines")
+        matcher = dict(request.labels)
+        sub = self.agent.subscribe(matcher) if request.follow else None
+        try:
+            for event in self.agent.recent(matcher, request.initial_lines):
+                yield _response(event)
+            if sub is None:
+                return
+            while True:
+                event = await sub.queue.get()
+                yield _response(event)
+        finally:
+            if sub is not None:
+                self.agent.unsubscribe(sub)
+
+
+def logger_binding(agent: LoggerAgent) -> ServiceBinding:
+    servicer = LoggerServicer(agent)
+    return ServiceBinding(
+        full_name=logger_pb2.DESCRIPTOR.services_by_name["LoggerService"].full_name,
+        add_to_server=lambda s: logger_pb2_grpc.add_LoggerServiceServicer_to_server(
+            servicer, s))

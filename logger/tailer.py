@@ -1,0 +1,226 @@
+"""Follows one log file by (device, inode) and offset, through rotation, truncation and absence.
+
+Rotation (rename, then a new file at the path): the old file is read to its end and its last
+record finished, then the new file is read from 0. Truncation (copytruncate: same inode, now
+smaller than what was read): reading restarts at 0. A missing file is opened when it appears.
+A start `Position` whose inode no longer sits at the path (rotated while the agent was down) is
+looked up among the path's siblings, finished, and then the new file follows.
+Every `Record` carries the position just after it: checkpoint that, and a restart resumes with
+the next record, neither losing nor repeating one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from aifb.logger.records import Joiner, detect_level
+
+__all__ = ["FileTailer", "Position", "Record"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Position:
+    dev: int
+    ino: int
+    offset: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"dev": self.dev, "ino": self.ino, "offset": self.offset}
+
+    @classmethod
+    def from_json(cls, data: dict[str, int]) -> Position:
+        return cls(int(data["dev"]), int(data["ino"]), int(data["offset"]))
+
+
+@dataclass(frozen=True)
+class Record:
+    time_ns: int
+    text: str
+    level: str
+    position: Position
+
+
+class FileTailer:
+    """Call `poll()` repeatedly; it returns the records completed since the last call."""
+
+    def __init__(self, path: str | Path, *, start: Position | None = None,
+                 max_line_bytes: int = 256 * 1024, idle_flush_seconds: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = Path(path)
+        self.max_line_bytes = max_line_bytes
+        self.idle_flush_seconds = idle_flush_seconds
+        self.rotations = 0
+        self.truncations = 0
+        self._clock = clock
+        self._fh: BinaryIO | None = None
+        self._ident = (0, 0)
+        self._buf = b""
+        self._buf_start = 0  # file offset of _buf[0]
+        self._joiner = Joiner()
+        self._last_data = clock()
+        self.committed: Position | None = start
+        self._open_start(start)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _open(self, path: Path, offset: int) -> bool:
+        try:
+            fh = path.open("rb")
+        except OSError:
+            return False
+        st = os.fstat(fh.fileno())
+        if offset > st.st_size:
+            self.truncations += 1
+            offset = 0
+        fh.seek(offset)
+        self._fh = fh
+        self._ident = (st.st_dev, st.st_ino)
+        self._buf = b""
+        self._buf_start = offset
+        self._joiner = Joiner()
+        return True
+
+    def _open_start(self, start: Position | None) -> None:
+        if start is None:
+            self._open(self.path, 0)
+            return
+        try:
+            st = self.path.stat()
+            if (st.st_dev, st.st_ino) == (start.dev, start.ino):
+                self._open(self.path, start.offset)
+                return
+        except OSError:
+            pass
+        old = self._find_inode(start)
+        if old is not None and self._open(old, start.offset):
+            log.info("%s: resuming the rotated file %s at %d", self.path, old, start.offset)
+            return
+        if start.offset:
+            log.warning("%s: the checkpointed file (inode %d) is gone; reading the new file "
+                        "from its start", self.path, start.ino)
+        self._open(self.path, 0)
+
+    def _find_inode(self, pos: Position) -> Path | None:
+        try:
+            siblings = list(self.path.parent.iterdir())
+        except OSError:
+            return None
+        for candidate in siblings:
+            if candidate.name.startswith(self.path.name):
+                try:
+                    st = candidate.stat()
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) == (pos.dev, pos.ino):
+                    return candidate
+        return None
+
+    def __enter__(self) -> FileTailer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def read_offset(self) -> int:
+        return self._buf_start + len(self._buf)
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
+    def poll(self, max_bytes: int = 1 << 20) -> list[Record]:
+        out: list[Record] = []
+        if self._fh is None and not self._open(self.path, 0):
+            return out
+        self._read(out, max_bytes)
+        try:
+            st: os.stat_result | None = self.path.stat()
+        except OSError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) != self._ident:
+            self._read(out, 1 << 62)  # the rest of the old file, then its last record
+            self._finish(out)
+            self.close()
+            self.rotations += 1
+            if self._open(self.path, 0):
+                self._read(out, max_bytes)
+        elif st is not None and st.st_size < self.read_offset:
+            self._finish(out)
+            self.truncations += 1
+            log.info("%s was truncated; reading from the start", self.path)
+            assert self._fh is not None
+            self._fh.seek(0)
+            self._buf, self._buf_start = b"", 0
+            self._read(out, max_bytes)
+        elif self._joiner.has_pending and self._clock() - self._last_data > self.idle_flush_seconds:
+            self._emit(out, self._joiner.flush())
+        return out
+
+    def _read(self, out: list[Record], max_bytes: int) -> None:
+        assert self._fh is not None
+        budget = max_bytes
+        while budget > 0:
+            chunk = self._fh.read(min(_CHUNK, budget))
+            if not chunk:
+                return
+            budget -= len(chunk)
+            self._last_data = self._clock()
+            self._buf += chunk
+            self._split(out)
+
+    def _split(self, out: list[Record]) -> None:
+        start = 0
+        buf = self._buf
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                if len(buf) - start >= self.max_line_bytes:  # an endless line: cut it
+                    nl = start + self.max_line_bytes - 1
+                    self._line(out, buf[start:nl + 1], self._buf_start + nl + 1)
+                    start = nl + 1
+                    continue
+                break
+            self._line(out, buf[start:nl], self._buf_start + nl + 1)
+            start = nl + 1
+        self._buf = buf[start:]
+        self._buf_start += start
+
+    def _line(self, out: list[Record], raw: bytes, end: int) -> None:
+        text = raw[:self.max_line_bytes].decode("utf-8", errors="replace").rstrip("\r")
+        self._emit(out, self._joiner.feed(text, end))
+
+    def _finish(self, out: list[Record]) -> None:
+        """End of this file for good: a last line without newline counts, then the record."""
+        if self._buf:
+            end = self.read_offset
+            self._line(out, self._buf, end)
+            self._buf, self._buf_start = b"", end
+        self._emit(out, self._joiner.flush())
+
+    def _emit(self, out: list[Record], done: tuple[str, int] | None) -> None:
+        if done is None:
+            return
+        text, end = done
+        position = Position(self._ident[0], self._ident[1], end)
+        self.committed = position
+        out.append(Record(time.time_ns(), text, detect_level(text), position))

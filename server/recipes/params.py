@@ -1,0 +1,117 @@
+"""Merge the user's parameters and resource overrides into a recipe's typed, checked values.
+
+Parameters arrive as text (`Mapping[str, str]` from the CLI or gRPC). Only declared names get
+in; each value is parsed to its declared type and checked (bounds, full-match pattern, choices,
+length, no NUL or control characters unless the parameter is `multiline`). Errors are
+`RecipeError` with key `parameters.<name>`. Resource overrides follow the proto's `Resources`
+(zero or empty = the recipe's default) and may not exceed the recipe's caps (`resources.max`);
+errors are `InvalidArgument` naming `resources.<field>`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Protocol
+
+from aifb.mesh.errors import InvalidArgument, RecipeError
+from aifb.server.jobs import ResourceSpec
+from aifb.server.recipes.schema import Recipe
+from aifb.server.recipes.values import Value, ValueProblem, check_text, short_repr
+
+__all__ = ["ResourceOverrides", "merge_params", "merge_resources"]
+
+_SLURM_NAME = re.compile(r"[A-Za-z0-9_.,-]{1,64}")
+_INT32_MAX = 2**31 - 1
+
+
+class ResourceOverrides(Protocol):
+    """What `aifb.v1.Resources` and the server's ResourceRequest both look like."""
+
+    @property
+    def nodes(self) -> int: ...
+    @property
+    def cpus(self) -> int: ...
+    @property
+    def memory_mib(self) -> int: ...
+    @property
+    def gpus(self) -> int: ...
+    @property
+    def time_limit_minutes(self) -> int: ...
+    @property
+    def partition(self) -> str: ...
+    @property
+    def account(self) -> str: ...
+
+
+def merge_params(recipe: Recipe, given: Mapping[str, str]) -> dict[str, Value]:
+    """Declared defaults overlaid with the user's values, every one typed and checked."""
+    valid = ", ".join(sorted(recipe.parameters)) or "(none)"
+    for name in given:
+        if name not in recipe.parameters:
+            raise RecipeError(f"unknown parameter {short_repr(name)} for recipe {recipe.name!r}",
+                              key="parameters", expected=f"one of: {valid}")
+    values: dict[str, Value] = {}
+    for name, param in recipe.parameters.items():
+        key = f"parameters.{name}"
+        if name in given:
+            text = given[name]
+            if not isinstance(text, str):
+                raise RecipeError(f"got {type(text).__name__}", key=key, expected="text")
+            try:
+                values[name] = param.parse(text)
+            except ValueProblem as exc:
+                raise RecipeError(exc.message, key=key, expected=exc.expected) from None
+        elif param.required:
+            raise RecipeError("is required", key=key,
+                              expected=f"a value: --param {name}=...")
+        else:
+            default = param.default_value()
+            assert default is not None  # not required -> has a default (checked at load)
+            values[name] = default
+    return values
+
+
+def _positive(field: str, value: int, cap: int | None) -> int | None:
+    """None when the override is unset (0); else the checked value."""
+    if value == 0:
+        return None
+    if value < 0 or value > _INT32_MAX:
+        raise InvalidArgument(f"resources.{field}: got {value}, expected a positive number",
+                              field=f"resources.{field}")
+    if cap is not None and value > cap:
+        raise InvalidArgument(
+            f"resources.{field}: {value} is above this recipe's maximum {cap}",
+            field=f"resources.{field}")
+    return value
+
+
+def _name(field: str, value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        check_text(value, max_length=64, multiline=False)
+    except ValueProblem as exc:
+        raise InvalidArgument(f"resources.{field}: {exc}", field=f"resources.{field}") from None
+    if not _SLURM_NAME.fullmatch(value):
+        raise InvalidArgument(
+            f"resources.{field}: got {short_repr(value)}, expected letters, digits, _ . , -",
+            field=f"resources.{field}")
+    return value
+
+
+def merge_resources(recipe: Recipe, overrides: ResourceOverrides | None) -> ResourceSpec:
+    """The recipe's default resources with the user's non-zero overrides, within the caps."""
+    spec = recipe.resources.defaults()
+    if overrides is None:
+        return spec
+    caps = recipe.resources.max.limits()
+    nums = {f: _positive(f, int(getattr(overrides, f)), caps[f])
+            for f in ("nodes", "cpus", "memory_mib", "gpus", "time_limit_minutes")}
+    partition = _name("partition", str(overrides.partition))
+    account = _name("account", str(overrides.account))
+    return ResourceSpec(
+        nodes=nums["nodes"] or spec.nodes, cpus=nums["cpus"] or spec.cpus,
+        memory_mib=nums["memory_mib"] or spec.memory_mib, gpus=nums["gpus"] or spec.gpus,
+        time_limit_minutes=nums["time_limit_minutes"] or spec.time_limit_minutes,
+        partition=partition or spec.partition, account=account or spec.account)

@@ -1,0 +1,117 @@
+"""From a recipe and the user's input to a ResolvedService, and from that to a JobSpec.
+
+`resolve` types and checks the parameters and resources and substitutes placeholders;
+`build_job_spec` adds what only the server knows (service id, workdir, interpreter, the
+reporting environment). Substitution is one pass per text (see `aifb.server.recipes.values`),
+so builtins (`{{ workdir }}`, `{{ service_id }}`) are substituted in the same pass as the
+parameters, in `build_job_spec`; a port parameter whose value is 0 stays as its token
+``{{ name }}`` and is listed in `auto_ports` for the in-job entry point to fill in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aifb.server.jobs import ContainerSpec, JobSpec, ReadinessSpec, ResourceSpec
+from aifb.server.recipes.params import ResourceOverrides, merge_params, merge_resources
+from aifb.server.recipes.schema import ApptainerRuntime, Recipe
+from aifb.server.recipes.values import Value, canonical_text, placeholder_names, render
+
+__all__ = ["ResolvedService", "build_job_spec", "resolve"]
+
+
+@dataclass(frozen=True)
+class ResolvedService:
+    """A recipe with checked values. `argv`, `env`, ... have the builtins still as tokens."""
+
+    recipe: Recipe
+    values: Mapping[str, Value]
+    resources: ResourceSpec
+    readiness: ReadinessSpec
+    auto_ports: tuple[str, ...]
+    metrics_port: int | None = None
+    metrics_port_param: str = ""
+    metrics_path: str = ""
+    lookup: Mapping[str, str] = field(default_factory=dict)
+
+    def parameter_text(self) -> dict[str, str]:
+        """Every parameter's value as canonical text (auto ports read "0")."""
+        return {name: canonical_text(v) for name, v in self.values.items()}
+
+    def render(self, template: str, builtins: Mapping[str, str] | None = None) -> str:
+        return render(template, {**self.lookup, **(builtins or {})})
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        return tuple(self.render(a) for a in self.recipe.command)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {k: self.render(v) for k, v in self.recipe.env.items()}
+
+    def container(self, builtins: Mapping[str, str] | None = None) -> ContainerSpec | None:
+        rt = self.recipe.runtime
+        if not isinstance(rt, ApptainerRuntime):
+            return None
+        return ContainerSpec(
+            image=self.render(rt.image, builtins),
+            binds=tuple(self.render(b, builtins) for b in rt.binds),
+            env={k: self.render(v, builtins) for k, v in sorted(rt.env.items())},
+            nv=self.resources.gpus > 0)
+
+
+def _port(ref: int | str, values: Mapping[str, Value], auto: tuple[str, ...]) -> tuple[int, str]:
+    """(port, parameter name) for a readiness or metrics port reference."""
+    if isinstance(ref, int):
+        return ref, ""
+    name = placeholder_names(ref)[0]
+    value = values[name]
+    return (0 if name in auto else int(value)), name
+
+
+def resolve(recipe: Recipe, params: Mapping[str, str],
+            resources: ResourceOverrides | None = None) -> ResolvedService:
+    """Type and check `params` and `resources` against `recipe` (RecipeError/InvalidArgument)."""
+    values = merge_params(recipe, params)
+    spec = merge_resources(recipe, resources)
+    auto = tuple(n for n, p in recipe.parameters.items() if p.type == "port" and values[n] == 0)
+    lookup = {n: canonical_text(v) for n, v in values.items() if n not in auto}
+    check = recipe.readiness.tcp or recipe.readiness.http
+    assert check is not None  # exactly one, checked by the schema
+    port, port_param = _port(check.port, values, auto)
+    readiness = ReadinessSpec(
+        kind="tcp" if recipe.readiness.tcp else "http", port=port,
+        path=recipe.readiness.http.path if recipe.readiness.http else "/",
+        timeout_seconds=recipe.readiness.timeout, port_param=port_param)
+    metrics_port, metrics_param, metrics_path = None, "", ""
+    if recipe.metrics is not None:
+        metrics_port, metrics_param = _port(recipe.metrics.port, values, auto)
+        metrics_path = recipe.metrics.path
+    return ResolvedService(recipe=recipe, values=values, resources=spec, readiness=readiness,
+                           auto_ports=auto, metrics_port=metrics_port,
+                           metrics_port_param=metrics_param, metrics_path=metrics_path,
+                           lookup=lookup)
+
+
+def build_job_spec(resolved: ResolvedService, *, service_id: str, job_name: str,
+                   workdir: Path | str, python: str,
+                   environment: Mapping[str, str]) -> JobSpec:
+    """The JobSpec of one service: stdout/stderr go to `job.out`/`job.err` inside `workdir`;
+    `environment` (AIFB_SERVER, AIFB_SERVICE, ...) is added to the recipe's `env`."""
+    wd = str(workdir)
+    builtins = {"workdir": wd, "service_id": service_id}
+    recipe = resolved.recipe
+    env = {k: resolved.render(v, builtins) for k, v in recipe.env.items()}
+    env.update(environment)
+    return JobSpec(
+        service_id=service_id, job_name=job_name, recipe=recipe.name,
+        command=tuple(resolved.render(a, builtins) for a in recipe.command),
+        resources=resolved.resources, workdir=wd,
+        stdout_path=str(Path(wd) / "job.out"), stderr_path=str(Path(wd) / "job.err"),
+        readiness=resolved.readiness, python=python, runtime=recipe.runtime_kind,
+        container=resolved.container(builtins), environment=dict(sorted(env.items())),
+        auto_ports=resolved.auto_ports,
+        log_files=tuple(resolved.render(p, builtins) for p in recipe.logs),
+        files={k: resolved.render(v, builtins) for k, v in sorted(recipe.files.items())})

@@ -1,0 +1,23 @@
+#!/bin/bash
+#SBATCH --cpus-per-task=8
+#SBATCH --error=/home/alice/.aifb/jobs/svc42/job.err
+#SBATCH --gres=gpu:2
+#SBATCH --job-name=aifb-vllm-svc42
+#SBATCH --mem=65536M
+#SBATCH --nodes=1
+#SBATCH --output=/home/alice/.aifb/jobs/svc42/job.out
+#SBATCH --time=2-01:30:00
+set -euo pipefail
+cd -- /home/alice/.aifb/jobs/svc42
+export AIFB_REPORT_TOKEN=tok-123
+export AIFB_SERVER=login1:50051
+export AIFB_SERVICE=services/svc42
+export TRACEPARENT=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01
+exec /opt/aifb/venv/bin/python -m aifb.server.jobrun \
+    --service svc42 \
+    --workdir /home/alice/.aifb/jobs/svc42 \
+    --readiness http \
+    --ready-port 8000 \
+    --ready-path /health \
+    --timeout 1800 \
+    -- apptainer exec --nv --env VLLM_NO_USAGE_STATS=1 docker://vllm/vllm-openai:v0.10.1 vllm serve meta-llama/Llama-3.1-8B-Instruct --host 0.0.0.0 --port 8000 --tensor-parallel-size 1 --gpu-memory-utilization 0.9 --max-model-len 4096
