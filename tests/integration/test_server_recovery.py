@@ -1,0 +1,95 @@
+"""A server killed with SIGKILL and started again re-attaches to its SLURM jobs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aifb.mesh.auth import read_token_file
+from aifb.mesh.channel import open_sync_channel
+from aifb.v1 import server_pb2_grpc
+from tests.fixtures import SlurmCluster
+from tests.fixtures.server import TEST_RECIPES
+from tests.integration.flow import S, create, redis_ping, state_name, wait_for_state
+
+pytestmark = [pytest.mark.integration, pytest.mark.slurm]
+
+AIFB = Path(sys.executable).with_name("aifb")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(home: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "AIFB_SERVER__RECIPE_DIRS": f"[{TEST_RECIPES}]",
+           "AIFB_SERVER__POLL_INTERVAL_SECONDS": "0.2"}
+    with (home.parent / f"up-{time.monotonic_ns()}.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [str(AIFB), "--home", str(home), "up", "--listen", f"127.0.0.1:{port}",
+             "--scheduler", "slurm"], env=env, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc
+        except OSError:
+            assert proc.poll() is None, "aifb up exited"
+            time.sleep(0.05)
+    raise AssertionError("aifb up did not listen")
+
+
+def test_sigkilled_server_reattaches_to_running_jobs_and_records_ended_ones(
+        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    port = _free_port()
+    proc = _start(home, port)
+    try:
+        token = read_token_file(home / "token")
+        stub = server_pb2_grpc.ServerServiceStub(open_sync_channel(f"127.0.0.1:{port}",
+                                                                   token=token))
+        redis = create(stub, "redis", port="0")
+        ready = wait_for_state(stub, redis.name, {S.SERVICE_STATE_READY}, timeout=90)
+        assert state_name(ready.state) == "READY", ready.state_message
+        short = create(stub, "sleeper", seconds="3")
+        wait_for_state(stub, short.name, {S.SERVICE_STATE_STARTING}, timeout=60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        # the short job ends while no server is watching
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i %T"],
+                                 capture_output=True, text=True, check=True).stdout
+            if f"{short.job.job_id} " in out and "RUNNING" not in out.split(
+                    f"{short.job.job_id} ")[1].split("\n")[0]:
+                break
+            time.sleep(0.2)
+        proc = _start(home, port)
+        stub = server_pb2_grpc.ServerServiceStub(open_sync_channel(f"127.0.0.1:{port}",
+                                                                   token=token))
+        again = stub.GetService(S.GetServiceRequest(name=redis.name), timeout=30).service
+        assert state_name(again.state) == "READY"
+        assert redis_ping(again.endpoint.host, again.endpoint.port) == b"+PONG\r\n"
+        ended = wait_for_state(stub, short.name, set(), timeout=60)
+        assert state_name(ended.state) == "FAILED"  # exited before it was ever ready
+        assert ended.job.raw_state == "FAILED" and ended.job.exit_code == 1
+        stub.DeleteService(S.DeleteServiceRequest(name=redis.name), timeout=30)
+        final = wait_for_state(stub, redis.name, set(), timeout=60)
+        assert state_name(final.state) == "STOPPED"
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
