@@ -29,10 +29,3 @@ def slurm_server(poll: float = 0.5, poll_max: float = 5.0) -> ThreadedServer:
 def sleeper_request(seconds: int = 600) -> S.CreateServiceRequest:
     return S.CreateServiceRequest(recipe="sleeper", parameters={"seconds": str(seconds)},
                                   resources=common_pb2.Resources(cpus=1, memory_mib=32))
-
-
-def cancel_all(srv: ThreadedServer) -> None:
-    stub = srv.stub()
-    for s in stub.ListServices(S.ListServicesRequest(page_size=1000), timeout=60).services:
-        if s.state not in (S.SERVICE_STATE_STOPPED, S.SERVICE_STATE_FAILED):
-            stub.DeleteService(S.DeleteServiceRequest(name=s.name), timeout=60)

@@ -14,7 +14,7 @@ import statistics
 import subprocess
 import time
 
-from _server import cancel_all, ensure_slurm, sleeper_request, slurm_server
+from _server import ensure_slurm, sleeper_request, slurm_server
 
 
 def naive_tick(job_ids: list[str]) -> float:
@@ -52,7 +52,7 @@ def main() -> None:
             queries = app.poller.queries - queries0
             rows.append((n, calls / queries, statistics.median(times) * 1000, len(jobs),
                          statistics.median(naive) * 1000))
-            cancel_all(srv)
+            srv.cancel_all(wait=0)
         finally:
             srv.stop()
     print(f"{'services':>8} {'calls/query':>11} {'tick ms':>8} | {'naive calls/tick':>16} "

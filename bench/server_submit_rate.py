@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _server import cancel_all, ensure_slurm, sleeper_request, slurm_server
+from _server import ensure_slurm, sleeper_request, slurm_server
 
 
 def sbatch_loop(count: int) -> float:
@@ -37,7 +37,7 @@ def create_loop(count: int) -> float:
         for _ in range(count):
             stub.CreateService(sleeper_request(), timeout=60)
         elapsed = time.perf_counter() - t0
-        cancel_all(srv)
+        srv.cancel_all(wait=0)
         return count / elapsed
     finally:
         srv.stop()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
 import typer
 
+from aifb.server.recipes.values import ValueProblem
+from aifb.server.recipes.values import parse_memory_mib as _memory_mib
+from aifb.server.recipes.values import parse_time_minutes as _time_minutes
 from aifb.v1 import common_pb2
 
-__all__ = ["parse_memory_mib", "parse_params", "parse_time_minutes", "resources_from_options"]
+__all__ = ["parse_params", "resources_from_options"]
 
 
 def parse_params(items: list[str], option: str) -> dict[str, str]:
@@ -23,35 +24,19 @@ def parse_params(items: list[str], option: str) -> dict[str, str]:
     return out
 
 
-def parse_memory_mib(text: str) -> int:
-    if not text:
-        return 0
-    m = re.fullmatch(r"(\d+)\s*([KMGT]?)i?B?", text.strip(), re.IGNORECASE)
-    if not m:
-        raise typer.BadParameter(f"expected e.g. 512M or 4G, got {text!r}", param_hint="--memory")
-    scale = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[m.group(2).upper()]
-    return max(1, int(int(m.group(1)) * scale))
-
-
-def parse_time_minutes(text: str) -> int:
-    if not text:
-        return 0
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
-    if not m:
-        raise typer.BadParameter(f"expected minutes, HH:MM:SS or D-HH:MM:SS, got {text!r}",
-                                 param_hint="--time")
-    days, a, b, c = (int(g) if g else 0 for g in m.groups())
-    if m.group(3) is None:  # plain minutes (or D-HH)
-        return days * 1440 + (a * 60 if m.group(1) else a)
-    if m.group(4) is None:  # MM:SS
-        return days * 1440 + a + (1 if b else 0)
-    return days * 1440 + a * 60 + b + (1 if c else 0)
-
-
 def resources_from_options(cpus: int, memory: str, gpus: int, time_limit: str, partition: str,
                            account: str) -> common_pb2.Resources:
+    """The CLI's resource flags; sizes and times parse exactly as in recipes ("" = default)."""
     if cpus < 0 or gpus < 0:
         raise typer.BadParameter("must not be negative", param_hint="--cpus/--gpus")
-    return common_pb2.Resources(cpus=cpus, memory_mib=parse_memory_mib(memory), gpus=gpus,
-                                time_limit_minutes=parse_time_minutes(time_limit),
-                                partition=partition, account=account)
+    try:
+        memory_mib = _memory_mib(memory) if memory else 0
+    except ValueProblem as exc:
+        raise typer.BadParameter(str(exc), param_hint="--memory") from exc
+    try:
+        minutes = (_time_minutes(time_limit) or 0) if time_limit else 0
+    except ValueProblem as exc:
+        raise typer.BadParameter(str(exc), param_hint="--time") from exc
+    return common_pb2.Resources(cpus=cpus, memory_mib=memory_mib, gpus=gpus,
+                                time_limit_minutes=minutes, partition=partition,
+                                account=account)

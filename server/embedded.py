@@ -77,6 +77,25 @@ class ThreadedServer:
     def stub(self, token: str | None = None) -> server_pb2_grpc.ServerServiceStub:
         return server_pb2_grpc.ServerServiceStub(self.channel(token))
 
+    def cancel_all(self, *, wait: float = 60.0) -> int:
+        """Delete every non-terminal service (local jobs outlive the server otherwise), then
+        wait up to `wait` seconds for each to end. Returns how many were cancelled."""
+        from aifb.v1 import server_pb2 as S
+
+        stub = self.stub()
+        terminal = (S.SERVICE_STATE_STOPPED, S.SERVICE_STATE_FAILED)
+        names = [s.name for s in stub.ListServices(S.ListServicesRequest(page_size=1000),
+                                                   timeout=30).services
+                 if s.state not in terminal]
+        for name in names:
+            stub.DeleteService(S.DeleteServiceRequest(name=name), timeout=30)
+        if wait > 0:
+            for name in names:
+                for msg in stub.WatchService(S.WatchServiceRequest(name=name), timeout=wait):
+                    if msg.service.state in terminal:
+                        break
+        return len(names)
+
     def stop(self, grace: float = 0.5) -> None:
         if self.app is not None:
             self.run(self.app.stop(grace))

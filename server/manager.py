@@ -7,7 +7,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +71,8 @@ class ServiceManager:
         self.tracer = tracer or trace.NoOpTracer()
         self._unseen_since: dict[str, float] = {}
         self._lock = asyncio.Lock()
-        self.on_change: list[object] = []
-        self.wake_poller: object = None
+        # Set by the app to Poller.wake: a create or delete polls at once.
+        self.wake_poller: Callable[[], None] | None = None
 
     # ---- queries -------------------------------------------------------------------------
     def get(self, principal: Principal, name: str) -> ServiceRecord:
@@ -264,7 +264,7 @@ class ServiceManager:
         return record
 
     def _wake(self) -> None:
-        if callable(self.wake_poller):
+        if self.wake_poller is not None:
             self.wake_poller()
 
 

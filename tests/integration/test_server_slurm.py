@@ -14,7 +14,7 @@ from aifb.server.schedulers import make_scheduler
 from aifb.v1 import common_pb2
 from tests.fixtures import SlurmCluster
 from tests.fixtures.server import RunningServer, server_config
-from tests.integration.flow import TERMINAL, S, redis_ping, rpc_code, state_name, wait_for_state
+from tests.integration.flow import S, redis_ping, rpc_code, state_name, wait_for_state
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm]
 
@@ -35,10 +35,7 @@ def slurm_server(request: pytest.FixtureRequest, slurm_cluster: SlurmCluster,
     try:
         yield srv
     finally:
-        stub = srv.stub()
-        for s in stub.ListServices(S.ListServicesRequest(page_size=1000), timeout=30).services:
-            if s.state not in TERMINAL:
-                stub.DeleteService(S.DeleteServiceRequest(name=s.name), timeout=30)
+        srv.cancel_all(wait=0)
         srv.stop()
 
 
