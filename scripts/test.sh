@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 scripts/setup.sh
-apt_install nginx-light redis-server curl procps
+apt_install nginx-light redis-server prometheus curl procps
 scripts/start-slurm.sh start
 export AIFB_REQUIRE_SLURM=1
 log "static checks: ruff, mypy, buf lint, gen/ up to date"
