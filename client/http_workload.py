@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from time import perf_counter_ns
 from urllib.parse import urlsplit
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from aifb.client.http_client import HttpError, HttpPool, build_request
+from aifb.client.registry import WorkloadKind, register
 from aifb.client.workload import Outcome
 from aifb.mesh.errors import InvalidArgument
 
-__all__ = ["HttpTarget", "HttpWorkload"]
+__all__ = ["HttpParams", "HttpTarget", "HttpWorkload"]
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -134,3 +137,27 @@ class HttpWorkload:
         if self._pool is not None:
             self._pool.close()
             await asyncio.sleep(0)  # let the transports run their close callbacks
+
+
+class HttpParams(BaseModel):
+    """Parameters of the `http` workload (see HttpTarget)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field("GET", description="HTTP method.")
+    path: str = Field("/", description="Path after the target URL; may contain {seq}.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+    body: str = Field("", description="Request body; may contain {seq}.")
+    connections: int = Field(64, ge=1, le=65_000, description="Most keep-alive connections.")
+    timeout_s: float = Field(30.0, gt=0, le=3600, description="Per-request timeout, seconds.")
+
+
+def _build(target_url: str, params: HttpParams) -> HttpWorkload:
+    return HttpWorkload(HttpTarget(target_url.rstrip("/"), method=params.method,
+                                   path=params.path, headers=dict(params.headers),
+                                   body=params.body, connections=params.connections,
+                                   timeout_s=params.timeout_s))
+
+
+register(WorkloadKind("http", "One templated HTTP/1.1 request per send, keep-alive connections.",
+                      HttpParams, _build))
