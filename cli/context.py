@@ -16,10 +16,11 @@ import typer
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.markup import escape
 
 from aifb.mesh.channel import load_token, open_sync_channel, raise_for_rpc_error
 from aifb.mesh.config import Config, load_config
-from aifb.mesh.errors import AifbError
+from aifb.mesh.errors import AifbError, InvalidArgument
 from aifb.v1 import server_pb2_grpc
 
 __all__ = ["CliState", "Output", "fail", "handle_errors", "state_of"]
@@ -39,6 +40,9 @@ class CliState:
     config_file: str | None = None
     output: Output = Output.text
     timeout: float = 30.0
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
     console: Console = field(default_factory=lambda: Console(highlight=False))
     err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
     _config: Config | None = None
@@ -59,8 +63,17 @@ class CliState:
         if self._channel is None:
             mesh = self.config.mesh
             token = load_token(mesh.home_path)
-            self._channel = open_sync_channel(
-                self.address, token=token, ca_file=mesh.tls_client_ca if mesh.tls else "")
+            # TLS when a CA is given (or, on the server's own machine, its client CA).
+            ca_file = self.ca_file or (mesh.tls_client_ca if mesh.tls else "")
+            if (self.cert_file or self.key_file) and not ca_file:
+                raise InvalidArgument("--cert/--key need --ca-file (the CA that signed the "
+                                      "server's certificate)", field="ca_file")
+            for flag, path in (("--ca-file", ca_file), ("--cert", self.cert_file),
+                               ("--key", self.key_file)):
+                if path and not Path(path).expanduser().is_file():
+                    raise InvalidArgument(f"{flag} {path}: no such file", field=flag)
+            self._channel = open_sync_channel(self.address, token=token, ca_file=ca_file,
+                                              cert_file=self.cert_file, key_file=self.key_file)
         return self._channel
 
     def server_stub(self) -> server_pb2_grpc.ServerServiceStub:
@@ -99,7 +112,8 @@ def state_of(ctx: typer.Context) -> CliState:
 
 
 def fail(state: CliState, message: str, code: int = 1) -> NoReturn:
-    state.err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    # The message carries user input (URLs, recipe text, `[...]` in Spark masters): never markup.
+    state.err.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -42,6 +42,8 @@ class Deployer:
     def __init__(self, catalog: RecipeCatalog, *, python: str) -> None:
         self.catalog = catalog
         self.python = python
+        # Added to every job's environment (the sidecar switch, see aifb.server.sidecars).
+        self.environment: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, config: Config, *, python: str) -> Deployer:
@@ -53,7 +55,8 @@ class Deployer:
         resolved = resolve(self.catalog.get(recipe), params, resources)
         spec = build_job_spec(resolved, service_id=service_id,
                               job_name=f"aifb-{recipe}-{service_id}", workdir=workdir,
-                              python=self.python, environment=environment)
+                              python=self.python,
+                              environment={**self.environment, **environment})
         return Prepared(spec=spec, script=render_batch_script(spec),
                         parameters=resolved.parameter_text())
 

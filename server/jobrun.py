@@ -35,11 +35,13 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aifb.server.recipes.values import token
+
+if TYPE_CHECKING:
+    import httpx  # imported when an HTTP readiness check runs: every job pays the import
+from aifb.server.sidecars import start_job_sidecars
 
 __all__ = ["LoggingReporter", "Options", "Reporter", "choose_free_ports", "fill_ports", "main",
            "parse_args", "run"]
@@ -174,22 +176,34 @@ async def _pump(stream: asyncio.StreamReader | None, fd: int, tail: _Tail) -> No
                 view = view[os.write(fd, view):]
 
 
-async def _probe(opts: Options, port: int, client: httpx.AsyncClient) -> bool:
-    try:
-        if opts.readiness == "http":
+async def _probe(opts: Options, port: int, client: httpx.AsyncClient | None) -> bool:
+    if opts.readiness == "http" and client is not None:
+        import httpx  # already loaded by _wait_ready: a dictionary lookup
+
+        try:
             resp = await client.get(f"http://{opts.ready_host}:{port}{opts.ready_path}")
-            return 200 <= resp.status_code < 300
+        except (OSError, TimeoutError, httpx.HTTPError):
+            return False
+        return 200 <= resp.status_code < 300
+    try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(opts.ready_host, port), 2.0)
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
-    except (OSError, TimeoutError, httpx.HTTPError):
+    except (OSError, TimeoutError):
         return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 async def _wait_ready(opts: Options, port: int) -> None:
     delay = 0.05
+    if opts.readiness != "http":
+        while not await _probe(opts, port, None):
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+        return
+    import httpx
+
     async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
         while not await _probe(opts, port, client):
             await asyncio.sleep(delay)
@@ -278,6 +292,8 @@ async def run(opts: Options, reporter: Reporter,
     except OSError as exc:
         await _report(reporter.exited, 127, "", f"cannot start {argv[0]!r}: {exc}")
         return 127
+    # Telemetry agents for this job when the server asked for them (AIFB_SIDECARS).
+    sidecars = await start_job_sidecars(opts.service, env, opts.workdir, log_files)
     tail = _Tail()
     pumps = [asyncio.create_task(_pump(proc.stdout, 1, tail)),
              asyncio.create_task(_pump(proc.stderr, 2, tail))]
@@ -291,6 +307,7 @@ async def run(opts: Options, reporter: Reporter,
     if ready in done and exited not in done:
         seconds = time.monotonic() - started
         await _report(reporter.ready, _advertise_host(), port, seconds)
+        sidecars.ready(port, http=opts.readiness == "http")
         phase = ""
         done, _ = await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
     ready.cancel()
@@ -314,6 +331,7 @@ async def run(opts: Options, reporter: Reporter,
         task.cancel()
     await _report(reporter.exited, job_code, tail.text() or _file_tail(log_files), message)
     log.info("%s", message)
+    await sidecars.stop()
     return job_code
 
 

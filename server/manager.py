@@ -241,12 +241,15 @@ class ServiceManager:
                                                    delete_requested=record.delete_requested)
                 if state == ServiceState.FAILED and record.exit_report:
                     why = f"{why}: {record.exit_report}"  # the job's own report says more
-                changed_job = (status.raw_state, status.reason, status.exit_code, status.signal,
+                # A job still COMPLETING has no exit code yet while the record already holds
+                # the one the job reported: keep it, and compare what would be written, so an
+                # unchanged job publishes nothing (not one message per poll tick).
+                exit_code = status.exit_code if status.exit_code is not None else (
+                    record.exit_code)
+                changed_job = (status.raw_state, status.reason, exit_code, status.signal,
                                status.nodes) != (record.raw_state, record.reason,
                                                  record.exit_code, record.signal, record.nodes)
                 if state != record.state or changed_job:
-                    exit_code = status.exit_code if status.exit_code is not None else (
-                        record.exit_code)
                     self._commit(record.evolve(
                         now, state=state, state_message=why or record.state_message,
                         raw_state=status.raw_state, reason=status.reason, exit_code=exit_code,

@@ -65,6 +65,19 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
     def __init__(self, manager: ServiceManager, deployer: Deployer) -> None:
         self.manager = manager
         self.deployer = deployer
+        # The hub hands the same immutable record to every watcher: convert it once, not once
+        # per stream (with 1,000 watchers that conversion was most of a transition's CPU).
+        self._last_response: dict[str, tuple[ServiceRecord, server_pb2.WatchServiceResponse]] = {}
+
+    def _watch_response(self, record: ServiceRecord) -> server_pb2.WatchServiceResponse:
+        cached = self._last_response.get(record.id)
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        if len(self._last_response) > 10_000:
+            self._last_response.clear()
+        response = server_pb2.WatchServiceResponse(service=service_to_proto(record))
+        self._last_response[record.id] = (record, response)
+        return response
 
     async def ListRecipes(self, request: server_pb2.ListRecipesRequest, context: Ctx
                           ) -> server_pb2.ListRecipesResponse:
@@ -138,7 +151,7 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
                 if record.revision <= last:
                     continue  # already sent (published between subscribe and snapshot)
                 last = record.revision
-                yield server_pb2.WatchServiceResponse(service=service_to_proto(record))
+                yield self._watch_response(record)
                 if record.terminal:
                     return
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -93,3 +94,83 @@ def test_sigkilled_server_reattaches_to_running_jobs_and_records_ended_ones(
             except subprocess.TimeoutExpired:
                 proc.kill()
 
+
+
+def _watch(home: Path, port: int, service: str) -> subprocess.Popen[str]:
+    """`aifb services watch` as a user runs it: JSON lines, reconnecting when the server dies."""
+    config = home.parent / "cli-config.yaml"  # not the user's own config file
+    config.write_text("mesh: {}\n")
+    return subprocess.Popen(
+        [str(AIFB), "--home", str(home), "--server", f"127.0.0.1:{port}", "--output", "json",
+         "services", "watch", service.removeprefix("services/")],
+        env={**os.environ, "AIFB_CONFIG": str(config)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+
+
+def _next_state(watcher: subprocess.Popen[str]) -> str:
+    assert watcher.stdout is not None
+    line = watcher.stdout.readline()
+    assert line, f"the watcher ended early: {watcher.stderr.read() if watcher.stderr else ''}"
+    return str(json.loads(line)["state"]).removeprefix("SERVICE_STATE_")
+
+
+def test_watchers_reconnect_after_sigkill_and_follow_to_terminal(
+        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    port = _free_port()
+    proc = _start(home, port)
+    watchers: list[subprocess.Popen[str]] = []
+    try:
+        token = read_token_file(home / "token")
+        stub = server_pb2_grpc.ServerServiceStub(open_sync_channel(f"127.0.0.1:{port}",
+                                                                   token=token))
+        redis = create(stub, "redis", port="0")
+        ready = wait_for_state(stub, redis.name, {S.SERVICE_STATE_READY}, timeout=90)
+        assert state_name(ready.state) == "READY", ready.state_message
+        short = create(stub, "sleeper", seconds="4")
+        wait_for_state(stub, short.name, {S.SERVICE_STATE_STARTING}, timeout=60)
+        on_redis, on_short = _watch(home, port, redis.name), _watch(home, port, short.name)
+        watchers += [on_redis, on_short]
+        assert _next_state(on_redis) == "READY"  # the snapshot
+        assert _next_state(on_short) == "STARTING"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        # The short job ends while no server runs; the watchers keep retrying meanwhile.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            out = subprocess.run(["squeue", "-h", "-t", "all", "-j", short.job.job_id, "-o",
+                                  "%T"], capture_output=True, text=True, check=False).stdout
+            if out.strip() and out.strip() not in ("RUNNING", "COMPLETING"):
+                break
+            time.sleep(0.2)
+        assert on_redis.poll() is None and on_short.poll() is None, "a watcher gave up"
+        proc = _start(home, port)
+        # The job that ended meanwhile reaches its watcher with its real final state.
+        assert _next_state(on_short) == "FAILED"
+        assert on_short.wait(30) == 1  # `watch` exits 1 on FAILED
+        # A transition made after the restart reaches the reconnected watcher, to terminal.
+        stub = server_pb2_grpc.ServerServiceStub(open_sync_channel(f"127.0.0.1:{port}",
+                                                                   token=token))
+        stub.DeleteService(S.DeleteServiceRequest(name=redis.name), timeout=30)
+        assert on_redis.wait(60) == 0
+        assert on_redis.stdout is not None
+        after = [json.loads(line) for line in on_redis.stdout.read().splitlines()]
+        states = [str(s["state"]).removeprefix("SERVICE_STATE_") for s in after]
+        # The snapshot after the reconnect is not repeated; STOPPING may come more than once
+        # only when the job itself changed (RUNNING -> COMPLETING, its exit report).
+        assert states[-1] == "STOPPED" and set(states[:-1]) == {"STOPPING"}, states
+        jobs = [(s["job"].get("raw_state"), s["job"].get("exit_code"), s["state_message"])
+                for s in after]
+        assert len(jobs) == len(set(jobs)), f"the same message twice: {jobs}"
+        assert len(states) <= 5, states
+    finally:
+        for w in watchers:
+            if w.poll() is None:
+                w.kill()
+            w.communicate(timeout=10)  # reaps it and closes its pipes
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()

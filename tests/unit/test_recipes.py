@@ -22,7 +22,7 @@ from aifb.server.recipes.values import parse_memory_mib, parse_time_minutes
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["chroma", "nginx", "ollama", "qdrant", "redis", "vllm"]
+SHIPPED = ["chroma", "fake-llm", "nginx", "ollama", "qdrant", "redis", "vllm"]
 
 MINIMAL = """\
 name: mini
