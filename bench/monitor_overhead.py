@@ -208,6 +208,11 @@ def main() -> None:
                                   f"http://127.0.0.1:{ne_port}/metrics"))
         started += agents.values()
         time.sleep(5.0)  # warm-up: imports, first collections, connections
+        if os.environ.get("BENCH_PROFILE"):  # a developer's option: profile the aifb agent
+            spy = [str(Path(sys.executable).with_name("py-spy")), "record", "-r", "500", "-f",
+                   "raw", "-o", os.environ["BENCH_PROFILE"]]
+            started.append(subprocess.Popen(
+                [*spy, "--pid", str(agents["aifb monitor agent"].pid)]))
         handles = {name: psutil.Process(p.pid) for name, p in agents.items()}
         cpu0 = {name: _cpu(h) for name, h in handles.items()}
         rss_max = dict.fromkeys(handles, 0)
@@ -232,8 +237,8 @@ def main() -> None:
         print("CPU ratio = aifb agent CPU / peer CPU (below 1: aifb is cheaper)")
     finally:
         for p in reversed(started):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+            if p.poll() is None:  # py-spy writes its profile on SIGINT
+                p.send_signal(signal.SIGINT if "py-spy" in str(p.args) else signal.SIGTERM)
         for p in started:
             try:
                 p.wait(10)

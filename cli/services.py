@@ -173,9 +173,21 @@ def delete(ctx: typer.Context, service: str = typer.Argument(..., help="Service 
 
 @app.command()
 def logs(ctx: typer.Context, service: str = typer.Argument(..., help="Service id."),
-         tail: int = typer.Option(65536, help="Bytes from the end of each stream.")) -> None:
-    """Print the job's stdout and stderr so far."""
+         tail: int = typer.Option(65536, help="Bytes from the end of each stream."),
+         follow: bool = typer.Option(False, "--follow", "-f", help="Follow the lines live "
+                                     "through the collector (the same as `aifb logs ID -f`)."),
+         ) -> None:
+    """Print the job's stdout and stderr so far, read from its output files by the server.
+
+    `aifb logs ID` reads the lines the telemetry agents shipped to the collector instead, and
+    can follow them live; `--follow` here hands over to it."""
     state = state_of(ctx)
+    if follow:
+        from aifb.cli.logs import logs as follow_logs
+
+        follow_logs(ctx, service, follow=True, lines=1000, stream=None, collector=None,
+                    poll=0.5)
+        return
     with handle_errors(state):
         resp = state.call(state.server_stub().GetServiceLogs,
                           server_pb2.GetServiceLogsRequest(name=service, tail_bytes=tail))

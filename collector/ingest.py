@@ -15,11 +15,15 @@ import asyncio
 import contextlib
 import logging
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aifb.collector.config import CollectorConfig
+from aifb.collector.convert import metric_batch_from_wire
+from aifb.collector.fast_metrics import FastMetrics, read_metric_view
 from aifb.collector.loki import LokiForwarder
-from aifb.collector.model import LogBatchIn, LogRecord, MetricBatchIn, PushOutcome, SeriesOut
+from aifb.collector.model import LogBatchIn, MetricBatchIn, PushOutcome
+from aifb.collector.packed import PackedSeries, pack_series
 from aifb.collector.remote_write import RemoteWriter
 from aifb.collector.stats import Stats
 from aifb.collector.stores import LatestStore, LogStore, TraceStore
@@ -54,7 +58,8 @@ class SequenceWindow:
         return found
 
     def is_duplicate(self, agent: _AgentWindow, sequence: int) -> bool:
-        return sequence in agent.seen or sequence <= agent.highest - self.size
+        # 0 is no sequence number: never a resend, so validation refuses it (INVALID_ARGUMENT).
+        return sequence > 0 and (sequence in agent.seen or sequence <= agent.highest - self.size)
 
     def mark(self, agent: _AgentWindow, sequence: int) -> None:
         agent.seen.add(sequence)
@@ -62,6 +67,20 @@ class SequenceWindow:
         if len(agent.seen) > 2 * self.size:
             floor = agent.highest - self.size
             agent.seen = {s for s in agent.seen if s > floor}
+
+
+@dataclass(slots=True)
+class _Ready:
+    """A validated metric batch: what to forward, the counts for the ack, and the local store
+    update to run once it is accepted."""
+
+    packed: PackedSeries | None
+    received: int
+    accepted: int
+    rejected: int
+    clamped: int
+    reasons: list[str]
+    update_latest: Callable[[], None]
 
 
 def _message(reasons: list[str]) -> str:
@@ -79,13 +98,14 @@ class Ingest:
         self.remote = remote
         self.loki = loki
         self.validator = Validator(config)
+        self.fast = FastMetrics(self.validator)
         self.latest = LatestStore(config.latest_max_series)
         self.logs = LogStore(config.log_store_max_lines)
         self.traces = TraceStore(config.trace_store_max_spans)
         self.metric_seqs = SequenceWindow(config.dedup_window)
         self.log_seqs = SequenceWindow(config.dedup_window)
         per_worker = max(1, config.queue_max_batches // config.forward_workers)
-        self._metric_queues: list[asyncio.Queue[list[SeriesOut]]] = (
+        self._metric_queues: list[asyncio.Queue[PackedSeries]] = (
             [asyncio.Queue(per_worker) for _ in range(config.forward_workers)] if remote else [])
         self._log_queue: asyncio.Queue[list[tuple[tuple[tuple[str, str], ...], list[int],
                                                   list[str]]]] = asyncio.Queue(per_worker)
@@ -114,32 +134,63 @@ class Ingest:
                     f"collector queue full for {self.config.enqueue_timeout_seconds:g}s "
                     "(forwarding is behind); retry later") from None
 
+    def _general(self, batch: MetricBatchIn) -> _Ready:
+        prepared = self.validator.metrics(batch)
+        packed = pack_series(prepared.series) if prepared.series and self._metric_queues \
+            else None
+        return _Ready(packed, prepared.received, prepared.accepted, prepared.rejected,
+                      prepared.clamped, prepared.reasons,
+                      lambda: self.latest.update(prepared.series))
+
     async def push_metrics(self, batch: MetricBatchIn) -> PushOutcome:
+        return await self._push_metrics(batch.agent_id, batch.sequence,
+                                        lambda: self._general(batch))
+
+    async def push_metrics_wire(self, data: bytes) -> PushOutcome:
+        """A serialized PushMetricsRequest: the fast path (`FastMetrics`) when the batch is
+        regular, else the general one; either way the same checks, counts and answers."""
+        view = read_metric_view(data)
+        if view is None:
+            return await self.push_metrics(metric_batch_from_wire(data))
+
+        def prepare() -> _Ready:
+            fast = self.fast.prepare(view)
+            if fast is None:
+                return self._general(metric_batch_from_wire(data))
+            return _Ready(fast.packed if self._metric_queues else None, fast.received,
+                          fast.received, 0, 0, [],
+                          lambda: self.latest.update_packed(fast.packed.labels,
+                                                            fast.last_timestamps,
+                                                            fast.last_values, fast.series))
+        return await self._push_metrics(view.agent_id, view.sequence, prepare)
+
+    async def _push_metrics(self, agent_id: str, sequence: int,
+                            prepare: Callable[[], _Ready]) -> PushOutcome:
         stats = self.stats
         stats.metric_batches_received += 1
-        agent = self.metric_seqs.agent(batch.agent_id)
+        agent = self.metric_seqs.agent(agent_id)
         async with agent.lock:
-            if self.metric_seqs.is_duplicate(agent, batch.sequence):
+            if self.metric_seqs.is_duplicate(agent, sequence):
                 stats.metric_batches_duplicate += 1
-                return PushOutcome(batch.sequence, duplicate=True)
+                return PushOutcome(sequence, duplicate=True)
             try:
-                prepared = self.validator.metrics(batch)
+                ready = prepare()
             except InvalidArgument:
                 stats.metric_batches_invalid += 1
                 raise
-            if prepared.series and self._metric_queues:
-                shard = zlib.crc32(batch.agent_id.encode()) % len(self._metric_queues)
+            if ready.packed is not None:
+                shard = zlib.crc32(agent_id.encode()) % len(self._metric_queues)
                 await self._enqueue(self._metric_queues[shard],  # type: ignore[arg-type]
-                                    prepared.series)
-            self.metric_seqs.mark(agent, batch.sequence)
-            stats.agents_last_sequence[batch.agent_id] = agent.highest
-        self.latest.update(prepared.series)
-        stats.metric_samples_received += prepared.received
-        stats.metric_samples_accepted += prepared.accepted
-        stats.metric_samples_rejected += prepared.rejected
-        stats.metric_samples_clamped += prepared.clamped
-        return PushOutcome(batch.sequence, accepted=prepared.accepted,
-                           rejected=prepared.rejected, error_message=_message(prepared.reasons))
+                                    ready.packed)
+            self.metric_seqs.mark(agent, sequence)
+            stats.agents_last_sequence[agent_id] = agent.highest
+        ready.update_latest()
+        stats.metric_samples_received += ready.received
+        stats.metric_samples_accepted += ready.accepted
+        stats.metric_samples_rejected += ready.rejected
+        stats.metric_samples_clamped += ready.clamped
+        return PushOutcome(sequence, accepted=ready.accepted, rejected=ready.rejected,
+                           error_message=_message(ready.reasons))
 
     async def push_logs(self, batch: LogBatchIn) -> PushOutcome:
         stats = self.stats
@@ -158,28 +209,26 @@ class Ingest:
                 await self._enqueue(self._log_queue, prepared.streams)  # type: ignore[arg-type]
             self.log_seqs.mark(agent, batch.sequence)
         for labels, stamps, lines in prepared.streams:
-            self.logs.extend(LogRecord(labels, t, line)
-                             for t, line in zip(stamps, lines, strict=True))
+            self.logs.add_stream(labels, stamps, lines)
         stats.log_lines_received += prepared.received
         stats.log_lines_accepted += prepared.accepted
         stats.log_lines_rejected += prepared.rejected
         return PushOutcome(batch.sequence, accepted=prepared.accepted,
                            rejected=prepared.rejected, error_message=_message(prepared.reasons))
 
-    async def _metric_worker(self, queue: asyncio.Queue[list[SeriesOut]]) -> None:
+    async def _metric_worker(self, queue: asyncio.Queue[PackedSeries]) -> None:
         assert self.remote is not None
         limit = self.config.remote_write_max_samples
         while True:
-            series = list(await queue.get())
-            taken = 1
-            samples = sum(len(s.timestamps) for s in series)
+            items = [await queue.get()]
+            samples = items[0].sample_count
             while samples < limit and not queue.empty():
                 more = queue.get_nowait()
-                taken += 1
-                series += more
-                samples += sum(len(s.timestamps) for s in more)
+                items.append(more)
+                samples += more.sample_count
+            taken = len(items)
             try:
-                await self.remote.write(series)
+                await self.remote.write_packed(PackedSeries.concat(items))
             except Exception:  # a bug must not kill the worker: count and go on
                 log.exception("remote write failed unexpectedly; %d samples dropped", samples)
                 self.stats.metric_samples_dropped += samples
@@ -233,5 +282,4 @@ class Ingest:
             await self._flush_logs(self.loki)
         for queue in self._metric_queues:
             while not queue.empty():
-                self.stats.metric_samples_dropped += sum(len(s.timestamps)
-                                                         for s in queue.get_nowait())
+                self.stats.metric_samples_dropped += queue.get_nowait().sample_count

@@ -12,19 +12,20 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from operator import itemgetter
+from itertools import islice
+from operator import itemgetter, le
 
 import cramjam
 import httpx
-from google.protobuf import timestamp_pb2
 
 from aifb.collector.config import CollectorConfig
+from aifb.collector.loki_wire import encode_push_request
 from aifb.collector.model import Labels
 from aifb.collector.retry import Backoff
 from aifb.collector.stats import Stats
-from aifb.wire import logproto_pb2
 
-__all__ = ["PUSH_PATH", "LokiForwarder", "encode_json", "encode_protobuf", "render_labels"]
+__all__ = ["PUSH_PATH", "LokiForwarder", "encode_json", "encode_protobuf",
+           "encode_protobuf_columns", "render_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,24 @@ def _ordered(entries: Entries) -> Entries:
     return entries if stamps == sorted(stamps) else sorted(entries, key=itemgetter(0))
 
 
+def _ordered_columns(stamps: list[int], lines: list[str]) -> tuple[list[int], list[str]]:
+    if all(map(le, stamps, islice(stamps, 1, None))):
+        return stamps, lines
+    pairs = sorted(zip(stamps, lines, strict=True), key=itemgetter(0))
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def encode_protobuf_columns(streams: Iterable[tuple[Labels, list[int], list[str]]]) -> bytes:
+    """A `logproto.PushRequest`, snappy block-compressed, from (labels, ns stamps, lines)."""
+    return bytes(cramjam.snappy.compress_raw(encode_push_request(
+        [(render_labels(labels), *_ordered_columns(stamps, lines))
+         for labels, stamps, lines in streams])))
+
+
 def encode_protobuf(streams: Iterable[tuple[Labels, Entries]]) -> bytes:
     """A `logproto.PushRequest`, snappy block-compressed."""
-    request = logproto_pb2.PushRequest()
-    Timestamp, Entry = timestamp_pb2.Timestamp, logproto_pb2.EntryAdapter
-    for labels, entries in streams:
-        request.streams.add(labels=render_labels(labels), entries=[
-            Entry(timestamp=Timestamp(seconds=ts // 1_000_000_000, nanos=ts % 1_000_000_000),
-                  line=line) for ts, line in _ordered(entries)])
-    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+    return encode_protobuf_columns((labels, [e[0] for e in entries], [e[1] for e in entries])
+                                   for labels, entries in streams)
 
 
 def encode_json(streams: Iterable[tuple[Labels, Entries]]) -> bytes:
@@ -72,7 +82,7 @@ class LokiForwarder:
         self.url = config.loki_url.rstrip("/") + PUSH_PATH
         self.client = client
         self.stats = stats
-        self._buffer: dict[Labels, Entries] = {}
+        self._buffer: dict[Labels, tuple[list[int], list[str]]] = {}
         self._bytes = 0
         self._lines = 0
         self._first_at = 0.0
@@ -85,7 +95,12 @@ class LokiForwarder:
         if not self._lines:
             self._first_at = time.monotonic()
         for labels, stamps, lines in streams:
-            self._buffer.setdefault(labels, []).extend(zip(stamps, lines, strict=True))
+            column = self._buffer.get(labels)
+            if column is None:
+                self._buffer[labels] = (list(stamps), list(lines))
+            else:
+                column[0].extend(stamps)
+                column[1].extend(lines)
             self._bytes += sum(map(len, lines))
             self._lines += len(lines)
 
@@ -97,15 +112,18 @@ class LokiForwarder:
             return 0.0
         return max(0.0, self._first_at + self.config.loki_batch_wait_seconds - time.monotonic())
 
-    def _body(self, streams: list[tuple[Labels, Entries]]) -> tuple[bytes, dict[str, str]]:
+    def _body(self, streams: list[tuple[Labels, tuple[list[int], list[str]]]]
+              ) -> tuple[bytes, dict[str, str]]:
         if self.config.loki_format == "json":
-            body = encode_json(streams)
+            body = encode_json((labels, list(zip(*columns, strict=True)))
+                               for labels, columns in streams)
             headers = {"Content-Type": "application/json"}
             if self.config.loki_gzip:
                 body = gzip.compress(body, compresslevel=1)
                 headers["Content-Encoding"] = "gzip"
             return body, headers
-        return encode_protobuf(streams), {"Content-Type": "application/x-protobuf"}
+        return (encode_protobuf_columns((labels, *columns) for labels, columns in streams),
+                {"Content-Type": "application/x-protobuf"})
 
     async def flush(self, stop: asyncio.Event | None = None) -> None:
         """Push everything buffered; every line ends forwarded, rejected or dropped."""

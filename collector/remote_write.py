@@ -5,9 +5,8 @@ sent newest-first, and is poisoned for every later write by one sample far in th
 series are sorted and deduplicated here, timestamps are bounded before Prometheus sees them,
 and a rejected request is bisected so that its good series still land.
 
-The encoder writes `prompb.WriteRequest` bytes directly: every sample of a request is laid out
-with a handful of strided slice assignments (no per-sample Python work), which is exact for
-millisecond timestamps in [2**35, 2**42) (1971 to 2109); anything else takes the upb path.
+Requests are built from `PackedSeries` (see `aifb.collector.packed`): encoded series heads and
+one buffer of encoded samples, so building a request body costs one join, not a loop per sample.
 """
 
 from __future__ import annotations
@@ -15,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from array import array
 from dataclasses import dataclass
-from itertools import chain
 from operator import itemgetter, lt
 
 import cramjam
@@ -25,10 +22,9 @@ import httpx
 
 from aifb.collector.config import CollectorConfig
 from aifb.collector.model import SeriesOut
+from aifb.collector.packed import PackedSeries, pack_series
 from aifb.collector.retry import Backoff
 from aifb.collector.stats import Stats
-from aifb.v1 import telemetry_pb2
-from aifb.wire import prompb_pb2
 
 __all__ = [
     "REMOTE_WRITE_HEADERS",
@@ -50,8 +46,6 @@ REMOTE_WRITE_HEADERS = {
 }
 # Answers that no retry can fix, whatever the HTTP status (500 "too old sample" included).
 PERMANENT_MESSAGES = ("out of order", "duplicate sample", "out of bounds", "too old sample")
-_VARINT6_LO, _VARINT6_HI = 1 << 35, 1 << 42
-_SAMPLE = 18  # 0x12 len=16 | 0x09 <double> | 0x10 <6-byte varint>
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,79 +110,9 @@ def normalize_samples(timestamps: list[int], values: list[float], window: TimeWi
     return out_ts, out_values, rejected, clamped, deduplicated, reason
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(payload)) + payload
-
-
-class _LabelCache:
-    """Encoded `repeated Label` bytes per label set, bounded (cleared when full)."""
-
-    def __init__(self, limit: int = 500_000) -> None:
-        self.limit = limit
-        self._map: dict[tuple[tuple[str, str], ...], bytes] = {}
-
-    def get(self, labels: tuple[tuple[str, str], ...]) -> bytes:
-        found = self._map.get(labels)
-        if found is None:
-            if len(self._map) >= self.limit:
-                self._map.clear()
-            found = b"".join(
-                _field(0x0A, _field(0x0A, n.encode()) + _field(0x12, v.encode()))
-                for n, v in labels)
-            self._map[labels] = found
-        return found
-
-
-_LABELS = _LabelCache()
-
-
-def _encode_slow(series: list[SeriesOut]) -> bytes:
-    request = prompb_pb2.WriteRequest()
-    for s in series:
-        request.timeseries.add(
-            labels=[prompb_pb2.Label(name=n, value=v) for n, v in s.labels],
-            samples=[prompb_pb2.Sample(value=v, timestamp=t)
-                     for t, v in zip(s.timestamps, s.values, strict=True)])
-    return request.SerializeToString()
-
-
 def encode_write_request(series: list[SeriesOut]) -> bytes:
     """Serialized `prompb.WriteRequest` (uncompressed) for `series`, in their order."""
-    all_ts = list(chain.from_iterable(s.timestamps for s in series))
-    n = len(all_ts)
-    if n and (min(all_ts) < _VARINT6_LO or max(all_ts) >= _VARINT6_HI):
-        return _encode_slow(series)
-    doubles = array("d", chain.from_iterable(s.values for s in series)).tobytes()
-    packed = telemetry_pb2.MetricSeries(timestamps_ms=all_ts).SerializeToString()
-    varints = packed[len(packed) - 6 * n:]
-    out = bytearray(_SAMPLE * n)
-    out[0::_SAMPLE] = b"\x12" * n
-    out[1::_SAMPLE] = b"\x10" * n
-    out[2::_SAMPLE] = b"\x09" * n
-    out[11::_SAMPLE] = b"\x10" * n
-    for j in range(8):
-        out[3 + j::_SAMPLE] = doubles[j::8]
-    for j in range(6):
-        out[12 + j::_SAMPLE] = varints[j::6]
-    view = memoryview(out)
-    parts: list[bytes | memoryview] = []
-    offset = 0
-    label_bytes = _LABELS.get
-    for s in series:
-        labels = label_bytes(s.labels)
-        size = _SAMPLE * len(s.timestamps)
-        parts += (b"\x0a", _varint(len(labels) + size), labels, view[offset:offset + size])
-        offset += size
-    return b"".join(parts)
+    return pack_series(series).body()
 
 
 def compress(body: bytes) -> bytes:
@@ -215,11 +139,16 @@ class RemoteWriter:
 
     async def write(self, series: list[SeriesOut]) -> None:
         if series:
+            await self._write(pack_series(series))
+
+    async def write_packed(self, series: PackedSeries) -> None:
+        """Send already packed series (the ingest path's form), bisecting on rejection."""
+        if len(series):
             await self._write(series)
 
-    async def _write(self, series: list[SeriesOut]) -> None:
-        samples = sum(len(s.timestamps) for s in series)
-        answer = await self._post(compress(encode_write_request(series)))
+    async def _write(self, series: PackedSeries) -> None:
+        samples = series.sample_count
+        answer = await self._post(compress(series.body()))
         if answer is None:
             self.stats.metric_samples_dropped += samples
             log.error("remote write to %s gave up after retries: %d samples in %d series dropped",
@@ -232,12 +161,12 @@ class RemoteWriter:
         if _is_permanent(status, text) and len(series) > 1:
             self.stats.remote_write_splits += 1
             mid = len(series) // 2
-            await self._write(series[:mid])
-            await self._write(series[mid:])
+            await self._write(series.slice(0, mid))
+            await self._write(series.slice(mid, len(series)))
             return
         self.stats.metric_samples_remote_rejected += samples
         log.warning("remote write rejected %d samples of %s (HTTP %d): %s", samples,
-                    _render(series[0].labels) if len(series) == 1 else f"{len(series)} series",
+                    _render(series.labels[0]) if len(series) == 1 else f"{len(series)} series",
                     status, text.strip()[:500])
 
     async def _post(self, body: bytes) -> tuple[int, str] | None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aifb.collector.model import Labels, LogRecord, SeriesOut, SpanRecord
 
@@ -42,39 +43,88 @@ class LatestStore:
                 old.value = s.values[-1]
                 old.timestamp_ms = s.timestamps[-1]
 
+    def update_packed(self, labels: list[Labels], timestamps: list[int], values: list[float],
+                      series: Sequence[Any]) -> None:
+        """The same from the fast path's columns: the last sample of each series; `series`
+        (with `.type` and `.help`) is read only for series not yet stored."""
+        known = self.series
+        for i, (key, ts, value) in enumerate(zip(labels, timestamps, values, strict=True)):
+            old = known.get(key)
+            if old is None:
+                if len(known) >= self.max_series:
+                    self.refused += 1
+                    continue
+                known[key] = LatestValue(value, ts, series[i].type, series[i].help)
+            elif ts >= old.timestamp_ms:
+                old.value = value
+                old.timestamp_ms = ts
+
     def snapshot(self) -> list[tuple[Labels, LatestValue]]:
         """A copy safe to read from another thread (dict.copy runs under the GIL, whole)."""
         return list(self.series.copy().items())
 
 
 class LogStore:
-    """The most recent `max_lines` log lines, for QueryLogs when no Loki is configured."""
+    """The most recent `max_lines` log lines, for QueryLogs when no Loki is configured.
+
+    Kept as the streams arrived (labels once, columns of times and lines), so storing a batch
+    makes no object per line; `extend` with records still works."""
 
     def __init__(self, max_lines: int) -> None:
-        self.lines: deque[LogRecord] = deque(maxlen=max(max_lines, 0))
+        self.max_lines = max(max_lines, 0)
         self.enabled = max_lines > 0
+        self._chunks: deque[tuple[Labels, list[int], list[str]]] = deque()
+        self._count = 0
+
+    @property
+    def lines(self) -> list[LogRecord]:
+        """Every kept line, oldest first (for tests and small stores)."""
+        return [LogRecord(labels, t, line) for labels, stamps, texts in self._chunks
+                for t, line in zip(stamps, texts, strict=True)]
 
     def extend(self, records: Iterable[LogRecord]) -> None:
         if self.enabled:
-            self.lines.extend(records)
+            for r in records:
+                self.add_stream(r.labels, [r.timestamp_ns], [r.line])
+
+    def add_stream(self, labels: Labels, stamps: list[int], lines: list[str]) -> None:
+        if not self.enabled or not stamps:
+            return
+        if len(stamps) > self.max_lines:
+            stamps, lines = stamps[-self.max_lines:], lines[-self.max_lines:]
+        self._chunks.append((labels, stamps, lines))
+        self._count += len(stamps)
+        while self._count > self.max_lines:
+            old_labels, old_stamps, old_lines = self._chunks[0]
+            extra = self._count - self.max_lines
+            if extra >= len(old_stamps):
+                self._chunks.popleft()
+                self._count -= len(old_stamps)
+            else:
+                self._chunks[0] = (old_labels, old_stamps[extra:], old_lines[extra:])
+                self._count -= extra
 
     def query(self, matchers: Mapping[str, str], start_ns: int, end_ns: int, limit: int,
               contains: str = "") -> list[LogRecord]:
         """The newest `limit` lines matching every label and the time range, oldest first."""
         wanted = set(matchers.items())
         found: list[LogRecord] = []
-        for rec in reversed(self.lines):
+        for labels, stamps, texts in reversed(self._chunks):
+            if wanted and not wanted.issubset(labels):
+                continue
+            for t, line in zip(reversed(stamps), reversed(texts), strict=True):
+                if len(found) >= limit:
+                    break
+                if start_ns and t < start_ns:
+                    continue
+                if end_ns and t >= end_ns:
+                    continue
+                if contains and contains not in line:
+                    continue
+                found.append(LogRecord(labels, t, line))
             if len(found) >= limit:
                 break
-            if start_ns and rec.timestamp_ns < start_ns:
-                continue
-            if end_ns and rec.timestamp_ns >= end_ns:
-                continue
-            if contains and contains not in rec.line:
-                continue
-            if wanted and not wanted.issubset(rec.labels):
-                continue
-            found.append(rec)
+        found.reverse()  # arrival order, which a stable sort keeps among equal times
         found.sort(key=lambda r: r.timestamp_ns)
         return found
 

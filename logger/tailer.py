@@ -15,9 +15,9 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from itertools import accumulate, repeat
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from aifb.logger.records import Joiner, detect_level
 
@@ -26,10 +26,14 @@ __all__ = ["FileTailer", "Position", "Record"]
 log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
+# First bytes that make a line start a record of its own: printable ASCII, not a space.
+_PLAIN_FIRST = frozenset(bytes([c]) for c in range(0x21, 0x7F))
 
 
-@dataclass(frozen=True)
-class Position:
+class Position(NamedTuple):
+    """Where a record ends: the file (device, inode) and the offset after its last line.
+    (A named tuple: one is made per record, and tuples are several times cheaper to make.)"""
+
     dev: int
     ino: int
     offset: int
@@ -42,8 +46,7 @@ class Position:
         return cls(int(data["dev"]), int(data["ino"]), int(data["offset"]))
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     time_ns: int
     text: str
     level: str
@@ -189,8 +192,8 @@ class FileTailer:
             self._split(out)
 
     def _split(self, out: list[Record]) -> None:
-        start = 0
         buf = self._buf
+        start = self._split_plain(out, buf)
         while True:
             nl = buf.find(b"\n", start)
             if nl < 0:
@@ -204,6 +207,41 @@ class FileTailer:
             start = nl + 1
         self._buf = buf[start:]
         self._buf_start += start
+
+    def _split_plain(self, out: list[Record], buf: bytes) -> int:
+        """The common case in bulk: when no complete line in `buf` can join another (none is
+        blank, indented, non-ASCII at its start, part of a traceback, or too long), each line is
+        its own record and needs no look at the next. Returns how far `buf` was consumed (0:
+        not this case; `_split` then goes line by line)."""
+        last_nl = buf.rfind(b"\n")
+        if last_nl < 0 or (self._joiner.has_pending and not self._joiner.can_end_pending):
+            return 0
+        region = buf[:last_nl]
+        lines = region.split(b"\n")
+        if (len(lines) < 2 or b"\n\n" in region or b"\n " in region or b"\n\t" in region
+                or b"\r" in region or b"Traceback (" in region or b"During handling" in region
+                or b"The above exception" in region
+                or max(map(len, lines)) >= self.max_line_bytes
+                or not _PLAIN_FIRST.issuperset(line[:1] for line in lines)):
+            return 0
+        texts = region.decode("utf-8", errors="replace").split("\n")
+        if len(texts) != len(lines):
+            return 0
+        base = self._buf_start
+        ends = list(accumulate((len(line) + 1 for line in lines), initial=base))[1:]
+        done = self._joiner.flush()
+        if done is not None:
+            self._emit(out, done)
+        dev, ino = self._ident
+        now = time.time_ns()
+        positions = list(map(Position, repeat(dev), repeat(ino), ends))
+        records = list(map(Record, repeat(now), texts[:-1], map(detect_level, texts[:-1]),
+                           positions[:-1]))
+        if records:
+            self.committed = records[-1].position
+            out += records
+        self._joiner.feed(texts[-1], ends[-1])  # pending, like any last line
+        return last_nl + 1
 
     def _line(self, out: list[Record], raw: bytes, end: int) -> None:
         text = raw[:self.max_line_bytes].decode("utf-8", errors="replace").rstrip("\r")

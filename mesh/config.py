@@ -7,14 +7,16 @@ import os
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aifb.mesh.errors import InvalidArgument
 
-__all__ = ["Config", "MeshConfig", "ServerConfig", "is_loopback", "load_config"]
+__all__ = ["Config", "MeshConfig", "ServerConfig", "is_loopback", "load_config", "section_config"]
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -50,11 +52,22 @@ class ServerConfig(_Section):
     poll_max_interval_seconds: float = Field(default=5.0, gt=0)
     advertise_address: str = ""
     local_kill_wait_seconds: float = Field(default=10.0, ge=0)
+    # Monitor and logger agents started inside each job by the in-job entry point: "on",
+    # "off", or "auto" (on for SLURM schedulers, whose jobs may land on nodes without agents).
+    sidecars: Literal["auto", "on", "off"] = "auto"
+    # host:port of the CollectorService the sidecars push to; empty: this server's address.
+    sidecar_collector: str = ""
 
 
 class Config(_Section):
     mesh: MeshConfig = Field(default_factory=MeshConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    # The telemetry components' sections stay plain mappings here, so that `mesh` (which every
+    # component imports) does not import them: each is validated by its own component's model
+    # (CollectorConfig, MonitorConfig, LoggerConfig) through `section_config` where it is used.
+    collector: dict[str, Any] = Field(default_factory=dict)
+    monitor: dict[str, Any] = Field(default_factory=dict)
+    logger: dict[str, Any] = Field(default_factory=dict)
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -116,6 +129,20 @@ def load_config(
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        raise InvalidArgument(f"config: {where}: {first['msg']}", field=where) from exc
+
+
+def section_config(model: type[M], config: Config, section: str,
+                   overrides: Mapping[str, Any] | None = None) -> M:
+    """Validate one plain section (`collector`, `monitor`, `logger`) with its component's model;
+    `overrides` (flags; None values skip) win. An error names the key: "config: collector.x"."""
+    data = dict(getattr(config, section))
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in (section, *first["loc"]))
         raise InvalidArgument(f"config: {where}: {first['msg']}", field=where) from exc
 
 

@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,13 +50,14 @@ RETRYABLE_CODES = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
 })
 _HEADER = struct.Struct(">I")
+_VALUES, _LINES = attrgetter("values"), attrgetter("lines")
 
 
 def batch_items(batch: Batch) -> int:
     """Samples in a metric batch, lines in a log batch."""
     if isinstance(batch, telemetry_pb2.MetricBatch):
-        return sum(len(s.values) for s in batch.series)
-    return sum(len(s.lines) for s in batch.streams)
+        return sum(map(len, map(_VALUES, batch.series)))
+    return sum(map(len, map(_LINES, batch.streams)))
 
 
 @dataclass

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aifb.v1 import telemetry_pb2
+
+_DOUBLE = struct.Struct("<d")
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 __all__ = ["COUNTER", "GAUGE", "BatchBuilder", "MetricSet", "Sample", "to_batch"]
 
@@ -49,26 +61,38 @@ class MetricSet:
 
 
 class BatchBuilder:
-    """Packs samples into MetricBatches, reusing each series' name, labels and help.
+    """Packs samples into MetricBatches, reusing each series' encoded name, labels and help.
 
-    Copying a cached prototype is about three times cheaper than building the labels map anew.
+    Each series is written as bytes: its cached identity (name, labels, type, help serialized
+    once) and its points; the batch is parsed once at the end. That costs about a microsecond
+    per series, several times less than adding and filling message objects.
     """
 
     def __init__(self, max_cached: int = 50_000) -> None:
-        self._protos: dict[tuple[str, tuple[tuple[str, str], ...]],
-                           telemetry_pb2.MetricSeries] = {}
+        self._idents: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
+        self._resources: dict[tuple[tuple[str, str], ...], bytes] = {}
         self._max_cached = max_cached
 
-    def _proto(self, first: Sample) -> telemetry_pb2.MetricSeries:
+    def _ident(self, first: Sample) -> bytes:
         key = (first.name, first.labels)
-        proto = self._protos.get(key)
-        if proto is None:
-            if len(self._protos) >= self._max_cached:
-                self._protos.clear()
-            proto = self._protos[key] = telemetry_pb2.MetricSeries(
+        ident = self._idents.get(key)
+        if ident is None:
+            if len(self._idents) >= self._max_cached:
+                self._idents.clear()
+            ident = self._idents[key] = telemetry_pb2.MetricSeries(
                 name=first.name, labels=dict(first.labels), type=first.type,  # type: ignore[arg-type]
-                help=first.help)
-        return proto
+                help=first.help).SerializeToString()
+        return ident
+
+    def _resource(self, resource: Mapping[str, str]) -> bytes:
+        key = tuple(resource.items())
+        found = self._resources.get(key)
+        if found is None:
+            if len(self._resources) >= 64:
+                self._resources.clear()
+            body = telemetry_pb2.TelemetryResource(attributes=dict(resource)).SerializeToString()
+            found = self._resources[key] = b"\x1a" + _varint(len(body)) + body
+        return found
 
     def build(self, samples: Iterable[Sample], timestamp_ms: int,
               resource: Mapping[str, str]) -> telemetry_pb2.MetricBatch:
@@ -76,16 +100,23 @@ class BatchBuilder:
         grouped: dict[tuple[str, tuple[tuple[str, str], ...]], list[Sample]] = {}
         for s in samples:
             grouped.setdefault((s.name, s.labels), []).append(s)
-        batch = telemetry_pb2.MetricBatch(
-            resource=telemetry_pb2.TelemetryResource(attributes=dict(resource)))
+        parts = [self._resource(resource)]
+        # The usual series: one point at the collection time (packed: tag, length, varint).
+        stamp = _varint(timestamp_ms) if timestamp_ms >= 0 else b""
+        one_point = b"\x22" + bytes((len(stamp),)) + stamp + b"\x2a\x08"
+        pack = _DOUBLE.pack
         for group in grouped.values():
-            series = batch.series.add()
-            series.MergeFrom(self._proto(group[0]))
-            points = sorted((timestamp_ms if s.timestamp_ms is None else s.timestamp_ms, s.value)
-                            for s in group)
-            series.timestamps_ms.extend(t for t, _ in points)
-            series.values.extend(v for _, v in points)
-        return batch
+            first = group[0]
+            if len(group) == 1 and first.timestamp_ms is None and stamp:
+                body = self._ident(first) + one_point + pack(first.value)
+            else:
+                points = sorted((timestamp_ms if s.timestamp_ms is None else s.timestamp_ms,
+                                 s.value) for s in group)
+                body = self._ident(first) + telemetry_pb2.MetricSeries(
+                    timestamps_ms=[t for t, _ in points],
+                    values=[v for _, v in points]).SerializeToString()
+            parts += (b"\x22", _varint(len(body)), body)
+        return telemetry_pb2.MetricBatch.FromString(b"".join(parts))
 
 
 def to_batch(samples: Iterable[Sample], timestamp_ms: int,

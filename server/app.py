@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from aifb.server.manager import ServiceManager
 from aifb.server.poller import Backoff, Poller
 from aifb.server.registry import Registry
 from aifb.server.servicer import ServerServicer
+from aifb.server.sidecars import COLLECTOR_SERVICE, sidecar_environment
 from aifb.v1 import server_pb2, server_pb2_grpc
 
-__all__ = ["ServerApp", "build_scheduler", "start_server_app"]
+__all__ = ["Extension", "ServerApp", "build_scheduler", "start_server_app"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,20 @@ def build_scheduler(config: Config) -> Scheduler:
 
 
 @dataclass
+class Extension:
+    """A component mounted beside ServerService that needs the server's domain (the
+    BenchmarkService resolves services through the manager). `started` is told the loopback
+    address and the owner token once the port is bound; `stop` runs before the server stops."""
+
+    bindings: tuple[ServiceBinding, ...]
+    started: Callable[[str, str | None], None] | None = None
+    stop: Callable[[], Awaitable[None]] | None = None
+
+
+Extend = Callable[[ServiceManager, Deployer], Extension]
+
+
+@dataclass
 class ServerApp:
     """A running server: its gRPC endpoint and the pieces tests reach into."""
 
@@ -54,6 +70,7 @@ class ServerApp:
     scheduler: Scheduler
     token_path: Path
     extra: dict[str, object] = field(default_factory=dict)
+    extensions: list[Extension] = field(default_factory=list)
 
     @property
     def port(self) -> int:
@@ -61,6 +78,9 @@ class ServerApp:
 
     async def stop(self, grace: float = 1.0) -> None:
         self.manager.hub.close()
+        for ext in self.extensions:
+            if ext.stop is not None:
+                await ext.stop()
         await self.poller.stop()
         await self.mesh.stop(grace)
         await self.scheduler.close()
@@ -74,6 +94,7 @@ async def start_server_app(
     scheduler: Scheduler | None = None,
     tracer_provider: TracerProvider | None = None,
     extra_bindings: tuple[ServiceBinding, ...] = (),
+    extensions: Sequence[Extend] = (),
 ) -> ServerApp:
     """Start ServerService (plus `extra_bindings`, e.g. the other components in `aifb up`)."""
     home = config.mesh.home_path
@@ -84,6 +105,9 @@ async def start_server_app(
     registry = Registry(home / "server.db")
     sched = scheduler or build_scheduler(config)
     deployer = Deployer.from_config(config, python=sys.executable)
+    deployer.environment.update(sidecar_environment(
+        config, sched.name, collector_here=any(b.full_name == COLLECTOR_SERVICE
+                                               for b in extra_bindings)))
     tracer = (tracer_provider.get_tracer("aifb.server") if tracer_provider else None)
     # The address is known only after binding; the manager reads it at create time.
     manager = ServiceManager(registry, sched, deployer, home=home, advertise_address="",
@@ -94,7 +118,9 @@ async def start_server_app(
         full_name=server_pb2.DESCRIPTOR.services_by_name["ServerService"].full_name,
         add_to_server=lambda s: server_pb2_grpc.add_ServerServiceServicer_to_server(servicer, s),
     )
-    mesh = await create_server(config.mesh, (binding, *extra_bindings),
+    exts = [make(manager, deployer) for make in extensions]
+    mesh = await create_server(config.mesh, (binding, *extra_bindings,
+                                             *(b for e in exts for b in e.bindings)),
                                authenticator=authenticator, tracer_provider=tracer_provider,
                                listen=listen)
     host = (listen or config.mesh.listen).rsplit(":", 1)[0]
@@ -106,7 +132,15 @@ async def start_server_app(
                             config.server.poll_max_interval_seconds))
     manager.wake_poller = poller.wake
     poller.start()
+    if exts:
+        from aifb.mesh.auth import read_token_file
+
+        loop_host = "127.0.0.1" if host == socket.getfqdn() else host
+        token = read_token_file(token_path) if config.mesh.auth else None
+        for ext in exts:
+            if ext.started is not None:
+                ext.started(f"{loop_host}:{mesh.port}", token)
     log.info("ServerService on port %d, scheduler %s, %d services to re-attach", mesh.port,
              sched.name, len(registry.polled()))
     return ServerApp(mesh=mesh, manager=manager, poller=poller, registry=registry,
-                     scheduler=sched, token_path=token_path)
+                     scheduler=sched, token_path=token_path, extensions=exts)

@@ -178,7 +178,8 @@ def test_sender_gives_up_after_the_retry_budget_and_counts_drops() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(503, text="unavailable")
 
-    writer, stats = _writer(handler, max_elapsed_seconds=0.05)
+    # Long enough that even a slow first request leaves room for a retry on a loaded machine.
+    writer, stats = _writer(handler, max_elapsed_seconds=0.5)
     asyncio.run(writer.write([_series(0), _series(1)]))
     assert stats.metric_samples_dropped == 6 and stats.metric_samples_forwarded == 0
     assert stats.remote_write_retries >= 1

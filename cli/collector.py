@@ -1,0 +1,110 @@
+"""`aifb collector serve|stats`: the central collector on its own (cluster mode)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import typer
+
+from aifb.cli.context import CliState, handle_errors, state_of
+from aifb.cli.remote import channel_to
+from aifb.v1 import collector_pb2, collector_pb2_grpc
+
+app = typer.Typer(help="The collector: agents push metrics and logs to it; it forwards them to "
+                  "Prometheus (remote write, /metrics) and Loki, and keeps logs and traces "
+                  "for `aifb logs` and `aifb trace`.", no_args_is_help=True)
+
+DEFAULT_LISTEN = "127.0.0.1:50052"
+
+
+def collector_stub(state: CliState, address: str | None
+                   ) -> collector_pb2_grpc.CollectorServiceStub:
+    """--collector, else the server's address (`aifb up` mounts the collector there)."""
+    return collector_pb2_grpc.CollectorServiceStub(channel_to(state, address))
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    listen: str = typer.Option(DEFAULT_LISTEN, metavar="HOST:PORT",
+                               help="gRPC address for CollectorService and OTLP TraceService "
+                               "(non-loopback needs TLS or --insecure)."),
+    prometheus_remote_write: str = typer.Option(
+        None, "--prometheus-remote-write", metavar="URL",
+        help="Prometheus remote-write URL, e.g. http://prom:9090/api/v1/write."),
+    loki_url: str = typer.Option(None, "--loki-url", metavar="URL",
+                                 help="Loki base URL, e.g. http://loki:3100."),
+    loki_format: str = typer.Option(None, help="protobuf (snappy) or json."),
+    metrics_listen: str = typer.Option(None, "--metrics-listen", metavar="HOST:PORT",
+                                       help="Serve /metrics here (default 127.0.0.1:9100; "
+                                       "'' for none)."),
+    insecure: bool = typer.Option(None, "--insecure", help="Allow a non-loopback listen "
+                                  "address without TLS (trusted networks only)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at debug level."),
+) -> None:
+    """Run a standalone collector until Ctrl-C or SIGTERM.
+
+    Agents (`aifb monitor serve`, `aifb logger serve`, job sidecars) push to --listen; agents
+    and clients authenticate with the bearer token in ~/.aifb/token (shared home), like the
+    server's. Settings not given as flags come from the `collector:` config section
+    (AIFB_COLLECTOR__KEY variables).
+    """
+    state = state_of(ctx)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with handle_errors(state):
+        from aifb.collector.config import CollectorConfig
+        from aifb.collector.targets import check_targets
+        from aifb.mesh.config import load_config, section_config
+
+        config = load_config(file=state.config_file,
+                             overrides={"mesh": {"home": state.home, "insecure": insecure}})
+        collector = check_targets(section_config(CollectorConfig, config, "collector", {
+            "remote_write_url": prometheus_remote_write, "loki_url": loki_url,
+            "loki_format": loki_format, "metrics_listen": metrics_listen}))
+        asyncio.run(_serve(config.mesh, collector, listen))
+
+
+async def _serve(mesh: object, collector: object, listen: str) -> None:
+    from aifb.collector.app import start_collector
+    from aifb.collector.config import CollectorConfig
+    from aifb.mesh.agent_host import run_daemon
+    from aifb.mesh.config import MeshConfig
+
+    assert isinstance(mesh, MeshConfig) and isinstance(collector, CollectorConfig)
+    mesh.home_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    app = await start_collector(collector)
+
+    def listening(port: int) -> None:
+        metrics = collector.metrics_listen or "off"
+        typer.echo(f"collector is up on {listen.rsplit(':', 1)[0]}:{port} "
+                   f"(/metrics: {metrics}). Ctrl-C stops it.", err=True)
+
+    await run_daemon(mesh, app.bindings, listen=listen, stop=app.stop,
+                     on_listening=listening)
+
+
+@app.command()
+def stats(
+    ctx: typer.Context,
+    collector: str = typer.Option(None, "--collector", metavar="HOST:PORT",
+                                  help="CollectorService address (default: the server's)."),
+) -> None:
+    """Counters since the collector started: received, forwarded, rejected, duplicates."""
+    state = state_of(ctx)
+    with handle_errors(state):
+        resp = state.call(collector_stub(state, collector).GetCollectorStats,
+                          collector_pb2.GetCollectorStatsRequest())
+
+        def text() -> None:
+            from aifb.cli.context import to_dict
+
+            for key, value in sorted(to_dict(resp.stats).items()):
+                if isinstance(value, dict):  # agents_last_sequence: one line per agent
+                    for agent, seq in sorted(value.items()):
+                        state.console.print(f"{key:<28} {agent} {seq}", markup=False)
+                else:
+                    state.console.print(f"{key:<28} {value}", markup=False)
+
+        state.emit(resp.stats, text)
