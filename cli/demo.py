@@ -1,25 +1,25 @@
-"""`aifb demo`: start the embedded mesh, deploy nginx through the server, load it, tear down."""
+"""`aifb demo`: start the embedded mesh, deploy nginx through the server, benchmark it through
+the BenchmarkService with live progress, print the summary and the report's path, tear down."""
 
 from __future__ import annotations
 
-import asyncio
+import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
+from google.protobuf.duration_pb2 import Duration
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from aifb.cli.context import handle_errors, state_of
-from aifb.client.http_workload import HttpTarget, HttpWorkload
-from aifb.client.load import run_load
-from aifb.client.recorder import ProgressSample
-from aifb.client.results import RunState
-from aifb.client.spec import LoadSpec, Mode
+from aifb.cli.context import CliState, handle_errors, state_of
+from aifb.client.report.pages import summary_rows
+from aifb.client.service.embedded import ThreadedMesh
 from aifb.mesh.errors import FailedPrecondition
-from aifb.server.embedded import ThreadedServer, embedded_config
+from aifb.server.embedded import embedded_config
+from aifb.v1 import client_pb2 as C
+from aifb.v1 import client_pb2_grpc, server_pb2_grpc
 from aifb.v1 import server_pb2 as S
 
 TERMINAL = {S.SERVICE_STATE_STOPPED, S.SERVICE_STATE_FAILED}
@@ -39,72 +39,105 @@ def demo(
         home = Path(tempfile.mkdtemp(prefix="aifb-demo-"))
         config = embedded_config(home, scheduler=scheduler, poll_interval_seconds=0.2)
         con = state.err
-        with ThreadedServer(config) as srv:
-            assert srv.app is not None
-            con.print(f"[bold]aifb demo[/]: embedded mesh on {srv.address} "
-                      f"(scheduler: {srv.app.scheduler.name}, state in {home})")
-            stub = srv.stub()
-            svc = stub.CreateService(S.CreateServiceRequest(
-                recipe="nginx", parameters={"port": "0"}, request_id="demo"), timeout=60).service
-            with con.status(f"deploying nginx as {svc.name} ...") as status:
-                for msg in stub.WatchService(S.WatchServiceRequest(name=svc.name), timeout=180):
+        with ThreadedMesh(config) as mesh:
+            assert mesh.app is not None
+            con.print(f"[bold]aifb demo[/]: embedded mesh on {mesh.address} "
+                      f"(ServerService + BenchmarkService; scheduler: "
+                      f"{mesh.app.scheduler.name}; state in {home})")
+            stub = mesh.stub()
+            svc = _deploy(stub, state)
+            try:
+                doc, run_dir = _benchmark(mesh.bench_stub(), svc.name, duration, rate, state)
+            finally:
+                stub.DeleteService(S.DeleteServiceRequest(name=svc.name), timeout=30)
+                for msg in stub.WatchService(S.WatchServiceRequest(name=svc.name), timeout=60):
                     svc = msg.service
-                    status.update(f"{svc.name}: "
-                                  f"{S.ServiceState.Name(svc.state).removeprefix('SERVICE_STATE_')}")
-                    if svc.state == S.SERVICE_STATE_READY or svc.state in TERMINAL:
-                        break
-            if svc.state != S.SERVICE_STATE_READY:
-                raise FailedPrecondition(f"nginx did not become ready: {svc.state_message}")
-            url = svc.endpoint.url or f"http://{svc.endpoint.host}:{svc.endpoint.port}/"
-            con.print(f"nginx is READY at {url} (job {svc.job.scheduler}:{svc.job.job_id})")
-            summary = _load(url, duration, rate, state.err)
-            stub.DeleteService(S.DeleteServiceRequest(name=svc.name), timeout=30)
-            for msg in stub.WatchService(S.WatchServiceRequest(name=svc.name), timeout=60):
-                svc = msg.service
-            con.print(f"{svc.name} is "
-                      f"{S.ServiceState.Name(svc.state).removeprefix('SERVICE_STATE_')}")
-        state.emit(summary, lambda: _summary(state.console, summary, rate))
-        if summary["state"] != RunState.SUCCEEDED.value:
-            raise typer.Exit(1)
+                con.print(f"{svc.name} is "
+                          f"{S.ServiceState.Name(svc.state).removeprefix('SERVICE_STATE_')}")
+        reports = _keep_reports(state, run_dir)
+        figures = doc["figures"]
+        summary = {**figures, "benchmark": doc["benchmark"]["name"],
+                   "report": str(reports / "report.html"),
+                   "latency_ms": {k: v * 1000 for k, v in
+                                  figures["histograms"].get("latency", {}).items()
+                                  if k.startswith("p")}}
+        summary["histograms"] = {k: {kk: vv for kk, vv in h.items() if kk != "hdr"}
+                                 for k, h in figures["histograms"].items()}
+        state.emit(summary, lambda: _print(state, doc, reports))
         if not keep:
-            import shutil
             shutil.rmtree(home, ignore_errors=True)
+        if figures["state"] != "SUCCEEDED":
+            raise typer.Exit(1)
 
 
-def _load(url: str, duration: float, rate: float, console: Console) -> dict[str, Any]:
-    """Open-loop load at `rate` req/s with the aifb engine, with a live progress line."""
-    spec = LoadSpec(mode=Mode.OPEN, rate=rate, duration_s=duration, warmup_s=1.0,
-                    max_error_ratio=0.05)
-    workload = HttpWorkload(HttpTarget(url.rstrip("/"), connections=16))
+def _deploy(stub: server_pb2_grpc.ServerServiceStub, state: CliState) -> S.Service:
+    con = state.err
+    svc: S.Service = stub.CreateService(S.CreateServiceRequest(
+        recipe="nginx", parameters={"port": "0"}, request_id="demo"), timeout=60).service
+    with con.status(f"deploying nginx as {svc.name} ...") as status:
+        for msg in stub.WatchService(S.WatchServiceRequest(name=svc.name), timeout=180):
+            svc = msg.service
+            status.update(f"{svc.name}: "
+                          f"{S.ServiceState.Name(svc.state).removeprefix('SERVICE_STATE_')}")
+            if svc.state == S.SERVICE_STATE_READY or svc.state in TERMINAL:
+                break
+    if svc.state != S.SERVICE_STATE_READY:
+        raise FailedPrecondition(f"nginx did not become ready: {svc.state_message}")
+    url = svc.endpoint.url or f"http://{svc.endpoint.host}:{svc.endpoint.port}/"
+    con.print(f"nginx is READY at {url} (job {svc.job.scheduler}:{svc.job.job_id})")
+    return svc
+
+
+def _benchmark(bench: client_pb2_grpc.BenchmarkServiceStub, service: str, duration: float,
+               rate: float, state: CliState) -> tuple[dict[str, Any], Path]:
+    """A constant-rate run against the service through BenchmarkService, followed live."""
+    d = Duration()
+    d.FromNanoseconds(round((duration + 1.0) * 1e9))
+    load = C.LoadProfile(mode=C.LOAD_MODE_CONSTANT, rate=rate, duration=d,
+                         warmup=Duration(seconds=1), error_budget=0.05)
+    run = bench.CreateBenchmark(C.CreateBenchmarkRequest(
+        workload="http", service=service, parameters={"connections": "16"}, load=load,
+        request_id="demo"), timeout=30).benchmark
+    state.err.print(f"benchmarking {service} as {run.name}: {rate:.0f} req/s for "
+                    f"{duration:g}s after 1s of warm-up")
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
+                  console=state.err, transient=True) as bar:
         task = bar.add_task("load", total=duration + 1.0)
+        for msg in bench.WatchBenchmark(C.WatchBenchmarkRequest(name=run.name),
+                                        timeout=duration + 120):
+            run = msg.benchmark
+            if msg.HasField("progress"):
+                p = msg.progress
+                bar.update(task, completed=p.elapsed.seconds + p.elapsed.nanos / 1e9,
+                           description=f"{p.achieved_rate:6.0f} req/s  p99 "
+                           f"{p.latency_p99_seconds * 1000:6.2f} ms  errors "
+                           f"{int(p.extra.get('total_errors', 0))}")
+    for fmt in (C.REPORT_FORMAT_HTML, C.REPORT_FORMAT_MARKDOWN, C.REPORT_FORMAT_PARQUET):
+        bench.GetBenchmarkReport(C.GetBenchmarkReportRequest(name=run.name, format=fmt),
+                                 timeout=60)
+    resp = bench.GetBenchmarkReport(C.GetBenchmarkReportRequest(
+        name=run.name, format=C.REPORT_FORMAT_JSON), timeout=60)
+    return json.loads(resp.content), Path(resp.directory)
 
-        def progress(sample: ProgressSample) -> None:
-            bar.update(task, advance=1.0, description=(
-                f"{sample.phase:<8} {sample.achieved_rate:6.0f} req/s  p99 "
-                f"{sample.p99_us / 1000:6.2f} ms  errors {sample.total_errors}"))
 
-        result = asyncio.run(run_load(spec, workload, on_progress=progress))
-    return result.summary()
+def _keep_reports(state: CliState, run_dir: Path) -> Path:
+    """Copy the run's reports out of the demo's temporary home into the user's aifb home."""
+    dest = state.config.mesh.home_path / "demo-reports" / run_dir.name
+    dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.copytree(run_dir, dest, dirs_exist_ok=True)
+    return dest
 
 
-def _summary(console: Console, summary: dict[str, Any], rate: float) -> None:
-    lat = summary["histograms"].get("latency", {})
-    lag = summary["histograms"].get("lag", {})
-    counters = summary["counters"]
+def _print(state: CliState, doc: dict[str, Any], reports: Path) -> None:
+    from rich.table import Table
+    from rich.text import Text
 
-    def ms(d: dict[str, float], key: str) -> str:
-        return f"{d[key] / 1000:.2f} ms" if key in d else "-"
-
-    table = Table(title=f"open loop, {rate:.0f} req/s target ({summary['state']})", box=None,
-                  header_style="bold")
-    for col in ("requests", "errors", "dropped", "achieved", "p50", "p99", "p99.9",
-                "lag p99"):
-        table.add_column(col)
-    table.add_row(str(counters.get("completed", 0)), str(counters.get("errors", 0)),
-                  str(counters.get("dropped", 0)), f"{summary['achieved_rate']:.0f}/s",
-                  ms(lat, "p50_us"), ms(lat, "p99_us"), ms(lat, "p99_9_us"), ms(lag, "p99_us"))
-    console.print(table)
-    if summary.get("reason"):
-        console.print(f"reason: {summary['reason']}")
+    table = Table(title=f"{doc['benchmark']['name']} ({doc['figures']['state']})", box=None,
+                  show_header=False)
+    table.add_column("figure", style="bold")
+    table.add_column("value")
+    for key, value in summary_rows(doc):
+        table.add_row(key, Text(value))
+    state.console.print(table)
+    state.console.print(f"report: {reports / 'report.html'} (also report.md, report.json, "
+                        "series.parquet)")

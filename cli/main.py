@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
+# Before gRPC loads: its fork handlers can crash a child forked while gRPC threads are busy
+# (PySpark starts its JVM with a Python preexec_fn under `bench --engine spark`); aifb only
+# forks to exec, so it needs none of them.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import typer
 
-from aifb.cli import recipes, services, tokens
+from aifb.cli import bench, collector, logger, monitor, recipes, services, tokens, trace
 from aifb.cli.context import CliState, Output
 from aifb.cli.demo import demo
+from aifb.cli.logs import logs
 from aifb.cli.up import up
 
 app = typer.Typer(
@@ -20,6 +28,12 @@ app = typer.Typer(
 app.add_typer(services.app, name="services")
 app.add_typer(recipes.app, name="recipes")
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(bench.app, name="bench")
+app.add_typer(collector.app, name="collector")
+app.add_typer(monitor.app, name="monitor")
+app.add_typer(logger.app, name="logger")
+app.add_typer(trace.app, name="trace")
+app.command()(logs)
 app.command(help="Run every aifb service in this process (embedded mode).")(up)
 app.command(help="Deploy a real service through the embedded mesh, load it, print a summary.")(
     demo)
@@ -37,9 +51,16 @@ def _root(
     output: Output = typer.Option(Output.text, "--output", "-o",
                                   help="text for people, json for scripts."),
     timeout: float = typer.Option(30.0, help="Deadline of each call, in seconds."),
+    ca_file: str = typer.Option(None, "--ca-file", envvar="AIFB_CA_FILE",
+                                help="CA (PEM) that signed the server's certificate: use TLS."),
+    cert: str = typer.Option(None, "--cert", envvar="AIFB_CLIENT_CERT",
+                             help="Client certificate (PEM), for a server that requires mTLS."),
+    key: str = typer.Option(None, "--key", envvar="AIFB_CLIENT_KEY",
+                            help="Client certificate's key (PEM)."),
 ) -> None:
     ctx.obj = CliState(server=server, home=home, config_file=config, output=output,
-                       timeout=timeout)
+                       timeout=timeout, ca_file=ca_file or "", cert_file=cert or "",
+                       key_file=key or "")
 
 
 def main() -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import typer
 
 from aifb.cli.context import handle_errors, state_of
+from aifb.mesh.config import Config
 from aifb.mesh.server import serve_until_signal
 from aifb.server.app import start_server_app
 
@@ -25,9 +27,34 @@ def up(
     tls_client_ca: str = typer.Option(None, help="CA for client certificates (enables mTLS)."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Disable bearer-token auth "
                                  "(single-user machines only)."),
+    prometheus_remote_write: str = typer.Option(
+        None, "--prometheus-remote-write", metavar="URL",
+        help="Forward metrics by remote write, e.g. http://127.0.0.1:9090/api/v1/write "
+        "(Prometheus needs --web.enable-remote-write-receiver)."),
+    loki_url: str = typer.Option(None, "--loki-url", metavar="URL",
+                                 help="Forward logs to Loki's push API, e.g. "
+                                 "http://127.0.0.1:3100."),
+    metrics_listen: str = typer.Option(
+        None, "--metrics-listen", metavar="HOST:PORT",
+        help="Serve the collector's /metrics here (default 127.0.0.1:9100; '' for none)."),
+    otlp_endpoint: str = typer.Option(
+        None, "--otlp-endpoint", metavar="URL",
+        help="Also export spans to this OTLP/gRPC backend (they are always kept locally for "
+        "`aifb trace`)."),
+    sidecars: str = typer.Option(None, help="Telemetry agents inside each job: auto (on for "
+                                 "SLURM), on or off."),
+    no_telemetry: bool = typer.Option(False, "--no-telemetry",
+                                      help="Run the server alone: no collector, no agents."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at debug level."),
 ) -> None:
-    """Run the aifb services in this process until Ctrl-C or SIGTERM."""
+    """Run the aifb services in this process until Ctrl-C or SIGTERM.
+
+    Embedded mode: ServerService, the collector (CollectorService and OTLP TraceService), and
+    this host's monitor and logger agents (MonitorService, LoggerService) share one gRPC port.
+    Metrics are served on /metrics (127.0.0.1:9100) and, with --prometheus-remote-write,
+    forwarded to Prometheus; logs and spans are kept for `aifb logs` and `aifb trace` and, with
+    --loki-url, forwarded to Loki.
+    """
     state = state_of(ctx)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -36,26 +63,83 @@ def up(
         overrides = {
             "mesh": {"home": state.home, "listen": listen, "insecure": insecure,
                      "tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca,
-                     "auth": False if no_auth else None},
-            "server": {"scheduler": scheduler, "slurmrest_url": slurmrest_url},
+                     "auth": False if no_auth else None, "otlp_endpoint": otlp_endpoint},
+            "server": {"scheduler": scheduler, "slurmrest_url": slurmrest_url,
+                       "sidecars": sidecars},
         }
+        collector = {"remote_write_url": prometheus_remote_write, "loki_url": loki_url,
+                     "metrics_listen": metrics_listen}
         from aifb.mesh.config import load_config
 
         config = load_config(file=state.config_file, overrides=overrides)
-        asyncio.run(_run(config))
+        asyncio.run(_run(config, collector, telemetry=not no_telemetry))
 
 
-async def _run(config: object) -> None:
-    from aifb.mesh.config import Config
+async def _run(config: Config, collector: dict[str, Any], *, telemetry: bool) -> None:
+    from aifb.client.service.app import benchmark_extension
+    from aifb.mesh.auth import read_token_file
     from aifb.mesh.tracing import make_tracer_provider
+    from aifb.server.app import build_scheduler
+    from aifb.server.sidecars import sidecars_enabled
 
-    assert isinstance(config, Config)
+    sched = build_scheduler(config)
+    embedded = None
+    if telemetry:
+        from aifb.server.telemetry import start_embedded_telemetry
+
+        embedded = await start_embedded_telemetry(
+            config, collector_overrides=collector, all_nodes=sched.name == "local",
+            follow_jobs=not sidecars_enabled(config.server.sidecars, sched.name))
     provider = make_tracer_provider("aifb", otlp_endpoint=config.mesh.otlp_endpoint)
-    app = await start_server_app(config, tracer_provider=provider)
-    typer.echo(f"aifb is up on {config.mesh.listen.rsplit(':', 1)[0]}:{app.port} "
-               f"(scheduler: {app.scheduler.name}; token: {app.token_path}). Ctrl-C stops it.",
-               err=True)
-    await serve_until_signal(app.mesh, config.mesh.shutdown_grace_seconds,
-                             on_stop=app.manager.hub.close)
-    await app.stop(0)
-    provider.shutdown()
+    if embedded is not None:
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+        # Synchronous: the store append is cheap and stays on the event loop's thread.
+        provider.add_span_processor(SimpleSpanProcessor(embedded.span_exporter()))
+    try:
+        # BenchmarkService beside ServerService; its live metrics go to the collector here.
+        bench = benchmark_extension(config.mesh.home_path, tracer_provider=provider,
+                                    collector_here=embedded is not None)
+        app = await start_server_app(config, scheduler=sched, tracer_provider=provider,
+                                     extra_bindings=embedded.bindings if embedded else (),
+                                     extensions=(bench,))
+    except BaseException:
+        if embedded is not None:
+            await embedded.stop()
+        await sched.close()
+        raise
+    host = config.mesh.listen.rsplit(":", 1)[0]
+    address = f"{host}:{app.port}"
+    if embedded is not None:
+        mesh = config.mesh
+        loop_host = "127.0.0.1" if host.strip("[]") in ("0.0.0.0", "::", "") else host
+        await embedded.start_agents(
+            f"{loop_host}:{app.port}",
+            read_token_file(app.token_path) if mesh.auth else None,
+            ca_file=mesh.tls_client_ca if mesh.tls else "")
+    metrics = ""
+    if embedded is not None and embedded.collector.http is not None:
+        metrics = f"; /metrics on {embedded.collector.config.metrics_listen}"
+    typer.echo(f"aifb is up on {address} (scheduler: {app.scheduler.name}; token: "
+               f"{app.token_path}{metrics}). Ctrl-C stops it.", err=True)
+
+    async def on_stop() -> None:
+        # The agents first: they flush to the collector and close their own streams, so the
+        # server's grace period is not spent waiting on them.
+        if embedded is not None:
+            await embedded.stop_agents()
+        # Likewise the extensions (the BenchmarkService's metrics stream); taken off the list
+        # so that app.stop() does not stop them twice.
+        extensions, app.extensions = app.extensions, []
+        for ext in extensions:
+            if ext.stop is not None:
+                await ext.stop()
+        app.manager.hub.close()
+
+    try:
+        await serve_until_signal(app.mesh, config.mesh.shutdown_grace_seconds, on_stop=on_stop)
+    finally:
+        await app.stop(0)
+        if embedded is not None:
+            await embedded.stop()
+        provider.shutdown()

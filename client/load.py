@@ -15,8 +15,9 @@ Closed loop runs `users` coroutines back to back (a profile can ramp or step the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from time import perf_counter_ns
 
@@ -26,18 +27,23 @@ from aifb.client.schedule import arrival_offsets_ns
 from aifb.client.spec import LoadSpec, Mode
 from aifb.client.workload import Outcome, Workload
 
-__all__ = ["LoadRun", "ProgressCallback", "run_load"]
+__all__ = ["LoadRun", "ProgressCallback", "StartHook", "run_load"]
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[ProgressSample], None]
+# Called once after prepare(); returns the perf_counter_ns instant the run starts at (waited
+# for), so several engines (Spark partitions) share one start. Raising fails the run.
+StartHook = Callable[[], Awaitable[int]]
 _SPIN_NS = 1_500_000  # closer than this to a send time: yield to the loop instead of a timer
 _TIMER_SLACK_NS = 500_000  # timers (uvloop: 1 ms resolution) are asked to wake this much early
 
 
 class LoadRun:
     def __init__(self, spec: LoadSpec, workload: Workload, *,
-                 on_progress: ProgressCallback | None = None) -> None:
+                 on_progress: ProgressCallback | None = None,
+                 start_at: StartHook | None = None) -> None:
         self.spec = spec
+        self._start_at = start_at
         self.workload = workload
         self.state = RunState.PENDING
         self.reason = ""
@@ -100,9 +106,18 @@ class LoadRun:
         except Exception as exc:
             log.warning("workload %s failed to prepare: %s", self.workload.name, exc)
             self._stop(RunState.FAILED, f"workload prepare failed: {exc}")
+            with contextlib.suppress(Exception):  # a half-prepared workload may hold sockets
+                await self.workload.close()
             result = LoadResult(mode=spec.mode.value, workload=self.workload.name)
             return await self._finish(result, None)
-        start = perf_counter_ns()
+        try:
+            start = await self._start_instant()
+        except Exception as exc:
+            self._stop(RunState.FAILED, f"start alignment failed: {exc}")
+            with contextlib.suppress(Exception):
+                await self.workload.close()
+            result = LoadResult(mode=spec.mode.value, workload=self.workload.name)
+            return await self._finish(result, None)
         rec = self._rec = Recorder(start, start + int(spec.warmup_s * 1e9),
                                    start + int((spec.total_s - spec.cooldown_s) * 1e9))
         ticker = asyncio.create_task(self._ticker(rec))
@@ -126,6 +141,14 @@ class LoadRun:
         end = min(perf_counter_ns(), rec.window_end_ns)
         rec.result.measured_s = max(end - rec.window_start_ns, 0) / 1e9
         return await self._finish(rec.result, rec)
+
+    async def _start_instant(self) -> int:
+        if self._start_at is None:
+            return perf_counter_ns()
+        start = await self._start_at()
+        while (delay := start - perf_counter_ns()) > 0:
+            await asyncio.sleep(delay / 1e9)
+        return start
 
     async def _finish(self, result: LoadResult, rec: Recorder | None) -> LoadResult:
         spec = self.spec
@@ -296,9 +319,10 @@ def _top_errors(rec: Recorder) -> str:
 
 
 async def run_load(spec: LoadSpec, workload: Workload, *,
-                   on_progress: ProgressCallback | None = None) -> LoadResult:
+                   on_progress: ProgressCallback | None = None,
+                   start_at: StartHook | None = None) -> LoadResult:
     """Start a run and wait for its result (cancelling the caller cancels the run)."""
-    run = LoadRun(spec, workload, on_progress=on_progress)
+    run = LoadRun(spec, workload, on_progress=on_progress, start_at=start_at)
     run.start()
     try:
         return await run.wait()

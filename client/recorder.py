@@ -4,7 +4,9 @@ Every request is recorded twice: into the current interval (for live progress an
 warm-up and cool-down included) and, when its intended send time lies in the measurement window,
 into the run's totals. Latency runs from the intended send time to completion; service time from the
 actual wire send (when the workload reports it); schedule lag from the intended to the actual send
-time. Times are `perf_counter_ns` integers.
+time. Streaming workloads add TTFT (from the intended send time), ITL (between token chunks) and
+TPOT ((end - first token) / (output tokens - 1), with `values["output_tokens"]`, so a chunk
+carrying several tokens counts them all). Times are `perf_counter_ns` integers.
 """
 
 from __future__ import annotations
@@ -113,6 +115,9 @@ class Recorder:
             for prev, cur in pairwise(chunks):
                 itl.record_us((cur - prev) // 1000)
         if out.values:
+            tokens = out.values.get("output_tokens", 0.0)
+            if out.first_chunk_ns and tokens > 1:  # time per output token after the first
+                h["tpot"].record_us(int((end_ns - out.first_chunk_ns) / (tokens - 1)) // 1000)
             values = self.result.values
             for key, value in out.values.items():
                 values[key] = values.get(key, 0.0) + value

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # Modules whose import registers the built-in workloads (add new built-ins here).
 _BUILTIN_MODULES: tuple[str, ...] = (
     "aifb.client.http_workload",
+    "aifb.client.openai_workload",
+    "aifb.client.vectordb_workload",
 )
 _ENTRY_POINT_GROUP = "aifb.workloads"
 

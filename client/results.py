@@ -20,7 +20,7 @@ from aifb.client.histogram import LatencyHistogram
 __all__ = ["COUNTERS", "HISTOGRAMS", "LoadResult", "RunState", "SecondStats", "merge_results"]
 
 COUNTERS = ("sent", "completed", "ok", "errors", "dropped", "excluded", "unfinished", "late")
-HISTOGRAMS = ("latency", "service", "lag", "ttft", "itl")
+HISTOGRAMS = ("latency", "service", "lag", "ttft", "itl", "tpot")
 
 
 class RunState(enum.StrEnum):
@@ -112,6 +112,13 @@ class LoadResult:
         done = self.counters["completed"]
         return self.counters["errors"] / done if done else 0.0
 
+    def value_rates(self) -> dict[str, float]:
+        """Each summed per-request value per second of window (output_tokens: tokens/s;
+        good_requests: request goodput)."""
+        if self.measured_s <= 0:
+            return {}
+        return {k: round(v / self.measured_s, 3) for k, v in self.values.items()}
+
     def summary(self) -> dict[str, Any]:
         """A JSON-ready report: counters, rates and every histogram's percentiles (µs)."""
         return {"state": self.state.value, "reason": self.reason, "mode": self.mode,
@@ -121,7 +128,7 @@ class LoadResult:
                                    if self.target_rate else None),
                 "measured_s": round(self.measured_s, 3), "counters": dict(self.counters),
                 "errors_by_kind": dict(self.errors_by_kind), "values": dict(self.values),
-                "extra": dict(self.extra),
+                "value_rates": self.value_rates(), "extra": dict(self.extra),
                 "histograms": {k: h.summary() for k, h in self.histograms.items() if h.count}}
 
     def to_bytes(self) -> bytes:

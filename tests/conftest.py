@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# As `aifb` itself does (cli/main.py), before gRPC loads: the Spark tests start a JVM (fork +
+# exec with a Python preexec_fn) in a process whose gRPC threads are busy, and gRPC's fork
+# handlers can crash that child. Nothing here forks without exec.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import pytest
 
@@ -12,6 +18,9 @@ pytest_plugins = [
     "tests.fixtures.nginx",
     "tests.fixtures.prometheus",
     "tests.fixtures.loki",
+    "tests.fixtures.openai_server",
+    "tests.fixtures.chroma",
+    "tests.fixtures.qdrant_fake",
 ]
 
 

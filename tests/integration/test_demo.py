@@ -32,3 +32,11 @@ def test_demo_deploys_nginx_benchmarks_it_and_tears_down(scheduler: str, tmp_pat
     assert summary["counters"]["completed"] >= 150  # ~2 s measured at 100/s after warm-up
     assert 95 <= summary["achieved_rate"] <= 105
     assert "is STOPPED" in proc.stderr
+    # The load went through the BenchmarkService, and its reports outlive the demo's mesh.
+    assert summary["benchmark"].startswith("benchmarks/")
+    report = Path(summary["report"])
+    assert report.is_relative_to(tmp_path / ".aifb" / "demo-reports")
+    assert "<svg" in report.read_text() and summary["benchmark"] in report.read_text()
+    for name in ("report.json", "report.md", "series.parquet", "latency_cdf.svg"):
+        assert (report.parent / name).stat().st_size > 0, name
+    assert summary["histograms"]["latency"]["p99"] >= summary["histograms"]["latency"]["p50"]

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61ifb/v1/client.proto\x12\x07\x61ifb.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x04\n\x0bLoadProfile\x12\x1f\n\x04mode\x18\x01 \x01(\x0e\x32\x11.aifb.v1.LoadMode\x12\x13\n\x0b\x63oncurrency\x18\x02 \x01(\x05\x12\x0c\n\x04rate\x18\x03 \x01(\x01\x12\x12\n\nstart_rate\x18\x04 \x01(\x01\x12\x11\n\tstep_rate\x18\x05 \x01(\x01\x12\x30\n\rstep_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nburstiness\x18\x07 \x01(\x01\x12+\n\x08\x64uration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_requests\x18\t \x01(\x03\x12)\n\x06warmup\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x63ooldown\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0c\x65rror_budget\x18\x0c \x01(\x01\x12*\n\x03slo\x18\r \x03(\x0b\x32\x1d.aifb.v1.LoadProfile.SloEntry\x12#\n\x06\x65ngine\x18\x0e \x01(\x0e\x32\x13.aifb.v1.LoadEngine\x12\x14\n\x0cspark_master\x18\x0f \x01(\t\x12\x12\n\npartitions\x18\x10 \x01(\x05\x1a*\n\x08SloEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xda\x02\n\x0eProgressSample\x12*\n\x07\x65lapsed\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x03\x12\x15\n\rachieved_rate\x18\x04 \x01(\x01\x12\x13\n\x0btarget_rate\x18\x05 \x01(\x01\x12\x1b\n\x13latency_p50_seconds\x18\x06 \x01(\x01\x12\x1b\n\x13latency_p99_seconds\x18\x07 \x01(\x01\x12\x11\n\tin_flight\x18\x08 \x01(\x03\x12 \n\x18schedule_lag_p99_seconds\x18\t \x01(\x01\x12\x31\n\x05\x65xtra\x18\n \x03(\x0b\x32\".aifb.v1.ProgressSample.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xfa\x04\n\tBenchmark\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.aifb.v1.BenchmarkState\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x10\n\x08workload\x18\x04 \x01(\t\x12\x11\n\x07service\x18\x05 \x01(\tH\x00\x12\r\n\x03url\x18\x06 \x01(\tH\x00\x12\x14\n\x0cresolved_url\x18\x07 \x01(\t\x12\x36\n\nparameters\x18\x08 \x03(\x0b\x32\".aifb.v1.Benchmark.ParametersEntry\x12\"\n\x04load\x18\t \x01(\x0b\x32\x14.aifb.v1.LoadProfile\x12.\n\x06labels\x18\n \x03(\x0b\x32\x1e.aifb.v1.Benchmark.LabelsEntry\x12\x15\n\rstate_message\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\rlast_progress\x18\x0f \x01(\x0b\x32\x17.aifb.v1.ProgressSample\x12\x10\n\x08trace_id\x18\x10 \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06target\"m\n\x11WorkloadParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x15\n\rdefault_value\x18\x04 \x01(\t\x12\x10\n\x08required\x18\x05 \x01(\x08\"]\n\x08Workload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12.\n\nparameters\x18\x03 \x03(\x0b\x32\x1a.aifb.v1.WorkloadParameter\"\x16\n\x14ListWorkloadsRequest\"=\n\x15ListWorkloadsResponse\x12$\n\tworkloads\x18\x01 \x03(\x0b\x32\x11.aifb.v1.Workload\"\xf2\x02\n\x16\x43reateBenchmarkRequest\x12\x10\n\x08workload\x18\x01 \x01(\t\x12\x11\n\x07service\x18\x02 \x01(\tH\x00\x12\r\n\x03url\x18\x03 \x01(\tH\x00\x12\x43\n\nparameters\x18\x04 \x03(\x0b\x32/.aifb.v1.CreateBenchmarkRequest.ParametersEntry\x12\"\n\x04load\x18\x05 \x01(\x0b\x32\x14.aifb.v1.LoadProfile\x12;\n\x06labels\x18\x06 \x03(\x0b\x32+.aifb.v1.CreateBenchmarkRequest.LabelsEntry\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06target\"@\n\x17\x43reateBenchmarkResponse\x12%\n\tbenchmark\x18\x01 \x01(\x0b\x32\x12.aifb.v1.Benchmark\"#\n\x13GetBenchmarkRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x14GetBenchmarkResponse\x12%\n\tbenchmark\x18\x01 \x01(\x0b\x32\x12.aifb.v1.Benchmark\"N\n\x15ListBenchmarksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"Y\n\x16ListBenchmarksResponse\x12&\n\nbenchmarks\x18\x01 \x03(\x0b\x32\x12.aifb.v1.Benchmark\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x16\x43\x61ncelBenchmarkRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x17\x43\x61ncelBenchmarkResponse\x12%\n\tbenchmark\x18\x01 \x01(\x0b\x32\x12.aifb.v1.Benchmark\"%\n\x15WatchBenchmarkRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"j\n\x16WatchBenchmarkResponse\x12%\n\tbenchmark\x18\x01 \x01(\x0b\x32\x12.aifb.v1.Benchmark\x12)\n\x08progress\x18\x02 \x01(\x0b\x32\x17.aifb.v1.ProgressSample\"P\n\x19GetBenchmarkReportRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x15.aifb.v1.ReportFormat\"g\n\x1aGetBenchmarkReportResponse\x12%\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x15.aifb.v1.ReportFormat\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x11\n\tdirectory\x18\x03 \x01(\t*\xc5\x01\n\x0e\x42\x65nchmarkState\x12\x1f\n\x1b\x42\x45NCHMARK_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x42\x45NCHMARK_STATE_PENDING\x10\x01\x12\x1b\n\x17\x42\x45NCHMARK_STATE_RUNNING\x10\x02\x12\x1d\n\x19\x42\x45NCHMARK_STATE_SUCCEEDED\x10\x03\x12\x1a\n\x16\x42\x45NCHMARK_STATE_FAILED\x10\x04\x12\x1d\n\x19\x42\x45NCHMARK_STATE_CANCELLED\x10\x05*\xa7\x01\n\x08LoadMode\x12\x19\n\x15LOAD_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10LOAD_MODE_CLOSED\x10\x01\x12\x16\n\x12LOAD_MODE_CONSTANT\x10\x02\x12\x15\n\x11LOAD_MODE_POISSON\x10\x03\x12\x12\n\x0eLOAD_MODE_RAMP\x10\x04\x12\x12\n\x0eLOAD_MODE_STEP\x10\x05\x12\x13\n\x0fLOAD_MODE_SWEEP\x10\x06*[\n\nLoadEngine\x12\x1b\n\x17LOAD_ENGINE_UNSPECIFIED\x10\x00\x12\x19\n\x15LOAD_ENGINE_INPROCESS\x10\x01\x12\x15\n\x11LOAD_ENGINE_SPARK\x10\x02*y\n\x0cReportFormat\x12\x1d\n\x19REPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12REPORT_FORMAT_JSON\x10\x01\x12\x1a\n\x16REPORT_FORMAT_MARKDOWN\x10\x02\x12\x16\n\x12REPORT_FORMAT_HTML\x10\x03\x32\xe2\x04\n\x10\x42\x65nchmarkService\x12N\n\rListWorkloads\x12\x1d.aifb.v1.ListWorkloadsRequest\x1a\x1e.aifb.v1.ListWorkloadsResponse\x12T\n\x0f\x43reateBenchmark\x12\x1f.aifb.v1.CreateBenchmarkRequest\x1a .aifb.v1.CreateBenchmarkResponse\x12K\n\x0cGetBenchmark\x12\x1c.aifb.v1.GetBenchmarkRequest\x1a\x1d.aifb.v1.GetBenchmarkResponse\x12Q\n\x0eListBenchmarks\x12\x1e.aifb.v1.ListBenchmarksRequest\x1a\x1f.aifb.v1.ListBenchmarksResponse\x12T\n\x0f\x43\x61ncelBenchmark\x12\x1f.aifb.v1.CancelBenchmarkRequest\x1a .aifb.v1.CancelBenchmarkResponse\x12S\n\x0eWatchBenchmark\x12\x1e.aifb.v1.WatchBenchmarkRequest\x1a\x1f.aifb.v1.WatchBenchmarkResponse0\x01\x12]\n\x12GetBenchmarkReport\x12\".aifb.v1.GetBenchmarkReportRequest\x1a#.aifb.v1.GetBenchmarkReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61ifb/v1/client.proto\x12\x07\x61ifb.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\x04\n\x0bLoadProfile\x12\x1f\n\x04mode\x18\x01 \x01(\x0e\x32\x11.aifb.v1.LoadMode\x12\x13\n\x0b\x63oncurrency\x18\x02 \x01(\x05\x12\x0c\n\x04rate\x18\x03 \x01(\x01\x12\x12\n\nstart_rate\x18\x04 \x01(\x01\x12\x11\n\tstep_rate\x18\x05 \x01(\x01\x12\x30\n\rstep_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nburstiness\x18\x07 \x01(\x01\x12+\n\x08\x64uration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_requests\x18\t \x01(\x03\x12)\n\x06warmup\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08\x63ooldown\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0c\x65rror_budget\x18\x0c \x01(\x01\x12*\n\x03slo\x18\r \x03(\x0b\x32\x1d.aifb.v1.LoadProfile.SloEntry\x12#\n\x06\x65ngine\x18\x0e \x01(\x0e\x32\x13.aifb.v1.LoadEngine\x12\x14\n\x0cspark_master\x18\x0f \x01(\t\x12\x12\n\npartitions\x18\x10 \x01(\x05\x1a*\n\x08SloEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xda\x02\n\x0eProgressSample\x12*\n\x07\x65lapsed\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08requests\x18\x02 \x01(\x03\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x03\x12\x15\n\rachieved_rate\x18\x04 \x01(\x01\x12\x13\n\x0btarget_rate\x18\x05 \x01(\x01\x12\x1b\n\x13latency_p50_seconds\x18\x06 \x01(\x01\x12\x1b\n\x13latency_p99_seconds\x18\x07 \x01(\x01\x12\x11\n\tin_flight\x18\x08 \x01(\x03\x12 \n\x18schedule_lag_p99_seconds\x18\t \x01(\x01\x12\x31\n\x05\x65xtra\x18\n \x03(\x0b\x32\".aifb.v1.ProgressSample.ExtraEntry\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xfa\x04\n\tBenchmark\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.aifb.v1.BenchmarkState\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x10\n\x08workload\x18\x04 \x01(\t\x12\x11\n\x07service\x18\x05 \x01(\tH\x00\x12\r\n\x03url\x18\x06 \x01(\tH\x00\x12\x14\n\x0cresolved_url\x18\x07 \x01(\t\x12\x36\n\nparameters\x18\x08 \x03(\x0b\x32\".aifb.v1.Benchmark.ParametersEntry\x12\"\n\x04load\x18\t \x01(\x0b\x32\x14.aifb.v1.LoadProfile\x12.\n\x06labels\x18\n \x03(\x0b\x32\x1e.aifb.v1.Benchmark.LabelsEntry\x12\x15\n\rstate_message\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\rlast_progress\x18\x0f \x01(\x0b\x32\x17.aifb.v1.ProgressSample\x12\x10\n\x08trace_id\x18\x10 \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06target\"m\n\x11WorkloadParameter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x15\n\rdefault_value\x18\x04 \x01(\t\x12\x10\n\x08required\x18\x05 \x01(\x08\"}\n\x08Workload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12.\n\nparameters\x18\x03 \x03(\x0b\x32\x1a.aifb.v1.WorkloadParameter\x12\x1e\n\x16parameters_json_schema\x18\x04 \x01(\t\"\x16\n\x14ListWorkloadsRequest\"=\n\x15ListWorkloadsResponse\x12$\n\tworkloads\x18\x01 \x03(\x0b\x32\x11.aifb.v1.Workload\"\xf2\x02\n\x16\x43reateBenchmarkRequest\x12\x10\n\x08workload\x18\x01 \x01(\t\x12\x11\n\x07service\x18\x02 \x01(\tH\x00\x12\r\n\x03url\x18\x03 \x01(\tH\x00\x12\x43\n\nparameters\x18\x04 \x03(\x0b\x32/.aifb.v1.CreateBenchmarkRequest.ParametersEntry\x12\"\n\x04load\x18\x05 \x01(\x0b\x32\x14.aifb.v1.LoadProfile\x12;\n\x06labels\x18\x06 \x03(\x0b\x32+.aifb.v1.CreateBenchmarkRequest.LabelsEntry\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x1a\x31\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06target\"@\n\x17\x43reateBenchmarkResponse\x12%\n\tbenchmark\x18\x01 \x01(\x0b\x32\x12.aifb.v1.Benchmark\"#\n\x13GetBenchmarkRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x14GetBenchmarkResponse\x12%\n\tbenchmark\x18\x01 \x01(\x0b\x32\x12.aifb.v1.Benchmark\"N\n\x15ListBenchmarksRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"Y\n\x16ListBenchmarksResponse\x12&\n\nbenchmarks\x18\x01 \x03(\x0b\x32\x12.aifb.v1.Benchmark\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x16\x43\x61ncelBenchmarkRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x17\x43\x61ncelBenchmarkResponse\x12%\n\tbenchmark\x18\x01 \x01(\x0b\x32\x12.aifb.v1.Benchmark\"%\n\x15WatchBenchmarkRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"j\n\x16WatchBenchmarkResponse\x12%\n\tbenchmark\x18\x01 \x01(\x0b\x32\x12.aifb.v1.Benchmark\x12)\n\x08progress\x18\x02 \x01(\x0b\x32\x17.aifb.v1.ProgressSample\"P\n\x19GetBenchmarkReportRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x15.aifb.v1.ReportFormat\"g\n\x1aGetBenchmarkReportResponse\x12%\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x15.aifb.v1.ReportFormat\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\x12\x11\n\tdirectory\x18\x03 \x01(\t*\xc5\x01\n\x0e\x42\x65nchmarkState\x12\x1f\n\x1b\x42\x45NCHMARK_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x42\x45NCHMARK_STATE_PENDING\x10\x01\x12\x1b\n\x17\x42\x45NCHMARK_STATE_RUNNING\x10\x02\x12\x1d\n\x19\x42\x45NCHMARK_STATE_SUCCEEDED\x10\x03\x12\x1a\n\x16\x42\x45NCHMARK_STATE_FAILED\x10\x04\x12\x1d\n\x19\x42\x45NCHMARK_STATE_CANCELLED\x10\x05*\xa7\x01\n\x08LoadMode\x12\x19\n\x15LOAD_MODE_UNSPECIFIED\x10\x00\x12\x14\n\x10LOAD_MODE_CLOSED\x10\x01\x12\x16\n\x12LOAD_MODE_CONSTANT\x10\x02\x12\x15\n\x11LOAD_MODE_POISSON\x10\x03\x12\x12\n\x0eLOAD_MODE_RAMP\x10\x04\x12\x12\n\x0eLOAD_MODE_STEP\x10\x05\x12\x13\n\x0fLOAD_MODE_SWEEP\x10\x06*[\n\nLoadEngine\x12\x1b\n\x17LOAD_ENGINE_UNSPECIFIED\x10\x00\x12\x19\n\x15LOAD_ENGINE_INPROCESS\x10\x01\x12\x15\n\x11LOAD_ENGINE_SPARK\x10\x02*\x94\x01\n\x0cReportFormat\x12\x1d\n\x19REPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12REPORT_FORMAT_JSON\x10\x01\x12\x1a\n\x16REPORT_FORMAT_MARKDOWN\x10\x02\x12\x16\n\x12REPORT_FORMAT_HTML\x10\x03\x12\x19\n\x15REPORT_FORMAT_PARQUET\x10\x04\x32\xe2\x04\n\x10\x42\x65nchmarkService\x12N\n\rListWorkloads\x12\x1d.aifb.v1.ListWorkloadsRequest\x1a\x1e.aifb.v1.ListWorkloadsResponse\x12T\n\x0f\x43reateBenchmark\x12\x1f.aifb.v1.CreateBenchmarkRequest\x1a .aifb.v1.CreateBenchmarkResponse\x12K\n\x0cGetBenchmark\x12\x1c.aifb.v1.GetBenchmarkRequest\x1a\x1d.aifb.v1.GetBenchmarkResponse\x12Q\n\x0eListBenchmarks\x12\x1e.aifb.v1.ListBenchmarksRequest\x1a\x1f.aifb.v1.ListBenchmarksResponse\x12T\n\x0f\x43\x61ncelBenchmark\x12\x1f.aifb.v1.CancelBenchmarkRequest\x1a .aifb.v1.CancelBenchmarkResponse\x12S\n\x0eWatchBenchmark\x12\x1e.aifb.v1.WatchBenchmarkRequest\x1a\x1f.aifb.v1.WatchBenchmarkResponse0\x01\x12]\n\x12GetBenchmarkReport\x12\".aifb.v1.GetBenchmarkReportRequest\x1a#.aifb.v1.GetBenchmarkReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,14 +45,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEBENCHMARKREQUEST_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_CREATEBENCHMARKREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_CREATEBENCHMARKREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_BENCHMARKSTATE']._serialized_start=3065
-  _globals['_BENCHMARKSTATE']._serialized_end=3262
-  _globals['_LOADMODE']._serialized_start=3265
-  _globals['_LOADMODE']._serialized_end=3432
-  _globals['_LOADENGINE']._serialized_start=3434
-  _globals['_LOADENGINE']._serialized_end=3525
-  _globals['_REPORTFORMAT']._serialized_start=3527
-  _globals['_REPORTFORMAT']._serialized_end=3648
+  _globals['_BENCHMARKSTATE']._serialized_start=3097
+  _globals['_BENCHMARKSTATE']._serialized_end=3294
+  _globals['_LOADMODE']._serialized_start=3297
+  _globals['_LOADMODE']._serialized_end=3464
+  _globals['_LOADENGINE']._serialized_start=3466
+  _globals['_LOADENGINE']._serialized_end=3557
+  _globals['_REPORTFORMAT']._serialized_start=3560
+  _globals['_REPORTFORMAT']._serialized_end=3708
   _globals['_LOADPROFILE']._serialized_start=99
   _globals['_LOADPROFILE']._serialized_end=633
   _globals['_LOADPROFILE_SLOENTRY']._serialized_start=591
@@ -70,39 +70,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKLOADPARAMETER']._serialized_start=1621
   _globals['_WORKLOADPARAMETER']._serialized_end=1730
   _globals['_WORKLOAD']._serialized_start=1732
-  _globals['_WORKLOAD']._serialized_end=1825
-  _globals['_LISTWORKLOADSREQUEST']._serialized_start=1827
-  _globals['_LISTWORKLOADSREQUEST']._serialized_end=1849
-  _globals['_LISTWORKLOADSRESPONSE']._serialized_start=1851
-  _globals['_LISTWORKLOADSRESPONSE']._serialized_end=1912
-  _globals['_CREATEBENCHMARKREQUEST']._serialized_start=1915
-  _globals['_CREATEBENCHMARKREQUEST']._serialized_end=2285
+  _globals['_WORKLOAD']._serialized_end=1857
+  _globals['_LISTWORKLOADSREQUEST']._serialized_start=1859
+  _globals['_LISTWORKLOADSREQUEST']._serialized_end=1881
+  _globals['_LISTWORKLOADSRESPONSE']._serialized_start=1883
+  _globals['_LISTWORKLOADSRESPONSE']._serialized_end=1944
+  _globals['_CREATEBENCHMARKREQUEST']._serialized_start=1947
+  _globals['_CREATEBENCHMARKREQUEST']._serialized_end=2317
   _globals['_CREATEBENCHMARKREQUEST_PARAMETERSENTRY']._serialized_start=1513
   _globals['_CREATEBENCHMARKREQUEST_PARAMETERSENTRY']._serialized_end=1562
   _globals['_CREATEBENCHMARKREQUEST_LABELSENTRY']._serialized_start=1564
   _globals['_CREATEBENCHMARKREQUEST_LABELSENTRY']._serialized_end=1609
-  _globals['_CREATEBENCHMARKRESPONSE']._serialized_start=2287
-  _globals['_CREATEBENCHMARKRESPONSE']._serialized_end=2351
-  _globals['_GETBENCHMARKREQUEST']._serialized_start=2353
-  _globals['_GETBENCHMARKREQUEST']._serialized_end=2388
-  _globals['_GETBENCHMARKRESPONSE']._serialized_start=2390
-  _globals['_GETBENCHMARKRESPONSE']._serialized_end=2451
-  _globals['_LISTBENCHMARKSREQUEST']._serialized_start=2453
-  _globals['_LISTBENCHMARKSREQUEST']._serialized_end=2531
-  _globals['_LISTBENCHMARKSRESPONSE']._serialized_start=2533
-  _globals['_LISTBENCHMARKSRESPONSE']._serialized_end=2622
-  _globals['_CANCELBENCHMARKREQUEST']._serialized_start=2624
-  _globals['_CANCELBENCHMARKREQUEST']._serialized_end=2662
-  _globals['_CANCELBENCHMARKRESPONSE']._serialized_start=2664
-  _globals['_CANCELBENCHMARKRESPONSE']._serialized_end=2728
-  _globals['_WATCHBENCHMARKREQUEST']._serialized_start=2730
-  _globals['_WATCHBENCHMARKREQUEST']._serialized_end=2767
-  _globals['_WATCHBENCHMARKRESPONSE']._serialized_start=2769
-  _globals['_WATCHBENCHMARKRESPONSE']._serialized_end=2875
-  _globals['_GETBENCHMARKREPORTREQUEST']._serialized_start=2877
-  _globals['_GETBENCHMARKREPORTREQUEST']._serialized_end=2957
-  _globals['_GETBENCHMARKREPORTRESPONSE']._serialized_start=2959
-  _globals['_GETBENCHMARKREPORTRESPONSE']._serialized_end=3062
-  _globals['_BENCHMARKSERVICE']._serialized_start=3651
-  _globals['_BENCHMARKSERVICE']._serialized_end=4261
+  _globals['_CREATEBENCHMARKRESPONSE']._serialized_start=2319
+  _globals['_CREATEBENCHMARKRESPONSE']._serialized_end=2383
+  _globals['_GETBENCHMARKREQUEST']._serialized_start=2385
+  _globals['_GETBENCHMARKREQUEST']._serialized_end=2420
+  _globals['_GETBENCHMARKRESPONSE']._serialized_start=2422
+  _globals['_GETBENCHMARKRESPONSE']._serialized_end=2483
+  _globals['_LISTBENCHMARKSREQUEST']._serialized_start=2485
+  _globals['_LISTBENCHMARKSREQUEST']._serialized_end=2563
+  _globals['_LISTBENCHMARKSRESPONSE']._serialized_start=2565
+  _globals['_LISTBENCHMARKSRESPONSE']._serialized_end=2654
+  _globals['_CANCELBENCHMARKREQUEST']._serialized_start=2656
+  _globals['_CANCELBENCHMARKREQUEST']._serialized_end=2694
+  _globals['_CANCELBENCHMARKRESPONSE']._serialized_start=2696
+  _globals['_CANCELBENCHMARKRESPONSE']._serialized_end=2760
+  _globals['_WATCHBENCHMARKREQUEST']._serialized_start=2762
+  _globals['_WATCHBENCHMARKREQUEST']._serialized_end=2799
+  _globals['_WATCHBENCHMARKRESPONSE']._serialized_start=2801
+  _globals['_WATCHBENCHMARKRESPONSE']._serialized_end=2907
+  _globals['_GETBENCHMARKREPORTREQUEST']._serialized_start=2909
+  _globals['_GETBENCHMARKREPORTREQUEST']._serialized_end=2989
+  _globals['_GETBENCHMARKREPORTRESPONSE']._serialized_start=2991
+  _globals['_GETBENCHMARKREPORTRESPONSE']._serialized_end=3094
+  _globals['_BENCHMARKSERVICE']._serialized_start=3711
+  _globals['_BENCHMARKSERVICE']._serialized_end=4321
 # @@protoc_insertion_point(module_scope)

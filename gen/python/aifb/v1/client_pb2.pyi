@@ -42,6 +42,7 @@ class ReportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REPORT_FORMAT_JSON: _ClassVar[ReportFormat]
     REPORT_FORMAT_MARKDOWN: _ClassVar[ReportFormat]
     REPORT_FORMAT_HTML: _ClassVar[ReportFormat]
+    REPORT_FORMAT_PARQUET: _ClassVar[ReportFormat]
 BENCHMARK_STATE_UNSPECIFIED: BenchmarkState
 BENCHMARK_STATE_PENDING: BenchmarkState
 BENCHMARK_STATE_RUNNING: BenchmarkState
@@ -62,6 +63,7 @@ REPORT_FORMAT_UNSPECIFIED: ReportFormat
 REPORT_FORMAT_JSON: ReportFormat
 REPORT_FORMAT_MARKDOWN: ReportFormat
 REPORT_FORMAT_HTML: ReportFormat
+REPORT_FORMAT_PARQUET: ReportFormat
 
 class LoadProfile(_message.Message):
     __slots__ = ("mode", "concurrency", "rate", "start_rate", "step_rate", "step_duration", "burstiness", "duration", "max_requests", "warmup", "cooldown", "error_budget", "slo", "engine", "spark_master", "partitions")
@@ -202,14 +204,16 @@ class WorkloadParameter(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., description: _Optional[str] = ..., default_value: _Optional[str] = ..., required: _Optional[bool] = ...) -> None: ...
 
 class Workload(_message.Message):
-    __slots__ = ("name", "description", "parameters")
+    __slots__ = ("name", "description", "parameters", "parameters_json_schema")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     parameters: _containers.RepeatedCompositeFieldContainer[WorkloadParameter]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[WorkloadParameter, _Mapping]]] = ...) -> None: ...
+    parameters_json_schema: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[_Iterable[_Union[WorkloadParameter, _Mapping]]] = ..., parameters_json_schema: _Optional[str] = ...) -> None: ...
 
 class ListWorkloadsRequest(_message.Message):
     __slots__ = ()

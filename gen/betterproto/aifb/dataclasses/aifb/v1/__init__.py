@@ -286,6 +286,11 @@ class ReportFormat(betterproto2.Enum):
 
     HTML = 3
 
+    PARQUET = 4
+    """
+    The per-second series as an Apache Parquet table.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -293,6 +298,7 @@ class ReportFormat(betterproto2.Enum):
             1: "REPORT_FORMAT_JSON",
             2: "REPORT_FORMAT_MARKDOWN",
             3: "REPORT_FORMAT_HTML",
+            4: "REPORT_FORMAT_PARQUET",
         }
 
     @classmethod
@@ -302,6 +308,7 @@ class ReportFormat(betterproto2.Enum):
             "REPORT_FORMAT_JSON": 1,
             "REPORT_FORMAT_MARKDOWN": 2,
             "REPORT_FORMAT_HTML": 3,
+            "REPORT_FORMAT_PARQUET": 4,
         }
 
 
@@ -1953,6 +1960,11 @@ class Workload(betterproto2.Message):
     parameters: "list[WorkloadParameter]" = betterproto2.field(
         3, betterproto2.TYPE_MESSAGE, repeated=True
     )
+
+    parameters_json_schema: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    The parameters' JSON Schema (draft 2020-12), as the workload's typed model declares it.
+    """
 
 
 default_message_pool.register_message("aifb.v1", "Workload", Workload)

@@ -1,0 +1,1 @@
+"""Benchmark reports: one document with every figure, rendered as JSON, Parquet, HTML, Markdown."""

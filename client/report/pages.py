@@ -1,0 +1,127 @@
+"""Markdown and HTML reports: the summary table, SLOs, sweep steps, configuration, plots.
+
+Markdown refers to the SVG files written beside it; HTML inlines them so the one file can be
+mailed or attached. Every value that came from a user (labels, parameters, the recipe) is
+escaped in HTML.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from html import escape
+from typing import Any
+
+__all__ = ["summary_rows", "to_html", "to_markdown"]
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.3f} ms"
+
+
+def summary_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    f = doc["figures"]
+    c = f["counters"]
+    lat = f["histograms"].get("latency", {})
+    lag = f["histograms"].get("lag", {})
+    rows = [("state", doc["benchmark"]["state"]), ("workload", doc["benchmark"]["workload"]),
+            ("target", doc["benchmark"]["resolved_url"]), ("mode", f["mode"]),
+            ("measured", f"{f['measured_s']:.2f} s"),
+            ("requests", str(c.get("completed", 0))), ("errors", str(c.get("errors", 0))),
+            ("dropped", str(c.get("dropped", 0))),
+            ("achieved rate", f"{f['achieved_rate']:.2f} req/s")]
+    if f["target_rate"]:
+        rows.append(("target rate", f"{f['target_rate']:.2f} req/s"))
+    for key in ("p50", "p90", "p99", "p99_9", "max"):
+        if key in lat:
+            rows.append((f"latency {key.replace('_', '.')}", _ms(lat[key])))
+    if "p99" in lag:
+        rows.append(("schedule lag p99", _ms(lag["p99"])))
+    if f["reason"]:
+        rows.append(("reason", f["reason"]))
+    return rows
+
+
+def _slo_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    out = []
+    for s in doc["slo"]:
+        if "limit_s" in s:
+            out.append((s["slo"], _ms(s["limit_s"]), _ms(s["measured_s"]),
+                        {True: "met", False: "BREACHED", None: "no data"}[s["met"]]))
+        else:
+            out.append((s["slo"], f"{s['limit']:.2%}", f"{s['measured']:.2%}",
+                        "met" if s["met"] else "BREACHED"))
+    return out
+
+
+def to_markdown(doc: dict[str, Any], images: list[str]) -> str:
+    b = doc["benchmark"]
+    lines = [f"# Benchmark {b['name']}", "", "| figure | value |", "|---|---|"]
+    lines += [f"| {k} | {v.replace('|', '/')} |" for k, v in summary_rows(doc)]
+    if doc["slo"]:
+        lines += ["", "## SLOs", "", "| SLO | limit | measured | verdict |", "|---|---|---|---|"]
+        lines += [f"| {a} | {b_} | {c} | {d} |" for a, b_, c, d in _slo_rows(doc)]
+    if doc.get("sweep"):
+        lines += ["", "## Sweep", "", "| step | target req/s | achieved req/s | p50 | p99 |",
+                  "|---|---|---|---|---|"]
+        for s in doc["sweep"]["steps"]:
+            lat = s["latency"]
+            lines.append(f"| {s['name']} | {s['target_rate']:.1f} | {s['achieved_rate']:.1f} "
+                         f"| {_ms(lat.get('p50'))} | {_ms(lat.get('p99'))} |")
+        if doc["sweep"]["stop_reason"]:
+            lines += ["", f"Stopped: {doc['sweep']['stop_reason']}"]
+    if images:
+        lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in images]
+    lines += ["", "## Configuration", "", "```json",
+              json.dumps(doc["configuration"], indent=2, sort_keys=True), "```"]
+    if doc.get("service"):
+        lines += ["", "## Service", "", "```json",
+                  json.dumps(doc["service"], indent=2, sort_keys=True), "```"]
+    if doc.get("batch_script"):
+        lines += ["", "## Batch script (secrets replaced by placeholders)", "", "```bash",
+                  doc["batch_script"].rstrip(), "```"]
+    lines += ["", "## Node", "", "```json", json.dumps(doc["node"], indent=2, sort_keys=True),
+              "```", ""]
+    return "\n".join(lines)
+
+
+def _table(head: tuple[str, ...], rows: Sequence[Sequence[str]]) -> str:
+    th = "".join(f"<th>{escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def to_html(doc: dict[str, Any], svgs: dict[str, str]) -> str:
+    b = doc["benchmark"]
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>",
+             f"<title>aifb benchmark {escape(b['name'])}</title>",
+             "<style>body{font-family:sans-serif;max-width:980px;margin:2em auto}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+             "padding:3px 8px;text-align:left}pre{background:#f6f6f6;padding:8px;"
+             "overflow-x:auto}</style></head><body>",
+             f"<h1>Benchmark {escape(b['name'])}</h1>",
+             _table(("figure", "value"), summary_rows(doc))]
+    if doc["slo"]:
+        parts += ["<h2>SLOs</h2>", _table(("SLO", "limit", "measured", "verdict"),
+                                          _slo_rows(doc))]
+    if doc.get("sweep"):
+        rows = [(s["name"], f"{s['target_rate']:.1f}", f"{s['achieved_rate']:.1f}",
+                 _ms(s["latency"].get("p50")), _ms(s["latency"].get("p99")))
+                for s in doc["sweep"]["steps"]]
+        parts += ["<h2>Sweep</h2>", _table(("step", "target req/s", "achieved req/s", "p50",
+                                            "p99"), rows)]
+    if svgs:
+        parts.append("<h2>Plots</h2>")
+        parts += [f"<figure>{svg}</figure>" for svg in svgs.values()]
+    parts += ["<h2>Configuration</h2>",
+              f"<pre>{escape(json.dumps(doc['configuration'], indent=2, sort_keys=True))}</pre>"]
+    if doc.get("service"):
+        parts += ["<h2>Service</h2>",
+                  f"<pre>{escape(json.dumps(doc['service'], indent=2, sort_keys=True))}</pre>"]
+    if doc.get("batch_script"):
+        parts += ["<h2>Batch script (secrets replaced by placeholders)</h2>",
+                  f"<pre>{escape(doc['batch_script'])}</pre>"]
+    parts += ["<h2>Node</h2>",
+              f"<pre>{escape(json.dumps(doc['node'], indent=2, sort_keys=True))}</pre>",
+              "</body></html>"]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,1 @@
+"""The BenchmarkService: runs load in this process (or on Spark), persists and reports runs."""

@@ -1,0 +1,90 @@
+"""Assemble the BenchmarkService: run store, manager, telemetry sink, servicer and its binding.
+
+    app = start_benchmark_service(home, resolver=..., tracer_provider=...)
+    mesh = await create_server(config.mesh, (*others, app.binding), ...)
+    app.attach_collector(f"127.0.0.1:{mesh.port}", token)   # optional: live metrics
+    ...
+    await app.stop()
+
+In `aifb up` the server builds it through `benchmark_extension` (aifb.server.app's extension
+hook), with service targets resolved through the server's own ServiceManager, and the live
+metrics go to the collector mounted on the same port when one is.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from aifb.client.service.facts import node_facts
+from aifb.client.service.manager import BenchmarkManager
+from aifb.client.service.servicer import BenchmarkServicer
+from aifb.client.service.store import RunStore
+from aifb.client.service.targets import ManagerResolver, ServiceResolver
+from aifb.client.service.telemetry import TelemetrySink
+from aifb.mesh.channel import open_channel
+from aifb.mesh.server import ServiceBinding
+from aifb.server.app import Extend, Extension
+from aifb.server.deploy import Deployer
+from aifb.server.manager import ServiceManager
+from aifb.v1 import client_pb2, client_pb2_grpc
+
+__all__ = ["BenchmarkApp", "benchmark_extension", "start_benchmark_service"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchmarkApp:
+    manager: BenchmarkManager
+    store: RunStore
+    binding: ServiceBinding
+
+    def attach_collector(self, address: str, token: str | None) -> None:
+        """Send live run metrics to the collector at `address` (host:port)."""
+        sink = TelemetrySink(lambda: open_channel(address, token=token))
+        sink.start()
+        self.manager.telemetry = sink
+        log.info("benchmark metrics go to the collector at %s", address)
+
+    async def stop(self) -> None:
+        await self.manager.close()
+        self.store.close()
+
+
+def start_benchmark_service(home: Path, *, resolver: ServiceResolver | None = None,
+                            tracer_provider: TracerProvider | None = None) -> BenchmarkApp:
+    """Open the run store under `home`, fail runs a previous process left in flight, and
+    build the servicer's binding (call on the event loop that will serve it)."""
+    store = RunStore(home / "benchmarks")
+    tracer = tracer_provider.get_tracer("aifb.client") if tracer_provider else None
+    manager = BenchmarkManager(store, resolver, tracer=tracer, facts=node_facts())
+    manager.recover()
+    servicer = BenchmarkServicer(manager)
+    binding = ServiceBinding(
+        full_name=client_pb2.DESCRIPTOR.services_by_name["BenchmarkService"].full_name,
+        add_to_server=lambda s: client_pb2_grpc.add_BenchmarkServiceServicer_to_server(
+            servicer, s))
+    return BenchmarkApp(manager=manager, store=store, binding=binding)
+
+
+def benchmark_extension(home: Path, *, tracer_provider: TracerProvider | None = None,
+                        collector_here: bool = False) -> Extend:
+    """The BenchmarkService as an extension of `start_server_app`: services resolve through
+    the server's manager; with `collector_here`, live metrics go to the collector on the same
+    port (the embedded mesh)."""
+
+    def make(manager: ServiceManager, deployer: Deployer) -> Extension:
+        app = start_benchmark_service(home, resolver=ManagerResolver(manager, deployer),
+                                      tracer_provider=tracer_provider)
+
+        def started(address: str, token: str | None) -> None:
+            if collector_here:
+                app.attach_collector(address, token)
+
+        return Extension(bindings=(app.binding,), started=started, stop=app.stop)
+
+    return make

@@ -1,0 +1,327 @@
+"""Benchmark runs' lifecycle: create (idempotent), run in this process, watch, cancel, report.
+
+Domain code only: the servicer converts protobuf to these calls. A run is a record in the
+`RunStore` plus, while it goes, an asyncio task here. Every change (state or a new second of
+progress) notifies one `asyncio.Condition`; watchers wait on it and read the run's progress
+list from where they left off, so each sees every second in order. A caller sees only its own
+runs (another user's run is reported as absent). At start, runs that were in flight when the
+process died are marked FAILED with the reason: their load stopped with the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanContext, TraceFlags
+
+from aifb.client.registry import get_kind, parse_params
+from aifb.client.results import LoadResult, RunState
+from aifb.client.service.model import BenchmarkRecord, Progress
+from aifb.client.service.options import LoadOptions, plan
+from aifb.client.service.runner import Runner, RunOutcome
+from aifb.client.service.store import RunStore
+from aifb.client.service.targets import ServiceResolver, Target, check_url
+from aifb.client.service.telemetry import TelemetrySink
+from aifb.mesh.auth import Principal
+from aifb.mesh.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from aifb.mesh.tracing import current_trace_id
+
+__all__ = ["BenchmarkManager", "CreateRequest", "parse_benchmark_id"]
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID = re.compile(r"^[a-z0-9-]{1,64}$")
+_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
+RESTART_REASON = "the benchmark service stopped while the run was in flight"
+
+
+def parse_benchmark_id(name: str) -> str:
+    """'benchmarks/abc' or 'abc' -> 'abc'; anything else is INVALID_ARGUMENT."""
+    rid = name.removeprefix("benchmarks/")
+    if not _ID.match(rid):
+        raise InvalidArgument(f"bad benchmark name {name!r}: expected benchmarks/<id>",
+                              field="name")
+    return rid
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    workload: str
+    service: str = ""
+    url: str = ""
+    parameters: dict[str, str] = field(default_factory=dict)
+    load: LoadOptions = field(default_factory=LoadOptions)
+    labels: dict[str, str] = field(default_factory=dict)
+    request_id: str = ""
+
+
+@dataclass
+class _Active:
+    record: BenchmarkRecord
+    runner: Runner | None = None
+    task: asyncio.Task[None] | None = None
+    progress: list[Progress] = field(default_factory=list)
+
+
+def _typed_params(raw: Mapping[str, str]) -> dict[str, Any]:
+    """Map values are strings: JSON objects and lists ('{"a": "b"}') are decoded, the rest is
+    left to the workload's model (pydantic turns '16' into 16 where an int is declared)."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if value[:1] in ("{", "["):
+            try:
+                out[key] = json.loads(value)
+                continue
+            except ValueError:
+                pass
+        out[key] = value
+    return out
+
+
+def _check_labels(labels: Mapping[str, str]) -> None:
+    if len(labels) > 64:
+        raise InvalidArgument("at most 64 labels", field="labels")
+    for key, value in labels.items():
+        if not _LABEL_KEY.match(key):
+            raise InvalidArgument(f"bad label key {key!r}: expected a lower-case letter, then "
+                                  "up to 62 of a-z 0-9 _ . -",
+                                  field=f"labels.{key}")
+        if len(value) > 256 or any(ord(c) < 32 for c in value):
+            raise InvalidArgument(f"bad value for label {key!r}: at most 256 printable "
+                                  "characters", field=f"labels.{key}")
+
+
+class BenchmarkManager:
+    def __init__(self, store: RunStore, resolver: ServiceResolver | None, *,
+                 telemetry: TelemetrySink | None = None,
+                 tracer: trace.Tracer | None = None, facts: dict[str, Any] | None = None
+                 ) -> None:
+        self.store = store
+        self.resolver = resolver
+        self.telemetry = telemetry or TelemetrySink(None)
+        self.tracer = tracer or trace.NoOpTracer()
+        self.facts = facts or {}
+        self._active: dict[str, _Active] = {}
+        self._changed = asyncio.Condition()
+        self._closed = False
+
+    # ---- startup and shutdown --------------------------------------------------------------
+    def recover(self) -> int:
+        """Mark runs left in flight by a previous process FAILED; returns how many."""
+        stale = self.store.interrupted()
+        for record in stale:
+            self.store.update(record.evolve(state=RunState.FAILED, state_message=RESTART_REASON,
+                                            end_time=time.time()))
+        if stale:
+            log.warning("%d benchmark runs were in flight when the service stopped: FAILED",
+                        len(stale))
+        return len(stale)
+
+    async def close(self) -> None:
+        """Cancel running runs (their partial results are kept) and wake every watcher."""
+        self._closed = True
+        for active in list(self._active.values()):
+            if active.runner is not None:
+                active.runner.cancel("the benchmark service is shutting down")
+        tasks = [a.task for a in self._active.values() if a.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=15)
+        await self._notify()
+        await self.telemetry.close()
+
+    # ---- queries ---------------------------------------------------------------------------
+    def get(self, principal: Principal, name: str) -> BenchmarkRecord:
+        rid = parse_benchmark_id(name)
+        active = self._active.get(rid)
+        record = active.record if active is not None else self.store.get(rid)
+        if record is None or record.owner != principal.user:
+            raise NotFound(f"benchmark {rid} not found")
+        return record
+
+    def owned(self, principal: Principal) -> list[BenchmarkRecord]:
+        out = []
+        for record in self.store.owned_by(principal.user):
+            active = self._active.get(record.id)
+            out.append(active.record if active is not None else record)
+        return out
+
+    def result(self, principal: Principal, name: str) -> tuple[BenchmarkRecord, dict[str, Any]]:
+        """The record and its stored result document (FailedPrecondition while it runs)."""
+        record = self.get(principal, name)
+        if not record.terminal:
+            raise FailedPrecondition(f"benchmark {record.id} is {record.state.value}: the "
+                                     "report is written when it ends")
+        doc = self.store.read_json(record.id, "result.json") or {}
+        return record, doc
+
+    # ---- commands --------------------------------------------------------------------------
+    async def create(self, principal: Principal, req: CreateRequest) -> BenchmarkRecord:
+        if principal.is_job:
+            raise PermissionDenied("a job's report token cannot start benchmarks")
+        if self._closed:
+            raise FailedPrecondition("the benchmark service is shutting down")
+        if req.request_id:
+            if not _REQUEST_ID.match(req.request_id):
+                raise InvalidArgument("request_id must be 1-64 letters, digits, _ or -",
+                                      field="request_id")
+            existing = self.store.by_request_id(principal.user, req.request_id)
+            if existing is not None:
+                return self.get(principal, existing.id)
+        kind = get_kind(req.workload) if req.workload else None
+        if kind is None:
+            raise InvalidArgument("workload is required", field="workload")
+        params = parse_params(kind, _typed_params(req.parameters)).model_dump()
+        the_plan = plan(req.load)
+        _check_labels(req.labels)
+        if bool(req.service) == bool(req.url):
+            raise InvalidArgument("give exactly one target: service or url",
+                                  field="service" if req.service else "url")
+        if req.url:
+            target = Target(url=check_url(req.url))
+        else:
+            if self.resolver is None:
+                raise FailedPrecondition("this benchmark service cannot resolve services "
+                                         "(no server): give a url")
+            target = await self.resolver.resolve(principal, req.service)
+        # The workload itself checks the URL against what it supports (e.g. http:// only).
+        from aifb.client.registry import build_workload
+
+        build_workload(req.workload, target.url, _typed_params(req.parameters))
+        rid = secrets.token_hex(6)
+        record = BenchmarkRecord(
+            id=rid, owner=principal.user, workload=req.workload, service=target.service,
+            url=req.url, resolved_url=target.url, parameters=dict(req.parameters),
+            load=req.load, labels=dict(req.labels), state=RunState.PENDING,
+            state_message="starting", create_time=time.time(), request_id=req.request_id,
+            trace_id=current_trace_id())
+        self.store.insert(record)
+        self.store.write_json(rid, "context.json", {
+            **target.context, "target": {"url": target.url, "service": target.service},
+            "facts": self.facts})
+        active = self._active[rid] = _Active(record)
+        runner = Runner(the_plan, req.load, req.workload, target.url, params,
+                        lambda p: self._on_progress(rid, p))
+        active.runner = runner
+        active.task = asyncio.get_running_loop().create_task(
+            self._execute(rid, runner, target, the_plan.total_s))
+        return record
+
+    async def cancel(self, principal: Principal, name: str) -> BenchmarkRecord:
+        record = self.get(principal, name)
+        if record.terminal:
+            return record
+        active = self._active.get(record.id)
+        if active is not None and active.runner is not None:
+            active.runner.cancel(f"cancelled by {principal.user}")
+            if active.task is not None:
+                await asyncio.wait({active.task}, timeout=30)
+        return self.get(principal, name)
+
+    async def watch(self, principal: Principal, name: str
+                    ) -> AsyncIterator[tuple[BenchmarkRecord, Progress | None]]:
+        """The snapshot, then (record, progress) per second and per state change, until the
+        run is terminal (or the service shuts down)."""
+        # The active entry first: it keeps the final record even after the run leaves it.
+        active = self._active.get(parse_benchmark_id(name))
+        record = self.get(principal, name)
+        yield record, None
+        index = len(active.progress) if active is not None else 0
+        revision = record.revision
+        while not record.terminal and active is not None:
+            def news(a: _Active = active, i: int = index, rev: int = revision) -> bool:
+                return self._closed or len(a.progress) > i or a.record.revision != rev
+
+            async with self._changed:
+                await self._changed.wait_for(news)
+            for progress in active.progress[index:]:
+                index += 1
+                yield active.record, progress
+            record = active.record
+            if record.revision != revision and record.terminal:
+                yield record, None
+            revision = record.revision
+            if self._closed and not record.terminal:
+                return
+
+    # ---- the run ---------------------------------------------------------------------------
+    def _on_progress(self, rid: str, progress: Progress) -> None:
+        active = self._active.get(rid)
+        if active is None:
+            return
+        active.progress.append(progress)
+        active.record = active.record.evolve(last_progress=progress)
+        try:
+            self.telemetry.publish(active.record, progress)
+        except Exception as exc:  # telemetry must never stop a run
+            log.warning("benchmark telemetry failed: %s", exc)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _set(self, rid: str, **changes: Any) -> BenchmarkRecord:
+        active = self._active[rid]
+        active.record = active.record.evolve(**changes)
+        self.store.update(active.record)
+        await self._notify()
+        return active.record
+
+    def _links(self, target: Target) -> list[Link]:
+        if not re.fullmatch(r"[0-9a-f]{32}", target.trace_id or ""):
+            return []
+        tid = int(target.trace_id, 16)
+        # The server records the service's trace id, not its root span id: the link names the
+        # trace (span id derived from it, so it is valid and stable).
+        ctx = SpanContext(trace_id=tid, span_id=(tid & ((1 << 64) - 1)) or 1, is_remote=True,
+                          trace_flags=TraceFlags(TraceFlags.SAMPLED))
+        return [Link(ctx, {"aifb.link": "service", "aifb.service": target.service})]
+
+    async def _execute(self, rid: str, runner: Runner, target: Target, total_s: float) -> None:
+        record = self._active[rid].record
+        outcome: RunOutcome | None = None
+        with self.tracer.start_as_current_span(
+                "aifb.bench.run", links=self._links(target),
+                attributes={"aifb.benchmark": record.name, "aifb.workload": record.workload,
+                            "aifb.target": target.url,
+                            "aifb.service": target.service}) as span:
+            await self._set(rid, state=RunState.RUNNING, start_time=time.time(),
+                            state_message=f"running for up to {total_s:g}s",
+                            trace_id=current_trace_id() or record.trace_id)
+            try:
+                with self.tracer.start_as_current_span("aifb.bench.load"):
+                    outcome = await runner.run()
+            except Exception as exc:
+                log.exception("benchmark %s failed", rid)
+                outcome = RunOutcome(LoadResult(state=RunState.FAILED,
+                                                reason=f"{type(exc).__name__}: {exc}",
+                                                workload=record.workload))
+            result = outcome.result
+            if result.reason.startswith("workload prepare failed"):
+                result.reason = (f"target unreachable or refused: {target.url}: "
+                                 f"{result.reason.removeprefix('workload prepare failed: ')}")
+            span.set_attribute("aifb.state", result.state.value)
+            span.set_attribute("aifb.requests", result.counters["completed"])
+            with self.tracer.start_as_current_span("aifb.bench.store"):
+                self.store.write_json(rid, "result.json", {
+                    "result": json.loads(result.to_bytes()),
+                    "steps": [{"name": s.name, "target_rate": s.target_rate,
+                               "result": json.loads(s.result.to_bytes())}
+                              for s in outcome.steps],
+                    "stop_reason": outcome.stop_reason})
+        message = result.reason or ("completed" if result.state is RunState.SUCCEEDED
+                                    else result.state.value.lower())
+        await self._set(rid, state=result.state, state_message=message, end_time=time.time())
+        await self.telemetry.flush(2.0)
+        self._active.pop(rid, None)
+        await self._notify()

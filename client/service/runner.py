@@ -1,0 +1,157 @@
+"""Execute one run's plan: the in-process engine, a sweep of it, or Spark executors.
+
+The runner knows time and engines, not records or gRPC. It reports every interval through
+`on_progress` (numbered across sweep steps, so a watcher sees one continuous run), can be
+cancelled with what was measured kept, and returns a `RunOutcome`: the main result (the single
+run, or the last sweep step) and, for sweeps, every step. After the engine finishes, the error
+budget is checked once more over the whole run (the engine checks it live once enough requests
+completed), so a short run against a failing target still ends FAILED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aifb.client.load import LoadRun
+from aifb.client.recorder import ProgressSample
+from aifb.client.registry import build_workload
+from aifb.client.results import LoadResult, RunState
+from aifb.client.service.model import Progress
+from aifb.client.service.options import LoadOptions, Plan
+from aifb.client.sweep import SweepStep, run_sweep
+
+__all__ = ["RunOutcome", "Runner", "to_progress"]
+
+
+@dataclass
+class RunOutcome:
+    result: LoadResult
+    steps: list[SweepStep] = field(default_factory=list)
+    stop_reason: str = ""
+
+
+def to_progress(sample: ProgressSample, second: int) -> Progress:
+    return Progress(second=second, elapsed_s=sample.elapsed_s, requests=sample.requests,
+                    errors=sample.errors, achieved_rate=sample.achieved_rate,
+                    target_rate=sample.target_rate, p50_s=sample.p50_us / 1e6,
+                    p99_s=sample.p99_us / 1e6, in_flight=sample.in_flight,
+                    lag_p99_s=sample.lag_p99_us / 1e6, total_requests=sample.total_completed,
+                    total_errors=sample.total_errors, phase=sample.phase,
+                    extra={"dropped": float(sample.dropped)})
+
+
+class Runner:
+    def __init__(self, plan: Plan, options: LoadOptions, workload: str, url: str,
+                 params: dict[str, Any], on_progress: Callable[[Progress], None]) -> None:
+        self.plan = plan
+        self.options = options
+        self.workload = workload
+        self.url = url
+        self.params = params
+        self._on_progress = on_progress
+        self._second = 0
+        self._offset_requests = 0
+        self._offset_errors = 0
+        self._last: ProgressSample | None = None
+        self._run: LoadRun | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._steps: list[SweepStep] = []
+        self._spark_load: Any = None
+        self.cancel_reason = ""
+
+    def _progress(self, sample: ProgressSample) -> None:
+        self._second += 1
+        self._last = sample
+        p = to_progress(sample, self._second)
+        if self._offset_requests or self._offset_errors:  # totals run across sweep steps
+            p = Progress(**{**p.to_dict(),
+                            "total_requests": p.total_requests + self._offset_requests,
+                            "total_errors": p.total_errors + self._offset_errors})
+        self._on_progress(p)
+
+    def _step_done(self, step: SweepStep) -> None:
+        self._steps.append(step)
+        if self._last is not None:
+            self._offset_requests += self._last.total_completed
+            self._offset_errors += self._last.total_errors
+            self._last = None
+
+    def cancel(self, reason: str) -> None:
+        self.cancel_reason = reason
+        if self._run is not None:
+            self._run.cancel(reason)
+        elif self._spark_load is not None:
+            self._spark_load.cancel(reason)
+        elif self._task is not None:
+            self._task.cancel()
+
+    async def run(self) -> RunOutcome:
+        if self.options.engine == "spark":
+            outcome = await self._spark()
+        elif self.plan.sweep is not None:
+            outcome = await self._sweep()
+        else:
+            assert self.plan.load is not None
+            run = self._run = LoadRun(self.plan.load,
+                                      build_workload(self.workload, self.url, self.params),
+                                      on_progress=self._progress)
+            run.start()
+            outcome = RunOutcome(await run.wait())
+        _check_budget(outcome.result, self.options.error_budget)
+        return outcome
+
+    async def _sweep(self) -> RunOutcome:
+        sweep = self.plan.sweep
+        assert sweep is not None
+        self._task = asyncio.ensure_future(run_sweep(
+            sweep, lambda: build_workload(self.workload, self.url, self.params),
+            on_progress=self._progress, on_step=self._step_done))
+        try:
+            done = await self._task
+        except asyncio.CancelledError:
+            if not self.cancel_reason:
+                raise
+            main = self._steps[-1].result if self._steps else LoadResult(workload=self.workload)
+            main.state, main.reason = RunState.CANCELLED, self.cancel_reason
+            return RunOutcome(main, list(self._steps), self.cancel_reason)
+        if not done.steps:
+            return RunOutcome(LoadResult(state=RunState.FAILED, reason="the sweep ran no step"))
+        main = done.steps[-1].result
+        if main.state is RunState.FAILED and len(done.steps) > 2:
+            # A step failing past saturation ends the sweep; the sweep itself succeeded.
+            main.state = RunState.SUCCEEDED
+        return RunOutcome(main, list(done.steps), done.stop_reason)
+
+    async def _spark(self) -> RunOutcome:
+        from aifb.client.spark_engine import SparkLoad  # lazily: pyspark and a JVM when asked
+
+        load = self.plan.load
+        if load is None:
+            raise NotImplementedError("sweeps run on the in-process engine only")
+        loop = asyncio.get_running_loop()
+
+        def relay(sample: ProgressSample) -> None:  # called on the driver's threads
+            loop.call_soon_threadsafe(self._progress, sample)
+
+        spark = self._spark_load = SparkLoad(
+            load, self.workload, self.url, self.params,
+            master=self.options.spark_master or "local[2]",
+            partitions=self.options.partitions or None, on_progress=relay)
+        if self.cancel_reason:
+            spark.cancel(self.cancel_reason)
+        result: LoadResult = await asyncio.to_thread(spark.run)
+        return RunOutcome(result)
+
+
+def _check_budget(result: LoadResult, budget: float) -> None:
+    if result.state is not RunState.SUCCEEDED or budget >= 1.0:
+        return
+    if result.counters["completed"] and result.error_ratio > budget:
+        top = ", ".join(f"{k}: {n}" for k, n in sorted(
+            result.errors_by_kind.items(), key=lambda kv: -kv[1])[:3])
+        result.state = RunState.FAILED
+        result.reason = (f"error budget exceeded: error ratio {result.error_ratio:.4f} > "
+                         f"{budget:g} after {result.counters['completed']} requests ({top})")

@@ -1,0 +1,100 @@
+"""aifb.v1.BenchmarkService: a thin adapter from protobuf requests to the BenchmarkManager."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from aifb.client.registry import all_kinds
+from aifb.client.report.render import FORMATS, render_report
+from aifb.client.service.convert import (
+    load_from_proto,
+    progress_to_proto,
+    record_to_proto,
+    workload_to_proto,
+)
+from aifb.client.service.manager import BenchmarkManager, CreateRequest
+from aifb.mesh.auth import Principal, current_principal
+from aifb.mesh.errors import InvalidArgument, PermissionDenied
+from aifb.server.listing import MAX_PAGE_SIZE
+from aifb.v1 import client_pb2 as C
+from aifb.v1 import client_pb2_grpc
+
+__all__ = ["BenchmarkServicer"]
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+_FORMATS = {C.REPORT_FORMAT_UNSPECIFIED: "json", C.REPORT_FORMAT_JSON: "json",
+            C.REPORT_FORMAT_MARKDOWN: "md", C.REPORT_FORMAT_HTML: "html",
+            C.REPORT_FORMAT_PARQUET: "parquet"}
+
+
+def _human() -> Principal:
+    principal = current_principal.get()
+    if principal.is_job:
+        raise PermissionDenied("a job's report token may only call ReportServiceEvent")
+    return principal
+
+
+class BenchmarkServicer(client_pb2_grpc.BenchmarkServiceServicer):
+    def __init__(self, manager: BenchmarkManager) -> None:
+        self.manager = manager
+
+    async def ListWorkloads(self, request: C.ListWorkloadsRequest, context: Ctx
+                            ) -> C.ListWorkloadsResponse:
+        _human()
+        return C.ListWorkloadsResponse(workloads=[workload_to_proto(k) for k in all_kinds()])
+
+    async def CreateBenchmark(self, request: C.CreateBenchmarkRequest, context: Ctx
+                              ) -> C.CreateBenchmarkResponse:
+        principal = _human()
+        target = request.WhichOneof("target")
+        req = CreateRequest(
+            workload=request.workload, service=request.service if target == "service" else "",
+            url=request.url if target == "url" else "", parameters=dict(request.parameters),
+            load=load_from_proto(request.load, present=request.HasField("load")),
+            labels=dict(request.labels), request_id=request.request_id)
+        record = await self.manager.create(principal, req)
+        return C.CreateBenchmarkResponse(benchmark=record_to_proto(record))
+
+    async def GetBenchmark(self, request: C.GetBenchmarkRequest, context: Ctx
+                           ) -> C.GetBenchmarkResponse:
+        return C.GetBenchmarkResponse(
+            benchmark=record_to_proto(self.manager.get(_human(), request.name)))
+
+    async def ListBenchmarks(self, request: C.ListBenchmarksRequest, context: Ctx
+                             ) -> C.ListBenchmarksResponse:
+        from aifb.client.service.listing import page
+
+        if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
+            raise InvalidArgument(f"page_size must be 0..{MAX_PAGE_SIZE}", field="page_size")
+        items, token = page(self.manager.owned(_human()), page_size=request.page_size,
+                            token=request.page_token, filter_text=request.filter)
+        return C.ListBenchmarksResponse(benchmarks=[record_to_proto(r) for r in items],
+                                        next_page_token=token)
+
+    async def CancelBenchmark(self, request: C.CancelBenchmarkRequest, context: Ctx
+                              ) -> C.CancelBenchmarkResponse:
+        record = await self.manager.cancel(_human(), request.name)
+        return C.CancelBenchmarkResponse(benchmark=record_to_proto(record))
+
+    async def WatchBenchmark(self, request: C.WatchBenchmarkRequest, context: Ctx
+                             ) -> AsyncIterator[C.WatchBenchmarkResponse]:
+        async for record, progress in self.manager.watch(_human(), request.name):
+            msg = C.WatchBenchmarkResponse(benchmark=record_to_proto(record))
+            if progress is not None:
+                msg.progress.CopyFrom(progress_to_proto(progress))
+            yield msg
+
+    async def GetBenchmarkReport(self, request: C.GetBenchmarkReportRequest, context: Ctx
+                                 ) -> C.GetBenchmarkReportResponse:
+        fmt = _FORMATS.get(request.format)
+        if fmt is None or fmt not in FORMATS:
+            raise InvalidArgument(f"unknown report format {request.format}", field="format")
+        record, doc = self.manager.result(_human(), request.name)
+        directory = self.manager.store.run_dir(record.id)
+        content = render_report(record, doc, self.manager.store.read_json(
+            record.id, "context.json") or {}, fmt, directory)
+        return C.GetBenchmarkReportResponse(format=request.format or C.REPORT_FORMAT_JSON,
+                                            content=content, directory=str(directory))

@@ -1,0 +1,212 @@
+"""The `vectordb` workload: insert throughput, then query QPS, latency, recall@k (Qdrant, Chroma).
+
+Two phases. `prepare()` is the insert phase: it draws (or loads) the vectors, computes every
+query's exact k nearest with numpy, recreates the collection and upserts the vectors in batches
+of `batch_size`, `insert_concurrency` batches in flight, then checks the server's count. Its
+figures go to `extra_metrics()`: `insert_vectors`, `insert_s`, `insert_vectors_per_s`,
+`insert_batches`. The engine's load is the query phase: request `seq` searches query
+`seq % query_count` for its `k` nearest; latency and QPS are the engine's, and each request's
+`values` carry `recall_hits` (true neighbours found) and `recall_checked` (k), so recall@k =
+recall_hits / recall_checked over the measured window, a ratio that merges exactly across
+workers. `extra_metrics()` also gives `recall_at_k` over every query answered.
+
+The collection is dropped at `close()` unless `keep_collection` is set. Backends live in
+`aifb.client.vectordb`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from time import perf_counter
+from typing import Literal
+from urllib.parse import urlsplit
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from aifb.client.registry import WorkloadKind, register
+from aifb.client.vectordb.base import IndexSettings, Metric, VectorDbError, VectorStore
+from aifb.client.vectordb.chroma import ChromaStore
+from aifb.client.vectordb.jsonhttp import JsonHttp
+from aifb.client.vectordb.qdrant import QdrantStore
+from aifb.client.vectordb.vectors import (
+    VectorSet,
+    exact_neighbours,
+    load_vectors,
+    random_vectors,
+    recall_hits,
+)
+from aifb.client.workload import Outcome
+from aifb.mesh.errors import InvalidArgument
+
+__all__ = ["VectorDbParams", "VectorDbWorkload"]
+
+# Chroma's rule (3-512 of [A-Za-z0-9._-], alphanumeric at both ends); Qdrant accepts these too.
+_COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+class VectorDbParams(BaseModel):
+    """Parameters of the `vectordb` workload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["qdrant", "chroma"] = Field("qdrant", description="Which API to speak.")
+    collection: str = Field("aifb-bench", description="Collection to (re)create and query.")
+    dim: int = Field(128, ge=1, le=65_536, description="Vector dimension (random vectors).")
+    count: int = Field(10_000, ge=0, le=10_000_000, description="Vectors to insert (from a "
+                       "dataset: at most this many; 0 = all).")
+    batch_size: int = Field(256, ge=1, le=100_000, description="Vectors per upsert request.")
+    insert_concurrency: int = Field(1, ge=1, le=64, description="Upserts in flight at once.")
+    k: int = Field(10, ge=1, le=10_000, description="Neighbours per query (recall@k).")
+    metric: Metric = Field("cosine", description="cosine, l2 or ip (inner product).")
+    query_count: int = Field(100, ge=1, le=1_000_000, description="Distinct query vectors; "
+                             "requests cycle through them.")
+    dataset: str = Field("", description=".npy or .jsonl vectors; empty = seeded random.")
+    seed: int = Field(0, ge=0, description="Seed of the random vectors.")
+    hnsw_ef: int = Field(0, ge=0, le=1_000_000, description="Search beam (Qdrant hnsw_ef, "
+                         "Chroma ef_search); 0 = server default.")
+    ef_construction: int = Field(0, ge=0, le=1_000_000, description="Build beam; 0 = default.")
+    m: int = Field(0, ge=0, le=1024, description="HNSW links per node (Qdrant m, Chroma "
+                   "max_neighbors); 0 = default.")
+    exact: bool = Field(False, description="Qdrant full-scan search (Chroma has none).")
+    keep_collection: bool = Field(False, description="Leave the collection after the run.")
+    tenant: str = Field("default_tenant", description="Chroma tenant.")
+    database: str = Field("default_database", description="Chroma database.")
+    connections: int = Field(64, ge=1, le=65_000, description="Most keep-alive connections.")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="Per-request timeout, seconds.")
+
+
+class VectorDbWorkload:
+    """Implements aifb.client.workload.Workload."""
+
+    name = "vectordb"
+
+    def __init__(self, base_url: str, params: VectorDbParams) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise InvalidArgument("target must be http://host[:port][/prefix]",
+                                  field="target.base_url")
+        if not _COLLECTION.fullmatch(params.collection):
+            raise InvalidArgument("collection must be 3-512 of A-Z a-z 0-9 . _ -, starting and "
+                                  "ending with a letter or digit", field="params.collection")
+        for key in ("tenant", "database"):
+            if not _NAME.fullmatch(getattr(params, key)):
+                raise InvalidArgument(f"{key} must be 1-128 of A-Z a-z 0-9 _ -",
+                                      field=f"params.{key}")
+        if params.backend == "chroma" and params.exact:
+            raise InvalidArgument("chroma has no exact search; raise hnsw_ef instead",
+                                  field="params.exact")
+        self.params = params
+        self._http = JsonHttp(parts.hostname, parts.port or 80, parts.netloc,
+                              connections=params.connections, timeout_s=params.timeout_s)
+        self._prefix = parts.path.rstrip("/")
+        self._store: VectorStore | None = None
+        self._data: VectorSet | None = None
+        self._truth: np.typing.NDArray[np.int64] | None = None
+        self._queries: list[list[float]] = []
+        self._insert: dict[str, float] = {}
+        self.hits = 0
+        self.checked = 0
+
+    def _make_store(self, dim: int) -> VectorStore:
+        p = self.params
+        index = IndexSettings(dim, p.metric, p.m, p.ef_construction, p.hnsw_ef, p.exact)
+        if p.backend == "qdrant":
+            return QdrantStore(self._http, self._prefix, p.collection, index)
+        return ChromaStore(self._http, self._prefix, p.collection, index, tenant=p.tenant,
+                           database=p.database)
+
+    async def prepare(self) -> None:
+        try:
+            await self._prepare()
+        except BaseException:
+            self._http.close()  # the engine does not call close() after a failed prepare
+            await asyncio.sleep(0)
+            raise
+
+    async def _prepare(self) -> None:
+        p = self.params
+        data = (load_vectors(p.dataset, p.count, p.query_count) if p.dataset else
+                random_vectors(p.count or 10_000, p.query_count, p.dim, p.seed))
+        self._data = data
+        self._truth = exact_neighbours(data.base, data.queries, p.k, p.metric)
+        self._queries = data.queries.tolist()
+        store = self._store = self._make_store(data.base.shape[1])
+        try:
+            await store.reset()
+            await self._insert_all(store, data)
+            stored = await store.count()
+        except VectorDbError as exc:
+            raise RuntimeError(f"{p.backend} insert phase: {exc}") from exc
+        if stored != len(data.base):
+            raise RuntimeError(f"{p.backend} holds {stored} vectors after inserting "
+                               f"{len(data.base)}")
+
+    async def _insert_all(self, store: VectorStore, data: VectorSet) -> None:
+        size, total = self.params.batch_size, len(data.base)
+        batches = [(list(range(lo, min(lo + size, total))), data.base[lo:lo + size].tolist())
+                   for lo in range(0, total, size)]
+        pending = iter(batches)
+
+        async def worker() -> None:
+            for ids, vectors in pending:  # one shared iterator: each batch is sent once
+                await store.insert(ids, vectors)
+
+        started = perf_counter()
+        workers = [asyncio.create_task(worker())
+                   for _ in range(min(self.params.insert_concurrency, len(batches)))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+        took = perf_counter() - started
+        self._insert = {"insert_vectors": float(total), "insert_s": round(took, 6),
+                        "insert_vectors_per_s": round(total / took, 3) if took > 0 else 0.0,
+                        "insert_batches": float(len(batches))}
+
+    async def request(self, seq: int) -> Outcome:
+        store, truth = self._store, self._truth
+        if store is None or truth is None:
+            raise RuntimeError("prepare() the workload first")
+        q = seq % len(self._queries)
+        k = self.params.k
+        try:
+            found = await store.search(self._queries[q], k)
+        except VectorDbError as exc:
+            return Outcome(ok=False, error=exc.kind)
+        hits = recall_hits(found.ids, truth[q], k)
+        checked = min(k, len(truth[q]))
+        self.hits += hits
+        self.checked += checked
+        return Outcome(True, "", 200, found.end_ns, found.sent_ns,
+                       values={"recall_hits": float(hits), "recall_checked": float(checked)})
+
+    def extra_metrics(self) -> dict[str, float]:
+        out = dict(self._insert)
+        out["k"] = float(self.params.k)
+        out["recall_queries"] = float(self.checked // self.params.k if self.params.k else 0)
+        if self.checked:
+            out["recall_at_k"] = round(self.hits / self.checked, 6)
+        out["connections_opened"] = float(self._http.pool.opened)
+        return out
+
+    async def close(self) -> None:
+        try:
+            if self._store is not None and not self.params.keep_collection:
+                await self._store.drop()
+        except VectorDbError:
+            pass  # the run's figures stand; a failed clean-up must not turn them into errors
+        finally:
+            self._http.close()
+            await asyncio.sleep(0)
+
+
+def _build(target_url: str, params: VectorDbParams) -> VectorDbWorkload:
+    return VectorDbWorkload(target_url.rstrip("/"), params)
+
+
+register(WorkloadKind("vectordb", "Qdrant or Chroma: insert throughput, then query QPS, latency "
+                      "and recall@k against exact neighbours.", VectorDbParams, _build))

@@ -1,0 +1,182 @@
+"""The BenchmarkService's pure parts: load options into engine plans, SLOs, listing and paging,
+the run store's restart rule, telemetry batches, and the report document, plots and compare."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from aifb.client.histogram import LatencyHistogram
+from aifb.client.report.charts import charts
+from aifb.client.report.compare import compare
+from aifb.client.report.document import build_document
+from aifb.client.report.pages import to_html, to_markdown
+from aifb.client.results import LoadResult, RunState, SecondStats
+from aifb.client.schedule import Arrival
+from aifb.client.service.listing import page, parse_filter
+from aifb.client.service.manager import RESTART_REASON, BenchmarkManager
+from aifb.client.service.model import BenchmarkRecord, Progress
+from aifb.client.service.options import LoadOptions, parse_duration, parse_slo, plan
+from aifb.client.service.store import RunStore
+from aifb.client.service.telemetry import progress_batch
+from aifb.client.spec import Mode
+from aifb.mesh.errors import InvalidArgument
+from aifb.v1 import telemetry_pb2
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    (LoadOptions(mode="constant", rate=-5), "load.rate"),
+    (LoadOptions(mode="constant", rate=float("nan")), "load.rate"),
+    (LoadOptions(mode="constant"), "load.rate"),
+    (LoadOptions(), "load.concurrency"),
+    (LoadOptions(concurrency=-2), "load.concurrency"),
+    (LoadOptions(concurrency=1, duration_s=0), "load.duration_s"),
+    (LoadOptions(concurrency=1, warmup_s=5, duration_s=5), "load.warmup"),
+    (LoadOptions(concurrency=1, error_budget=1.5), "load.error_budget"),
+    (LoadOptions(mode="zigzag"), "load.mode"),
+    (LoadOptions(concurrency=1, engine="gpu"), "load.engine"),
+    (LoadOptions(rate=5, engine="spark", spark_master="yarn"), "load.spark_master"),
+    (LoadOptions(mode="step", rate=10), "load.step_rate"),
+    (LoadOptions(mode="ramp", rate=10, start_rate=20), "load.start_rate"),
+    (LoadOptions(concurrency=1, slo={"p99": "soon"}), "load.slo.p99"),
+    (LoadOptions(concurrency=1, slo={"median": "1s"}), "load.slo.median"),
+    (LoadOptions(concurrency=1, slo={"errors": "150%"}), "load.slo.errors"),
+])
+def test_bad_load_options_name_their_field(options: LoadOptions, field: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        plan(options)
+    assert info.value.field == field, info.value.message
+
+
+def test_load_options_become_the_engine_plan_they_describe() -> None:
+    closed = plan(LoadOptions(concurrency=8, duration_s=30))
+    assert closed.load is not None and closed.load.mode is Mode.CLOSED
+    assert closed.load.users == 8 and closed.load.max_error_ratio == 0.05
+    open_ = plan(LoadOptions(rate=100, duration_s=5))  # a rate alone means constant open loop
+    assert open_.load is not None and open_.load.mode is Mode.OPEN and open_.load.rate == 100
+    poisson = plan(LoadOptions(mode="poisson", rate=10, burstiness=2))
+    assert poisson.load is not None and poisson.load.arrival is Arrival.POISSON
+    steps = plan(LoadOptions(mode="step", rate=30, step_rate=10, step_duration_s=2))
+    assert steps.load is not None and steps.load.profile is not None
+    assert [st.start for st in steps.load.profile.stages] == [10, 20, 30]
+    assert steps.total_s == 6
+    ramp = plan(LoadOptions(mode="ramp", start_rate=5, rate=50, duration_s=10))
+    assert ramp.load is not None and ramp.load.profile is not None
+    assert ramp.load.profile.level_at(5) == pytest.approx(27.5)
+    sweep = plan(LoadOptions(mode="sweep", concurrency=16, duration_s=3,
+                             slo={"p99": "50ms", "errors": "1%"}))
+    assert sweep.sweep is not None and sweep.load is None
+    assert sweep.sweep.max_users == 16 and sweep.sweep.slo_latency_us == 50_000
+    assert sweep.sweep.slo_error_ratio == pytest.approx(0.01)
+    assert LoadOptions.from_dict(json.loads(json.dumps(sweep_opts := LoadOptions(
+        mode="sweep", slo={"p99": "1s"}).to_dict()))) == LoadOptions(**sweep_opts)
+
+
+def test_durations_and_slos_parse_as_documented() -> None:
+    assert [parse_duration(t) for t in ("60s", "500ms", "2m", "1h", "1.5")] == [
+        60, 0.5, 120, 3600, 1.5]
+    slos = {s.key: s for s in parse_slo({"p99.9": "20ms", "ttft_p90": "0.2s", "errors": "0.5%"})}
+    assert slos["p99.9"].percentile == 99.9 and slos["p99.9"].limit_s == pytest.approx(0.02)
+    assert slos["ttft_p90"].metric == "ttft" and slos["errors"].limit_ratio == 0.005
+
+
+def _record(i: int, **kw: object) -> BenchmarkRecord:
+    return BenchmarkRecord(id=f"r{i}", owner="u", workload="http", url="http://h/",
+                           create_time=float(i), **kw)  # type: ignore[arg-type]
+
+
+def test_filters_and_pages_walk_every_run_once() -> None:
+    records = [_record(i, state=RunState.FAILED if i % 2 else RunState.SUCCEEDED,
+                       labels={"k": str(i % 3)}) for i in range(7)]
+    seen, token = [], ""
+    while True:
+        items, token = page(records, page_size=3, token=token, filter_text="")
+        seen += [r.id for r in items]
+        if not token:
+            break
+    assert seen == [f"r{i}" for i in range(7)]
+    failed = [r.id for r in records if parse_filter("state=failed label.k=1")(r)]
+    assert failed == ["r1"]  # odd (FAILED) and k == 1
+    for bad in ("state=LOST", "colour=red", "state"):
+        with pytest.raises(InvalidArgument):
+            parse_filter(bad)
+    with pytest.raises(InvalidArgument):
+        page(records, page_size=3, token="garbage", filter_text="")
+
+
+def test_a_restarted_service_fails_runs_left_in_flight_and_keeps_finished_ones(
+        tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "b")
+    store.insert(_record(1, state=RunState.RUNNING))
+    store.insert(_record(2, state=RunState.SUCCEEDED, request_id="x"))
+    assert BenchmarkManager(store, None).recover() == 1
+    assert store.get("r1") is not None and store.get("r1").state is RunState.FAILED  # type: ignore[union-attr]
+    assert store.get("r1").state_message == RESTART_REASON  # type: ignore[union-attr]
+    assert store.by_request_id("u", "x") == store.get("r2")
+    assert oct((tmp_path / "b" / "benchmarks.db").stat().st_mode & 0o777) == "0o600"
+    store.close()
+
+
+def test_a_progress_sample_becomes_one_batch_labelled_with_the_run() -> None:
+    p = Progress(second=3, elapsed_s=3.0, requests=10, errors=1, achieved_rate=10.0,
+                 target_rate=12.0, p50_s=0.001, p99_s=0.004, in_flight=2, lag_p99_s=0.0002,
+                 total_requests=30, total_errors=2)
+    batch = progress_batch(_record(5, service="services/abc"), p, now_ms=1000)
+    by = {(s.name, s.labels.get("quantile", "")): s for s in batch.series}
+    assert by[("aifb_bench_requests_total", "")].values == [30]
+    assert by[("aifb_bench_requests_total", "")].type == telemetry_pb2.METRIC_TYPE_COUNTER
+    assert by[("aifb_bench_latency_seconds", "0.99")].values == [0.004]
+    assert all(s.labels["run"] == "r5" and s.labels["service"] == "services/abc"
+               and list(s.timestamps_ms) == [1000] for s in batch.series)
+
+
+def _result() -> LoadResult:
+    res = LoadResult(state=RunState.SUCCEEDED, mode="open", workload="http", target_rate=100,
+                     measured_s=2.0)
+    values = [1000 + 10 * i for i in range(200)]  # 1.00 .. 2.99 ms
+    for i, v in enumerate(values):
+        res.histograms["latency"].record_us(v)
+        res.histograms["lag"].record_us(i % 50)
+    res.counters.update(sent=200, completed=200, ok=200)
+    for sec in (1, 2):
+        st = SecondStats(sec, sent=100, completed=100, target_rate=100.0)
+        for v in values[(sec - 1) * 100:sec * 100]:
+            st.latency.record_us(v)
+        res.series.append(st)
+    return res
+
+
+def test_the_report_document_carries_the_histograms_figures_and_renders() -> None:
+    res = _result()
+    rec = _record(9, state=RunState.SUCCEEDED, load=LoadOptions(rate=100, slo={"p99": "2ms"}))
+    stored = {"result": json.loads(res.to_bytes()), "steps": []}
+    doc = build_document(rec, stored, {"facts": {"hostname": "h"}, "batch_script": "#!/bin/sh"})
+    lat = doc["figures"]["histograms"]["latency"]
+    assert lat["count"] == 200
+    assert lat["p50"] == res.histograms["latency"].percentile_us(50) / 1e6
+    assert LatencyHistogram.decode(lat["hdr"].encode()) == res.histograms["latency"]
+    assert doc["figures"]["achieved_rate"] == 100.0
+    assert doc["slo"] == [{"slo": "p99", "limit_s": 0.002, "measured_s": lat["p99"],
+                           "met": False}]
+    assert [r["completed"] for r in doc["series"]] == [100, 100]
+    svgs = charts(doc)
+    assert set(svgs) == {"latency_cdf.svg", "throughput.svg", "latency_time.svg"}
+    for svg in svgs.values():
+        ET.fromstring(svg)  # well-formed XML
+    html = to_html(doc, svgs)
+    assert "BREACHED" in html and html.count("<svg") == 3
+    assert "![throughput.svg](throughput.svg)" in to_markdown(doc, list(svgs))
+
+    slower = _result()
+    slower.histograms["latency"].record_us(50_000)
+    doc_b = build_document(rec, {"result": json.loads(slower.to_bytes())}, {})
+    rows = {r.figure: r for r in compare(doc, doc_b)}
+    assert rows["latency max"].diff == pytest.approx(
+        doc_b["figures"]["histograms"]["latency"]["max"] - lat["max"])
+    assert rows["requests"].ratio == 1.0
+    assert "ttft p50" not in rows  # neither run has it

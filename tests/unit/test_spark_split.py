@@ -1,0 +1,81 @@
+"""Splitting a LoadSpec over Spark partitions: the union of the shares is the same load."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from aifb.client.profiles import ramp
+from aifb.client.recorder import ProgressSample
+from aifb.client.schedule import Arrival, arrival_offsets_ns
+from aifb.client.spark.progress import merge_samples
+from aifb.client.spark.split import split_spec
+from aifb.client.spec import LoadSpec, Mode
+from aifb.mesh.errors import InvalidArgument
+
+pytestmark = pytest.mark.unit
+
+
+def test_open_loop_rate_splits_evenly_and_staggered_schedules_rebuild_the_whole() -> None:
+    spec = LoadSpec(mode=Mode.OPEN, rate=1000.0, duration_s=2.0)
+    plans = split_spec(spec, 4)
+    assert [p.spec.rate for p in plans] == [250.0] * 4
+    assert [p.stagger_ns for p in plans] == [0, 1_000_000, 2_000_000, 3_000_000]
+    merged = sorted(itertools.chain.from_iterable(
+        (p.stagger_ns + t for t in arrival_offsets_ns(p.spec.level_profile(), p.spec.arrival))
+        for p in plans))
+    whole = list(arrival_offsets_ns(spec.level_profile(), spec.arrival))
+    assert len(merged) == len(whole) == 2000
+    assert max(abs(a - b) for a, b in zip(merged, whole, strict=True)) <= 1
+
+
+def test_random_arrivals_get_distinct_seeds_and_no_stagger() -> None:
+    spec = LoadSpec(mode=Mode.OPEN, rate=90.0, arrival=Arrival.POISSON, seed=7)
+    plans = split_spec(spec, 3)
+    assert len({p.spec.seed for p in plans}) == 3
+    assert {p.stagger_ns for p in plans} == {0}
+    assert split_spec(LoadSpec(mode=Mode.OPEN, rate=9.0, arrival=Arrival.POISSON), 3)[0] \
+        .spec.seed is None
+
+
+def test_closed_loop_users_split_with_the_remainder_spread_first() -> None:
+    plans = split_spec(LoadSpec(mode=Mode.CLOSED, users=11), 4)
+    assert [p.spec.users for p in plans] == [3, 3, 3, 2]
+    assert {p.stagger_ns for p in plans} == {0}
+    assert [p.spec.users for p in split_spec(LoadSpec(users=2), 8)] == [1, 1]  # no idle shares
+
+
+def test_bounds_split_and_zero_means_unbounded_everywhere() -> None:
+    plans = split_spec(LoadSpec(users=4, max_requests=10, max_errors=0, max_in_flight=5), 3)
+    assert [p.spec.max_requests for p in plans] == [4, 3, 3]
+    assert [p.spec.max_errors for p in plans] == [0, 0, 0]
+    assert [p.spec.max_in_flight for p in plans] == [2, 2, 1]
+    assert [p.spec.max_requests for p in split_spec(LoadSpec(users=4, max_requests=1), 2)] == [
+        1, 1]
+
+
+def test_a_rate_profile_is_scaled_so_the_shares_add_up() -> None:
+    spec = LoadSpec(mode=Mode.OPEN, profile=ramp(100.0, 300.0, 4.0))
+    plans = split_spec(spec, 2)
+    for t in (0.0, 1.0, 3.5):
+        total = sum(p.spec.level_profile().level_at(t) for p in plans)
+        assert total == pytest.approx(spec.level_profile().level_at(t))
+    assert plans[1].stagger_ns == round(1e9 / 200.0)  # 1 / mean rate
+
+
+@pytest.mark.parametrize("n", [0, -1, 1025])
+def test_partitions_out_of_range_are_rejected(n: int) -> None:
+    with pytest.raises(InvalidArgument, match="partitions") as err:
+        split_spec(LoadSpec(), n)
+    assert err.value.field == "partitions"
+
+
+def test_progress_samples_merge_by_sum_and_worst_percentile() -> None:
+    a = ProgressSample(2, 3.0, "measure", 100, 1, 0, 100.0, 100.0, 500, 900, 40, 3, 300, 2)
+    b = ProgressSample(2, 3.001, "measure", 50, 0, 2, 50.0, 50.0, 700, 800, 60, 1, 140, 0)
+    m = merge_samples([a, b])
+    assert (m.second, m.elapsed_s, m.requests, m.errors, m.dropped) == (2, 3.001, 150, 1, 2)
+    assert (m.achieved_rate, m.target_rate, m.in_flight) == (150.0, 150.0, 4)
+    assert (m.p50_us, m.p99_us, m.lag_p99_us) == (700, 900, 60)
+    assert (m.total_completed, m.total_errors) == (440, 2)
