@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
@@ -100,9 +101,16 @@ class ThreadedServer:
         if self.app is not None:
             self.run(self.app.stop(grace))
             self.app = None
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        if self._thread is not None:
+        if self._thread is not None and self._thread.is_alive():
+            # Let whatever is still scheduled (gRPC's aio callbacks, stream tasks) end on the
+            # loop before it stops: closing a loop with live callbacks is what made a late
+            # write on its self-pipe fail with EBADF.
+            with contextlib.suppress(TimeoutError):
+                self.run(_drain_tasks(), timeout=10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
+            if self._thread.is_alive():
+                return  # a stuck loop cannot be closed; the daemon thread ends with the process
         self.loop.close()
 
     def __enter__(self) -> ThreadedServer:
@@ -110,3 +118,12 @@ class ThreadedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def _drain_tasks() -> None:
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
