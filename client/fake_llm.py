@@ -3,13 +3,14 @@
     python -m aifb.client.fake_llm --port 8000 --ttft-ms 50 --itl-ms 10 --tokens 64
 
 It answers `/v1/chat/completions` and `/v1/completions` (streaming by SSE, or whole), `/v1/models`,
-`/health` and `/stats` (its own counters, for tests). No model runs: the first token is due
-`ttft_ms` after the request arrived and token i `itl_ms` after token i-1, on an absolute schedule
-so sleeps never add up. A reply has `tokens` tokens (its natural length) capped by the request's
-`max_tokens`; with `ignore_eos` (a vLLM extension) it has exactly `max_tokens`. The prompt's
-token count is its word count. `error_rate` turns that share of requests (seeded) into HTTP 500s
-with an OpenAI-style error body. Requests are validated as an OpenAI server would: a 400 (or 404
-for an unknown model or path) with `{"error": {...}}` naming what was wrong.
+`/health`, `/stats` (its own counters, for tests) and `/metrics` (a few vLLM-style counters in the
+Prometheus text format, so the telemetry agents have a real scrape target). No model runs: the first
+token is due `ttft_ms` after the request arrived and token i `itl_ms` after token i-1, on an
+absolute schedule so sleeps never add up. A reply has `tokens` tokens (its natural length) capped by
+the request's `max_tokens`; with `ignore_eos` (a vLLM extension) it has exactly `max_tokens`. The
+prompt's token count is its word count. `error_rate` turns that share of requests (seeded) into HTTP
+500s with an OpenAI-style error body. Requests are validated as an OpenAI server would: a 400 (or
+404 for an unknown model or path) with `{"error": {...}}` naming what was wrong.
 
 It exists so that an LLM benchmark can run end to end on a machine without a GPU (the `fake-llm`
 recipe runs it as a service) and so that tests can check measured TTFT/ITL/TPOT against known
@@ -59,12 +60,31 @@ class _Stats:
     bad_requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    running: int = 0
     ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def doc(self) -> dict[str, int]:
         return {"requests": self.requests, "completed": self.completed,
                 "errors_injected": self.errors_injected, "bad_requests": self.bad_requests,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+    def exposition(self, model: str) -> str:
+        """The counters as vLLM names them (`vllm:*`, labelled with model_name)."""
+        name = model.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        lab = f'model_name="{name}"'
+        return (
+            "# HELP vllm:num_requests_running Number of requests being answered.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            f"vllm:num_requests_running{{{lab}}} {self.running}\n"
+            "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.\n"
+            "# TYPE vllm:prompt_tokens_total counter\n"
+            f"vllm:prompt_tokens_total{{{lab}}} {self.prompt_tokens}\n"
+            "# HELP vllm:generation_tokens_total Number of generation tokens processed.\n"
+            "# TYPE vllm:generation_tokens_total counter\n"
+            f"vllm:generation_tokens_total{{{lab}}} {self.completion_tokens}\n"
+            "# HELP vllm:request_success_total Count of successfully answered requests.\n"
+            "# TYPE vllm:request_success_total counter\n"
+            f'vllm:request_success_total{{finished_reason="length",{lab}}} {self.completed}\n')
 
 
 class _BadRequest(Exception):
@@ -138,7 +158,11 @@ class FakeLlm:
                 self.stats.errors_injected += 1
                 await self._send_error(writer, _BadRequest(500, "injected failure"))
                 return
-            await self._complete(writer, path == "/v1/chat/completions", req, arrived)
+            self.stats.running += 1
+            try:
+                await self._complete(writer, path == "/v1/chat/completions", req, arrived)
+            finally:
+                self.stats.running -= 1
         elif path == "/v1/models" and method == "GET":
             await self._send_json(writer, 200, {"object": "list", "data": [
                 {"id": self.config.model, "object": "model", "created": 0, "owned_by": "aifb"}]})
@@ -146,6 +170,11 @@ class FakeLlm:
             await self._send_json(writer, 200, {"status": "ok"})
         elif path == "/stats" and method == "GET":
             await self._send_json(writer, 200, self.stats.doc())
+        elif path == "/metrics" and method == "GET":
+            body = self.stats.exposition(self.config.model).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; "
+                         b"charset=utf-8\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
         else:
             await self._send_error(writer, _BadRequest(404, f"no route for {method} {path}"))
 

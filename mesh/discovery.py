@@ -3,8 +3,10 @@
 `ServiceDiscovery` follows `ServerService.WatchServices(include_snapshot=True)`, reconnecting
 with jittered backoff, and keeps the `Target`s relevant to this node: a service whose job's
 SLURM node list contains this host (or every service in local/embedded mode) and that is not
-terminal. Static targets from the agent's config are always included. Listeners are called
-with the whole new target map after each change; `wait_changed()` serves async consumers.
+terminal. A target's metrics URL comes from the service's `metrics` (its recipe's `metrics:`
+key, see `metrics_url_of`): a service that declares none is not scraped. Static targets from
+the agent's config are always included. Listeners are called with the whole new target map
+after each change; `wait_changed()` serves async consumers.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from aifb.mesh.push import Backoff
 from aifb.v1 import server_pb2, server_pb2_grpc
 
 __all__ = ["ServiceDiscovery", "Target", "TargetSpec", "channel_factory", "expand_hostlist",
-           "target_from_service"]
+           "metrics_url_of", "target_from_service"]
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +123,24 @@ def _short(host: str) -> str:
     return host.split(".", 1)[0]
 
 
+def metrics_url_of(svc: server_pb2.Service) -> str:
+    """Where to scrape a service: only one whose recipe declares `metrics:`, once READY, at
+    the declared port and path on the host the job reported; "" otherwise, and for a service
+    labelled `aifb.metrics=false` (the user's opt-out)."""
+    if (svc.state != server_pb2.SERVICE_STATE_READY or not svc.HasField("metrics")
+            or svc.labels.get("aifb.metrics", "") == "false"):
+        return ""
+    if svc.metrics.url:
+        return svc.metrics.url
+    if svc.endpoint.host and svc.metrics.port > 0:
+        return f"http://{svc.endpoint.host}:{svc.metrics.port}{svc.metrics.path or '/metrics'}"
+    return ""
+
+
 def target_from_service(svc: server_pb2.Service) -> Target:
-    """The Target of a service as WatchServices reports it (metrics only once READY)."""
-    metrics_url = ""
+    """The Target of a service as WatchServices reports it (see `metrics_url_of`)."""
+    metrics_url = metrics_url_of(svc)
     labels = dict(svc.labels)
-    if svc.state == server_pb2.SERVICE_STATE_READY and labels.get("aifb.metrics", "") != "false":
-        path = labels.get("aifb.metrics_path", "/metrics")
-        if svc.endpoint.url:
-            metrics_url = svc.endpoint.url.rstrip("/") + path
-        elif svc.endpoint.host and svc.endpoint.port:
-            metrics_url = f"http://{svc.endpoint.host}:{svc.endpoint.port}{path}"
     return Target(service=svc.name, job_id=svc.job.job_id, scheduler=svc.job.scheduler,
                   nodes=svc.job.nodes, stdout_path=svc.job.stdout_path,
                   stderr_path=svc.job.stderr_path, metrics_url=metrics_url,

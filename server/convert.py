@@ -8,10 +8,12 @@ from aifb.server.deploy import ResourceRequest
 from aifb.server.jobs import ResourceSpec
 from aifb.server.model import ServiceRecord
 from aifb.server.recipes.schema import Recipe
+from aifb.server.states import ServiceState
 from aifb.v1 import common_pb2, server_pb2
 
 __all__ = [
-    "recipe_to_proto", "resource_request_from_proto", "resources_to_proto", "service_to_proto",
+    "metrics_to_proto", "recipe_to_proto", "resource_request_from_proto", "resources_to_proto",
+    "service_to_proto",
 ]
 
 
@@ -54,7 +56,25 @@ def service_to_proto(record: ServiceRecord) -> server_pb2.Service:
         msg.endpoint.CopyFrom(common_pb2.Endpoint(host=record.endpoint_host,
                                                   port=record.endpoint_port,
                                                   url=record.endpoint_url))
+    if record.metrics_path:
+        msg.metrics.CopyFrom(metrics_to_proto(record))
     return msg
+
+
+def metrics_to_proto(record: ServiceRecord) -> server_pb2.MetricsEndpoint:
+    """The recipe's metrics endpoint of a service; the URL once READY on a known port (the
+    endpoint URL's scheme when on the endpoint's port, else http)."""
+    port = record.endpoint_port if record.metrics_on_endpoint_port else record.metrics_port
+    url = ""
+    if record.state == ServiceState.READY and record.endpoint_host and port > 0:
+        scheme = "http"
+        if record.metrics_on_endpoint_port and "://" in record.endpoint_url:
+            scheme = record.endpoint_url.split("://", 1)[0]
+        host = record.endpoint_host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address
+        url = f"{scheme}://{host}:{port}{record.metrics_path}"
+    return server_pb2.MetricsEndpoint(port=port, path=record.metrics_path, url=url)
 
 
 def recipe_to_proto(recipe: Recipe, *, runnable: tuple[bool, str]) -> server_pb2.Recipe:

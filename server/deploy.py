@@ -10,7 +10,7 @@ from aifb.mesh.config import Config
 from aifb.server.batch import render_batch_script
 from aifb.server.jobs import JobSpec
 from aifb.server.recipes.catalog import RecipeCatalog
-from aifb.server.recipes.resolve import build_job_spec, resolve
+from aifb.server.recipes.resolve import MetricsTarget, build_job_spec, resolve
 
 __all__ = ["Deployer", "Prepared", "ResourceRequest"]
 
@@ -36,6 +36,8 @@ class Prepared:
     spec: JobSpec
     script: str
     parameters: dict[str, str]
+    # The recipe's `metrics:` endpoint with this service's values; None when it has none.
+    metrics: MetricsTarget | None = None
 
 
 class Deployer:
@@ -58,7 +60,7 @@ class Deployer:
                               python=self.python,
                               environment={**self.environment, **environment})
         return Prepared(spec=spec, script=render_batch_script(spec),
-                        parameters=resolved.parameter_text())
+                        parameters=resolved.parameter_text(), metrics=resolved.metrics)
 
     def render(self, recipe: str, params: Mapping[str, str], resources: ResourceRequest
                ) -> Prepared:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from opentelemetry import trace
 
@@ -22,7 +23,7 @@ from aifb.mesh.errors import (
     PermissionDenied,
 )
 from aifb.mesh.tracing import current_trace_id, traceparent_env
-from aifb.server.deploy import Deployer, ResourceRequest
+from aifb.server.deploy import Deployer, Prepared, ResourceRequest
 from aifb.server.hub import Hub
 from aifb.server.jobs import JobStatus, Scheduler
 from aifb.server.model import ServiceRecord
@@ -136,6 +137,7 @@ class ServiceManager:
                 stderr_path=prepared.spec.stderr_path, workdir=str(workdir),
                 create_time=now, update_time=now, trace_id=current_trace_id(),
                 request_id=request_id, report_token_hash=hash_token(token),
+                **_metrics_fields(prepared),
             )
             self.registry.insert(record)
             self.hub.publish(record)
@@ -269,6 +271,15 @@ class ServiceManager:
     def _wake(self) -> None:
         if self.wake_poller is not None:
             self.wake_poller()
+
+
+def _metrics_fields(prepared: Prepared) -> dict[str, Any]:
+    """The record's metrics_* fields from the recipe's `metrics:` endpoint (none: defaults)."""
+    metrics = prepared.metrics
+    if metrics is None:
+        return {}
+    return {"metrics_path": metrics.path, "metrics_port": metrics.port,
+            "metrics_on_endpoint_port": metrics.on_endpoint_port}
 
 
 def _check_labels(labels: Mapping[str, str]) -> None:

@@ -36,6 +36,11 @@ class ServiceRecord:
     endpoint_host: str = ""
     endpoint_port: int = 0
     endpoint_url: str = ""
+    # The recipe's `metrics:` endpoint: its path ("" = none), and its port, which is the
+    # endpoint's when `metrics_on_endpoint_port`, else fixed (0 = an auto port not known here).
+    metrics_path: str = ""
+    metrics_port: int = 0
+    metrics_on_endpoint_port: bool = False
     create_time: float = 0.0
     update_time: float = 0.0
     trace_id: str = ""

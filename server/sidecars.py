@@ -10,8 +10,10 @@ jobs may run on nodes without agents) and says so in the job's environment:
                                       mounts the collector); its token is AIFB_COLLECTOR_TOKEN,
                                       else the user's token file; for AIFB_SERVER the job's
                                       own AIFB_REPORT_TOKEN is enough
-    AIFB_METRICS_PATH=/metrics        the path scraped on the service's port once it is ready
-                                      (HTTP services only; "off" disables the scrape)
+    AIFB_METRICS_PATH=/metrics        the path scraped once the service is ready ("off"
+                                      disables the scrape); set from the recipe's `metrics:`
+    AIFB_METRICS_PORT=8000            the port scraped (an auto port's token, filled in by
+                                      jobrun); absent: the service's port, HTTP services only
 
 `jobrun` calls `start_job_sidecars` before the program starts, `ready()` once it is ready and
 `stop()` at the end. Nothing here may break the job: a sidecar that cannot start is logged and
@@ -107,6 +109,8 @@ class JobSidecars:
         sid = self.service.rsplit("/", 1)[-1]
         self.job_id = environ.get("SLURM_JOB_ID") or environ.get("AIFB_LOCAL_JOB_ID", "")
         self.metrics_path = environ.get("AIFB_METRICS_PATH", "/metrics")
+        port_text = environ.get("AIFB_METRICS_PORT", "")
+        self.metrics_port = int(port_text) if port_text.isdigit() else 0
         address = environ.get("AIFB_COLLECTOR", "")
         if address:
             home = Path(environ.get("AIFB_HOME", "~/.aifb")).expanduser()
@@ -143,10 +147,13 @@ class JobSidecars:
                  self.address, "on" if self.monitor else "off", "on" if self.logger else "off")
 
     def ready(self, port: int, http: bool) -> None:
-        """Scrape the service's own metrics from now on (HTTP services only)."""
-        if self.monitor is None or not http or self.metrics_path in ("", "off", "false"):
+        """Scrape the service's own metrics from now on: on AIFB_METRICS_PORT, else on the
+        service's port when it speaks HTTP."""
+        if self.monitor is None or self.metrics_path in ("", "off", "false"):
             return
-        url = f"http://127.0.0.1:{port}{self.metrics_path}"
+        if not (http or self.metrics_port):
+            return
+        url = f"http://127.0.0.1:{self.metrics_port or port}{self.metrics_path}"
         target = self._target.model_copy(update={"metrics_url": url})
         self.monitor.discovery.set_static([target.to_target()])
 

@@ -62,6 +62,8 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 def _expected(err: Any) -> str:
     ctx = err.get("ctx") or {}
+    if err["type"] == "literal_error":
+        return str(ctx.get("expected", "")).replace("False", "false").replace("True", "true")
     if "expected" in ctx:
         return str(ctx["expected"])
     kind = err["type"]
@@ -92,8 +94,9 @@ def _key(data: Any, loc: Sequence[Any], kind: str) -> str:
         elif isinstance(node, list) and isinstance(elem, int) and 0 <= elem < len(node):
             parts.append(f"[{elem}]")
             node = node[elem]
-        elif isinstance(node, dict) and node.get("kind") == elem:
-            continue  # the discriminator tag of runtime
+        elif isinstance(node, dict) and (node.get("kind") == elem
+                                         or (isinstance(elem, str) and i + 1 < len(loc))):
+            continue  # a union member's tag: runtime's discriminator, metrics' model
         else:
             if kind == "missing" and i == len(loc) - 1:
                 parts.append(f".{elem}")
@@ -106,7 +109,7 @@ def _from_validation(exc: ValidationError, data: Any, file: str) -> RecipeError:
     first = errors[0]
     key = _key(data, first["loc"], first["type"])
     expected: list[str] = []
-    for err in errors:
+    for err in errors if first["type"] != "unknown_key" else [first]:
         if _key(data, err["loc"], err["type"]) == key and _expected(err) not in expected:
             expected.append(_expected(err))
     ctx = first.get("ctx") or {}

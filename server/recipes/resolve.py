@@ -6,6 +6,11 @@ reporting environment). Substitution is one pass per text (see `aifb.server.reci
 so builtins (`{{ workdir }}`, `{{ service_id }}`) are substituted in the same pass as the
 parameters, in `build_job_spec`; a port parameter whose value is 0 stays as its token
 ``{{ name }}`` and is listed in `auto_ports` for the in-job entry point to fill in.
+
+The recipe's `metrics:` key becomes a `MetricsTarget` (the server publishes it in the Service
+the agents discover) and two variables of the job's environment for the in-job sidecar:
+`AIFB_METRICS_PATH` (the path, or "off" when the recipe declares no metrics) and
+`AIFB_METRICS_PORT` (the port, an auto port's token until the entry point fills it in).
 """
 
 from __future__ import annotations
@@ -17,9 +22,26 @@ from pathlib import Path
 from aifb.server.jobs import ContainerSpec, JobSpec, ReadinessSpec, ResourceSpec
 from aifb.server.recipes.params import ResourceOverrides, merge_params, merge_resources
 from aifb.server.recipes.schema import ApptainerRuntime, Recipe
-from aifb.server.recipes.values import Value, canonical_text, placeholder_names, render
+from aifb.server.recipes.values import (
+    Value,
+    canonical_text,
+    placeholder_names,
+    render,
+    token,
+)
 
-__all__ = ["ResolvedService", "build_job_spec", "resolve"]
+__all__ = ["MetricsTarget", "ResolvedService", "build_job_spec", "resolve"]
+
+
+@dataclass(frozen=True)
+class MetricsTarget:
+    """Where a service's own Prometheus metrics are: `path` on `port` of the host the job
+    reports. `on_endpoint_port`: the port is the readiness check's (so the endpoint's, even
+    when auto); otherwise `port` is fixed, or 0 for an auto port only the job learns."""
+
+    path: str
+    port: int = 0
+    on_endpoint_port: bool = False
 
 
 @dataclass(frozen=True)
@@ -35,10 +57,27 @@ class ResolvedService:
     metrics_port_param: str = ""
     metrics_path: str = ""
     lookup: Mapping[str, str] = field(default_factory=dict)
+    metrics_on_endpoint_port: bool = False
 
     def parameter_text(self) -> dict[str, str]:
         """Every parameter's value as canonical text (auto ports read "0")."""
         return {name: canonical_text(v) for name, v in self.values.items()}
+
+    @property
+    def metrics(self) -> MetricsTarget | None:
+        """The recipe's metrics endpoint with this service's values; None when it has none."""
+        if not self.metrics_path:
+            return None
+        return MetricsTarget(path=self.metrics_path, port=self.metrics_port or 0,
+                             on_endpoint_port=self.metrics_on_endpoint_port)
+
+    def metrics_environment(self) -> dict[str, str]:
+        """AIFB_METRICS_PATH / AIFB_METRICS_PORT for the in-job sidecar (see module doc)."""
+        if not self.metrics_path:
+            return {"AIFB_METRICS_PATH": "off"}
+        port = (token(self.metrics_port_param) if self.metrics_port_param in self.auto_ports
+                else str(self.metrics_port))
+        return {"AIFB_METRICS_PATH": self.metrics_path, "AIFB_METRICS_PORT": port}
 
     def render(self, template: str, builtins: Mapping[str, str] | None = None) -> str:
         return render(template, {**self.lookup, **(builtins or {})})
@@ -85,14 +124,17 @@ def resolve(recipe: Recipe, params: Mapping[str, str],
         kind="tcp" if recipe.readiness.tcp else "http", port=port,
         path=recipe.readiness.http.path if recipe.readiness.http else "/",
         timeout_seconds=recipe.readiness.timeout, port_param=port_param)
-    metrics_port, metrics_param, metrics_path = None, "", ""
-    if recipe.metrics is not None:
-        metrics_port, metrics_param = _port(recipe.metrics.port, values, auto)
-        metrics_path = recipe.metrics.path
+    metrics_port, metrics_param, metrics_path, on_endpoint = None, "", "", False
+    metrics_ref = recipe.metrics_port_ref()
+    if recipe.metrics_endpoint is not None and metrics_ref is not None:
+        metrics_port, metrics_param = _port(metrics_ref, values, auto)
+        metrics_path = recipe.metrics_endpoint.path
+        on_endpoint = metrics_ref == check.port or (metrics_param != ""
+                                                    and metrics_param == port_param)
     return ResolvedService(recipe=recipe, values=values, resources=spec, readiness=readiness,
                            auto_ports=auto, metrics_port=metrics_port,
                            metrics_port_param=metrics_param, metrics_path=metrics_path,
-                           lookup=lookup)
+                           lookup=lookup, metrics_on_endpoint_port=on_endpoint)
 
 
 def build_job_spec(resolved: ResolvedService, *, service_id: str, job_name: str,
@@ -104,6 +146,7 @@ def build_job_spec(resolved: ResolvedService, *, service_id: str, job_name: str,
     builtins = {"workdir": wd, "service_id": service_id}
     recipe = resolved.recipe
     env = {k: resolved.render(v, builtins) for k, v in recipe.env.items()}
+    env.update(resolved.metrics_environment())
     env.update(environment)
     return JobSpec(
         service_id=service_id, job_name=job_name, recipe=recipe.name,

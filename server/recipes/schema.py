@@ -96,9 +96,10 @@ class Readiness(Strict):
 
 
 class MetricsEndpoint(Strict):
-    """The service's own Prometheus endpoint (scraped by the telemetry agents)."""
+    """The service's own Prometheus endpoint, scraped by the telemetry agents on the host the
+    job reports; `port` absent means the readiness check's port."""
 
-    port: PortRef
+    port: PortRef | None = None
     path: UrlPath = "/metrics"
 
 
@@ -118,7 +119,8 @@ class Recipe(Strict):
     readiness: Readiness
     logs: list[Annotated[str, Field(pattern=r"^[^\x00-\x1f]{1,4096}$")]] = Field(
         default_factory=list)
-    metrics: MetricsEndpoint | None = None
+    # Absent, null or false: the service serves no Prometheus metrics; nothing is scraped.
+    metrics: MetricsEndpoint | Literal[False] | None = None
     requires: list[ProgramName] = Field(default_factory=list)
 
     _source_yaml: str = PrivateAttr(default="")
@@ -135,6 +137,21 @@ class Recipe(Strict):
     @property
     def runtime_kind(self) -> Literal["native", "apptainer"]:
         return self.runtime.kind
+
+    @property
+    def metrics_endpoint(self) -> MetricsEndpoint | None:
+        """The declared metrics endpoint, or None (absent, null or false)."""
+        return self.metrics if isinstance(self.metrics, MetricsEndpoint) else None
+
+    def metrics_port_ref(self) -> int | str | None:
+        """The metrics port as written, the readiness port when omitted; None without metrics."""
+        endpoint = self.metrics_endpoint
+        if endpoint is None:
+            return None
+        if endpoint.port is not None:
+            return endpoint.port
+        check = self.readiness.tcp or self.readiness.http
+        return None if check is None else check.port
 
     def with_source(self, source_yaml: str, path: Path | None) -> Recipe:
         self._source_yaml = source_yaml
@@ -158,8 +175,9 @@ class Recipe(Strict):
         check = self.readiness.tcp or self.readiness.http
         if check is not None:
             out["readiness." + ("tcp" if self.readiness.tcp else "http") + ".port"] = check.port
-        if self.metrics is not None:
-            out["metrics.port"] = self.metrics.port
+        endpoint = self.metrics_endpoint
+        if endpoint is not None and endpoint.port is not None:
+            out["metrics.port"] = endpoint.port
         return out
 
     @model_validator(mode="after")

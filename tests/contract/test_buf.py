@@ -96,7 +96,7 @@ def _edit(root: Path, old: str, new: str) -> None:
         # a different wire type for an existing number: old readers mis-decode it
         ("  ServiceState state = 5;", "  string state = 5;", "FIELD_WIRE_JSON_COMPATIBLE_TYPE"),
         # a field number reused by another field
-        ("  string owner = 6;", "  string owner = 15;", "FIELD_NO_DELETE"),
+        ("  string owner = 6;", "  string owner = 99;", "FIELD_NO_DELETE"),
         # a rename changes the JSON name: breaks buf curl, grpc-gateway, proto3 JSON users
         ("  string state_message = 9;", "  string status_message = 9;", "FIELD_SAME_JSON_NAME"),
         # an enum value renumbered: old peers read READY as an unknown number
@@ -118,6 +118,6 @@ def test_buf_breaking_fails_for_a_wire_or_json_incompatible_change(
 def test_buf_breaking_accepts_an_added_field(base_and_change: tuple[Path, Path]) -> None:
     """The control for the negative test: the copies themselves compare clean."""
     base, change = base_and_change
-    _edit(change, "  int64 revision = 14;\n", "  int64 revision = 14;\n  string note = 15;\n")
+    _edit(change, "  int64 revision = 14;\n", "  int64 revision = 14;\n  string note = 99;\n")
     rc, out = _buf("breaking", change, "--against", base, "--error-format", "json")
     assert rc == 0, out

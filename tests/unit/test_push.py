@@ -246,6 +246,7 @@ def test_discovery_keeps_running_services_on_this_node_only() -> None:
         running = server_pb2.Service(
             name="services/a", state=server_pb2.SERVICE_STATE_READY,
             endpoint={"host": "gpu02", "port": 8000},
+            metrics={"port": 8000, "path": "/metrics", "url": "http://gpu02:8000/metrics"},
             job=server_pb2.SchedulerJob(job_id="7", nodes="gpu[01-03]", scheduler="slurm",
                                         stdout_path="/o", stderr_path="/e"))
         elsewhere = server_pb2.Service(name="services/b", state=server_pb2.SERVICE_STATE_READY,

@@ -288,3 +288,70 @@ def test_runnable_here_names_the_missing_program() -> None:
     assert runnable_here(recipes.get("vllm"), lambda p: f"/usr/bin/{p}") == (True, "")
     ok, why = runnable_here(recipes.get("vllm"), lambda p: None)
     assert not ok and "apptainer" in why
+
+
+# --- metrics: ----------------------------------------------------------------------------------
+
+WITH_METRICS = MINIMAL.replace("name: mini", "name: metered")
+
+
+def test_shipped_recipes_declare_metrics_exactly_where_the_software_serves_them() -> None:
+    declared = {r.name: r.metrics_endpoint for r in RecipeCatalog().list()}
+    assert sorted(n for n, m in declared.items() if m is not None) == ["fake-llm", "qdrant",
+                                                                        "vllm"]
+    assert all(m.path == "/metrics" for m in declared.values() if m is not None)
+
+
+@pytest.mark.parametrize("text", ["", "metrics: null\n", "metrics: false\n"])
+def test_absent_null_or_false_metrics_means_none_and_the_sidecar_is_told_off(text: str) -> None:
+    recipe = load_recipe_text(WITH_METRICS + text, file="m.yaml")
+    resolved = resolve(recipe, {"token": "t"}, None)
+    assert recipe.metrics_endpoint is None and resolved.metrics is None
+    assert resolved.metrics_environment() == {"AIFB_METRICS_PATH": "off"}
+
+
+def test_metrics_port_defaults_to_the_readiness_port() -> None:
+    recipe = load_recipe_text(WITH_METRICS + "metrics: {path: /stats/prom}\n", file="m.yaml")
+    resolved = resolve(recipe, {"token": "t", "port": "9100"}, None)
+    assert resolved.metrics is not None
+    assert (resolved.metrics.path, resolved.metrics.port,
+            resolved.metrics.on_endpoint_port) == ("/stats/prom", 9100, True)
+    spec = build_job_spec(resolved, service_id="s1", job_name="j", workdir="/w", python="/py",
+                          environment={})
+    assert spec.environment["AIFB_METRICS_PATH"] == "/stats/prom"
+    assert spec.environment["AIFB_METRICS_PORT"] == "9100"
+
+
+def test_metrics_on_another_auto_port_is_left_for_the_job_to_fill_in() -> None:
+    text = WITH_METRICS.replace(
+        "  size:", "  admin: {type: port, default: 0}\n  size:") + (
+        'metrics: {port: "{{ admin }}", path: /metrics}\n')
+    resolved = resolve(load_recipe_text(text, file="m.yaml"), {"token": "t"}, None)
+    assert resolved.metrics is not None
+    assert (resolved.metrics.port, resolved.metrics.on_endpoint_port) == (0, False)
+    assert resolved.metrics_environment()["AIFB_METRICS_PORT"] == "{{ admin }}"
+    assert resolved.auto_ports == ("admin",)
+
+
+def test_metrics_on_the_auto_readiness_port_follows_the_endpoint() -> None:
+    recipe = load_recipe_text(WITH_METRICS + 'metrics: {port: "{{port}}"}\n', file="m.yaml")
+    resolved = resolve(recipe, {"token": "t", "port": "0"}, None)
+    assert resolved.metrics is not None
+    assert (resolved.metrics.port, resolved.metrics.on_endpoint_port) == (0, True)
+    assert resolved.metrics_environment()["AIFB_METRICS_PORT"] == "{{ port }}"
+
+
+@pytest.mark.parametrize(("text", "key", "expected"), [
+    ("metrics: true\n", "metrics", "a mapping or false"),
+    ("metrics: /metrics\n", "metrics", "a mapping"),
+    ("metrics: {url: http://x/metrics}\n", "metrics.url", "one of: port, path"),
+    ("metrics: {path: metrics}\n", "metrics.path", "text matching ^/"),
+    ("metrics: {port: 70000}\n", "metrics.port", "<= 65535"),
+    ('metrics: {port: "{{ mode }}"}\n', "metrics.port", "an int/port parameter"),
+])
+def test_bad_metrics_key_names_the_key_and_what_was_expected(text: str, key: str,
+                                                             expected: str) -> None:
+    with pytest.raises(RecipeError) as err:
+        load_recipe_text(WITH_METRICS + text, file="m.yaml")
+    assert err.value.key == key and err.value.file == "m.yaml"
+    assert expected in err.value.expected

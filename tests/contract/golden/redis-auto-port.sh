@@ -8,6 +8,7 @@
 #SBATCH --time=04:00:00
 set -euo pipefail
 cd -- /home/alice/.aifb/jobs/svc42
+export AIFB_METRICS_PATH=off
 export AIFB_REPORT_TOKEN=tok-123
 export AIFB_SERVER=login1:50051
 export AIFB_SERVICE=services/svc42

@@ -9,6 +9,8 @@
 #SBATCH --time=2-01:30:00
 set -euo pipefail
 cd -- /home/alice/.aifb/jobs/svc42
+export AIFB_METRICS_PATH=/metrics
+export AIFB_METRICS_PORT=8000
 export AIFB_REPORT_TOKEN=tok-123
 export AIFB_SERVER=login1:50051
 export AIFB_SERVICE=services/svc42
