@@ -157,8 +157,10 @@ def test_watchers_reconnect_after_sigkill_and_follow_to_terminal(
         after = [json.loads(line) for line in on_redis.stdout.read().splitlines()]
         states = [str(s["state"]).removeprefix("SERVICE_STATE_") for s in after]
         # The snapshot after the reconnect is not repeated; STOPPING may come more than once
-        # only when the job itself changed (RUNNING -> COMPLETING, its exit report).
-        assert states[-1] == "STOPPED" and set(states[:-1]) == {"STOPPING"}, states
+        # only when the job itself changed (RUNNING -> COMPLETING, its exit report). A watcher
+        # whose backoff brings it back only after the job has stopped sees STOPPED alone: a
+        # watch follows the latest state, it does not replay what happened while it was away.
+        assert states[-1] == "STOPPED" and set(states[:-1]) <= {"STOPPING"}, states
         jobs = [(s["job"].get("raw_state"), s["job"].get("exit_code"), s["state_message"])
                 for s in after]
         assert len(jobs) == len(set(jobs)), f"the same message twice: {jobs}"
