@@ -164,6 +164,10 @@ def run(
     engine: str = typer.Option("inprocess", help="inprocess or spark."),
     spark_master: str = typer.Option("", help="Spark master: local[2] or spark://host:7077."),
     partitions: int = typer.Option(0, help="Spark partitions (0: the master's parallelism)."),
+    samples: bool = typer.Option(False, "--samples", help="Record one row per request in "
+                                 "samples.parquet beside the report (in-process engine)."),
+    max_samples: int = typer.Option(0, help="With --samples: keep at most this many rows "
+                                    "(0: 1,000,000)."),
     request_id: str = typer.Option("", help="Idempotency key (default: a new random one)."),
     detach: bool = typer.Option(False, "--detach", help="Print the run's name and return."),
 ) -> None:
@@ -188,7 +192,8 @@ def run(
             cooldown=_duration(cooldown, "--cooldown"), max_requests=max_requests,
             error_budget=error_budget, slo=parse_params(slo, "--slo"),
             engine=C.LOAD_ENGINE_SPARK if engine == "spark" else C.LOAD_ENGINE_INPROCESS,
-            spark_master=spark_master, partitions=partitions)
+            spark_master=spark_master, partitions=partitions, record_samples=samples,
+            max_samples=max_samples)
         req = C.CreateBenchmarkRequest(workload=workload, parameters=params, load=load,
                                        labels=parse_params(label, "--label"),
                                        request_id=request_id or uuid.uuid4().hex)
@@ -230,9 +235,11 @@ def report(
             path.write_bytes(resp.content)
             state.err.print(f"wrote {path} ({len(resp.content)} bytes); plots and data in "
                             f"{resp.directory}")
-        elif format_ == "parquet":
-            path = Path(resp.directory) / "series.parquet"
-            state.console.print(str(path))
+        elif format_ == "parquet":  # the paths, one a line, unwrapped (for scripts)
+            sys.stdout.write(str(Path(resp.directory) / "series.parquet") + "\n")
+            per_request = Path(resp.directory) / "samples.parquet"
+            if per_request.exists():  # the run recorded per-request rows (--samples)
+                sys.stdout.write(str(per_request) + "\n")
         else:
             sys.stdout.write(resp.content.decode())
             if format_ in ("md", "markdown", "html"):

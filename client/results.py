@@ -13,9 +13,12 @@ import enum
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aifb.client.histogram import LatencyHistogram
+
+if TYPE_CHECKING:
+    from aifb.client.samples import RequestLog
 
 __all__ = ["COUNTERS", "HISTOGRAMS", "LoadResult", "RunState", "SecondStats", "merge_results"]
 
@@ -97,6 +100,8 @@ class LoadResult:
     histograms: dict[str, LatencyHistogram] = field(
         default_factory=lambda: {name: LatencyHistogram() for name in HISTOGRAMS})
     series: list[SecondStats] = field(default_factory=list)
+    # Per-request rows when the run recorded them (in-process only: not in to_bytes or merges).
+    samples: RequestLog | None = None
 
     @property
     def achieved_rate(self) -> float:

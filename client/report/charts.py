@@ -1,5 +1,6 @@
-"""The report's plots, drawn from the document: latency CDF, throughput and latency over time,
-and latency percentiles against rate for sweeps. Each is an SVG string keyed by file name."""
+"""The report's plots, drawn from the document: latency CDF (and TTFT/ITL/TPOT CDFs for LLM
+runs), throughput and latency over time, and latency percentiles against rate for sweeps.
+Each is an SVG string keyed by file name."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def charts(doc: dict[str, Any]) -> dict[str, str]:
             lines.append(("service time", *_cdf(hists["service"]["hdr"])))
         out["latency_cdf.svg"] = line_chart("Latency CDF", "latency (ms)",
                                             "fraction of requests", lines, step=True)
+    tokens: list[Line] = [(label, *_cdf(hists[name]["hdr"]))
+                          for name, label in (("ttft", "TTFT"), ("itl", "ITL"), ("tpot", "TPOT"))
+                          if name in hists]
+    if tokens:
+        out["token_latency_cdf.svg"] = line_chart("Token latency CDF (LLM)", "latency (ms)",
+                                                  "fraction", tokens, step=True)
     rows = doc["series"]
     if rows:
         t = [float(r["second"]) for r in rows]

@@ -39,11 +39,18 @@ def _figures(doc: dict[str, Any]) -> dict[str, tuple[str, float | None]]:
         "achieved rate": ("req/s", f["achieved_rate"]),
         "target rate": ("req/s", f["target_rate"] or None),
     }
-    for name in ("latency", "service", "lag", "ttft", "itl"):
+    for name in ("latency", "service", "lag", "ttft", "itl", "tpot"):
         hist = f["histograms"].get(name)
         for key in _LATENCY_KEYS:
             out[f"{name} {key.replace('_', '.')}"] = (
                 "s", hist.get(key) if hist is not None else None)
+    rates = f.get("value_rates", {})
+    values = f["values"]
+    out["output tokens/s"] = ("tokens/s", rates.get("output_tokens"))
+    out["goodput"] = ("req/s", rates.get("good_requests"))
+    out["recall@k"] = ("ratio", values["recall_hits"] / values["recall_checked"]
+                       if values.get("recall_checked") else None)
+    out["insert throughput"] = ("vectors/s", f["extra"].get("insert_vectors_per_s"))
     return out
 
 

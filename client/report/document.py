@@ -58,7 +58,8 @@ def _figures(result: LoadResult) -> dict[str, Any]:
                                if result.target_rate else None),
             "error_ratio": round(result.error_ratio, 6), "measured_s": result.measured_s,
             "counters": dict(result.counters), "errors_by_kind": dict(result.errors_by_kind),
-            "values": dict(result.values), "extra": dict(result.extra),
+            "values": dict(result.values), "value_rates": result.value_rates(),
+            "extra": dict(result.extra),
             "histograms": {k: histogram_figures(h) for k, h in result.histograms.items()
                            if h.count}}
 
@@ -112,6 +113,9 @@ def build_document(record: BenchmarkRecord, stored: dict[str, Any],
         "series": series_rows(result),
         "sweep": {"steps": steps, "stop_reason": stored.get("stop_reason", "")}
         if steps else None,
+        # Per-request rows (samples.parquet) when the run recorded them: rows kept, requests
+        # seen, the limit and whether it was reached.
+        "samples": stored.get("samples"),
         "target": context.get("target", {}),
         "service": context.get("service"),
         "recipe": context.get("recipe"),

@@ -1,5 +1,9 @@
 """Markdown and HTML reports: the summary table, SLOs, sweep steps, configuration, plots.
 
+The summary (shared with the CLI's text output) adds TTFT, ITL, TPOT, token throughput and
+goodput for LLM runs, recall@k and insert throughput for vector-database runs, and where the
+per-request samples are (and whether they were capped).
+
 Markdown refers to the SVG files written beside it; HTML inlines them so the one file can be
 mailed or attached. Every value that came from a user (labels, parameters, the recipe) is
 escaped in HTML.
@@ -12,11 +16,75 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-__all__ = ["summary_rows", "to_html", "to_markdown"]
+__all__ = ["llm_rows", "summary_rows", "to_html", "to_markdown", "vectordb_rows"]
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.3f} ms"
+
+
+def _rates(f: dict[str, Any]) -> dict[str, float]:
+    if "value_rates" in f:
+        return dict(f["value_rates"])
+    measured = f.get("measured_s") or 0.0
+    return {k: v / measured for k, v in f["values"].items()} if measured > 0 else {}
+
+
+def _latency_rows(hists: dict[str, Any], name: str, label: str,
+                  keys: tuple[str, ...]) -> list[tuple[str, str]]:
+    hist = hists.get(name, {})
+    return [(f"{label} {key.replace('_', '.')}", _ms(hist[key])) for key in keys if key in hist]
+
+
+def llm_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """TTFT, ITL, TPOT, token throughput and goodput (openai-* workloads)."""
+    f = doc["figures"]
+    hists, values, rates = f["histograms"], f["values"], _rates(f)
+    rows = _latency_rows(hists, "ttft", "TTFT", ("p50", "p90", "p99"))
+    rows += _latency_rows(hists, "itl", "ITL", ("p50", "p99"))
+    rows += _latency_rows(hists, "tpot", "TPOT", ("p50", "p99"))
+    if "output_tokens" in rates:
+        rows.append(("output tokens/s", f"{rates['output_tokens']:,.1f}"))
+    if "input_tokens" in rates:
+        rows.append(("input tokens/s", f"{rates['input_tokens']:,.1f}"))
+    if "output_tokens" in values:
+        rows.append(("output tokens", f"{values['output_tokens']:,.0f}"))
+    if "good_requests" in values:
+        done = f["counters"].get("completed", 0)
+        share = f" ({values['good_requests'] / done:.1%} of requests)" if done else ""
+        rows.append(("goodput", f"{rates.get('good_requests', 0.0):,.2f} req/s{share}"))
+    return rows
+
+
+def vectordb_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """recall@k over the measured queries and the insert phase's throughput (vectordb)."""
+    f = doc["figures"]
+    values, extra = f["values"], f["extra"]
+    rows = []
+    k = f"{extra['k']:g}" if "k" in extra else "k"
+    if values.get("recall_checked"):
+        rows.append((f"recall@{k}", f"{values['recall_hits'] / values['recall_checked']:.4f}"))
+    elif "recall_at_k" in extra:
+        rows.append((f"recall@{k}", f"{extra['recall_at_k']:.4f}"))
+    if "insert_vectors_per_s" in extra:
+        rows.append(("insert throughput", f"{extra['insert_vectors_per_s']:,.1f} vectors/s"))
+    if "insert_vectors" in extra:
+        rows.append(("inserted", f"{extra['insert_vectors']:,.0f} vectors in "
+                                 f"{extra.get('insert_s', 0.0):.2f} s"))
+    return rows
+
+
+def samples_row(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    info = doc.get("samples")
+    if not info:
+        return []
+    if not info.get("file"):
+        return [("samples", f"not written: {info.get('error', 'unknown error')}")]
+    text = f"{info['rows']:,} rows in {info['file']}"
+    if info.get("capped"):
+        text += (f" (capped: the first {info['limit']:,} of {info['requests']:,} "
+                 "requests)")
+    return [("samples", text)]
 
 
 def summary_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
@@ -24,7 +92,8 @@ def summary_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
     c = f["counters"]
     lat = f["histograms"].get("latency", {})
     lag = f["histograms"].get("lag", {})
-    rows = [("state", doc["benchmark"]["state"]), ("workload", doc["benchmark"]["workload"]),
+    workload = doc["benchmark"]["workload"]
+    rows = [("state", doc["benchmark"]["state"]), ("workload", workload),
             ("target", doc["benchmark"]["resolved_url"]), ("mode", f["mode"]),
             ("measured", f"{f['measured_s']:.2f} s"),
             ("requests", str(c.get("completed", 0))), ("errors", str(c.get("errors", 0))),
@@ -37,6 +106,11 @@ def summary_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append((f"latency {key.replace('_', '.')}", _ms(lat[key])))
     if "p99" in lag:
         rows.append(("schedule lag p99", _ms(lag["p99"])))
+    if workload.startswith("openai") or "ttft" in f["histograms"]:
+        rows += llm_rows(doc)
+    if workload == "vectordb" or "recall_checked" in f["values"]:
+        rows += vectordb_rows(doc)
+    rows += samples_row(doc)
     if f["reason"]:
         rows.append(("reason", f["reason"]))
     return rows

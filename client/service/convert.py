@@ -67,7 +67,8 @@ def load_from_proto(msg: C.LoadProfile, *, present: bool) -> LoadOptions:
         warmup_s=_seconds(msg.warmup, "load.warmup"),
         cooldown_s=_seconds(msg.cooldown, "load.cooldown"), error_budget=budget,
         slo=dict(msg.slo), engine=_ENGINES[msg.engine], spark_master=msg.spark_master,
-        partitions=msg.partitions)
+        partitions=msg.partitions, record_samples=msg.record_samples,
+        max_samples=msg.max_samples)
 
 
 def load_to_proto(o: LoadOptions) -> C.LoadProfile:
@@ -79,7 +80,8 @@ def load_to_proto(o: LoadOptions) -> C.LoadProfile:
         warmup=_duration(o.warmup_s), cooldown=_duration(o.cooldown_s),
         error_budget=o.error_budget, slo=o.slo,
         engine=C.LOAD_ENGINE_SPARK if o.engine == "spark" else C.LOAD_ENGINE_INPROCESS,
-        spark_master=o.spark_master, partitions=o.partitions)
+        spark_master=o.spark_master, partitions=o.partitions, record_samples=o.record_samples,
+        max_samples=o.max_samples)
 
 
 def progress_to_proto(p: Progress) -> C.ProgressSample:

@@ -24,7 +24,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from aifb.client.registry import get_kind, parse_params
+from aifb.client.report.parquet import samples_parquet
 from aifb.client.results import LoadResult, RunState
+from aifb.client.samples import RequestLog
 from aifb.client.service.model import BenchmarkRecord, Progress
 from aifb.client.service.options import LoadOptions, plan
 from aifb.client.service.runner import Runner, RunOutcome
@@ -43,6 +45,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ID = re.compile(r"^[a-z0-9-]{1,64}$")
 _LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 RESTART_REASON = "the benchmark service stopped while the run was in flight"
+SAMPLES_FILE = "samples.parquet"
 
 
 def parse_benchmark_id(name: str) -> str:
@@ -287,6 +290,29 @@ class BenchmarkManager:
                           trace_flags=TraceFlags(TraceFlags.SAMPLED))
         return [Link(ctx, {"aifb.link": "service", "aifb.service": target.service})]
 
+    def _phase_spans(self, parent: trace.Span, outcome: RunOutcome) -> None:
+        """One child span of the load span per phase of the run (times as they happened)."""
+        ctx = trace.set_span_in_context(parent)
+        for phase in outcome.phases:
+            span = self.tracer.start_span(f"aifb.bench.{phase.name}", context=ctx,
+                                          start_time=phase.start_ns,
+                                          attributes=phase.attributes)
+            span.end(end_time=max(phase.end_ns, phase.start_ns))
+
+    async def _write_samples(self, record: BenchmarkRecord, samples: RequestLog
+                             ) -> dict[str, Any]:
+        """samples.parquet in the run's folder (built off the event loop); what the report
+        says about it."""
+        summary: dict[str, Any] = {**samples.summary(), "file": SAMPLES_FILE}
+        try:
+            data = await asyncio.to_thread(samples_parquet, record.name, record.workload,
+                                           samples)
+            self.store.write_bytes(record.id, SAMPLES_FILE, data)
+        except Exception as exc:  # the run's figures are kept whatever happens to its rows
+            log.warning("benchmark %s: samples.parquet not written: %s", record.id, exc)
+            summary = {**summary, "file": "", "error": f"{type(exc).__name__}: {exc}"}
+        return summary
+
     async def _execute(self, rid: str, runner: Runner, target: Target, total_s: float) -> None:
         record = self._active[rid].record
         outcome: RunOutcome | None = None
@@ -299,8 +325,9 @@ class BenchmarkManager:
                             state_message=f"running for up to {total_s:g}s",
                             trace_id=current_trace_id() or record.trace_id)
             try:
-                with self.tracer.start_as_current_span("aifb.bench.load"):
+                with self.tracer.start_as_current_span("aifb.bench.load") as load_span:
                     outcome = await runner.run()
+                    self._phase_spans(load_span, outcome)
             except Exception as exc:
                 log.exception("benchmark %s failed", rid)
                 outcome = RunOutcome(LoadResult(state=RunState.FAILED,
@@ -313,12 +340,15 @@ class BenchmarkManager:
             span.set_attribute("aifb.state", result.state.value)
             span.set_attribute("aifb.requests", result.counters["completed"])
             with self.tracer.start_as_current_span("aifb.bench.store"):
-                self.store.write_json(rid, "result.json", {
+                stored: dict[str, Any] = {
                     "result": json.loads(result.to_bytes()),
                     "steps": [{"name": s.name, "target_rate": s.target_rate,
                                "result": json.loads(s.result.to_bytes())}
                               for s in outcome.steps],
-                    "stop_reason": outcome.stop_reason})
+                    "stop_reason": outcome.stop_reason}
+                if result.samples is not None:
+                    stored["samples"] = await self._write_samples(record, result.samples)
+                self.store.write_json(rid, "result.json", stored)
         message = result.reason or ("completed" if result.state is RunState.SUCCEEDED
                                     else result.state.value.lower())
         await self._set(rid, state=result.state, state_message=message, end_time=time.time())

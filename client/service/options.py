@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aifb.client.profiles import Profile, Stage, ramp
+from aifb.client.samples import DEFAULT_SAMPLE_LIMIT, MAX_SAMPLE_LIMIT
 from aifb.client.schedule import Arrival
 from aifb.client.spec import LoadSpec, Mode
 from aifb.client.sweep import SweepSpec
@@ -105,6 +106,8 @@ class LoadOptions:
     engine: str = "inprocess"
     spark_master: str = ""
     partitions: int = 0
+    record_samples: bool = False  # one row per request in samples.parquet
+    max_samples: int = 0  # rows kept at most (0: DEFAULT_SAMPLE_LIMIT)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -117,6 +120,13 @@ class LoadOptions:
     @property
     def resolved_mode(self) -> str:
         return self.mode or ("constant" if self.rate > 0 else "closed")
+
+    @property
+    def sample_limit(self) -> int:
+        """How many per-request rows the run keeps (0: none recorded)."""
+        if not self.record_samples:
+            return 0
+        return self.max_samples or DEFAULT_SAMPLE_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +173,13 @@ def _check(o: LoadOptions) -> None:
                                   field=f"load.{name}")
     if o.concurrency > 100_000:
         raise InvalidArgument("load.concurrency must be <= 100000", field="load.concurrency")
+    if o.max_samples < 0 or o.max_samples > MAX_SAMPLE_LIMIT:
+        raise InvalidArgument(f"load.max_samples must be within 0..{MAX_SAMPLE_LIMIT}, got "
+                              f"{o.max_samples}", field="load.max_samples")
+    if o.record_samples and (o.engine == "spark" or o.resolved_mode == "sweep"):
+        raise InvalidArgument("per-request samples are recorded by the in-process engine for "
+                              "a single run, not by the spark engine or a sweep",
+                              field="load.record_samples")
     if o.engine == "spark" and o.spark_master and not _SPARK_MASTER.match(o.spark_master):
         raise InvalidArgument(f"bad Spark master {o.spark_master!r}: expected local, local "
                               "with N in square brackets, or spark://host:port",

@@ -5,12 +5,15 @@ The runner knows time and engines, not records or gRPC. It reports every interva
 cancelled with what was measured kept, and returns a `RunOutcome`: the main result (the single
 run, or the last sweep step) and, for sweeps, every step. After the engine finishes, the error
 budget is checked once more over the whole run (the engine checks it live once enough requests
-completed), so a short run against a failing target still ends FAILED.
+completed), so a short run against a failing target still ends FAILED. The outcome also
+lists the run's phases in wall-clock time (prepare, warm-up, measurement, cool-down; or one per
+sweep step), which the manager turns into child spans of the run's trace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +26,17 @@ from aifb.client.service.model import Progress
 from aifb.client.service.options import LoadOptions, Plan
 from aifb.client.sweep import SweepStep, run_sweep
 
-__all__ = ["RunOutcome", "Runner", "to_progress"]
+__all__ = ["Phase", "RunOutcome", "Runner", "to_progress"]
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """A stretch of the run, in wall-clock nanoseconds: what a child span of the run covers."""
+
+    name: str  # prepare, warmup, measure, cooldown; or step (a sweep's)
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -31,6 +44,7 @@ class RunOutcome:
     result: LoadResult
     steps: list[SweepStep] = field(default_factory=list)
     stop_reason: str = ""
+    phases: list[Phase] = field(default_factory=list)
 
 
 def to_progress(sample: ProgressSample, second: int) -> Progress:
@@ -61,8 +75,14 @@ class Runner:
         self._steps: list[SweepStep] = []
         self._spark_load: Any = None
         self.cancel_reason = ""
+        self._began_ns = 0  # wall clock: run() called
+        self._load_start_ns = 0  # wall clock: the engine's second 0 (after prepare)
+        self._step_start_ns = 0
+        self._phases: list[Phase] = []
 
     def _progress(self, sample: ProgressSample) -> None:
+        if not self._load_start_ns:
+            self._load_start_ns = time.time_ns() - round(sample.elapsed_s * 1e9)
         self._second += 1
         self._last = sample
         p = to_progress(sample, self._second)
@@ -73,6 +93,13 @@ class Runner:
         self._on_progress(p)
 
     def _step_done(self, step: SweepStep) -> None:
+        now = time.time_ns()
+        res = step.result
+        self._phases.append(Phase("step", self._step_start_ns or self._began_ns, now, {
+            "aifb.step": step.name, "aifb.target_rate": step.target_rate,
+            "aifb.achieved_rate": round(res.achieved_rate, 3), "aifb.state": res.state.value,
+            "aifb.requests": res.counters["completed"]}))
+        self._step_start_ns = now
         self._steps.append(step)
         if self._last is not None:
             self._offset_requests += self._last.total_completed
@@ -89,6 +116,7 @@ class Runner:
             self._task.cancel()
 
     async def run(self) -> RunOutcome:
+        self._began_ns = time.time_ns()
         if self.options.engine == "spark":
             outcome = await self._spark()
         elif self.plan.sweep is not None:
@@ -97,11 +125,35 @@ class Runner:
             assert self.plan.load is not None
             run = self._run = LoadRun(self.plan.load,
                                       build_workload(self.workload, self.url, self.params),
-                                      on_progress=self._progress)
+                                      on_progress=self._progress,
+                                      record_samples=self.options.sample_limit)
             run.start()
             outcome = RunOutcome(await run.wait())
         _check_budget(outcome.result, self.options.error_budget)
+        outcome.phases = self._phases if self.plan.sweep is not None else self._load_phases()
         return outcome
+
+    def _load_phases(self) -> list[Phase]:
+        """prepare, then warm-up, measurement and cool-down as the plan placed them from the
+        engine's second 0, each cut at the run's end (the last one runs to it: drain too)."""
+        end = time.time_ns()
+        t0 = self._load_start_ns
+        if not t0:  # no second was measured: the run ended while preparing
+            return [Phase("prepare", self._began_ns, end)]
+        load = self.plan.load
+        assert load is not None
+        w0 = t0 + round(load.warmup_s * 1e9)
+        w1 = t0 + round((load.total_s - load.cooldown_s) * 1e9)
+        bounds = [("warmup", t0, w0), ("measure", w0, w1),
+                  ("cooldown", w1, t0 + round(load.total_s * 1e9))]
+        out = [Phase("prepare", self._began_ns, max(t0, self._began_ns))]
+        for name, a, b in bounds:
+            if a < b and a < end:
+                out.append(Phase(name, a, min(b, end)))
+        if len(out) > 1:
+            last = out[-1]
+            out[-1] = Phase(last.name, last.start_ns, end)
+        return out
 
     async def _sweep(self) -> RunOutcome:
         sweep = self.plan.sweep

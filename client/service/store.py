@@ -3,13 +3,15 @@
 `<home>/benchmarks/benchmarks.db` holds each run's record as a JSON document with indexed owner,
 request id and state columns; `<home>/benchmarks/<id>/` (mode 0700) holds `result.json` (the
 engine's exact result, histograms included), `context.json` (target, recipe, batch script,
-versions, node facts) and the reports rendered from them. A restarted service reads them back;
+versions, node facts), `samples.parquet` when the run recorded per-request rows, and the
+reports rendered from them. A restarted service reads them back;
 `interrupted()` finds runs that were in flight when the process died.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,16 @@ class RunStore:
     def write_json(self, run_id: str, name: str, data: Any) -> Path:
         path = self.run_dir(run_id) / name
         write_private_file(path, json.dumps(data, indent=1, sort_keys=True))
+        return path
+
+    def write_bytes(self, run_id: str, name: str, data: bytes) -> Path:
+        """`data` to the run's folder as `name`, created with mode 0600, replaced atomically."""
+        path = self.run_dir(run_id) / name
+        tmp = path.with_name(name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
         return path
 
     def read_json(self, run_id: str, name: str) -> Any:

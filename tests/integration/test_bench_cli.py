@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ import pytest
 
 if TYPE_CHECKING:
     from tests.fixtures.nginx import NginxServer
+    from tests.fixtures.openai_server import FakeLlmServer
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +124,29 @@ def test_run_report_compare_and_list_as_the_issue_shows(up: Up, nginx: NginxServ
     assert [b["name"] for b in listed] == [f"benchmarks/{r}" for r in runs]
     watched = up.json("bench", "watch", runs[0])  # a finished run: snapshot, then the summary
     assert watched["benchmark"]["state"] == "BENCHMARK_STATE_SUCCEEDED"
+
+
+def test_an_llm_run_prints_ttft_tpot_tokens_and_goodput_and_keeps_per_request_samples(
+        up: Up, fake_llm: Callable[..., FakeLlmServer]) -> None:
+    llm = fake_llm(ttft_ms=20, itl_ms=2, tokens=8)
+    proc = up.bench("bench", "run", "--url", llm.base_url, "--workload", "openai-chat",
+                    "--concurrency", "2", "--max-requests", "20", "--duration", "30s",
+                    "-p", "output_tokens=8", "-p", "slo_ttft_ms=10000", "--samples")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for figure in ("TTFT p50", "TTFT p99", "ITL p50", "TPOT p50", "output tokens/s",
+                   "goodput", "samples"):
+        assert figure in proc.stdout, (figure, proc.stdout)
+    assert "(100.0% of requests)" in proc.stdout  # every request met the generous TTFT SLO
+    assert "20 rows in samples.parquet" in proc.stdout
+    run = next(line.split()[-1] for line in proc.stdout.splitlines()
+               if line.strip().startswith("benchmarks/")).removeprefix("benchmarks/")
+    paths = up.bench("bench", "report", run, "--format", "parquet")
+    assert paths.returncode == 0, paths.stderr
+    files = [Path(line) for line in paths.stdout.splitlines()]
+    assert [f.name for f in files] == ["series.parquet", "samples.parquet"]
+    table = pq.read_table(files[1])
+    assert table.num_rows == 20 and table.column("output_tokens").to_pylist() == [8.0] * 20
+    assert all(t is not None and t >= 0.019 for t in table.column("ttft_s").to_pylist())
 
 
 def test_bad_input_and_failing_targets_exit_non_zero_with_one_clear_line(up: Up) -> None:

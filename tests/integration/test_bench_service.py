@@ -127,6 +127,17 @@ def test_open_loop_against_a_service_deployed_through_the_server_reports_recipe_
         children = {sp.name for sp in mine if sp.parent is not None
                     and sp.parent.span_id == root.context.span_id}
         assert children == {"aifb.bench.load", "aifb.bench.store"}
+        # Under the load span, one span per phase, in order and as long as the plan made it.
+        (load,) = [sp for sp in mine if sp.name == "aifb.bench.load"]
+        phases = sorted((sp for sp in mine if sp.parent is not None
+                         and sp.parent.span_id == load.context.span_id),
+                        key=lambda sp: sp.start_time or 0)
+        assert [sp.name for sp in phases] == ["aifb.bench.prepare", "aifb.bench.warmup",
+                                              "aifb.bench.measure"]
+        assert all(sp.context.trace_id == root.context.trace_id for sp in phases)
+        warm = phases[1]
+        assert warm.end_time is not None and warm.start_time is not None
+        assert (warm.end_time - warm.start_time) / 1e9 == pytest.approx(0.5, abs=1e-3)
         assert final.trace_id == format(root.context.trace_id, "032x")
         # A service that is not READY is refused.
         server.DeleteService(S.DeleteServiceRequest(name=svc.name), timeout=30)
@@ -135,6 +146,58 @@ def test_open_loop_against_a_service_deployed_through_the_server_reports_recipe_
         err = create_error(stub, workload="http", service=svc.name,
                            load=C.LoadProfile(concurrency=1))
         assert isinstance(err, FailedPrecondition) and "not READY" in err.message
+
+
+def test_samples_parquet_has_one_row_per_measured_request_and_says_when_capped(
+        nginx: NginxServer, aifb_home: Path) -> None:
+    with bench_mesh(aifb_home) as mesh:
+        stub = mesh.bench_stub()
+        run = create(stub, workload="http", url=nginx.base_url,
+                     load=C.LoadProfile(mode=C.LOAD_MODE_CONSTANT, rate=100,
+                                        duration=seconds(2), warmup=seconds(0.5),
+                                        record_samples=True))
+        assert run.load.record_samples
+        final, _ = follow(stub, run.name)
+        assert final.state == C.BENCHMARK_STATE_SUCCEEDED, final.state_message
+        report = _report(stub, run.name, C.REPORT_FORMAT_JSON)
+        doc = json.loads(report.content)
+        table = pq.read_table(Path(report.directory) / "samples.parquet")
+        completed = doc["figures"]["counters"]["completed"]
+        assert completed > 100
+        phases = [str(p) for p in table.column("phase").to_pylist()]
+        assert phases.count("measure") == completed
+        assert table.num_rows == completed + phases.count("warmup")
+        assert doc["samples"] == {"rows": table.num_rows, "requests": table.num_rows,
+                                  "limit": 1_000_000, "capped": False,
+                                  "file": "samples.parquet"}
+        assert all(table.column("ok").to_pylist())
+        assert set(table.column("status").to_pylist()) == {200}
+        latency = table.column("latency_s").to_pylist()
+        assert all(s is not None and s > 0 for s in table.column("service_s").to_pylist())
+        assert max(latency) == pytest.approx(
+            max(doc["figures"]["histograms"]["latency"]["max"],
+                max(r["latency_max_s"] for r in doc["series"])), rel=0.01)
+
+        capped = create(stub, workload="http", url=nginx.base_url,
+                        load=C.LoadProfile(concurrency=2, max_requests=80,
+                                           duration=seconds(5), record_samples=True,
+                                           max_samples=50))
+        final, _ = follow(stub, capped.name)
+        assert final.state == C.BENCHMARK_STATE_SUCCEEDED, final.state_message
+        report = _report(stub, capped.name, C.REPORT_FORMAT_JSON)
+        doc = json.loads(report.content)
+        assert doc["samples"]["capped"] and doc["samples"]["rows"] == 50
+        assert doc["samples"]["requests"] == 80
+        assert pq.read_table(Path(report.directory) / "samples.parquet").num_rows == 50
+        md = _report(stub, capped.name, C.REPORT_FORMAT_MARKDOWN).content.decode()
+        assert "capped: the first 50 of 80 requests" in md
+        # Without the option, no file.
+        plain = create(stub, workload="http", url=nginx.base_url,
+                       load=C.LoadProfile(concurrency=1, max_requests=5, duration=seconds(5)))
+        follow(stub, plain.name)
+        report = _report(stub, plain.name, C.REPORT_FORMAT_JSON)
+        assert json.loads(report.content)["samples"] is None
+        assert not (Path(report.directory) / "samples.parquet").exists()
 
 
 def test_bad_input_is_refused_with_the_field_named(nginx: NginxServer, aifb_home: Path) -> None:

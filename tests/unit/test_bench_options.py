@@ -3,18 +3,23 @@ the run store's restart rule, telemetry batches, and the report document, plots 
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from aifb.client.histogram import LatencyHistogram
 from aifb.client.report.charts import charts
 from aifb.client.report.compare import compare
 from aifb.client.report.document import build_document
-from aifb.client.report.pages import to_html, to_markdown
+from aifb.client.report.pages import summary_rows, to_html, to_markdown
+from aifb.client.report.parquet import SAMPLE_COLUMNS, samples_parquet
 from aifb.client.results import LoadResult, RunState, SecondStats
+from aifb.client.samples import DEFAULT_SAMPLE_LIMIT, RequestLog
 from aifb.client.schedule import Arrival
 from aifb.client.service.listing import page, parse_filter
 from aifb.client.service.manager import RESTART_REASON, BenchmarkManager
@@ -23,6 +28,7 @@ from aifb.client.service.options import LoadOptions, parse_duration, parse_slo, 
 from aifb.client.service.store import RunStore
 from aifb.client.service.telemetry import progress_batch
 from aifb.client.spec import Mode
+from aifb.client.workload import Outcome
 from aifb.mesh.errors import InvalidArgument
 from aifb.v1 import telemetry_pb2
 
@@ -46,6 +52,10 @@ pytestmark = pytest.mark.unit
     (LoadOptions(concurrency=1, slo={"p99": "soon"}), "load.slo.p99"),
     (LoadOptions(concurrency=1, slo={"median": "1s"}), "load.slo.median"),
     (LoadOptions(concurrency=1, slo={"errors": "150%"}), "load.slo.errors"),
+    (LoadOptions(concurrency=1, record_samples=True, max_samples=-1), "load.max_samples"),
+    (LoadOptions(concurrency=1, record_samples=True, max_samples=10**8), "load.max_samples"),
+    (LoadOptions(mode="sweep", record_samples=True), "load.record_samples"),
+    (LoadOptions(rate=5, engine="spark", record_samples=True), "load.record_samples"),
 ])
 def test_bad_load_options_name_their_field(options: LoadOptions, field: str) -> None:
     with pytest.raises(InvalidArgument) as info:
@@ -180,3 +190,82 @@ def test_the_report_document_carries_the_histograms_figures_and_renders() -> Non
         doc_b["figures"]["histograms"]["latency"]["max"] - lat["max"])
     assert rows["requests"].ratio == 1.0
     assert "ttft p50" not in rows  # neither run has it
+
+
+def test_llm_runs_summarise_ttft_itl_tpot_token_rate_and_goodput() -> None:
+    res = _result()
+    res.workload = "openai-chat"
+    for i in range(200):
+        res.histograms["ttft"].record_us(20_000 + i)
+        res.histograms["itl"].record_us(5_000 + i)
+        res.histograms["tpot"].record_us(6_000 + i)
+    res.values.update(output_tokens=4000.0, input_tokens=1000.0, good_requests=150.0)
+    rec = _record(3, state=RunState.SUCCEEDED, load=LoadOptions(rate=100)).evolve(
+        workload="openai-chat")
+    doc = build_document(rec, {"result": json.loads(res.to_bytes())}, {})
+    rows = dict(summary_rows(doc))
+    ttft = res.histograms["ttft"]
+    assert rows["TTFT p50"] == f"{ttft.percentile_us(50) / 1000:.3f} ms"
+    assert {"TTFT p99", "ITL p50", "ITL p99", "TPOT p50", "TPOT p99"} <= set(rows)
+    assert rows["output tokens/s"] == "2,000.0"  # 4000 tokens over a 2 s window
+    assert rows["goodput"] == "75.00 req/s (75.0% of requests)"
+    svgs = charts(doc)
+    assert "token_latency_cdf.svg" in svgs
+    assert "TTFT p99" in to_markdown(doc, list(svgs)) and "goodput" in to_html(doc, svgs)
+    by = {r.figure: r for r in compare(doc, doc)}
+    assert by["output tokens/s"].a == 2000.0 and by["tpot p99"].ratio == 1.0
+    plain = build_document(_record(4, state=RunState.SUCCEEDED),
+                           {"result": json.loads(_result().to_bytes())}, {})
+    assert not any(k.startswith(("TTFT", "recall")) for k, _ in summary_rows(plain))
+
+
+def test_vectordb_runs_summarise_recall_at_k_and_insert_throughput() -> None:
+    res = _result()
+    res.workload = "vectordb"
+    res.values.update(recall_hits=1900.0, recall_checked=2000.0)
+    res.extra.update(k=10.0, insert_vectors=5000.0, insert_s=2.5, insert_vectors_per_s=2000.0)
+    rec = _record(5, state=RunState.SUCCEEDED).evolve(workload="vectordb")
+    doc = build_document(rec, {"result": json.loads(res.to_bytes())}, {})
+    rows = dict(summary_rows(doc))
+    assert rows["recall@10"] == "0.9500"
+    assert rows["insert throughput"] == "2,000.0 vectors/s"
+    assert rows["inserted"] == "5,000 vectors in 2.50 s"
+    assert "recall@10" in to_markdown(doc, [])
+    assert {r.figure: r for r in compare(doc, doc)}["recall@k"].a == 0.95
+
+
+def test_per_request_samples_are_bounded_and_written_one_row_each() -> None:
+    log = RequestLog(3, start_ns=1_000_000_000, window_start_ns=1_100_000_000,
+                     window_end_ns=2_000_000_000)
+    t = 1_000_000_000
+    log.add(t, Outcome(True, "", 200, sent_ns=t + 1000), t + 5_000_000)  # warm-up
+    log.add(t + 200_000_000, Outcome(False, "status_503", 503, sent_ns=t + 200_002_000),
+            t + 210_000_000)
+    log.add(t + 300_000_000, Outcome(True, "", 200, sent_ns=t + 300_000_500,
+                                     first_chunk_ns=t + 320_000_000,
+                                     chunk_ns=[t + 320_000_000, t + 330_000_000],
+                                     values={"output_tokens": 3.0}), t + 340_000_000)
+    log.add(t + 400_000_000, Outcome(True, "", 200), t + 410_000_000)  # past the limit
+    assert (log.rows, log.seen, log.capped) == (3, 4, True)
+    table = pq.read_table(io.BytesIO(samples_parquet("benchmarks/r1", "openai-chat", log)))
+    assert table.column_names == [*SAMPLE_COLUMNS, "output_tokens"]
+    rows = table.to_pylist()
+    assert [r["phase"] for r in rows] == ["warmup", "measure", "measure"]
+    assert [r["error"] for r in rows] == ["", "status_503", ""]
+    assert [r["ok"] for r in rows] == [True, False, True]
+    assert rows[0]["latency_s"] == pytest.approx(0.005) and rows[0]["ttft_s"] is None
+    assert rows[1]["service_s"] == pytest.approx(0.009998)
+    assert rows[1]["send_delay_s"] == pytest.approx(0.000002)
+    assert rows[2]["ttft_s"] == pytest.approx(0.02) and rows[2]["chunks"] == 2
+    assert rows[2]["tpot_s"] == pytest.approx(0.01)  # (end - first token) / (3 - 1)
+    assert [r["output_tokens"] for r in rows] == [None, None, 3.0]
+    assert table.schema.metadata[b"aifb.capped"] == b"true"
+    assert math.isnan(log.values["output_tokens"][0])
+
+    rec = _record(6, state=RunState.SUCCEEDED, load=LoadOptions(concurrency=1,
+                                                                 record_samples=True))
+    assert rec.load.sample_limit == DEFAULT_SAMPLE_LIMIT
+    doc = build_document(rec, {"result": json.loads(_result().to_bytes()),
+                               "samples": {**log.summary(), "file": "samples.parquet"}}, {})
+    assert dict(summary_rows(doc))["samples"] == (
+        "3 rows in samples.parquet (capped: the first 3 of 4 requests)")

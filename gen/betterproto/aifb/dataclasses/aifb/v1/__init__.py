@@ -57,6 +57,7 @@ __all__ = (
     "MetricBatch",
     "MetricSeries",
     "MetricType",
+    "MetricsEndpoint",
     "MonitorServiceStub",
     "NodeSummary",
     "ProgressSample",
@@ -1089,6 +1090,19 @@ class LoadProfile(betterproto2.Message):
 
     partitions: "int" = betterproto2.field(16, betterproto2.TYPE_INT32)
 
+    record_samples: "bool" = betterproto2.field(17, betterproto2.TYPE_BOOL)
+    """
+    Record one row per completed request (intended and actual send, latency, status, error,
+    TTFT and tokens for LLM workloads) in samples.parquet beside series.parquet. In-process
+    engine, single runs only (not sweeps, not Spark).
+    """
+
+    max_samples: "int" = betterproto2.field(18, betterproto2.TYPE_INT64)
+    """
+    At most this many rows are kept (0: 1,000,000; at most 10,000,000); the report says when
+    a run had more requests than rows.
+    """
+
 
 default_message_pool.register_message("aifb.v1", "LoadProfile", LoadProfile)
 
@@ -1214,6 +1228,33 @@ class MetricBatch(betterproto2.Message):
 
 
 default_message_pool.register_message("aifb.v1", "MetricBatch", MetricBatch)
+
+
+@dataclass(eq=False, repr=False)
+class MetricsEndpoint(betterproto2.Message):
+    """
+    A service's own Prometheus endpoint (what the telemetry agents scrape).
+    """
+
+    port: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+    """
+    The TCP port; 0 while it is not known (an auto port before the job is READY, or an auto
+    port other than the endpoint's, which only the in-job sidecar learns).
+    """
+
+    path: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The URL path, for example "/metrics".
+    """
+
+    url: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    The URL to scrape on the host the job reported, set once the service is READY and the port
+    is known; empty otherwise.
+    """
+
+
+default_message_pool.register_message("aifb.v1", "MetricsEndpoint", MetricsEndpoint)
 
 
 @dataclass(eq=False, repr=False)
@@ -1743,6 +1784,14 @@ class Service(betterproto2.Message):
     revision: "int" = betterproto2.field(14, betterproto2.TYPE_INT64)
     """
     Output only: increases by one on each change.
+    """
+
+    metrics: "MetricsEndpoint | None" = betterproto2.field(
+        15, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Output only: where the service serves its own Prometheus metrics, as its recipe's
+    `metrics:` key declares; unset when the recipe declares none.
     """
 
 
