@@ -11,9 +11,10 @@ import gzip
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import islice
 from operator import itemgetter, le
+from typing import Any, cast
 
 import cramjam
 import httpx
@@ -34,6 +35,8 @@ _ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\
 
 # One stream's buffered entries: (timestamp ns, line).
 Entries = list[tuple[int, str]]
+# A stream's buffered lines: str, or UTF-8 bytes as they arrived on the wire.
+Lines = list[str] | list[bytes]
 
 
 def render_labels(labels: Labels) -> str:
@@ -46,18 +49,22 @@ def _ordered(entries: Entries) -> Entries:
     return entries if stamps == sorted(stamps) else sorted(entries, key=itemgetter(0))
 
 
-def _ordered_columns(stamps: list[int], lines: list[str]) -> tuple[list[int], list[str]]:
+def _ordered_columns(stamps: Sequence[int], lines: Sequence[str] | Sequence[bytes]
+                     ) -> tuple[Sequence[int], Sequence[str] | Sequence[bytes]]:
     if all(map(le, stamps, islice(stamps, 1, None))):
         return stamps, lines
-    pairs = sorted(zip(stamps, lines, strict=True), key=itemgetter(0))
+    pairs: list[tuple[int, Any]] = sorted(zip(stamps, lines, strict=True), key=itemgetter(0))
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def encode_protobuf_columns(streams: Iterable[tuple[Labels, list[int], list[str]]]) -> bytes:
-    """A `logproto.PushRequest`, snappy block-compressed, from (labels, ns stamps, lines)."""
+def encode_protobuf_columns(
+        streams: Iterable[tuple[Labels, Sequence[int], Sequence[str] | Sequence[bytes]]]
+) -> bytes:
+    """A `logproto.PushRequest`, snappy block-compressed, from (labels, ns stamps, lines);
+    lines are `str` or UTF-8 `bytes`."""
     return bytes(cramjam.snappy.compress_raw(encode_push_request(
         [(render_labels(labels), *_ordered_columns(stamps, lines))
-         for labels, stamps, lines in streams])))
+         for labels, stamps, lines in streams], ordered=True)))
 
 
 def encode_protobuf(streams: Iterable[tuple[Labels, Entries]]) -> bytes:
@@ -75,32 +82,44 @@ def encode_json(streams: Iterable[tuple[Labels, Entries]]) -> bytes:
 
 
 class LokiForwarder:
-    """Buffers streams and pushes them when `loki_batch_bytes` fill or `loki_batch_wait` ends."""
+    """Buffers streams and pushes them when `loki_batch_bytes` fill or `loki_batch_wait` ends.
+
+    Lines leave the buffer only when their push is settled: acknowledged (2xx), refused for
+    good (another 4xx: counted as rejected), or given up after the retries (counted as
+    dropped). A flush that is cancelled (the collector stopping) puts its lines back in front
+    of whatever arrived meanwhile, so the next flush sends them."""
 
     def __init__(self, config: CollectorConfig, client: httpx.AsyncClient, stats: Stats) -> None:
         self.config = config
         self.url = config.loki_url.rstrip("/") + PUSH_PATH
         self.client = client
         self.stats = stats
-        self._buffer: dict[Labels, tuple[list[int], list[str]]] = {}
+        self._buffer: dict[Labels, tuple[list[int], Lines]] = {}
         self._bytes = 0
         self._lines = 0
+        self._sending = 0
         self._first_at = 0.0
 
     @property
     def buffered_lines(self) -> int:
-        return self._lines
+        """Lines not yet settled, those in a push now included."""
+        return self._lines + self._sending
 
-    def add(self, streams: Iterable[tuple[Labels, list[int], list[str]]]) -> None:
+    def add(self, streams: Iterable[tuple[Labels, Sequence[int], Sequence[str] | Sequence[bytes]]]
+            ) -> None:
+        """Lines may be `str` or UTF-8 `bytes` (a stream keeps the kind it started with)."""
         if not self._lines:
             self._first_at = time.monotonic()
         for labels, stamps, lines in streams:
             column = self._buffer.get(labels)
             if column is None:
-                self._buffer[labels] = (list(stamps), list(lines))
+                self._buffer[labels] = (list(stamps), cast(Lines, list(lines)))
+            elif column[1] and type(column[1][0]) is not type(lines[0]):
+                column[0].extend(stamps)
+                column[1].extend(_like(column[1], lines))  # type: ignore[arg-type]
             else:
                 column[0].extend(stamps)
-                column[1].extend(lines)
+                column[1].extend(lines)  # type: ignore[arg-type]
             self._bytes += sum(map(len, lines))
             self._lines += len(lines)
 
@@ -112,11 +131,11 @@ class LokiForwarder:
             return 0.0
         return max(0.0, self._first_at + self.config.loki_batch_wait_seconds - time.monotonic())
 
-    def _body(self, streams: list[tuple[Labels, tuple[list[int], list[str]]]]
+    def _body(self, streams: list[tuple[Labels, tuple[list[int], Lines]]]
               ) -> tuple[bytes, dict[str, str]]:
         if self.config.loki_format == "json":
-            body = encode_json((labels, list(zip(*columns, strict=True)))
-                               for labels, columns in streams)
+            body = encode_json((labels, list(zip(stamps, _texts(lines), strict=True)))
+                               for labels, (stamps, lines) in streams)
             headers = {"Content-Type": "application/json"}
             if self.config.loki_gzip:
                 body = gzip.compress(body, compresslevel=1)
@@ -125,14 +144,47 @@ class LokiForwarder:
         return (encode_protobuf_columns((labels, *columns) for labels, columns in streams),
                 {"Content-Type": "application/x-protobuf"})
 
+    def _take(self) -> tuple[list[tuple[Labels, tuple[list[int], Lines]]], int, int]:
+        streams, lines, size = list(self._buffer.items()), self._lines, self._bytes
+        self._buffer, self._bytes, self._lines = {}, 0, 0
+        self._sending += lines
+        return streams, lines, size
+
+    def _put_back(self, streams: list[tuple[Labels, tuple[list[int], Lines]]], lines: int,
+                  size: int) -> None:
+        """Unsettled lines go back in front of the ones buffered since, in their order."""
+        newer, self._buffer = self._buffer, dict(streams)
+        for labels, (stamps, texts) in newer.items():
+            column = self._buffer.get(labels)
+            if column is None:
+                self._buffer[labels] = (stamps, texts)
+            else:
+                column[0].extend(stamps)
+                column[1].extend(_like(column[1], texts))  # type: ignore[arg-type]
+        if lines and not self._lines:
+            self._first_at = time.monotonic()
+        self._lines += lines
+        self._bytes += size
+
     async def flush(self, stop: asyncio.Event | None = None) -> None:
-        """Push everything buffered; every line ends forwarded, rejected or dropped."""
+        """Push everything buffered; every line ends forwarded, rejected or dropped, or, when
+        the flush is cancelled, buffered again."""
         if not self._lines:
             return
-        streams, lines = list(self._buffer.items()), self._lines
-        self._buffer, self._bytes, self._lines = {}, 0, 0
-        body, headers = self._body(streams)
-        headers["User-Agent"] = "aifb-collector"
+        streams, lines, size = self._take()
+        settled = False
+        try:
+            body, headers = self._body(streams)
+            headers["User-Agent"] = "aifb-collector"
+            await self._push(body, headers, lines, len(streams), stop)
+            settled = True
+        finally:
+            self._sending -= lines
+            if not settled:
+                self._put_back(streams, lines, size)
+
+    async def _push(self, body: bytes, headers: dict[str, str], lines: int, streams: int,
+                    stop: asyncio.Event | None) -> None:
         backoff = Backoff(self.config.retry)
         while True:
             start = time.perf_counter()
@@ -151,7 +203,7 @@ class LokiForwarder:
                 if status != 429 and status < 500:
                     self.stats.log_lines_remote_rejected += lines
                     log.warning("loki rejected %d lines in %d streams (HTTP %d): %s", lines,
-                                len(streams), status, resp.text.strip()[:500])
+                                streams, status, resp.text.strip()[:500])
                     return
                 log.debug("loki answered %d: %s", status, resp.text[:200])
             if not await backoff.wait(stop):
@@ -159,3 +211,16 @@ class LokiForwarder:
                 log.error("loki push to %s gave up: %d lines dropped", self.url, lines)
                 return
             self.stats.loki_retries += 1
+
+
+def _texts(lines: Lines) -> list[str]:
+    return [line.decode() if isinstance(line, bytes) else line for line in lines]
+
+
+def _like(kind: Lines, lines: Sequence[str] | Sequence[bytes]) -> Lines:
+    """`lines` as the same kind (str or bytes) as the non-empty column `kind`."""
+    if not kind or not lines or type(kind[0]) is type(lines[0]):
+        return lines  # type: ignore[return-value]
+    if isinstance(kind[0], bytes):
+        return [line.encode() for line in lines]  # type: ignore[union-attr]
+    return [line.decode() for line in lines]  # type: ignore[union-attr]

@@ -4,7 +4,11 @@ Embedded: `LoggerAgent(config, collector=..., discovery=...)`, `await agent.star
 `agent.binding()`. Sidecar or node daemon: `python -m aifb.logger.agent --collector HOST:PORT`.
 Exactly once across restarts: a batch is spooled (with the positions after it) before it is
 sent, the checkpoint moves only when the collector acknowledges it, and a restarted agent
-resends the spool with the same sequence numbers and resumes reading after it.
+resends the spool with the same sequence numbers and resumes reading after it. Acknowledgements
+are committed together (one checkpoint write every `checkpoint_interval_seconds` at most, before
+the acknowledged batches leave the spool). Reads of plain lines travel as blocks: batches are
+written as bytes a block at a time (`aifb.logger.wire`), and the live tail keeps blocks too,
+making a per-line event only for a follower.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from aifb.logger.checkpoint import CheckpointStore
 from aifb.logger.config import LoggerConfig
-from aifb.logger.tailer import FileTailer, Position, Record
+from aifb.logger.levels import LEVEL_NAMES
+from aifb.logger.tailer import Chunk, FileTailer, Position, Record, RecordBlock
+from aifb.logger.wire import LogBatchBuilder
 from aifb.mesh.discovery import ChannelFactory, ServiceDiscovery, Target
-from aifb.mesh.push import BatchSender
-from aifb.v1 import telemetry_pb2
+from aifb.mesh.push import BatchSender, RawBatch
 
 if TYPE_CHECKING:
     from aifb.mesh.server import ServiceBinding
@@ -46,8 +53,35 @@ class LogSourceState:
     path: str
     labels: dict[str, str]
     tailer: FileTailer
-    recent: deque[TailEvent]
+    recent: deque[Chunk]  # the newest records, as read (about `recent_records` of them)
     removed_at: float | None = None
+    recent_count: int = 0
+    level_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def labels_with(self, level: str) -> dict[str, str]:
+        found = self.level_labels.get(level)
+        if found is None:
+            found = self.level_labels[level] = {**self.labels, "level": level}
+        return found
+
+    def events(self, chunk: Chunk) -> list[TailEvent]:
+        if isinstance(chunk, Record):
+            return [TailEvent(self.labels_with(chunk.level), chunk.time_ns, chunk.text)]
+        with_level = [self.labels_with(name) for name in LEVEL_NAMES]
+        return [TailEvent(with_level[level], chunk.time_ns, line.decode())
+                for line, level in zip(chunk.lines, chunk.levels.tolist(), strict=True)]
+
+    def remember(self, chunk: Chunk, keep: int) -> None:
+        if keep <= 0:
+            return
+        self.recent.append(chunk)
+        self.recent_count += _count(chunk)
+        while self.recent_count - _count(self.recent[0]) >= keep:
+            self.recent_count -= _count(self.recent.popleft())
+
+
+def _count(chunk: Chunk) -> int:
+    return len(chunk.lines) if isinstance(chunk, RecordBlock) else 1
 
 
 @dataclass
@@ -72,8 +106,12 @@ class LoggerAgent:
         self.checkpoint = CheckpointStore(state / "checkpoint.json")
         self.sender = (BatchSender("logs", config.agent_name, collector,
                                    max_batches=config.buffer_batches, window=config.window,
-                                   spool_dir=state / "spool", on_ack=self._on_ack)
+                                   spool_dir=state / "spool", on_ack=self._on_ack,
+                                   on_commit=self._commit,
+                                   commit_interval=config.checkpoint_interval_seconds)
                        if collector is not None else None)
+        self._builder = LogBatchBuilder({"node": self.node, "agent": config.agent_name})
+        self._checkpoint_dirty = False
         self._acked_seq: dict[str, int] = {}
         self._resume: dict[str, Position] = dict(self.checkpoint.positions)
         if self.sender is not None:  # batches sent but never acknowledged are resent first
@@ -82,6 +120,7 @@ class LoggerAgent:
                     self._resume[path] = Position.from_json(pos)
         self.sources: dict[str, LogSourceState] = {}
         self.lines_read = 0
+        self._more = False
         self._subscribers: list[_Subscriber] = []
         self._task: asyncio.Task[None] | None = None
         self.discovery = discovery or ServiceDiscovery(None, node=self.node,
@@ -105,8 +144,7 @@ class LoggerAgent:
                 tailer = FileTailer(path, start=self._resume.get(path),
                                     max_line_bytes=self.config.max_line_bytes,
                                     idle_flush_seconds=self.config.idle_flush_seconds)
-                self.sources[path] = LogSourceState(path, labels, tailer,
-                                                    deque(maxlen=self.config.recent_records))
+                self.sources[path] = LogSourceState(path, labels, tailer, deque())
         now = time.monotonic()
         for path, src in self.sources.items():
             if path not in wanted and src.removed_at is None:
@@ -114,54 +152,74 @@ class LoggerAgent:
 
     # -- reading and delivery --------------------------------------------------------------
 
-    def _read(self, sources: list[LogSourceState]) -> list[tuple[LogSourceState, list[Record]]]:
+    def _read(self, sources: list[LogSourceState]) -> list[tuple[LogSourceState, list[Chunk]]]:
         """Runs in a worker thread: only the tailers are touched."""
         budget = self.config.max_batch_bytes
-        return [(src, src.tailer.poll(budget)) for src in sources]
+        return [(src, src.tailer.poll_chunks(budget)) for src in sources]
 
-    def _batches(self, results: list[tuple[LogSourceState, list[Record]]]
-                 ) -> list[tuple[telemetry_pb2.LogBatch, dict[str, Position]]]:
-        out: list[tuple[telemetry_pb2.LogBatch, dict[str, Position]]] = []
-        streams: dict[tuple[tuple[str, str], ...], telemetry_pb2.LogStream] = {}
-        positions: dict[str, Position] = {}
-        lines = size = 0
+    def _batches(self, results: list[tuple[LogSourceState, list[Chunk]]]
+                 ) -> list[tuple[RawBatch, dict[str, Position]]]:
+        """Batches of at most `max_batch_lines` lines and about `max_batch_bytes` bytes."""
+        out: list[tuple[RawBatch, dict[str, Position]]] = []
+        builder = self._builder
+        max_lines, max_bytes = self.config.max_batch_lines, self.config.max_batch_bytes
 
         def seal() -> None:
-            nonlocal streams, positions, lines, size
-            if lines:
-                batch = telemetry_pb2.LogBatch(resource=telemetry_pb2.TelemetryResource(
-                    attributes={"node": self.node, "agent": self.config.agent_name}))
-                batch.streams.extend(streams.values())
-                out.append((batch, positions))
-            streams, positions, lines, size = {}, {}, 0, 0
+            sealed = builder.seal()
+            if sealed is not None:
+                out.append(sealed)
 
-        for src, records in results:
-            for rec in records:
-                labels = {**src.labels, "level": rec.level}
-                key = tuple(sorted(labels.items()))
-                stream = streams.get(key)
-                if stream is None:
-                    stream = streams[key] = telemetry_pb2.LogStream(labels=labels)
-                stream.timestamps_ns.append(rec.time_ns)
-                stream.lines.append(rec.text)
-                positions[src.path] = rec.position
-                lines += 1
-                size += len(rec.text)
-                event = TailEvent(labels, rec.time_ns, rec.text)
-                src.recent.append(event)
-                self._publish(event)
-                if lines >= self.config.max_batch_lines or size >= self.config.max_batch_bytes:
-                    seal()
+        for src, chunks in results:
+            for chunk in chunks:
+                src.remember(chunk, self.config.recent_records)
+                if self._subscribers:
+                    for event in src.events(chunk):
+                        self._publish(event)
+                if isinstance(chunk, Record):
+                    if builder.lines + 1 > max_lines or builder.size + len(chunk.text) > max_bytes:
+                        seal()
+                    builder.add_record(src.path, src.labels, chunk)
+                    continue
+                block: RecordBlock | None = chunk
+                while block is not None:
+                    take = self._fits(block, max_lines - builder.lines, max_bytes - builder.size)
+                    if take == 0 and builder.lines:
+                        seal()
+                        continue
+                    take = max(take, 1)
+                    if take < len(block.lines):
+                        head, rest = block.split(take)
+                        builder.add_block(src.path, src.labels, head)
+                        seal()
+                        block = rest
+                    else:
+                        builder.add_block(src.path, src.labels, block)
+                        block = None
         seal()
         return out
+
+    @staticmethod
+    def _fits(block: RecordBlock, lines: int, size: int) -> int:
+        """How many of the block's records fit in `lines` lines and `size` bytes."""
+        n = len(block.lines)
+        if n <= lines and int(block.ends[-1] - block.ends[0]) + len(block.lines[0]) + 2 * n \
+                <= size:
+            return n
+        if lines <= 0 or size <= 0:
+            return 0
+        widths = np.diff(block.ends[:lines], prepend=block.ends[0] - len(block.lines[0]) - 1)
+        return int(np.searchsorted(np.cumsum(widths + 1), size, side="right"))
 
     async def poll_once(self) -> int:
         """Read what is new in every file and submit it; returns the records read."""
         if self.sender is not None and self.sender.room() <= self.config.buffer_batches // 4:
             return 0  # the collector is behind: leave the lines in the files for now
         sources = list(self.sources.values())
+        before = [src.tailer.bytes_read for src in sources]
         results = await asyncio.to_thread(self._read, sources)
-        count = sum(len(r) for _, r in results)
+        self._more = any(src.tailer.bytes_read - b >= self.config.max_batch_bytes
+                         for src, b in zip(sources, before, strict=True))
+        count = sum(_count(c) for _, chunks in results for c in chunks)
         self.lines_read += count
         for batch, positions in self._batches(results):
             if self.sender is None:
@@ -172,7 +230,7 @@ class LoggerAgent:
         self._expire(results)
         return count
 
-    def _expire(self, results: list[tuple[LogSourceState, list[Record]]]) -> None:
+    def _expire(self, results: list[tuple[LogSourceState, list[Chunk]]]) -> None:
         now = time.monotonic()
         for src, records in results:
             if (src.removed_at is not None and not records
@@ -186,8 +244,14 @@ class LoggerAgent:
             if seq > self._acked_seq.get(path, 0):
                 self._acked_seq[path] = seq
                 update[path] = Position.from_json(pos)
-        if update:
-            self.checkpoint.update(update)
+        if update:  # written at the next commit, before these batches leave the spool
+            self.checkpoint.positions.update(update)
+            self._checkpoint_dirty = True
+
+    def _commit(self) -> None:
+        if self._checkpoint_dirty:
+            self._checkpoint_dirty = False
+            self.checkpoint.save()
 
     # -- live tail -------------------------------------------------------------------------
 
@@ -200,7 +264,7 @@ class LoggerAgent:
                     sub.dropped += 1
 
     def recent(self, matcher: Mapping[str, str], count: int) -> list[TailEvent]:
-        events = [e for s in self.sources.values() for e in s.recent
+        events = [e for s in self.sources.values() for c in s.recent for e in s.events(c)
                   if _matches(e.labels, matcher)]
         events.sort(key=lambda e: e.time_ns)
         return events[-count:] if count > 0 else []
@@ -224,11 +288,13 @@ class LoggerAgent:
 
     async def _loop(self) -> None:
         while True:
+            self._more = False
             try:
                 await self.poll_once()
             except Exception:
                 log.exception("log tailing failed")
-            await asyncio.sleep(self.config.poll_interval_seconds)
+            # A file read up to the budget has more: read on once acks had their turn.
+            await asyncio.sleep(0 if self._more else self.config.poll_interval_seconds)
 
     async def stop(self, flush_timeout: float = 2.0) -> None:
         if self._task is not None:

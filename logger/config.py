@@ -27,12 +27,16 @@ class LoggerConfig(BaseModel):
     poll_interval_seconds: float = Field(default=0.25, gt=0)
     # A multi-line record is finished after this long without new data.
     idle_flush_seconds: float = Field(default=1.0, gt=0)
-    max_batch_lines: int = Field(default=1000, ge=1)
+    # A batch closes at this many lines or bytes (1 MiB of 100-byte lines: about 10,000).
+    max_batch_lines: int = Field(default=16384, ge=1)
     max_batch_bytes: int = Field(default=1 << 20, ge=1024)
     max_line_bytes: int = Field(default=256 * 1024, ge=1024)
     # Unacknowledged batches; when full the logger stops reading (files are the buffer).
     buffer_batches: int = Field(default=256, ge=2)
     window: int = Field(default=8, ge=1)
+    # Acknowledged positions are written at most this often (one fsync'd write for all the
+    # batches acknowledged meanwhile; until then they stay in the spool).
+    checkpoint_interval_seconds: float = Field(default=0.2, gt=0)
     # Records kept per file for TailLogs' initial lines.
     recent_records: int = Field(default=1000, ge=0)
     # How long a file is still read after its service left discovery.

@@ -6,7 +6,9 @@ smaller than what was read): reading restarts at 0. A missing file is opened whe
 A start `Position` whose inode no longer sits at the path (rotated while the agent was down) is
 looked up among the path's siblings, finished, and then the new file follows.
 Every `Record` carries the position just after it: checkpoint that, and a restart resumes with
-the next record, neither losing nor repeating one.
+the next record, neither losing nor repeating one. A read of plain one-line records comes out of
+`poll_chunks` as one `RecordBlock` (the lines as bytes, their levels as codes, their end offsets
+as an array) rather than as a `Record` each.
 """
 
 from __future__ import annotations
@@ -15,19 +17,23 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from itertools import accumulate, repeat
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
+from aifb.logger.levels import LEVEL_NAMES, detect_levels
 from aifb.logger.records import Joiner, detect_level
 
-__all__ = ["FileTailer", "Position", "Record"]
+__all__ = ["FileTailer", "Position", "Record", "RecordBlock"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
-# First bytes that make a line start a record of its own: printable ASCII, not a space.
-_PLAIN_FIRST = frozenset(bytes([c]) for c in range(0x21, 0x7F))
+# Text that makes a read leave the bulk path: CR, traceback sections. (Blank and indented lines
+# are found by the check of every line's first byte.)
+_NOT_PLAIN = (b"\r", b"Traceback (", b"During handling", b"The above exception")
 
 
 class Position(NamedTuple):
@@ -53,6 +59,39 @@ class Record(NamedTuple):
     position: Position
 
 
+class RecordBlock(NamedTuple):
+    """One-line records read together: the same time, each line's UTF-8 bytes (no newline),
+    its level code (an index into `LEVEL_NAMES`) and the file offset after its newline."""
+
+    time_ns: int
+    lines: list[bytes]
+    levels: npt.NDArray[np.int8]
+    ends: npt.NDArray[np.int64]
+    dev: int
+    ino: int
+
+    @property
+    def position(self) -> Position:
+        return Position(self.dev, self.ino, int(self.ends[-1]))
+
+    def split(self, count: int) -> tuple[RecordBlock, RecordBlock]:
+        """The first `count` records, and the rest."""
+        head = self._replace(lines=self.lines[:count], levels=self.levels[:count],
+                             ends=self.ends[:count])
+        tail = self._replace(lines=self.lines[count:], levels=self.levels[count:],
+                             ends=self.ends[count:])
+        return head, tail
+
+    def records(self) -> list[Record]:
+        return [Record(self.time_ns, line.decode(), LEVEL_NAMES[level],
+                       Position(self.dev, self.ino, end))
+                for line, level, end in zip(self.lines, self.levels.tolist(),
+                                            self.ends.tolist(), strict=True)]
+
+
+Chunk = Record | RecordBlock
+
+
 class FileTailer:
     """Call `poll()` repeatedly; it returns the records completed since the last call."""
 
@@ -64,6 +103,7 @@ class FileTailer:
         self.idle_flush_seconds = idle_flush_seconds
         self.rotations = 0
         self.truncations = 0
+        self.bytes_read = 0
         self._clock = clock
         self._fh: BinaryIO | None = None
         self._ident = (0, 0)
@@ -152,7 +192,18 @@ class FileTailer:
             return 0
 
     def poll(self, max_bytes: int = 1 << 20) -> list[Record]:
+        """The records completed since the last call, one by one."""
         out: list[Record] = []
+        for chunk in self.poll_chunks(max_bytes):
+            if isinstance(chunk, RecordBlock):
+                out += chunk.records()
+            else:
+                out.append(chunk)
+        return out
+
+    def poll_chunks(self, max_bytes: int = 1 << 20) -> list[Chunk]:
+        """Like `poll`, with each read of plain one-line records as one `RecordBlock`."""
+        out: list[Chunk] = []
         if self._fh is None and not self._open(self.path, 0):
             return out
         self._read(out, max_bytes)
@@ -179,7 +230,7 @@ class FileTailer:
             self._emit(out, self._joiner.flush())
         return out
 
-    def _read(self, out: list[Record], max_bytes: int) -> None:
+    def _read(self, out: list[Chunk], max_bytes: int) -> None:
         assert self._fh is not None
         budget = max_bytes
         while budget > 0:
@@ -187,11 +238,12 @@ class FileTailer:
             if not chunk:
                 return
             budget -= len(chunk)
+            self.bytes_read += len(chunk)
             self._last_data = self._clock()
             self._buf += chunk
             self._split(out)
 
-    def _split(self, out: list[Record]) -> None:
+    def _split(self, out: list[Chunk]) -> None:
         buf = self._buf
         start = self._split_plain(out, buf)
         while True:
@@ -208,46 +260,53 @@ class FileTailer:
         self._buf = buf[start:]
         self._buf_start += start
 
-    def _split_plain(self, out: list[Record], buf: bytes) -> int:
+    def _split_plain(self, out: list[Chunk], buf: bytes) -> int:
         """The common case in bulk: when no complete line in `buf` can join another (none is
         blank, indented, non-ASCII at its start, part of a traceback, or too long), each line is
-        its own record and needs no look at the next. Returns how far `buf` was consumed (0:
-        not this case; `_split` then goes line by line)."""
+        its own record and needs no look at the next: they become one `RecordBlock`. Returns
+        how far `buf` was consumed (0: not this case; `_split` then goes line by line)."""
         last_nl = buf.rfind(b"\n")
         if last_nl < 0 or (self._joiner.has_pending and not self._joiner.can_end_pending):
             return 0
         region = buf[:last_nl]
+        for marker in _NOT_PLAIN:
+            if marker in region:
+                return 0
+        if not region.isascii():
+            try:
+                region.decode("utf-8")
+            except UnicodeDecodeError:
+                return 0  # the line by line path replaces what is not UTF-8
+        a = np.frombuffer(buf, dtype=np.uint8, count=last_nl + 1)
+        ends = np.flatnonzero(a == 10)
+        if len(ends) < 2:
+            return 0
+        starts = np.empty(len(ends), dtype=np.int64)
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+        # Printable ASCII, not a space, at every line's start; no line too long.
+        if (np.subtract(a[starts], 0x21, dtype=np.uint8) >= 0x7F - 0x21).any() \
+                or int((ends - starts).max()) >= self.max_line_bytes:
+            return 0
         lines = region.split(b"\n")
-        if (len(lines) < 2 or b"\n\n" in region or b"\n " in region or b"\n\t" in region
-                or b"\r" in region or b"Traceback (" in region or b"During handling" in region
-                or b"The above exception" in region
-                or max(map(len, lines)) >= self.max_line_bytes
-                or not _PLAIN_FIRST.issuperset(line[:1] for line in lines)):
-            return 0
-        texts = region.decode("utf-8", errors="replace").split("\n")
-        if len(texts) != len(lines):
-            return 0
-        base = self._buf_start
-        ends = list(accumulate((len(line) + 1 for line in lines), initial=base))[1:]
         done = self._joiner.flush()
         if done is not None:
             self._emit(out, done)
         dev, ino = self._ident
-        now = time.time_ns()
-        positions = list(map(Position, repeat(dev), repeat(ino), ends))
-        records = list(map(Record, repeat(now), texts[:-1], map(detect_level, texts[:-1]),
-                           positions[:-1]))
-        if records:
-            self.committed = records[-1].position
-            out += records
-        self._joiner.feed(texts[-1], ends[-1])  # pending, like any last line
+        base = self._buf_start
+        block = RecordBlock(time.time_ns(), lines[:-1], detect_levels(buf, ends[:-1]),
+                            ends[:-1] + (base + 1), dev, ino)
+        self.committed = block.position
+        out.append(block)
+        # The last line stays pending, like any last line: the next may continue it.
+        self._joiner.feed(lines[-1].decode(), base + last_nl + 1)
         return last_nl + 1
 
-    def _line(self, out: list[Record], raw: bytes, end: int) -> None:
+    def _line(self, out: list[Chunk], raw: bytes, end: int) -> None:
         text = raw[:self.max_line_bytes].decode("utf-8", errors="replace").rstrip("\r")
         self._emit(out, self._joiner.feed(text, end))
 
-    def _finish(self, out: list[Record]) -> None:
+    def _finish(self, out: list[Chunk]) -> None:
         """End of this file for good: a last line without newline counts, then the record."""
         if self._buf:
             end = self.read_offset
@@ -255,7 +314,7 @@ class FileTailer:
             self._buf, self._buf_start = b"", end
         self._emit(out, self._joiner.flush())
 
-    def _emit(self, out: list[Record], done: tuple[str, int] | None) -> None:
+    def _emit(self, out: list[Chunk], done: tuple[str, int] | None) -> None:
         if done is None:
             return
         text, end = done

@@ -10,6 +10,12 @@ are dropped and counted (`stats`), with one warning per overflow episode. With a
 directory every buffered batch is also a file, so a restarted agent resends what was never
 acknowledged. Sequences start at the current Unix time in microseconds (or after the highest
 spooled one), so a restarted agent never reuses a number the collector has already seen.
+
+An agent that serializes its batches itself submits a `RawBatch` (the bytes of every field but
+`agent_id` and `sequence`); it goes on the wire as it is. With `commit_interval`, acknowledged
+batches are committed together: `on_commit` runs (the agent writes its checkpoint once), and only
+then are their spool files removed, so a crash in between resends them (as duplicates, which the
+collector drops) rather than losing them.
 """
 
 from __future__ import annotations
@@ -33,11 +39,52 @@ import grpc
 
 from aifb.v1 import collector_pb2, collector_pb2_grpc, telemetry_pb2
 
-__all__ = ["RETRYABLE_CODES", "Backoff", "BatchSender", "PushStats", "batch_items"]
+__all__ = ["RETRYABLE_CODES", "Backoff", "BatchSender", "PushStats", "RawBatch", "batch_items"]
 
 log = logging.getLogger(__name__)
 
-Batch = telemetry_pb2.MetricBatch | telemetry_pb2.LogBatch
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+class RawBatch:
+    """A MetricBatch or LogBatch the agent serialized itself, without `agent_id` (field 1) and
+    `sequence` (field 2), which `submit` sets; `items` is its sample or line count."""
+
+    __slots__ = ("agent_id", "body", "items", "sequence")
+
+    def __init__(self, body: bytes, items: int) -> None:
+        self.body = body
+        self.items = items
+        self.agent_id = ""
+        self.sequence = 0
+
+    def SerializeToString(self) -> bytes:
+        agent = self.agent_id.encode()
+        head = (b"\x0a" + _varint(len(agent)) + agent) if agent else b""
+        if self.sequence:
+            head += b"\x10" + _varint(self.sequence)
+        return head + self.body
+
+    def ByteSize(self) -> int:
+        return len(self.body) + len(self.agent_id.encode()) + 13
+
+
+def _request_bytes(request: Any) -> bytes:
+    """PushMetricsRequest / PushLogsRequest bytes: a message, or a raw batch's wrapped bytes."""
+    if isinstance(request, bytes):
+        return request
+    return bytes(request.SerializeToString())
+
+
+Batch = telemetry_pb2.MetricBatch | telemetry_pb2.LogBatch | RawBatch
 Kind = Literal["metrics", "logs"]
 ChannelFactory = Callable[[], grpc.aio.Channel]
 AckCallback = Callable[[int, Mapping[str, Any]], None]
@@ -55,6 +102,8 @@ _VALUES, _LINES = attrgetter("values"), attrgetter("lines")
 
 def batch_items(batch: Batch) -> int:
     """Samples in a metric batch, lines in a log batch."""
+    if isinstance(batch, RawBatch):
+        return batch.items
     if isinstance(batch, telemetry_pb2.MetricBatch):
         return sum(map(len, map(_VALUES, batch.series)))
     return sum(map(len, map(_LINES, batch.streams)))
@@ -112,7 +161,8 @@ class BatchSender:
                  max_batches: int = 1000, max_bytes: int = 64 * 1024 * 1024, window: int = 16,
                  spool_dir: Path | None = None, backoff: Backoff | None = None,
                  ack_timeout: float = 30.0, connect_timeout: float = 5.0,
-                 on_ack: AckCallback | None = None) -> None:
+                 on_ack: AckCallback | None = None, on_commit: Callable[[], None] | None = None,
+                 commit_interval: float = 0.0) -> None:
         if max_batches < 1 or window < 1:
             raise ValueError("max_batches and window must be at least 1")
         self.kind: Kind = kind
@@ -128,6 +178,10 @@ class BatchSender:
         self._backoff = backoff or Backoff()
         self._ack_timeout = ack_timeout
         self._on_ack = on_ack
+        self._on_commit = on_commit
+        self._commit_interval = commit_interval if on_commit is not None else 0.0
+        self._uncommitted: list[int] = []
+        self._commit_timer: asyncio.TimerHandle | None = None
         self._buffer: OrderedDict[int, _Pending] = OrderedDict()
         self._changed = asyncio.Event()
         self._generation = 0
@@ -198,6 +252,25 @@ class BatchSender:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.commit()
+
+    def commit(self) -> None:
+        """Run `on_commit` for the batches acknowledged since the last commit, then remove
+        their spool files (a no-op without `commit_interval`)."""
+        if self._commit_timer is not None:
+            self._commit_timer.cancel()
+            self._commit_timer = None
+        if not self._uncommitted:
+            return
+        done, self._uncommitted = self._uncommitted, []
+        try:
+            if self._on_commit is not None:
+                self._on_commit()
+        except Exception:
+            log.exception("commit callback failed for %d %s batches", len(done), self.kind)
+            return  # their spool files stay: a restart resends them as duplicates
+        for seq in done:
+            self._unlink_spool(seq)
 
     # -- buffer ----------------------------------------------------------------------------
 
@@ -256,7 +329,13 @@ class BatchSender:
                 self._on_ack(seq, pending.meta)
             except Exception:
                 log.exception("ack callback failed for %s batch %d", self.kind, seq)
-        self._unlink_spool(seq)
+        if self._commit_interval > 0:
+            self._uncommitted.append(seq)
+            if self._commit_timer is None:
+                self._commit_timer = asyncio.get_running_loop().call_later(
+                    self._commit_interval, self.commit)
+        else:
+            self._unlink_spool(seq)
         self._sync_gauges()
         self._end_overflow_if_drained()
         self._notify()
@@ -349,7 +428,13 @@ class BatchSender:
             return grpc.StatusCode.UNAVAILABLE
         self._connected = True
         stub = collector_pb2_grpc.CollectorServiceStub(channel)
-        call: Any = stub.PushMetrics() if self.kind == "metrics" else stub.PushLogs()
+        if self.kind == "metrics":
+            call: Any = stub.PushMetrics()
+        else:  # requests may be messages or the bytes of a RawBatch's request
+            push_logs: Any = channel.stream_stream(
+                "/aifb.v1.CollectorService/PushLogs", request_serializer=_request_bytes,
+                response_deserializer=collector_pb2.PushLogsResponse.FromString)
+            call = push_logs()
         reader = asyncio.ensure_future(self._read_acks(call))
         writer = asyncio.ensure_future(self._write_batches(call, generation))
         try:
@@ -413,7 +498,12 @@ class BatchSender:
             pending.sent_generation = generation
             pending.sent_at = now
             batch = pending.batch
-            request: Any = (collector_pb2.PushMetricsRequest(batch=batch)
-                            if isinstance(batch, telemetry_pb2.MetricBatch)
-                            else collector_pb2.PushLogsRequest(batch=batch))
+            request: Any
+            if isinstance(batch, RawBatch):
+                data = batch.SerializeToString()
+                request = b"\x0a" + _varint(len(data)) + data
+            elif isinstance(batch, telemetry_pb2.MetricBatch):
+                request = collector_pb2.PushMetricsRequest(batch=batch)
+            else:
+                request = collector_pb2.PushLogsRequest(batch=batch)
             await call.write(request)

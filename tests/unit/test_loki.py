@@ -108,3 +108,51 @@ def test_forwarder_is_due_when_full_and_waits_otherwise() -> None:
     assert due is not None and 59 < due <= 60
     fwd.add([((("job", "x"),), [2], ["67890"])])
     assert fwd.due_in() == 0.0
+
+
+def test_a_cancelled_flush_keeps_its_lines_buffered_until_a_later_push_is_acknowledged() -> None:
+    async def main() -> None:
+        release = asyncio.Event()
+        bodies: list[bytes] = []
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            await release.wait()  # the push hangs until the test releases it
+            bodies.append(request.content)
+            return httpx.Response(204)
+
+        fwd, stats = _forwarder(httpx.MockTransport(handler))
+        fwd.add([((("job", "x"),), [1_000_000_001, 1_000_000_002], ["a", "b"])])
+        flush = asyncio.create_task(fwd.flush())
+        await asyncio.sleep(0.05)
+        assert fwd.buffered_lines == 2  # in flight still counts as buffered
+        fwd.add([((("job", "x"),), [1_000_000_003], [b"c"])])  # arrives during the push
+        flush.cancel()  # the collector stops mid-push
+        with pytest.raises(asyncio.CancelledError):
+            await flush
+        assert fwd.buffered_lines == 3 and stats.log_lines_forwarded == 0
+        release.set()
+        await fwd.flush()
+        assert fwd.buffered_lines == 0 and stats.log_lines_forwarded == 3
+        (body,) = bodies
+        request = logproto_pb2.PushRequest.FromString(bytes(cramjam.snappy.decompress_raw(body)))
+        assert [e.line for s in request.streams for e in s.entries] == ["a", "b", "c"]
+
+    asyncio.run(main())
+
+
+def test_lines_given_as_bytes_are_pushed_like_str_lines() -> None:
+    seen: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.content)
+        return httpx.Response(204)
+
+    fwd, stats = _forwarder(httpx.MockTransport(handler))
+    now = time.time_ns()
+    fwd.add([((("job", "x"),), [now] * 20, [f"é{i}".encode() for i in range(20)])])
+    fwd.add([((("job", "y"),), [now + 1], ["plain"])])
+    asyncio.run(fwd.flush())
+    request = logproto_pb2.PushRequest.FromString(bytes(cramjam.snappy.decompress_raw(seen[0])))
+    lines = {s.labels: [e.line for e in s.entries] for s in request.streams}
+    assert lines == {'{job="x"}': [f"é{i}" for i in range(20)], '{job="y"}': ["plain"]}
+    assert stats.log_lines_forwarded == 21

@@ -40,6 +40,27 @@ def test_push_request_bytes_are_identical_to_upb_serialization(seed: int) -> Non
         assert encode_push_request(streams) == _reference(streams)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_runs_of_one_timestamp_and_bytes_lines_give_the_same_bytes(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(60):
+        streams, as_bytes = [], []
+        for s in range(rng.randint(1, 3)):
+            n = rng.choice([0, 1, 15, 16, 17, 40, 200])
+            base = rng.choice([time.time_ns(), 5 * 10**9, 10**9, 0, 2**62])
+            values = sorted(base + rng.choice([0, 1, 999, 10**6, rng.randrange(10**12)])
+                            for _ in range(rng.choice([1, 2, 3, 50])))
+            stamps = sorted(rng.choice(values) for _ in range(n))  # runs of equal stamps
+            lines = ["".join(rng.choice("abcé\"\n😀") for _ in range(rng.choice([0, 1, 100, 300])))
+                     for _ in range(n)]
+            streams.append((f'{{job="x{s}"}}', stamps, lines))
+            as_bytes.append((f'{{job="x{s}"}}', stamps, [line.encode() for line in lines]))
+        reference = _reference(streams)
+        assert encode_push_request(streams) == reference
+        assert encode_push_request(as_bytes) == reference
+        assert encode_push_request(as_bytes, ordered=True) == reference
+
+
 def test_column_log_store_keeps_the_newest_lines_and_answers_queries_in_order() -> None:
     store = LogStore(5)
     a, b = (("job", "a"),), (("job", "b"),)

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from aifb.logger.tailer import FileTailer, Record
+from aifb.logger.tailer import Chunk, FileTailer, Record
 
 pytestmark = pytest.mark.unit
 
 
 class _LineByLine(FileTailer):
-    def _split_plain(self, out: list[Record], buf: bytes) -> int:
+    def _split_plain(self, out: list[Chunk], buf: bytes) -> int:
         return 0
 
 
@@ -49,7 +49,7 @@ def test_bulk_and_line_by_line_reading_give_the_same_records(tmp_path: Path, see
     bulk_hits = 0
 
     class _Counting(FileTailer):
-        def _split_plain(self, out: list[Record], buf: bytes) -> int:
+        def _split_plain(self, out: list[Chunk], buf: bytes) -> int:
             nonlocal bulk_hits
             done = super()._split_plain(out, buf)
             bulk_hits += done > 0
