@@ -36,9 +36,10 @@ from aifb.mesh.errors import Internal, InvalidArgument, Unavailable
 if TYPE_CHECKING:
     from pyspark import SparkContext
 
-__all__ = ["SparkLoad", "run_spark_load"]
+__all__ = ["SETTLE_S", "SparkLoad", "cluster_slots", "run_spark_load"]
 
 log = logging.getLogger(__name__)
+SETTLE_S = 2.0  # a cluster's slot count must hold still this long when partitions are not given
 
 
 class SparkLoad:
@@ -96,17 +97,33 @@ class SparkLoad:
             self._sc.cancelJobGroup(self.group)
 
     def _slots(self, sc: SparkContext) -> int:
+        """Task slots to run on: local[N]'s N, or what a cluster's executors offer once up.
+
+        A cluster's executors register after the context starts, and `defaultParallelism` is
+        at least 2 before any has, so the slots are read as the barrier stage counts them.
+        With `partitions` set, wait until that many slots exist; without, until some exist
+        and their number held still for `SETTLE_S` (executors of one application start
+        together).
+        """
         slots = local_slots(self.master)
         if slots is not None:
             return slots
         want = self.partitions or 1
         deadline = time.monotonic() + self.executor_wait_s
-        while sc.defaultParallelism < want and time.monotonic() < deadline:
-            time.sleep(0.5)  # standalone executors register after the context starts
-        if sc.defaultParallelism < want:
-            raise Unavailable(f"{self.master} offers {sc.defaultParallelism} cores after "
-                              f"{self.executor_wait_s:.0f} s; {want} partitions need {want}")
-        return int(sc.defaultParallelism)
+        seen, since = cluster_slots(sc), time.monotonic()
+        while time.monotonic() < deadline and not self._cancelled.is_set():
+            if self.partitions and seen >= want:
+                return seen
+            if not self.partitions and seen > 0 and time.monotonic() - since >= SETTLE_S:
+                return seen
+            time.sleep(0.5)
+            now = cluster_slots(sc)
+            if now != seen:
+                seen, since = now, time.monotonic()
+        if seen >= want:
+            return seen
+        raise Unavailable(f"{self.master} offers {seen} task slots after "
+                          f"{self.executor_wait_s:.0f} s; {want} partitions need {want}")
 
     def run(self) -> LoadResult:
         try:
@@ -120,6 +137,8 @@ class SparkLoad:
         n = self.partitions or self._slots(sc)
         if self.partitions:
             self._slots(sc)
+        if self._cancelled.is_set():
+            return self._cancelled_result()
         plans = split_spec(self.spec, n)
         host = "127.0.0.1" if local_slots(self.master) else str(
             sc.getConf().get("spark.driver.host") or "127.0.0.1")
@@ -161,6 +180,16 @@ class SparkLoad:
     def _cancelled_result(self) -> LoadResult:
         return LoadResult(state=RunState.CANCELLED, reason=self._reason, mode=self.spec.mode.value,
                           workload=self.workload_name, workers=0)
+
+
+def cluster_slots(sc: SparkContext) -> int:
+    """Tasks the registered executors can run at once (the number a barrier stage needs)."""
+    try:
+        jsc = sc._jsc.sc()
+        return int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager()
+                                             .defaultResourceProfile()))
+    except Exception:  # py4j: a Spark without this internal method; the public approximation
+        return int(sc.defaultParallelism)
 
 
 def _first_line(exc: BaseException) -> str:

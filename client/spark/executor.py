@@ -10,7 +10,8 @@ about a second after the last one arrived (it polls once a second). Each worker 
 agreed epoch to its own `perf_counter_ns`. A partition that fails before the start still joins
 the barrier (with `failed:<reason>`), so the others fail at once instead of waiting.
 
-The task returns `(index, info JSON, LoadResult.to_bytes())`; `run_task` is the plain-Python
+The task returns `(index, info JSON, LoadResult.to_bytes())` (info: partition, host, pid,
+agreed start, how late it began, the worker's CPU seconds); `run_task` is the plain-Python
 core (the barrier is passed in), so it can run without Spark.
 """
 
@@ -62,6 +63,7 @@ def run_task(task: PartitionTask, gather: Gather) -> tuple[int, str, bytes]:
     """Run one partition's share; `gather` is the barrier (every partition calls it once)."""
     info: dict[str, Any] = {"partition": task.index, "host": socket.gethostname(),
                             "pid": os.getpid()}
+    cpu0 = time.process_time()
     joined = False
 
     async def start_at() -> int:
@@ -101,6 +103,7 @@ def run_task(task: PartitionTask, gather: Gather) -> tuple[int, str, bytes]:
                             reason=f"partition {task.index}: {type(exc).__name__}: {exc}")
     if not joined:
         gather(f"failed:partition {task.index}: {result.reason}")
+    info["cpu_s"] = time.process_time() - cpu0  # this Python worker's CPU for the whole task
     return task.index, json.dumps(info), result.to_bytes()
 
 
