@@ -4,6 +4,11 @@
 without it the request is encoded once. A response with status >= 400 is an error of kind
 `status_<code>`; transport failures are `connect`, `closed`, `timeout`, `protocol`. Only `http://`
 targets are supported (TLS is not implemented in the fast client).
+
+Open loop uses `start_request` (a CallbackWorkload): the request is written from the engine's timer
+callback on an idle connection, or queued in the pool until one is free (then written from the
+callback that completed the previous response on it); either way the write time is reported as
+the send, so schedule lag includes the wait for a connection. Closed loop uses `request`.
 """
 
 from __future__ import annotations
@@ -11,14 +16,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from functools import partial
 from time import perf_counter_ns
+from typing import cast
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aifb.client.http_client import HttpError, HttpPool, build_request
+from aifb.client.http_client import (
+    HttpConnection,
+    HttpError,
+    HttpPool,
+    HttpResponse,
+    build_request,
+)
 from aifb.client.registry import WorkloadKind, register
-from aifb.client.workload import Outcome
+from aifb.client.workload import Outcome, RequestSink
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["HttpParams", "HttpTarget", "HttpWorkload"]
@@ -70,10 +83,12 @@ class HttpWorkload:
         self._method = target.method.upper()
         self._templated = "{seq}" in target.path + target.body + "".join(target.headers.values())
         self._raw = b"" if self._templated else self._encode(0)
+        self._head = self._method == "HEAD"
         self._pool: HttpPool | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.timeouts = 0
         self.bytes_in = 0
+        self.waits = 0  # callback path: requests that queued for a connection (none dropped)
 
     def _encode(self, seq: int) -> bytes:
         t, s = self.target, str(seq)
@@ -123,10 +138,63 @@ class HttpWorkload:
             return Outcome(False, f"status_{status}", status, resp.end_ns, sent_ns)
         return Outcome(True, "", status, resp.end_ns, sent_ns)
 
+    # -- the callback path (CallbackWorkload)
+    def start_request(self, seq: int, intended_ns: int, sink: RequestSink) -> None:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("prepare() the workload first")
+        raw = self._encode(seq) if self._templated else self._raw
+        conn = pool.try_acquire()
+        if conn is not None:
+            self._write(conn, raw, intended_ns, sink)
+        else:
+            self.waits += 1
+            pool.acquire_cb(partial(self._got_connection, raw, intended_ns, sink))
+
+    def _got_connection(self, raw: bytes, intended_ns: int, sink: RequestSink,
+                        conn: HttpConnection | HttpError) -> None:
+        if isinstance(conn, HttpError):
+            now = perf_counter_ns()
+            sink.sent(intended_ns, now)
+            sink.done(intended_ns, Outcome(False, conn.kind, end_ns=now))
+        else:
+            self._write(conn, raw, intended_ns, sink)
+
+    def _write(self, conn: HttpConnection, raw: bytes, intended_ns: int,
+               sink: RequestSink) -> None:
+        conn.context = (intended_ns, sink)
+        try:
+            sent_ns = conn.send_cb(raw, self._on_response, head=self._head)
+        except HttpError as exc:  # it closed while idle
+            conn.context = None
+            if self._pool is not None:
+                self._pool.release(conn)
+            now = perf_counter_ns()
+            sink.sent(intended_ns, now)
+            sink.done(intended_ns, Outcome(False, exc.kind, end_ns=now))
+            return
+        sink.sent(intended_ns, sent_ns)
+
+    def _on_response(self, conn: HttpConnection, resp: HttpResponse | HttpError) -> None:
+        intended_ns, sink = cast(tuple[int, RequestSink], conn.context)
+        conn.context = None
+        sent_ns = conn.sent_ns
+        if self._pool is not None:
+            self._pool.release(conn)  # a queued request goes on the wire from here, at once
+        if isinstance(resp, HttpError):
+            out = Outcome(False, resp.kind, end_ns=perf_counter_ns(), sent_ns=sent_ns)
+        else:
+            self.bytes_in += resp.body_len
+            status = resp.status
+            out = (Outcome(False, f"status_{status}", status, resp.end_ns, sent_ns)
+                   if status >= 400 else Outcome(True, "", status, resp.end_ns, sent_ns))
+        sink.done(intended_ns, out)
+
     def extra_metrics(self) -> dict[str, float]:
         pool = self._pool
         return {"connections_opened": float(pool.opened if pool else 0),
-                "response_body_bytes": float(self.bytes_in), "timeouts": float(self.timeouts)}
+                "response_body_bytes": float(self.bytes_in), "timeouts": float(self.timeouts),
+                "connection_waits": float(self.waits)}
 
     async def close(self) -> None:
         if self._sweeper is not None:

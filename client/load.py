@@ -7,8 +7,14 @@
     run.cancel("user asked")               # ends CANCELLED; stats of what completed are kept
     result = await run.wait()              # LoadResult: SUCCEEDED, FAILED (reason) or CANCELLED
 
-Open loop sends each request at its scheduled time (asyncio timers to within ~1 ms, then a
-yielding spin), measures latency from that intended time, and records how late the send was.
+Open loop sends each request at its scheduled time and measures latency from that intended time.
+A Pacer (a timerfd on Linux: the loop sleeps in the kernel until the instant) calls back when the
+next arrival is due; the callback sends everything due. A CallbackWorkload writes from there and
+reports the write time (schedule lag = write - intended, so the wait for a connection counts);
+other workloads get a task per request and the lag runs to when that task starts. A request over
+`max_in_flight` is counted as dropped; none is skipped silently. During the run the collector's
+young generations are collected less often and what existed before is frozen (`gc.freeze`), so
+no collection walks the whole heap between two sends.
 Closed loop runs `users` coroutines back to back (a profile can ramp or step the number).
 """
 
@@ -16,16 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from time import perf_counter_ns
 
+from aifb.client.pacer import Pacer
 from aifb.client.recorder import ProgressSample, Recorder
 from aifb.client.results import LoadResult, RunState
+from aifb.client.samples import RequestLog
 from aifb.client.schedule import arrival_offsets_ns
 from aifb.client.spec import LoadSpec, Mode
-from aifb.client.workload import Outcome, Workload
+from aifb.client.workload import CallbackWorkload, Outcome, Workload
 
 __all__ = ["LoadRun", "ProgressCallback", "StartHook", "run_load"]
 
@@ -34,15 +43,16 @@ ProgressCallback = Callable[[ProgressSample], None]
 # Called once after prepare(); returns the perf_counter_ns instant the run starts at (waited
 # for), so several engines (Spark partitions) share one start. Raising fails the run.
 StartHook = Callable[[], Awaitable[int]]
-_SPIN_NS = 1_500_000  # closer than this to a send time: yield to the loop instead of a timer
-_TIMER_SLACK_NS = 500_000  # timers (uvloop: 1 ms resolution) are asked to wake this much early
+_STOP_CHECK_NS = 50_000_000  # a long gap in the schedule is slept in steps this long
+_GC_GEN0 = 50_000  # gen-0 threshold during a run (CPython's default: 700)
 
 
 class LoadRun:
     def __init__(self, spec: LoadSpec, workload: Workload, *,
                  on_progress: ProgressCallback | None = None,
-                 start_at: StartHook | None = None) -> None:
+                 start_at: StartHook | None = None, record_samples: int = 0) -> None:
         self.spec = spec
+        self._sample_limit = record_samples  # > 0: keep up to this many per-request rows
         self._start_at = start_at
         self.workload = workload
         self.state = RunState.PENDING
@@ -55,6 +65,8 @@ class LoadRun:
         self._task: asyncio.Task[LoadResult] | None = None
         self._requests: set[asyncio.Task[None]] = set()
         self._rec: Recorder | None = None
+        self._sink: _Sink | None = None
+        self._pacer: Pacer | None = None
         self._seq = 0
 
     # -- control
@@ -94,6 +106,8 @@ class LoadRun:
         self._stopping = True
         self._final_state = state
         self.reason = reason
+        if self._pacer is not None:
+            self._pacer.arm(0)  # the open loop notices at once, not at its next send
         if state is not RunState.SUCCEEDED:
             log.info("load run stopping: %s (%s)", state.value, reason)
 
@@ -120,7 +134,11 @@ class LoadRun:
             return await self._finish(result, None)
         rec = self._rec = Recorder(start, start + int(spec.warmup_s * 1e9),
                                    start + int((spec.total_s - spec.cooldown_s) * 1e9))
+        if self._sample_limit > 0:
+            rec.samples = RequestLog(self._sample_limit, rec.start_ns, rec.window_start_ns,
+                                     rec.window_end_ns)
         ticker = asyncio.create_task(self._ticker(rec))
+        _gc_quiet_enter()
         try:
             if spec.mode is Mode.OPEN:
                 await self._open_loop(rec)
@@ -132,6 +150,7 @@ class LoadRun:
             await self._drain(0.0)
             raise
         finally:
+            _gc_quiet_exit()
             ticker.cancel()
             self._emit(rec.tick(perf_counter_ns(), self._target_rate(rec)))
             try:
@@ -161,6 +180,7 @@ class LoadRun:
         if rec is not None:
             rec.flush()
             result.errors_by_kind = dict(rec.errors_by_kind)
+            result.samples = rec.samples
         try:
             result.extra = dict(self.workload.extra_metrics())
         except Exception as exc:
@@ -240,29 +260,58 @@ class LoadRun:
             self._check_budget(rec)
 
     async def _open_loop(self, rec: Recorder) -> None:
-        spec, start = self.spec, rec.start_ns
+        spec, start, workload = self.spec, rec.start_ns, self.workload
         loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+        offsets = iter(arrival_offsets_ns(spec.level_profile(), spec.arrival,
+                                          burstiness=spec.burstiness, seed=spec.seed))
+        fast = workload if isinstance(workload, CallbackWorkload) else None
+        sink = self._sink = _Sink(self, rec) if fast is not None else None
         tasks = self._requests
         discard = tasks.discard
-        for offset in arrival_offsets_ns(spec.level_profile(), spec.arrival,
-                                         burstiness=spec.burstiness, seed=spec.seed):
-            intended = start + offset
-            while (delay := intended - perf_counter_ns()) > _SPIN_NS and not self._stopping:
-                await asyncio.sleep(min(delay - _SPIN_NS + _TIMER_SLACK_NS, 50_000_000) / 1e9)
-            while perf_counter_ns() < intended and not self._stopping:
-                await asyncio.sleep(0)
-            if self._stopping:
+        max_in_flight = spec.max_in_flight
+        nxt = start + next(offsets, -start - 1)
+
+        def due() -> None:
+            nonlocal nxt
+            now = perf_counter_ns()
+            while nxt <= now:
+                if self._stopping or nxt < start:
+                    break
+                intended = nxt
+                offset = next(offsets, None)
+                nxt = start - 1 if offset is None else start + offset
+                if rec.in_flight >= max_in_flight:
+                    rec.dropped(intended)
+                    continue
+                seq = self._next_seq()
+                if seq is None:
+                    break
+                rec.in_flight += 1
+                if fast is not None and sink is not None:
+                    try:
+                        fast.start_request(seq, intended, sink)
+                    except Exception as exc:
+                        sink.failed(intended, exc)
+                else:
+                    task = loop.create_task(self._one(rec, seq, intended))
+                    tasks.add(task)
+                    task.add_done_callback(discard)
+                now = perf_counter_ns()
+            if self._stopping or nxt < start:
+                pacer.close()
+                if not finished.done():
+                    finished.set_result(None)
                 return
-            if rec.in_flight >= spec.max_in_flight:
-                rec.dropped(intended)
-                continue
-            seq = self._next_seq()
-            if seq is None:
-                return
-            rec.in_flight += 1
-            task = loop.create_task(self._one(rec, seq, intended))
-            tasks.add(task)
-            task.add_done_callback(discard)
+            pacer.arm(min(nxt, now + _STOP_CHECK_NS))
+
+        pacer = self._pacer = Pacer(loop, due)
+        try:
+            due()
+            await finished
+        finally:
+            self._pacer = None
+            pacer.close()
 
     async def _closed_loop(self, rec: Recorder) -> None:
         spec, start = self.spec, rec.start_ns
@@ -300,9 +349,19 @@ class LoadRun:
         self._requests.update(t for t in users.values() if not t.done())
 
     async def _drain(self, timeout_s: float | None = None) -> None:
+        wait_s = self.spec.drain_s if timeout_s is None else timeout_s
+        sink, rec = self._sink, self._rec
+        if sink is not None and rec is not None and sink.live:
+            if rec.in_flight > 0 and wait_s:
+                sink.idle = asyncio.get_running_loop().create_future()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(sink.idle, wait_s)
+            if rec.in_flight > 0:  # what is still out is abandoned: counted, never recorded
+                sink.live = False
+                rec.result.counters["unfinished"] += rec.in_flight
+                rec.in_flight = 0
         pending = {t for t in self._requests if not t.done()}
         if pending:
-            wait_s = self.spec.drain_s if timeout_s is None else timeout_s
             _, still = await asyncio.wait(pending, timeout=wait_s or None) if wait_s else (
                 set(), pending)
             for task in still:
@@ -312,6 +371,62 @@ class LoadRun:
                 if self._rec is not None:
                     self._rec.result.counters["unfinished"] += len(still)
                     self._rec.in_flight = 0
+
+
+class _Sink:
+    """The engine's RequestSink for a CallbackWorkload: records sends and outcomes."""
+
+    __slots__ = ("idle", "live", "rec", "run")
+
+    def __init__(self, run: LoadRun, rec: Recorder) -> None:
+        self.run, self.rec = run, rec
+        self.live = True  # False once the drain gave up: late reports are ignored
+        self.idle: asyncio.Future[None] | None = None  # set while the drain waits
+
+    def sent(self, intended_ns: int, sent_ns: int) -> None:
+        if self.live:
+            self.rec.sent(intended_ns, sent_ns)
+
+    def done(self, intended_ns: int, outcome: Outcome) -> None:
+        if not self.live:
+            return
+        rec = self.rec
+        rec.in_flight -= 1
+        rec.done(intended_ns, outcome, outcome.end_ns or perf_counter_ns())
+        if not outcome.ok:
+            max_errors = self.run.spec.max_errors
+            if max_errors and rec.all_errors > max_errors:
+                self.run._check_budget(rec)
+        if rec.in_flight == 0 and self.idle is not None and not self.idle.done():
+            self.idle.set_result(None)
+
+    def failed(self, intended_ns: int, exc: Exception) -> None:
+        now = perf_counter_ns()
+        self.sent(intended_ns, now)
+        self.done(intended_ns, Outcome(ok=False, error=f"exception:{type(exc).__name__}",
+                                       end_ns=now))
+
+
+_gc_depth = 0
+_gc_saved: tuple[int, int, int] = (700, 10, 10)
+
+
+def _gc_quiet_enter() -> None:
+    """Freeze the heap as it is and collect the young generation rarely (nested runs share)."""
+    global _gc_depth, _gc_saved
+    if _gc_depth == 0:
+        _gc_saved = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(max(_gc_saved[0], _GC_GEN0), *_gc_saved[1:])
+    _gc_depth += 1
+
+
+def _gc_quiet_exit() -> None:
+    global _gc_depth
+    _gc_depth -= 1
+    if _gc_depth == 0:
+        gc.set_threshold(*_gc_saved)
+        gc.unfreeze()
 
 
 def _top_errors(rec: Recorder) -> str:

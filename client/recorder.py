@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from aifb.client.results import LoadResult, SecondStats
+from aifb.client.samples import RequestLog
 from aifb.client.workload import Outcome
 
 __all__ = ["LATE_NS", "ProgressSample", "Recorder"]
@@ -57,6 +58,7 @@ class Recorder:
         self.in_flight = 0
         self._iv = SecondStats(0)
         self._iv_start_ns = start_ns
+        self.samples: RequestLog | None = None  # per-request rows, when the run asks for them
 
     def sent(self, intended_ns: int, sent_ns: int) -> None:
         lag = sent_ns - intended_ns
@@ -83,6 +85,8 @@ class Recorder:
             self._c["dropped"] += 1
 
     def done(self, intended_ns: int, out: Outcome, end_ns: int) -> None:
+        if self.samples is not None:
+            self.samples.add(intended_ns, out, end_ns)
         latency_us = (end_ns - intended_ns) // 1000
         iv = self._iv
         iv.completed += 1

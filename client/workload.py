@@ -11,6 +11,10 @@ Streaming workloads report when the first chunk/token arrived (`first_chunk_ns`,
 and every chunk's arrival (`chunk_ns`, giving inter-token latency); `values` carries
 per-request numbers (tokens, bytes) that the engine sums.
 All timestamps are `time.perf_counter_ns()`.
+
+A workload that can send without a coroutine also implements `CallbackWorkload.start_request`:
+the open loop then calls it from its timer callback, the workload writes at once (or queues for a
+connection) and reports the write and the outcome to a `RequestSink`; no task per request.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Outcome", "Workload"]
+__all__ = ["CallbackWorkload", "Outcome", "RequestSink", "Workload"]
 
 
 @dataclass(slots=True)
@@ -52,3 +56,22 @@ class Workload(Protocol):
 
     async def close(self) -> None:
         """Release everything prepare() opened."""
+
+
+class RequestSink(Protocol):
+    """Where a CallbackWorkload reports each request: `sent` once, then `done` once."""
+
+    def sent(self, intended_ns: int, sent_ns: int) -> None:
+        """The request went on the wire at `sent_ns` (or was given up on before it could)."""
+
+    def done(self, intended_ns: int, outcome: Outcome) -> None:
+        """The request finished (ok or not); `outcome.end_ns` must be set."""
+
+
+@runtime_checkable
+class CallbackWorkload(Workload, Protocol):
+    """A workload that sends from a callback (`aifb.client.http_workload.HttpWorkload`)."""
+
+    def start_request(self, seq: int, intended_ns: int, sink: RequestSink) -> None:
+        """Send request `seq` now or as soon as a connection is free; never raises, never
+        drops: every call ends in exactly one `sink.sent` and one `sink.done`."""
