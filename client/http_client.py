@@ -4,8 +4,9 @@ One request at a time per connection (no pipelining); requests are pre-encoded b
 reads the status line and only the framing headers (Content-Length, Transfer-Encoding: chunked,
 Connection: close) and completes a response from `data_received` itself, stamping its end time
 there, so the timing does not include the wait for the awaiting task to be scheduled. Bodies are
-counted, and kept only on request. `on_chunk` gives streaming callers every body chunk with its
-arrival time. A pool hands out idle connections and opens new ones up to its limit.
+counted, and kept only on request. `on_chunk` gives streaming callers the body's payload as it
+arrives (chunked framing removed), each piece with its arrival time. A pool hands out idle
+connections and opens new ones up to its limit.
 
 Two ways to use a connection: `send()` returns a future (for coroutines), `send_cb()` calls a
 function with the response or the HttpError from `data_received` itself: no future, no task,
@@ -199,11 +200,11 @@ class HttpConnection(asyncio.Protocol):
     _method_head = False
 
     def _body_data(self, data: bytes, now: int) -> None:
+        if self._length == -2:
+            self._chunked(data, now)  # hands on_chunk the decoded payload itself
+            return
         if self._on_chunk is not None:
             self._on_chunk(data, now)
-        if self._length == -2:
-            self._chunked(data, now)
-            return
         self._body_len += len(data)
         if self._keep_body:
             self._body.append(data)
@@ -224,6 +225,10 @@ class HttpConnection(asyncio.Protocol):
             if self._chunk_left:
                 take = min(self._chunk_left, size_buf - pos)
                 self._body_len += take
+                if take and self._on_chunk is not None:
+                    # Payload only (no size lines, CRLFs or trailers), stamped with the arrival
+                    # time of the read that brought it.
+                    self._on_chunk(buf[pos:pos + take], now)
                 if self._keep_body:
                     self._body.append(buf[pos:pos + take])
                 pos += take

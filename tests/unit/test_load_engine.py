@@ -294,6 +294,30 @@ def test_http_parser_completes_a_response_split_at_every_byte(response: bytes,
         assert resp.body_len == body_len and resp.status in (200, 204)
 
 
+@pytest.mark.parametrize("response", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello!",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\nX-Trailer: 1\r\n\r\n",
+])
+def test_a_streaming_caller_gets_the_payload_without_chunk_framing(response: bytes) -> None:
+    async def feed(split: int) -> list[tuple[bytes, int]]:
+        loop = asyncio.get_running_loop()
+        conn = HttpConnection(loop)
+        conn.connection_made(_FakeTransport())
+        pieces: list[tuple[bytes, int]] = []
+        fut = conn.send(b"GET / HTTP/1.1\r\n\r\n",
+                        on_chunk=lambda data, now: pieces.append((bytes(data), now)))
+        for i in range(0, len(response), split):
+            conn.data_received(response[i:i + split])
+        await fut
+        return pieces
+
+    for split in (1, 2, 7, len(response)):
+        pieces = asyncio.run(feed(split))
+        assert b"".join(p for p, _ in pieces) == b"hello!", split
+        assert all(p for p, _ in pieces)  # no empty calls for framing-only reads
+
+
 # -- sweep
 class SleepyWorkload(FakeWorkload):
     async def request(self, seq: int) -> Outcome:
