@@ -313,6 +313,23 @@ class BenchmarkManager:
             summary = {**summary, "file": "", "error": f"{type(exc).__name__}: {exc}"}
         return summary
 
+    async def _write_partitions(self, record: BenchmarkRecord, result: LoadResult,
+                                partitions: list[LoadResult]) -> dict[str, Any]:
+        """A Spark run's per-partition rows beside the merged ones (partition -1), under
+        `<run>/spark/{series,summary}/<run>.parquet`, for Spark SQL or pandas."""
+        from aifb.client.spark.parquet import write_parquet
+
+        folder = self.store.run_dir(record.id) / "spark"
+        try:
+            files = await asyncio.to_thread(write_parquet, result, folder, record.id,
+                                            partitions=partitions)
+        except Exception as exc:  # the merged figures are kept whatever happens here
+            log.warning("benchmark %s: spark parquet not written: %s", record.id, exc)
+            return {"partitions": len(partitions), "error": f"{type(exc).__name__}: {exc}"}
+        return {"partitions": len(partitions),
+                "files": {k: str(v.relative_to(self.store.run_dir(record.id)))
+                          for k, v in files.items()}}
+
     async def _execute(self, rid: str, runner: Runner, target: Target, total_s: float) -> None:
         record = self._active[rid].record
         outcome: RunOutcome | None = None
@@ -348,6 +365,9 @@ class BenchmarkManager:
                     "stop_reason": outcome.stop_reason}
                 if result.samples is not None:
                     stored["samples"] = await self._write_samples(record, result.samples)
+                if outcome.partitions:
+                    stored["spark"] = await self._write_partitions(record, result,
+                                                                   outcome.partitions)
                 self.store.write_json(rid, "result.json", stored)
         message = result.reason or ("completed" if result.state is RunState.SUCCEEDED
                                     else result.state.value.lower())

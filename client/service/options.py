@@ -180,6 +180,10 @@ def _check(o: LoadOptions) -> None:
         raise InvalidArgument("per-request samples are recorded by the in-process engine for "
                               "a single run, not by the spark engine or a sweep",
                               field="load.record_samples")
+    if o.engine == "spark" and o.resolved_mode == "sweep":
+        raise InvalidArgument("a sweep runs on the in-process engine only (its steps depend on "
+                              "each other's results); drop --engine spark, or run fixed rates "
+                              "on Spark one by one", field="load.engine")
     if o.engine == "spark" and o.spark_master and not _SPARK_MASTER.match(o.spark_master):
         raise InvalidArgument(f"bad Spark master {o.spark_master!r}: expected local, local "
                               "with N in square brackets, or spark://host:port",

@@ -45,6 +45,8 @@ class RunOutcome:
     steps: list[SweepStep] = field(default_factory=list)
     stop_reason: str = ""
     phases: list[Phase] = field(default_factory=list)
+    # Spark: the per-partition results `result` was merged from (partition order).
+    partitions: list[LoadResult] = field(default_factory=list)
 
 
 def to_progress(sample: ProgressSample, second: int) -> Progress:
@@ -195,7 +197,7 @@ class Runner:
         if self.cancel_reason:
             spark.cancel(self.cancel_reason)
         result: LoadResult = await asyncio.to_thread(spark.run)
-        return RunOutcome(result)
+        return RunOutcome(result, partitions=list(spark.partition_results))
 
 
 def _check_budget(result: LoadResult, budget: float) -> None:

@@ -195,3 +195,9 @@ def test_the_spark_engine_runs_a_benchmark_as_the_issue_shows(up: Up, nginx: Ngi
     assert f["workers"] == 2  # two partitions, merged exactly on the driver
     assert f["target_rate"] == pytest.approx(60)
     assert f["counters"]["completed"] == f["histograms"]["latency"]["count"] == 120
+    # The per-partition rows are kept beside the merged ones, for Spark SQL or pandas.
+    summary = pq.read_table(Path(out["directory"]) / "spark" / "summary" /
+                            f"{out['benchmark']['name'].rsplit('/', 1)[-1]}.parquet").to_pylist()
+    by_part = {row["partition"]: row["completed"] for row in summary}
+    assert sorted(by_part) == [-1, 0, 1]
+    assert by_part[0] + by_part[1] == by_part[-1] == 120

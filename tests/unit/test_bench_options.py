@@ -56,6 +56,7 @@ pytestmark = pytest.mark.unit
     (LoadOptions(concurrency=1, record_samples=True, max_samples=10**8), "load.max_samples"),
     (LoadOptions(mode="sweep", record_samples=True), "load.record_samples"),
     (LoadOptions(rate=5, engine="spark", record_samples=True), "load.record_samples"),
+    (LoadOptions(mode="sweep", engine="spark"), "load.engine"),
 ])
 def test_bad_load_options_name_their_field(options: LoadOptions, field: str) -> None:
     with pytest.raises(InvalidArgument) as info:
