@@ -39,6 +39,7 @@ _LABELS = attrgetter("labels")
 _STAMPS = attrgetter("timestamps_ms")
 _VALUES = attrgetter("values")
 _LABEL_SET = attrgetter("labels")
+_LABEL_BYTES = attrgetter("label_bytes")
 _FIRST = itemgetter(0)
 _EIGHTH = (8).__rfloordiv__
 _TIMES6 = (6).__mul__
@@ -80,8 +81,9 @@ class PackedPrepared:
     packed: PackedSeries
     last_timestamps: list[int]
     last_values: list[float]
-    series: Any  # the view's series, read again only for new entries of the local store
+    series: Any  # with .type and .help: read again only for new entries of the local store
     received: int
+    keys: list[bytes]  # each series' encoded labels (`packed.label_key`), the store's keys
 
 
 class _Entry:
@@ -198,7 +200,8 @@ class FastMetrics:
                               list(accumulate(map(_TIMES18, counts), initial=0)))
         doubles = array("d", all_values)
         return PackedPrepared(packed, list(map(flat.__getitem__, last)),
-                              list(map(doubles.__getitem__, last)), series, total)
+                              list(map(doubles.__getitem__, last)), series, total,
+                              list(map(_LABEL_BYTES, entries)))
 
     def _known(self, resource_key: bytes) -> dict[tuple[Any, ...], _Entry]:
         """The label sets already validated under one resource (bounded)."""

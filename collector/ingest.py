@@ -20,14 +20,16 @@ from dataclasses import dataclass, field
 
 from aifb.collector.config import CollectorConfig
 from aifb.collector.convert import metric_batch_from_wire
+from aifb.collector.fast_logs import log_batch_from_wire, prepare_logs, read_log_view
 from aifb.collector.fast_metrics import FastMetrics, read_metric_view
 from aifb.collector.loki import LokiForwarder
 from aifb.collector.model import LogBatchIn, MetricBatchIn, PushOutcome
 from aifb.collector.packed import PackedSeries, pack_series
+from aifb.collector.raw_metrics import RawMetrics, read_raw_batch
 from aifb.collector.remote_write import RemoteWriter
 from aifb.collector.stats import Stats
 from aifb.collector.stores import LatestStore, LogStore, TraceStore
-from aifb.collector.validate import Validator
+from aifb.collector.validate import PreparedLogs, Validator
 from aifb.mesh.errors import InvalidArgument, ResourceExhausted
 
 __all__ = ["Ingest", "SequenceWindow"]
@@ -99,6 +101,7 @@ class Ingest:
         self.loki = loki
         self.validator = Validator(config)
         self.fast = FastMetrics(self.validator)
+        self.raw = RawMetrics(self.validator)
         self.latest = LatestStore(config.latest_max_series)
         self.logs = LogStore(config.log_store_max_lines)
         self.traces = TraceStore(config.trace_store_max_spans)
@@ -108,7 +111,8 @@ class Ingest:
         self._metric_queues: list[asyncio.Queue[PackedSeries]] = (
             [asyncio.Queue(per_worker) for _ in range(config.forward_workers)] if remote else [])
         self._log_queue: asyncio.Queue[list[tuple[tuple[tuple[str, str], ...], list[int],
-                                                  list[str]]]] = asyncio.Queue(per_worker)
+                                                  list[str] | list[bytes]]]] = asyncio.Queue(
+                                                      per_worker)
         stats.queue_capacity = per_worker * (len(self._metric_queues) + (1 if loki else 0))
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -147,22 +151,27 @@ class Ingest:
                                         lambda: self._general(batch))
 
     async def push_metrics_wire(self, data: bytes) -> PushOutcome:
-        """A serialized PushMetricsRequest: the fast path (`FastMetrics`) when the batch is
-        regular, else the general one; either way the same checks, counts and answers."""
-        view = read_metric_view(data)
-        if view is None:
+        """A serialized PushMetricsRequest: the raw path (`RawMetrics`) when every series
+        has the same sample count, the view path (`FastMetrics`) for other regular batches,
+        else the general one; whichever it is, the same checks, counts and answers."""
+        raw = read_raw_batch(data)
+        if raw is None:
             return await self.push_metrics(metric_batch_from_wire(data))
 
         def prepare() -> _Ready:
-            fast = self.fast.prepare(view)
+            fast = self.raw.prepare(raw)  # the usual batch; then the view path, then general
+            if fast is None:
+                view = read_metric_view(data)
+                fast = self.fast.prepare(view) if view is not None else None
             if fast is None:
                 return self._general(metric_batch_from_wire(data))
-            return _Ready(fast.packed if self._metric_queues else None, fast.received,
-                          fast.received, 0, 0, [],
-                          lambda: self.latest.update_packed(fast.packed.labels,
-                                                            fast.last_timestamps,
-                                                            fast.last_values, fast.series))
-        return await self._push_metrics(view.agent_id, view.sequence, prepare)
+            done = fast
+            return _Ready(done.packed if self._metric_queues else None, done.received,
+                          done.received, 0, 0, [],
+                          lambda: self.latest.update_packed(done.keys, done.packed.labels,
+                                                            done.last_timestamps,
+                                                            done.last_values, done.series))
+        return await self._push_metrics(raw.agent_id, raw.sequence, prepare)
 
     async def _push_metrics(self, agent_id: str, sequence: int,
                             prepare: Callable[[], _Ready]) -> PushOutcome:
@@ -193,27 +202,52 @@ class Ingest:
                            error_message=_message(ready.reasons))
 
     async def push_logs(self, batch: LogBatchIn) -> PushOutcome:
+        return await self._push_logs(batch.agent_id, batch.sequence,
+                                     lambda: self.validator.logs(batch))
+
+    async def push_logs_wire(self, data: bytes) -> PushOutcome:
+        """A serialized PushLogsRequest: the fast path (`fast_logs`, lines kept as bytes) when
+        the view reads it exactly, else the general one; the same checks, counts and answers."""
+        try:
+            view = read_log_view(data)
+            batch = log_batch_from_wire(data) if view is None else None
+        except InvalidArgument:  # not decodable: counted as an invalid batch
+            self.stats.log_batches_received += 1
+            self.stats.log_batches_invalid += 1
+            raise
+        if view is None:
+            assert batch is not None
+            return await self.push_logs(batch)
+
+        def prepare() -> PreparedLogs:
+            prepared = prepare_logs(self.validator, view)
+            return self.validator.logs(log_batch_from_wire(data)) if prepared is None \
+                else prepared
+        return await self._push_logs(view.agent_id, view.sequence, prepare)
+
+    async def _push_logs(self, agent_id: str, sequence: int,
+                         prepare: Callable[[], PreparedLogs]) -> PushOutcome:
         stats = self.stats
         stats.log_batches_received += 1
-        agent = self.log_seqs.agent(batch.agent_id)
+        agent = self.log_seqs.agent(agent_id)
         async with agent.lock:
-            if self.log_seqs.is_duplicate(agent, batch.sequence):
+            if self.log_seqs.is_duplicate(agent, sequence):
                 stats.log_batches_duplicate += 1
-                return PushOutcome(batch.sequence, duplicate=True)
+                return PushOutcome(sequence, duplicate=True)
             try:
-                prepared = self.validator.logs(batch)
+                prepared = prepare()
             except InvalidArgument:
                 stats.log_batches_invalid += 1
                 raise
             if prepared.streams and self.loki is not None:
                 await self._enqueue(self._log_queue, prepared.streams)  # type: ignore[arg-type]
-            self.log_seqs.mark(agent, batch.sequence)
+            self.log_seqs.mark(agent, sequence)
         for labels, stamps, lines in prepared.streams:
             self.logs.add_stream(labels, stamps, lines)
         stats.log_lines_received += prepared.received
         stats.log_lines_accepted += prepared.accepted
         stats.log_lines_rejected += prepared.rejected
-        return PushOutcome(batch.sequence, accepted=prepared.accepted,
+        return PushOutcome(sequence, accepted=prepared.accepted,
                            rejected=prepared.rejected, error_message=_message(prepared.reasons))
 
     async def _metric_worker(self, queue: asyncio.Queue[PackedSeries]) -> None:

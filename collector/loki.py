@@ -51,6 +51,8 @@ def _ordered(entries: Entries) -> Entries:
 
 def _ordered_columns(stamps: Sequence[int], lines: Sequence[str] | Sequence[bytes]
                      ) -> tuple[Sequence[int], Sequence[str] | Sequence[bytes]]:
+    if stamps and stamps[0] == stamps[-1] and stamps.count(stamps[0]) == len(stamps):
+        return stamps, lines  # one timestamp (an agent's read): no pairwise comparisons
     if all(map(le, stamps, islice(stamps, 1, None))):
         return stamps, lines
     pairs: list[tuple[int, Any]] = sorted(zip(stamps, lines, strict=True), key=itemgetter(0))

@@ -25,6 +25,7 @@ __all__ = [
     "encode_labels",
     "encode_samples",
     "interleave_samples",
+    "label_key",
     "pack_series",
     "series_head",
     "varint",
@@ -110,6 +111,11 @@ class _LabelCache:
 
 
 _LABELS = _LabelCache()
+
+
+def label_key(labels: Labels) -> bytes:
+    """A label set's encoding (cached): what keys a series where its hash is paid often."""
+    return _LABELS.get(labels)
 _CHUNKS: dict[int, struct.Struct] = {}
 _FIRST = itemgetter(0)
 
@@ -166,7 +172,7 @@ class PackedSeries:
         offsets = [0]
         base = 0
         for item in items:
-            offsets += [o + base for o in item.offsets[1:]]
+            offsets += map(base.__add__, islice(item.offsets, 1, None))
             base += item.offsets[-1]
         return cls(list(chain.from_iterable(i.labels for i in items)),
                    list(chain.from_iterable(i.heads for i in items)),

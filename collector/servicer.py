@@ -79,10 +79,17 @@ class CollectorServicer(collector_pb2_grpc.CollectorServiceServicer):
                 sequence=out.sequence, duplicate=out.duplicate, accepted_samples=out.accepted,
                 rejected_samples=out.rejected, error_message=out.error_message)
 
-    async def PushLogs(self, request_iterator: AsyncIterator[collector_pb2.PushLogsRequest],
-                       context: Context) -> AsyncIterator[collector_pb2.PushLogsResponse]:
+    async def PushLogs(
+            self, request_iterator: AsyncIterator[collector_pb2.PushLogsRequest | bytes],
+            context: Context) -> AsyncIterator[collector_pb2.PushLogsResponse]:
+        """Mounted by `collector_bindings`, requests arrive as their wire bytes (read by the
+        ingest's fast path, `fast_logs`); a caller passing messages gets the same answers."""
         async for request in request_iterator:
-            out: PushOutcome = await self.ingest.push_logs(log_batch_from_proto(request.batch))
+            out: PushOutcome
+            if isinstance(request, bytes):
+                out = await self.ingest.push_logs_wire(request)
+            else:
+                out = await self.ingest.push_logs(log_batch_from_proto(request.batch))
             yield collector_pb2.PushLogsResponse(
                 sequence=out.sequence, duplicate=out.duplicate, accepted_lines=out.accepted,
                 rejected_lines=out.rejected, error_message=out.error_message)
@@ -165,15 +172,16 @@ class OtlpTraceServicer(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 def _add_collector_service(servicer: CollectorServicer, server: Any) -> None:
-    """`add_CollectorServiceServicer_to_server`, except that PushMetrics requests are handed
-    over undecoded: the ingest parses them with its wire views (see `fast_metrics`)."""
+    """`add_CollectorServiceServicer_to_server`, except that PushMetrics and PushLogs requests
+    are handed over undecoded: the ingest parses them with its wire views (see `fast_metrics`,
+    `fast_logs`)."""
     pb = collector_pb2
     handlers = {
         "PushMetrics": grpc.stream_stream_rpc_method_handler(
             servicer.PushMetrics, request_deserializer=None,
             response_serializer=pb.PushMetricsResponse.SerializeToString),
         "PushLogs": grpc.stream_stream_rpc_method_handler(
-            servicer.PushLogs, request_deserializer=pb.PushLogsRequest.FromString,
+            servicer.PushLogs, request_deserializer=None,
             response_serializer=pb.PushLogsResponse.SerializeToString),
         "QueryLogs": grpc.unary_unary_rpc_method_handler(
             servicer.QueryLogs, request_deserializer=pb.QueryLogsRequest.FromString,

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import ge
 from typing import Any
 
 from aifb.collector.model import Labels, LogRecord, SeriesOut, SpanRecord
+from aifb.collector.packed import label_key
 
 __all__ = ["LatestStore", "LatestValue", "LogStore", "TraceStore"]
 
@@ -21,65 +23,90 @@ class LatestValue:
 
 
 class LatestStore:
-    """The newest sample of every series seen (what `/metrics` serves), up to `max_series`."""
+    """The newest sample of every series seen (what `/metrics` serves), up to `max_series`.
+
+    Series are keyed by their encoded label set (`aifb.collector.packed.encode_labels`: bytes,
+    whose hash Python keeps), in dicts of values, timestamps and (labels, type, help), so that
+    a batch of known series, all newer than what is kept, is stored by two `dict.update`s."""
 
     def __init__(self, max_series: int) -> None:
         self.max_series = max_series
-        self.series: dict[Labels, LatestValue] = {}
         self.refused = 0
+        self._values: dict[bytes, float] = {}
+        self._stamps: dict[bytes, int] = {}
+        self._meta: dict[bytes, tuple[Labels, int, str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @property
+    def series(self) -> dict[Labels, LatestValue]:
+        """Every kept series (a copy)."""
+        return dict(self.snapshot())
+
+    def _put(self, key: bytes, labels: Labels, value: float, ts: int, kind: int,
+             help_: str) -> None:
+        old = self._stamps.get(key)
+        if old is None:
+            if len(self._stamps) >= self.max_series:
+                self.refused += 1
+                return
+            self._meta[key] = (labels, kind, help_)  # first: snapshot() reads values, then meta
+        elif ts < old:
+            return
+        self._stamps[key] = ts
+        self._values[key] = value
 
     def update(self, batch: Iterable[SeriesOut]) -> None:
-        series = self.series
         for s in batch:
-            if not s.timestamps:
-                continue
-            old = series.get(s.labels)
-            if old is None:
-                if len(series) >= self.max_series:
-                    self.refused += 1
-                    continue
-                series[s.labels] = LatestValue(s.values[-1], s.timestamps[-1], s.kind, s.help)
-            elif s.timestamps[-1] >= old.timestamp_ms:
-                old.value = s.values[-1]
-                old.timestamp_ms = s.timestamps[-1]
+            if s.timestamps:
+                self._put(label_key(s.labels), s.labels, s.values[-1], s.timestamps[-1],
+                          s.kind, s.help)
 
-    def update_packed(self, labels: list[Labels], timestamps: list[int], values: list[float],
-                      series: Sequence[Any]) -> None:
-        """The same from the fast path's columns: the last sample of each series; `series`
-        (with `.type` and `.help`) is read only for series not yet stored."""
-        known = self.series
-        for i, (key, ts, value) in enumerate(zip(labels, timestamps, values, strict=True)):
-            old = known.get(key)
-            if old is None:
-                if len(known) >= self.max_series:
-                    self.refused += 1
-                    continue
-                known[key] = LatestValue(value, ts, series[i].type, series[i].help)
-            elif ts >= old.timestamp_ms:
-                old.value = value
-                old.timestamp_ms = ts
+    def update_packed(self, keys: list[bytes], labels: list[Labels], timestamps: list[int],
+                      values: list[float], series: Sequence[Any]) -> None:
+        """The same from the fast paths' columns: the last sample of each series, keyed by
+        its encoded label set; `series` (with `.type` and `.help`) is read only for series
+        not yet stored."""
+        olds = list(map(self._stamps.get, keys))
+        if None not in olds and len(set(keys)) == len(keys) \
+                and all(map(ge, timestamps, olds)):  # type: ignore[arg-type]  # None excluded
+            self._stamps.update(zip(keys, timestamps, strict=True))
+            self._values.update(zip(keys, values, strict=True))
+            return
+        for i, (key, ts, value) in enumerate(zip(keys, timestamps, values, strict=True)):
+            self._put(key, labels[i], value, ts, series[i].type, series[i].help)
 
     def snapshot(self) -> list[tuple[Labels, LatestValue]]:
-        """A copy safe to read from another thread (dict.copy runs under the GIL, whole)."""
-        return list(self.series.copy().items())
+        """A copy safe to read from another thread (each dict.copy runs under the GIL, whole;
+        values are copied first, and a series' meta is stored before its first value)."""
+        values = self._values.copy()
+        stamps = self._stamps.copy()
+        meta = self._meta.copy()
+        out = []
+        for key, value in values.items():
+            labels, kind, help_ = meta[key]
+            out.append((labels, LatestValue(value, stamps.get(key, 0), kind, help_)))
+        return out
 
 
 class LogStore:
     """The most recent `max_lines` log lines, for QueryLogs when no Loki is configured.
 
     Kept as the streams arrived (labels once, columns of times and lines), so storing a batch
-    makes no object per line; `extend` with records still works."""
+    makes no object per line; `extend` with records still works. Lines are `str`, or UTF-8
+    `bytes` as the fast ingest path keeps them (decoded when read)."""
 
     def __init__(self, max_lines: int) -> None:
         self.max_lines = max(max_lines, 0)
         self.enabled = max_lines > 0
-        self._chunks: deque[tuple[Labels, list[int], list[str]]] = deque()
+        self._chunks: deque[tuple[Labels, list[int], list[str] | list[bytes]]] = deque()
         self._count = 0
 
     @property
     def lines(self) -> list[LogRecord]:
         """Every kept line, oldest first (for tests and small stores)."""
-        return [LogRecord(labels, t, line) for labels, stamps, texts in self._chunks
+        return [LogRecord(labels, t, _text(line)) for labels, stamps, texts in self._chunks
                 for t, line in zip(stamps, texts, strict=True)]
 
     def extend(self, records: Iterable[LogRecord]) -> None:
@@ -87,7 +114,8 @@ class LogStore:
             for r in records:
                 self.add_stream(r.labels, [r.timestamp_ns], [r.line])
 
-    def add_stream(self, labels: Labels, stamps: list[int], lines: list[str]) -> None:
+    def add_stream(self, labels: Labels, stamps: list[int],
+                   lines: list[str] | list[bytes]) -> None:
         if not self.enabled or not stamps:
             return
         if len(stamps) > self.max_lines:
@@ -112,13 +140,14 @@ class LogStore:
         for labels, stamps, texts in reversed(self._chunks):
             if wanted and not wanted.issubset(labels):
                 continue
-            for t, line in zip(reversed(stamps), reversed(texts), strict=True):
+            for t, raw in zip(reversed(stamps), reversed(texts), strict=True):
                 if len(found) >= limit:
                     break
                 if start_ns and t < start_ns:
                     continue
                 if end_ns and t >= end_ns:
                     continue
+                line = _text(raw)
                 if contains and contains not in line:
                     continue
                 found.append(LogRecord(labels, t, line))
@@ -127,6 +156,10 @@ class LogStore:
         found.reverse()  # arrival order, which a stable sort keeps among equal times
         found.sort(key=lambda r: r.timestamp_ns)
         return found
+
+
+def _text(line: object) -> str:
+    return line.decode() if isinstance(line, bytes) else str(line)
 
 
 class TraceStore:

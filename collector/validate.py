@@ -36,7 +36,8 @@ class PreparedMetrics:
 
 @dataclass(slots=True)
 class PreparedLogs:
-    streams: list[tuple[Labels, list[int], list[str]]]
+    # Lines are `str`, or UTF-8 `bytes` from the fast path (`fast_logs`).
+    streams: list[tuple[Labels, list[int], list[str] | list[bytes]]]
     received: int = 0
     accepted: int = 0
     rejected: int = 0

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from aifb.mesh.config_data import load_config_data
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["Config", "MeshConfig", "ServerConfig", "is_loopback", "load_config", "section_config"]
 
-M = TypeVar("M", bound=BaseModel)
+
+class _Model(Protocol):
+    """A section's model: a pydantic model, or a plain one with the same `model_validate`."""
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> Any: ...
+
+
+M = TypeVar("M", bound=_Model)
 
 
 class _Section(BaseModel):
@@ -70,41 +76,6 @@ class Config(_Section):
     logger: dict[str, Any] = Field(default_factory=dict)
 
 
-def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """AIFB_MESH__LISTEN=... -> {"mesh": {"listen": "..."}}; values parsed as YAML scalars."""
-    out: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith("AIFB_") or "__" not in name:
-            continue
-        section, _, key = name[len("AIFB_"):].lower().partition("__")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        out.setdefault(section, {})[key] = value
-    return out
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise InvalidArgument(f"cannot read config file {path}: {exc}", field=str(path)) from exc
-    if not isinstance(data, dict):
-        raise InvalidArgument(f"config file {path}: expected a mapping at the top", field=str(path))
-    return data
-
-
 def load_config(
     *,
     file: str | Path | None = None,
@@ -112,18 +83,7 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
     """Build the config. `overrides` are flags, as {"mesh": {"listen": ...}}; None values skip."""
-    env = os.environ if environ is None else environ
-    text = resources.files("aifb.mesh").joinpath("defaults.yaml").read_text(encoding="utf-8")
-    data: dict[str, Any] = yaml.safe_load(text)
-    path = Path(file) if file else Path(env.get("AIFB_CONFIG", "~/.config/aifb/config.yaml"))
-    path = path.expanduser()
-    if file or path.exists():
-        data = _deep_merge(data, _read_yaml(path))
-    data = _deep_merge(data, _env_overrides(env))
-    if overrides:
-        clean = {s: {k: v for k, v in vals.items() if v is not None}
-                 for s, vals in overrides.items()}
-        data = _deep_merge(data, clean)
+    data = load_config_data(file=file, environ=environ, overrides=overrides)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -139,11 +99,14 @@ def section_config(model: type[M], config: Config, section: str,
     data = dict(getattr(config, section))
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        return model.model_validate(data)
+        return cast("M", model.model_validate(data))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in (section, *first["loc"]))
         raise InvalidArgument(f"config: {where}: {first['msg']}", field=where) from exc
+    except ValueError as exc:  # a plain model (MonitorConfig) names its key in `loc`
+        where = ".".join(str(p) for p in (section, *getattr(exc, "loc", ())))
+        raise InvalidArgument(f"config: {where}: {exc}", field=where) from exc
 
 
 def is_loopback(address: str) -> bool:

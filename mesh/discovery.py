@@ -17,10 +17,10 @@ import logging
 import re
 import socket
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
 
 import grpc
-from pydantic import BaseModel, ConfigDict, Field
 
 from aifb.mesh.channel import open_channel
 from aifb.mesh.push import Backoff
@@ -67,17 +67,49 @@ class Target:
         return out
 
 
-class TargetSpec(BaseModel):
-    """A target from an agent's config (a sidecar names its own job this way)."""
+@dataclass
+class TargetSpec:
+    """A target from an agent's config (a sidecar names its own job this way).
 
-    model_config = ConfigDict(extra="forbid")
+    A plain dataclass, checked in `__post_init__`, so that an agent reads its config without
+    importing pydantic; pydantic models (LoggerConfig) validate it as a field all the same."""
+
+    __pydantic_config__: ClassVar[dict[str, str]] = {"extra": "forbid"}
     service: str
     job_id: str = ""
-    pid: int | None = Field(default=None, gt=0)
+    pid: int | None = None
     metrics_url: str = ""
     stdout_path: str = ""
     stderr_path: str = ""
-    log_files: list[str] = Field(default_factory=list)
+    log_files: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("service", "job_id", "metrics_url", "stdout_path", "stderr_path"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}: expected a string, got {getattr(self, name)!r}")
+        if self.pid is not None and (isinstance(self.pid, bool) or not isinstance(self.pid, int)
+                                     or self.pid <= 0):
+            raise ValueError(f"pid: expected a positive integer, got {self.pid!r}")
+        if not isinstance(self.log_files, list) or not all(
+                isinstance(f, str) for f in self.log_files):
+            raise ValueError(f"log_files: expected a list of strings, got {self.log_files!r}")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> TargetSpec:
+        """From a config mapping; unknown keys are refused (ValueError naming them)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected a mapping, got {data!r}")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}")
+        if "service" not in data:
+            raise ValueError("service: required")
+        return cls(**data)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None) -> TargetSpec:
+        """A checked copy with `update` applied (as pydantic's `model_copy`, which callers of
+        the former pydantic model use)."""
+        return replace(self, **dict(update or {}))
 
     def to_target(self) -> Target:
         return Target(service=self.service, job_id=self.job_id, pid=self.pid,

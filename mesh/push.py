@@ -97,6 +97,9 @@ RETRYABLE_CODES = frozenset({
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
 })
 _HEADER = struct.Struct(">I")
+# Sequence numbers reserved at once in the spool's sequence file (restarts skip the unused rest;
+# numbers are Unix microseconds, so a restart moves past far more than this anyway).
+_SEQUENCE_BLOCK = 1024
 _VALUES, _LINES = attrgetter("values"), attrgetter("lines")
 
 
@@ -191,6 +194,7 @@ class BatchSender:
         self._connected = False
         highest = self._load_spool()
         self._next_sequence = max(time.time_ns() // 1000, highest + 1, self._last_used() + 1)
+        self._reserved = 0  # numbers up to this one are recorded as used (see _remember_sequence)
 
     # -- public API ------------------------------------------------------------------------
 
@@ -216,7 +220,8 @@ class BatchSender:
                            meta=dict(meta or {}))
         if self._spool is not None:
             self._write_spool(seq, pending)
-            self._remember_sequence(seq)
+            if seq > self._reserved:
+                self._remember_sequence(seq + _SEQUENCE_BLOCK)
         self._buffer[seq] = pending
         self.stats.submitted_batches += 1
         self.stats.buffered_bytes += pending.size
@@ -367,11 +372,14 @@ class BatchSender:
             return 0
 
     def _remember_sequence(self, seq: int) -> None:
+        """Record every number up to `seq` as used (before any of them is), so that the file is
+        written once per `_SEQUENCE_BLOCK` batches; a restart starts after the whole block."""
         assert self._spool is not None
         path = self._spool / f"{self.kind}.sequence"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(str(seq))
         os.replace(tmp, path)
+        self._reserved = seq
 
     def _unlink_spool(self, seq: int) -> None:
         if self._spool is not None:

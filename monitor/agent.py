@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from aifb.mesh.discovery import ChannelFactory, ServiceDiscovery, TargetSpec, channel_factory
 from aifb.mesh.push import BatchSender
 from aifb.monitor.collect import NodeCollector
-from aifb.monitor.config import MonitorConfig
+from aifb.monitor.config import ConfigError, MonitorConfig
 from aifb.monitor.gpu import GpuCollector
 from aifb.monitor.host import HostCollector
 from aifb.monitor.procs import ProcessTreeCollector, RootResolver
@@ -157,7 +157,10 @@ def _parse(argv: Sequence[str] | None) -> tuple[MonitorConfig, argparse.Namespac
             data[key] = value
     if args.all_nodes:
         data["all_nodes"] = True
-    config = MonitorConfig.model_validate(data)
+    try:
+        config = MonitorConfig.model_validate(data)
+    except ConfigError as exc:
+        p.error(f"config: {'.'.join(map(str, exc.loc))}: {exc}")
     if args.service:
         config.targets.append(TargetSpec(service=args.service, job_id=args.job_id, pid=args.pid,
                                          metrics_url=args.metrics_url))
@@ -165,13 +168,12 @@ def _parse(argv: Sequence[str] | None) -> tuple[MonitorConfig, argparse.Namespac
 
 
 async def _amain(config: MonitorConfig, listen: str) -> None:
-    from aifb.mesh.auth import Authenticator, TokenStore
     from aifb.mesh.channel import load_token
-    from aifb.mesh.config import load_config
-    from aifb.mesh.server import create_server, serve_until_signal
+    from aifb.mesh.config_data import home_path, load_config_data
 
-    mesh = load_config().mesh
-    token = load_token(mesh.home_path)
+    # The typed mesh config (pydantic) and the server (OpenTelemetry, reflection) are loaded
+    # only to serve MonitorService: a push-only agent stays small.
+    token = load_token(home_path(load_config_data()))
     discovery = ServiceDiscovery(
         channel_factory(config.server, token=token) if config.server else None,
         node=config.node_name, all_nodes=config.all_nodes)
@@ -179,6 +181,11 @@ async def _amain(config: MonitorConfig, listen: str) -> None:
         config.collector, token=token) if config.collector else None)
     await agent.start()
     if listen:
+        from aifb.mesh.auth import Authenticator, TokenStore
+        from aifb.mesh.config import load_config
+        from aifb.mesh.server import create_server, serve_until_signal
+
+        mesh = load_config().mesh
         store = TokenStore(mesh.home_path)
         server = await create_server(mesh, [agent.binding()], listen=listen,
                                      authenticator=Authenticator(store, enabled=mesh.auth))

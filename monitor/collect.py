@@ -54,6 +54,7 @@ class NodeCollector:
     async def close(self) -> None:
         await self.scraper.close()
         self.procs.close()
+        self.host.close()
         if self._worker is not None:
             self._worker.shutdown(wait=False)
             self._worker = None

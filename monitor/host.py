@@ -8,6 +8,7 @@ import time
 
 import psutil  # type: ignore[import-untyped]
 
+from aifb.monitor import procfs
 from aifb.monitor.model import MetricSet
 
 __all__ = ["HostCollector", "is_pseudo_filesystem"]
@@ -22,7 +23,7 @@ _PSEUDO_FSTYPES = frozenset({
 })
 _PSEUDO_MOUNTS = re.compile(r"^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+"
                             r"|var/lib/containers/storage/.+)($|/)")
-_CPU_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+_CPU_MODES = procfs.CPU_MODES
 
 
 def is_pseudo_filesystem(fstype: str, mountpoint: str) -> bool:
@@ -32,7 +33,10 @@ def is_pseudo_filesystem(fstype: str, mountpoint: str) -> bool:
 class HostCollector:
     """Reads the node's counters; `cpu_ratio` is the busy fraction since the previous read."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, use_procfs: bool | None = None) -> None:
+        """`use_procfs`: read /proc directly (None: on Linux), else through psutil."""
+        self._proc = procfs.ProcFiles() if (procfs.available() if use_procfs is None
+                                             else use_procfs) else None
         self._last_cpu: tuple[float, float] | None = None
         self.cpu_ratio = 0.0
         self.load1 = 0.0
@@ -56,6 +60,10 @@ class HostCollector:
             self._mounts, self._mounts_read = mounts, now
         return self._mounts
 
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.close()
+
     def collect(self, out: MetricSet) -> None:
         self._cpu(out)
         self._memory(out)
@@ -64,7 +72,7 @@ class HostCollector:
         self._filesystems(out)
 
     def _cpu(self, out: MetricSet) -> None:
-        times = psutil.cpu_times()
+        times = self._proc.cpu_times() if self._proc is not None else psutil.cpu_times()
         help_ = "Seconds the CPUs spent in each mode (all CPUs summed)."
         for mode in _CPU_MODES:
             value = getattr(times, mode, None)
@@ -83,7 +91,12 @@ class HostCollector:
         out.gauge("aifb_node_load15", "15-minute load average.", load15)
 
     def _memory(self, out: MetricSet) -> None:
-        vm = psutil.virtual_memory()
+        if self._proc is not None:
+            vm = sw = self._proc.memory()
+            swap_total, swap_used = sw.swap_total, sw.swap_used
+        else:
+            vm, sw = psutil.virtual_memory(), psutil.swap_memory()
+            swap_total, swap_used = sw.total, sw.used
         self.memory_total_bytes = int(vm.total)
         self.memory_used_bytes = int(vm.total - vm.available)
         out.gauge("aifb_node_memory_total_bytes", "Physical memory.", vm.total)
@@ -93,14 +106,14 @@ class HostCollector:
         for field in ("buffers", "cached", "shared"):
             out.gauge(f"aifb_node_memory_{field}_bytes", f"Memory in {field}.",
                       getattr(vm, field, None))
-        sw = psutil.swap_memory()
-        out.gauge("aifb_node_swap_total_bytes", "Swap space.", sw.total)
-        out.gauge("aifb_node_swap_used_bytes", "Swap space in use.", sw.used)
+        out.gauge("aifb_node_swap_total_bytes", "Swap space.", swap_total)
+        out.gauge("aifb_node_swap_used_bytes", "Swap space in use.", swap_used)
 
     def _disks(self, out: MetricSet) -> None:
         try:
-            disks = psutil.disk_io_counters(perdisk=True, nowrap=True) or {}
-        except (OSError, RuntimeError):
+            disks = self._proc.disks() if self._proc is not None else (
+                psutil.disk_io_counters(perdisk=True, nowrap=True) or {})
+        except (OSError, RuntimeError, ValueError):
             return
         for dev, io in disks.items():
             out.counter("aifb_node_disk_read_bytes_total", "Bytes read.", io.read_bytes,
@@ -116,7 +129,8 @@ class HostCollector:
                         None if busy is None else busy / 1000.0, device=dev)
 
     def _network(self, out: MetricSet) -> None:
-        nics = psutil.net_io_counters(pernic=True, nowrap=True) or {}
+        nics = self._proc.nics() if self._proc is not None else (
+            psutil.net_io_counters(pernic=True, nowrap=True) or {})
         for dev, io in nics.items():
             values = {
                 "receive_bytes_total": io.bytes_recv, "transmit_bytes_total": io.bytes_sent,

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import chain, repeat
+from operator import itemgetter
+from typing import NamedTuple
 
 from aifb.v1 import telemetry_pb2
 
 _DOUBLE = struct.Struct("<d")
+_CHUNK8 = struct.Struct("8s")
+_FIRST = itemgetter(0)
+_KEY = itemgetter(0, 1)  # a Sample's (name, labels)
+_VALUE = itemgetter(2)
+_STAMP = itemgetter(5)
+Labels = tuple[tuple[str, str], ...]
 
 
 def _varint(n: int) -> bytes:
@@ -25,9 +35,11 @@ GAUGE = telemetry_pb2.METRIC_TYPE_GAUGE
 COUNTER = telemetry_pb2.METRIC_TYPE_COUNTER
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One value of one series. `timestamp_ms` None means "the collection's time"."""
+class Sample(NamedTuple):
+    """One value of one series. `timestamp_ms` None means "the collection's time".
+
+    A NamedTuple: a collection makes a few hundred of these, and a tuple is built several
+    times faster than a frozen dataclass."""
 
     name: str
     labels: tuple[tuple[str, str], ...]
@@ -72,6 +84,10 @@ class BatchBuilder:
         self._idents: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
         self._resources: dict[tuple[tuple[str, str], ...], bytes] = {}
         self._max_cached = max_cached
+        # Per series: field tag, length and identity of a one-point series whose point
+        # header is `_framed_size` bytes (it grows with the timestamp's varint).
+        self._framed: dict[tuple[str, Labels], bytes] = {}
+        self._framed_size = 0
 
     def _ident(self, first: Sample) -> bytes:
         key = (first.name, first.labels)
@@ -97,13 +113,18 @@ class BatchBuilder:
     def build(self, samples: Iterable[Sample], timestamp_ms: int,
               resource: Mapping[str, str]) -> telemetry_pb2.MetricBatch:
         """Group samples into series (labels once, packed points ascending by time)."""
+        samples = list(samples)
+        # The usual series: one point at the collection time (packed: tag, length, varint).
+        stamp = _varint(timestamp_ms) if timestamp_ms >= 0 else b""
+        one_point = b"\x22" + bytes((len(stamp),)) + stamp + b"\x2a\x08"
+        keys = list(map(_KEY, samples))
+        if stamp and list(map(_STAMP, samples)).count(None) == len(samples) \
+                and len(set(keys)) == len(keys):
+            return self._one_point_each(samples, keys, one_point, resource)
         grouped: dict[tuple[str, tuple[tuple[str, str], ...]], list[Sample]] = {}
         for s in samples:
             grouped.setdefault((s.name, s.labels), []).append(s)
         parts = [self._resource(resource)]
-        # The usual series: one point at the collection time (packed: tag, length, varint).
-        stamp = _varint(timestamp_ms) if timestamp_ms >= 0 else b""
-        one_point = b"\x22" + bytes((len(stamp),)) + stamp + b"\x2a\x08"
         pack = _DOUBLE.pack
         for group in grouped.values():
             first = group[0]
@@ -117,6 +138,26 @@ class BatchBuilder:
                     values=[v for _, v in points]).SerializeToString()
             parts += (b"\x22", _varint(len(body)), body)
         return telemetry_pb2.MetricBatch.FromString(b"".join(parts))
+
+
+    def _one_point_each(self, samples: list[Sample], keys: list[tuple[str, Labels]],
+                        one_point: bytes, resource: Mapping[str, str]
+                        ) -> telemetry_pb2.MetricBatch:
+        """`build` when every sample is its own series at the collection time: each series is
+        its cached framed identity, the shared point header and its value, joined at once."""
+        framed = self._framed
+        if self._framed_size != len(one_point) or len(framed) >= self._max_cached:
+            framed.clear()
+            self._framed_size = len(one_point)
+        heads: list[bytes | None] = list(map(framed.get, keys))
+        if None in heads:
+            size = len(one_point) + 8
+            for i in [i for i, h in enumerate(heads) if h is None]:
+                ident = self._ident(samples[i])
+                heads[i] = framed[keys[i]] = (b"\x22" + _varint(len(ident) + size) + ident)
+        values = map(_FIRST, _CHUNK8.iter_unpack(array("d", map(_VALUE, samples)).tobytes()))
+        body = b"".join(chain.from_iterable(zip(heads, repeat(one_point), values)))  # type: ignore[arg-type]
+        return telemetry_pb2.MetricBatch.FromString(self._resource(resource) + body)
 
 
 def to_batch(samples: Iterable[Sample], timestamp_ms: int,

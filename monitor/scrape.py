@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import math
 import re
@@ -10,11 +11,12 @@ import time
 import urllib.request
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 from aifb.mesh.discovery import Target
 from aifb.monitor.model import COUNTER, GAUGE, MetricSet, Sample
 
-__all__ = ["Scraper", "parse_exposition"]
+__all__ = ["ParseCache", "Scraper", "parse_exposition"]
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +73,44 @@ def _family(name: str, types: Mapping[str, str]) -> str:
     return name
 
 
-def parse_exposition(text: str, extra: Mapping[str, str], *,
-                     max_samples: int = 100_000) -> list[Sample]:
+class ParseCache:
+    """What `parse_exposition` learnt of each series line of one target (the part before the
+    value: name and labels, relabelled, with its type and help), valid while the target's
+    `# TYPE` / `# HELP` lines stay the same. A scrape then parses only the values."""
+
+    def __init__(self, max_series: int = 100_000) -> None:
+        self.meta: list[str] | None = None
+        self.series: dict[str, tuple[str, tuple[tuple[str, str], ...], int, str] | None] = {}
+        self.max_series = max_series
+
+
+def _series_key(line: str) -> tuple[str, list[str]]:
+    """A sample line's series part (name and labels, as written) and the fields after it."""
+    close = line.rfind("}")
+    if close >= 0:
+        return line[:close + 1], line[close + 1:].split()
+    name, _, rest = line.partition(" ")
+    if "\t" in name:
+        name, _, more = name.partition("\t")
+        rest = more + " " + rest
+    return name, rest.split()
+
+
+def parse_exposition(text: str, extra: Mapping[str, str], *, max_samples: int = 100_000,
+                     cache: ParseCache | None = None) -> list[Sample]:
     """Parse the Prometheus text format; add `extra` labels, renaming clashing ones to
     exported_<name>. (Our own small parser: prometheus_client's costs about 11 MB of memory
-    and several times the CPU, in an agent that must stay small.)"""
+    and several times the CPU, in an agent that must stay small.) With a `cache` kept for
+    one target (and the same `extra`), lines seen before cost a dict lookup and a float."""
+    lines = text.splitlines()
+    if cache is not None:
+        meta = [line for line in lines if line[:1] == "#"]
+        if meta != cache.meta or len(cache.series) > cache.max_series:
+            cache.meta, cache.series = meta, {}
     out: list[Sample] = []
     types: dict[str, str] = {}
     helps: dict[str, str] = {}
-    for raw in text.splitlines():
+    for raw in lines:
         line = raw.strip()
         if not line:
             continue
@@ -91,24 +122,45 @@ def parse_exposition(text: str, extra: Mapping[str, str], *,
                 doc = parts[3] if len(parts) > 3 else ""
                 helps[parts[2]] = doc.replace("\\n", "\n").replace("\\\\", "\\")
             continue
+        if cache is not None:
+            key, rest = _series_key(line)
+            if key in cache.series and (known := cache.series[key]) is None:
+                continue  # a _created sample: skipped
+            if key in cache.series and known is not None and 1 <= len(rest) <= 2 and (
+                    len(rest) == 1 or rest[1].lstrip("-").isdigit()):
+                value = float(rest[0])
+                if not math.isnan(value):
+                    k_name, k_labels, k_type, k_help = known
+                    out.append(Sample(k_name, k_labels, value, k_type, k_help,
+                                      None if len(rest) == 1 else int(rest[1])))
+                    if len(out) >= max_samples:
+                        log.warning("scrape truncated at %d samples", max_samples)
+                        return out
+                continue
         match = _SAMPLE_LINE.fullmatch(line)
         if match is None:
             raise ValueError(f"bad exposition line {line[:200]!r}")
         name, body, value_text, stamp = match.groups()
         if name.endswith("_created"):
+            if cache is not None:
+                cache.series[_series_key(line)[0]] = None
             continue
         value = float(value_text)
+        labels = _labels(body, line) if body else {}
+        for key_, val in extra.items():
+            if key_ in labels:
+                labels[f"exported_{key_}"] = labels.pop(key_)
+            labels[key_] = val
+        family = _family(name, types)
+        sample = Sample(name, tuple(sorted(labels.items())), value,
+                        _sample_type(types.get(family, "unknown"), name),
+                        helps.get(family, ""), None if stamp is None else int(stamp))
+        if cache is not None:
+            cache.series[_series_key(line)[0]] = (sample.name, sample.labels, sample.type,
+                                                  sample.help)
         if math.isnan(value):
             continue
-        labels = _labels(body, line) if body else {}
-        for key, val in extra.items():
-            if key in labels:
-                labels[f"exported_{key}"] = labels.pop(key)
-            labels[key] = val
-        family = _family(name, types)
-        out.append(Sample(name, tuple(sorted(labels.items())), value,
-                          _sample_type(types.get(family, "unknown"), name),
-                          helps.get(family, ""), None if stamp is None else int(stamp)))
+        out.append(sample)
         if len(out) >= max_samples:
             log.warning("scrape truncated at %d samples", max_samples)
             return out
@@ -118,30 +170,44 @@ def parse_exposition(text: str, extra: Mapping[str, str], *,
 class Scraper:
     """Scrapes every target with a metrics URL concurrently, within `timeout` seconds each.
 
-    Uses the standard library's HTTP client in a small thread pool: httpx would add about
-    15 MB to an agent that must stay small.
+    Uses the standard library's HTTP client in a small thread pool (httpx would add about
+    15 MB to an agent that must stay small), with one kept-alive connection and one
+    `ParseCache` per target URL.
     """
 
     def __init__(self, timeout: float = 3.0, *, max_bytes: int = 32 * 1024 * 1024,
                  headers: Mapping[str, str] | None = None, workers: int = 4) -> None:
         self.timeout = timeout
         self.max_bytes = max_bytes
-        self._headers = dict(headers or {})
+        self._headers = {"Accept": "text/plain;version=0.0.4", **(headers or {})}
         self._workers = workers
         self._pool: ThreadPoolExecutor | None = None
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        # Per target URL; a scrape takes its connection out while it uses it.
+        self._conns: dict[str, http.client.HTTPConnection] = {}
+        self._caches: dict[tuple[str, str, str], ParseCache] = {}
 
     async def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        for conn in list(self._conns.values()):
+            conn.close()
+        self._conns.clear()
 
     async def scrape_all(self, targets: Mapping[str, Target], out: MetricSet) -> None:
         wanted = [t for t in targets.values() if t.metrics_url]
+        urls = {t.metrics_url for t in wanted}
+        for url in [u for u in self._conns if u not in urls]:
+            self._conns.pop(url).close()
+        keys = {(t.metrics_url, t.service, t.job_id) for t in wanted}
+        for key in [k for k in self._caches if k not in keys]:
+            del self._caches[key]
         if not wanted:
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="scrape")
+            self._pool = ThreadPoolExecutor(min(self._workers, len(wanted)),
+                                            thread_name_prefix="scrape")
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(*(loop.run_in_executor(self._pool, self.scrape, t)
                                          for t in wanted))
@@ -149,10 +215,46 @@ class Scraper:
             out.extend(samples)
 
     def _fetch(self, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url}")
-        request = urllib.request.Request(url, headers={
-            "Accept": "text/plain;version=0.0.4", **self._headers})
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn = self._conns.pop(url, None)
+        reused = conn is not None
+        while True:
+            if conn is None:
+                kind = (http.client.HTTPSConnection if parts.scheme == "https"
+                        else http.client.HTTPConnection)
+                conn = kind(parts.hostname, parts.port, timeout=self.timeout)
+            try:
+                conn.request("GET", path, headers=self._headers)
+                response = conn.getresponse()
+                body: bytes = response.read(self.max_bytes + 1)
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if reused:  # the server closed a kept-alive connection: once more, fresh
+                    conn, reused = None, False
+                    continue
+                raise OSError(f"GET {url}: {exc!r}") from exc
+            break
+        if 300 <= response.status < 400:  # a redirect: let urllib follow it
+            conn.close()
+            return self._fetch_following(url)
+        if response.status >= 400:
+            conn.close()
+            raise OSError(f"GET {url}: HTTP {response.status}")
+        if len(body) > self.max_bytes:
+            conn.close()
+            raise ValueError(f"body over {self.max_bytes} bytes")
+        if response.will_close:
+            conn.close()
+        else:
+            self._conns[url] = conn
+        charset = response.headers.get_content_charset() or "utf-8"
+        return body.decode(charset, errors="replace")
+
+    def _fetch_following(self, url: str) -> str:
+        request = urllib.request.Request(url, headers=self._headers)
         with self._opener.open(request, timeout=self.timeout) as response:
             body: bytes = response.read(self.max_bytes + 1)
             charset = response.headers.get_content_charset() or "utf-8"
@@ -166,8 +268,12 @@ class Scraper:
         started = time.perf_counter()
         samples: list[Sample] = []
         up = 0.0
+        key = (target.metrics_url, target.service, target.job_id)
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = self._caches[key] = ParseCache()
         try:
-            samples = parse_exposition(self._fetch(target.metrics_url), labels)
+            samples = parse_exposition(self._fetch(target.metrics_url), labels, cache=cache)
             up = 1.0
         except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
             log.debug("scrape of %s failed: %s", target.metrics_url, exc)

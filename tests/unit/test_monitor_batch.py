@@ -44,3 +44,18 @@ def test_built_batches_equal_message_built_ones(seed: int) -> None:
                    for name in names]
         resource = {"node": "n1", "agent": "a"}
         assert builder.build(samples, now, resource) == _reference(samples, now, resource)
+
+
+def test_one_point_series_take_the_joined_path_and_equal_message_built_ones() -> None:
+    """Every sample its own series at the collection time (the usual collection): built by
+    one join of cached identities, for timestamps of every varint length, NaN and -0.0 too."""
+    builder = BatchBuilder()
+    rng = random.Random(7)
+    for now in [1_764_000_000_000, 5, 2**40, 1_764_000_000_001, 300]:
+        samples = [Sample(f"m{i % 7}", (("cpu", str(i)), ("é", "x\"y")),
+                          rng.choice([0.0, -0.0, -1.5, 1e300, float("nan"), rng.random()]),
+                          GAUGE if i % 2 else COUNTER, "Help." if i % 3 else "")
+                   for i in range(rng.randrange(1, 40))]
+        resource = {"node": "n1", "agent": "a"}
+        built = builder.build(samples, now, resource)
+        assert built.SerializeToString() == _reference(samples, now, resource).SerializeToString()

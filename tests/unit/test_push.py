@@ -219,6 +219,24 @@ def test_spool_lets_a_restarted_agent_resend_with_the_same_sequences(tmp_path: P
     run(scenario)
 
 
+def test_the_sequence_file_reserves_a_block_and_a_restart_starts_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import aifb.mesh.push as push
+
+    spool = tmp_path / "spool"
+    monkeypatch.setattr(push.time, "time_ns", lambda: 5_000_000_000)  # a clock stuck in 1970
+    first = BatchSender("logs", "l@test", channel_factory("127.0.0.1:1"), spool_dir=spool)
+    seqs = [first.submit(telemetry_pb2.LogBatch()) for _ in range(5)]
+    assert seqs == list(range(5_000_000, 5_000_005))
+    # Written once, before the first number of the block was used.
+    assert (spool / "logs.sequence").read_text() == str(5_000_000 + push._SEQUENCE_BLOCK)
+    for path in spool.glob("*.batch"):
+        path.unlink()  # every batch acknowledged: only the sequence file is left
+    second = BatchSender("logs", "l@test", channel_factory("127.0.0.1:1"), spool_dir=spool)
+    assert second.submit(telemetry_pb2.LogBatch()) == 5_000_001 + push._SEQUENCE_BLOCK
+    monkeypatch.undo()
+
+
 def test_backoff_is_jittered_exponential_and_capped() -> None:
     import random
 

@@ -24,17 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61ifb/wire/telemetry_view.proto\x12\taifb.wire\"s\n\x10MetricSeriesView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\x0c\x12\x0c\n\x04type\x18\x03 \x01(\x05\x12\x15\n\rtimestamps_ms\x18\x04 \x03(\x0c\x12\x0e\n\x06values\x18\x05 \x03(\x0c\x12\x0c\n\x04help\x18\x06 \x01(\t\"t\n\x0fMetricBatchView\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x10\n\x08resource\x18\x03 \x01(\x0c\x12+\n\x06series\x18\x04 \x03(\x0b\x32\x1b.aifb.wire.MetricSeriesView\"C\n\x16PushMetricsRequestView\x12)\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1a.aifb.wire.MetricBatchViewb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61ifb/wire/telemetry_view.proto\x12\taifb.wire\"s\n\x10MetricSeriesView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\x0c\x12\x0c\n\x04type\x18\x03 \x01(\x05\x12\x15\n\rtimestamps_ms\x18\x04 \x03(\x0c\x12\x0e\n\x06values\x18\x05 \x03(\x0c\x12\x0c\n\x04help\x18\x06 \x01(\t\"t\n\x0fMetricBatchView\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x10\n\x08resource\x18\x03 \x01(\x0c\x12+\n\x06series\x18\x04 \x03(\x0b\x32\x1b.aifb.wire.MetricSeriesView\"C\n\x16PushMetricsRequestView\x12)\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1a.aifb.wire.MetricBatchView\"\x90\x01\n\x15TelemetryResourceView\x12\x44\n\nattributes\x18\x01 \x03(\x0b\x32\x30.aifb.wire.TelemetryResourceView.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9a\x01\n\rLogStreamView\x12\x34\n\x06labels\x18\x01 \x03(\x0b\x32$.aifb.wire.LogStreamView.LabelsEntry\x12\x15\n\rtimestamps_ns\x18\x02 \x03(\x03\x12\r\n\x05lines\x18\x03 \x03(\x0c\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x91\x01\n\x0cLogBatchView\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x32\n\x08resource\x18\x03 \x01(\x0b\x32 .aifb.wire.TelemetryResourceView\x12)\n\x07streams\x18\x04 \x03(\x0b\x32\x18.aifb.wire.LogStreamView\"=\n\x13PushLogsRequestView\x12&\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x17.aifb.wire.LogBatchViewb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aifb.wire.telemetry_view_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TELEMETRYRESOURCEVIEW_ATTRIBUTESENTRY']._loaded_options = None
+  _globals['_TELEMETRYRESOURCEVIEW_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_LOGSTREAMVIEW_LABELSENTRY']._loaded_options = None
+  _globals['_LOGSTREAMVIEW_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_METRICSERIESVIEW']._serialized_start=45
   _globals['_METRICSERIESVIEW']._serialized_end=160
   _globals['_METRICBATCHVIEW']._serialized_start=162
   _globals['_METRICBATCHVIEW']._serialized_end=278
   _globals['_PUSHMETRICSREQUESTVIEW']._serialized_start=280
   _globals['_PUSHMETRICSREQUESTVIEW']._serialized_end=347
+  _globals['_TELEMETRYRESOURCEVIEW']._serialized_start=350
+  _globals['_TELEMETRYRESOURCEVIEW']._serialized_end=494
+  _globals['_TELEMETRYRESOURCEVIEW_ATTRIBUTESENTRY']._serialized_start=445
+  _globals['_TELEMETRYRESOURCEVIEW_ATTRIBUTESENTRY']._serialized_end=494
+  _globals['_LOGSTREAMVIEW']._serialized_start=497
+  _globals['_LOGSTREAMVIEW']._serialized_end=651
+  _globals['_LOGSTREAMVIEW_LABELSENTRY']._serialized_start=606
+  _globals['_LOGSTREAMVIEW_LABELSENTRY']._serialized_end=651
+  _globals['_LOGBATCHVIEW']._serialized_start=654
+  _globals['_LOGBATCHVIEW']._serialized_end=799
+  _globals['_PUSHLOGSREQUESTVIEW']._serialized_start=801
+  _globals['_PUSHLOGSREQUESTVIEW']._serialized_end=862
 # @@protoc_insertion_point(module_scope)
