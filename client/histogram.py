@@ -75,6 +75,10 @@ class LatencyHistogram:
     def record_ns(self, value_ns: int) -> None:
         self.record_us(value_ns // 1000)
 
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
     def flush(self) -> None:
         """Fold pending values into the HDR buckets (done lazily before any read)."""
         if not self._pending:

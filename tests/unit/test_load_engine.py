@@ -342,3 +342,26 @@ def test_sweep_stops_at_the_first_slo_breach_with_the_reason() -> None:
     res = asyncio.run(run_sweep(spec, SleepyWorkload))
     assert [s.name for s in res.steps] == ["synchronous"]
     assert res.stop_reason.startswith("SLO breached: p99")
+
+
+def test_a_tick_prepared_in_steps_gives_the_same_sample_as_one_in_one_go() -> None:
+    from aifb.client.recorder import Recorder
+    from aifb.client.workload import Outcome
+
+    def fill(rec: Recorder, second: int) -> None:
+        base = second * 1_000_000_000
+        for i in range(3000):
+            t = base + i * 300_000
+            rec.sent(t, t + 40_000 + i % 7 * 1000)
+            rec.done(t, Outcome(ok=i % 50 != 0, error="" if i % 50 else "status_500"),
+                     t + 90_000 + i % 13 * 5000)
+
+    plain, stepped = Recorder(0, 0, 10**18), Recorder(0, 0, 10**18)
+    for second in range(3):
+        fill(plain, second)
+        fill(stepped, second)
+        steps = list(stepped.prepare_tick())
+        assert steps, "a second with data has work to do ahead of its tick"
+        now = (second + 1) * 1_000_000_000
+        assert plain.tick(now, 3000.0) == stepped.tick(now, 3000.0)
+    assert plain.result.to_bytes() == stepped.result.to_bytes()
