@@ -60,31 +60,14 @@ def serve(
 
 
 async def _serve(config: object, logger: object, listen: str) -> None:
+    from aifb.cli.agent_daemon import serve_agent
     from aifb.logger.agent import LoggerAgent
     from aifb.logger.config import LoggerConfig
-    from aifb.mesh.agent_host import run_daemon
-    from aifb.mesh.channel import load_token
     from aifb.mesh.config import Config
-    from aifb.mesh.discovery import ServiceDiscovery, channel_factory
 
     assert isinstance(config, Config) and isinstance(logger, LoggerConfig)
-    mesh = config.mesh
-    token = load_token(mesh.home_path)
-    ca = mesh.tls_client_ca if mesh.tls else ""
-    discovery = ServiceDiscovery(
-        channel_factory(logger.server, token=token, ca_file=ca) if logger.server else None,
-        node=logger.node_name, all_nodes=logger.all_nodes)
-    agent = LoggerAgent(logger, discovery=discovery, collector=channel_factory(
-        logger.collector, token=token, ca_file=ca) if logger.collector else None)
-    await agent.start()
-
-    def listening(port: int) -> None:
-        where = f"LoggerService on port {port}" if port else "no LoggerService"
-        typer.echo(f"logger {logger.agent_name} is up ({where}; pushing to "
-                   f"{logger.collector or 'nowhere'}). Ctrl-C stops it.", err=True)
-
-    await run_daemon(mesh, [agent.binding()], listen=listen, stop=agent.stop,
-                     on_listening=listening)
+    await serve_agent(config, logger, LoggerAgent, kind="logger", service="LoggerService",
+                      listen=listen)
 
 
 @app.command()

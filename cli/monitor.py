@@ -68,31 +68,14 @@ def serve(
 
 
 async def _serve(config: object, monitor: object, listen: str) -> None:
-    from aifb.mesh.agent_host import run_daemon
-    from aifb.mesh.channel import load_token
+    from aifb.cli.agent_daemon import serve_agent
     from aifb.mesh.config import Config
-    from aifb.mesh.discovery import ServiceDiscovery, channel_factory
     from aifb.monitor.agent import MonitorAgent
     from aifb.monitor.config import MonitorConfig
 
     assert isinstance(config, Config) and isinstance(monitor, MonitorConfig)
-    mesh = config.mesh
-    token = load_token(mesh.home_path)
-    ca = mesh.tls_client_ca if mesh.tls else ""
-    discovery = ServiceDiscovery(
-        channel_factory(monitor.server, token=token, ca_file=ca) if monitor.server else None,
-        node=monitor.node_name, all_nodes=monitor.all_nodes)
-    agent = MonitorAgent(monitor, discovery=discovery, collector=channel_factory(
-        monitor.collector, token=token, ca_file=ca) if monitor.collector else None)
-    await agent.start()
-
-    def listening(port: int) -> None:
-        where = f"MonitorService on port {port}" if port else "no MonitorService"
-        typer.echo(f"monitor {monitor.agent_name} is up ({where}; pushing to "
-                   f"{monitor.collector or 'nowhere'}). Ctrl-C stops it.", err=True)
-
-    await run_daemon(mesh, [agent.binding()], listen=listen, stop=agent.stop,
-                     on_listening=listening)
+    await serve_agent(config, monitor, MonitorAgent, kind="monitor", service="MonitorService",
+                      listen=listen)
 
 
 def _gib(n: int) -> str:
