@@ -16,6 +16,7 @@ from itertools import accumulate, chain, islice, pairwise
 from operator import itemgetter
 
 from aifb.collector.model import Labels, SeriesOut
+from aifb.mesh.protowire import string_pairs, varint
 from aifb.v1 import telemetry_pb2
 from aifb.wire import prompb_pb2
 
@@ -37,24 +38,9 @@ SAMPLE_BYTES = 18
 VARINT6_LO, VARINT6_HI = 1 << 35, 1 << 42
 
 
-def varint(n: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + varint(len(payload)) + payload
-
-
 def encode_labels(labels: Labels) -> bytes:
     """The `repeated Label labels = 1` part of a prompb TimeSeries."""
-    return b"".join(_field(0x0A, _field(0x0A, n.encode()) + _field(0x12, v.encode()))
-                    for n, v in labels)
+    return string_pairs(labels)
 
 
 def series_head(label_bytes: bytes, sample_bytes: int) -> bytes:

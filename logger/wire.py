@@ -16,34 +16,22 @@ import numpy as np
 
 from aifb.logger.levels import LEVEL_NAMES
 from aifb.logger.tailer import Position, Record, RecordBlock
+from aifb.mesh.protowire import field as wire_field
+from aifb.mesh.protowire import string_pairs, varint
 from aifb.mesh.push import RawBatch
 
 __all__ = ["LogBatchBuilder"]
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _field(tag: int, payload: bytes) -> bytes:
-    return bytes((tag,)) + _varint(len(payload)) + payload
-
-
 @lru_cache(maxsize=65536)
 def _line_head(length: int) -> bytes:
     """`lines` (field 3) tag and length."""
-    return b"\x1a" + _varint(length)
+    return b"\x1a" + varint(length)
 
 
 def _labels(labels: Mapping[str, str]) -> bytes:
     """A `map<string, string>` field 1 (LogStream.labels, TelemetryResource.attributes)."""
-    return b"".join(_field(0x0A, _field(0x0A, k.encode()) + _field(0x12, v.encode()))
-                    for k, v in sorted(labels.items()))
+    return string_pairs(sorted(labels.items()))
 
 
 @dataclass
@@ -54,7 +42,7 @@ class _Stream:
 
     def encode(self) -> bytes:
         stamps = b"".join(self.stamps)
-        return self.labels + _field(0x12, stamps) + b"".join(self.lines)
+        return self.labels + wire_field(0x12, stamps) + b"".join(self.lines)
 
 
 def _lines_field(lines: list[bytes]) -> bytes:
@@ -68,7 +56,7 @@ class LogBatchBuilder:
     """Collects records of several files into LogBatch bytes; `seal()` hands one over."""
 
     def __init__(self, resource: Mapping[str, str]) -> None:
-        self._resource = _field(0x1A, _labels(resource))
+        self._resource = wire_field(0x1A, _labels(resource))
         self._label_bytes: dict[tuple[str, int], bytes] = {}
         self._streams: dict[tuple[str, int], _Stream] = {}
         self.positions: dict[str, Position] = {}
@@ -88,7 +76,7 @@ class LogBatchBuilder:
 
     def add_block(self, path: str, labels: Mapping[str, str], block: RecordBlock) -> None:
         lines, levels = block.lines, block.levels
-        stamp = _varint(block.time_ns)
+        stamp = varint(block.time_ns)
         first = int(levels[0])
         if not (levels != first).any():
             groups = [(first, lines)]
@@ -113,7 +101,7 @@ class LogBatchBuilder:
     def add_record(self, path: str, labels: Mapping[str, str], record: Record) -> None:
         stream = self._stream(path, labels, LEVEL_NAMES.index(record.level))
         line = record.text.encode()
-        stream.stamps.append(_varint(record.time_ns))
+        stream.stamps.append(varint(record.time_ns))
         stream.lines.append(_line_head(len(line)) + line)
         self.lines += 1
         self.size += len(line) + 2
@@ -123,7 +111,7 @@ class LogBatchBuilder:
         """The batch so far and the positions after it (None when empty); starts a new one."""
         if not self.lines:
             return None
-        body = self._resource + b"".join(_field(0x22, s.encode())
+        body = self._resource + b"".join(wire_field(0x22, s.encode())
                                          for s in self._streams.values())
         out = RawBatch(body, self.lines), self.positions
         self._streams, self.positions, self.lines, self.size = {}, {}, 0, 0

@@ -37,21 +37,13 @@ from typing import Any, Literal
 
 import grpc
 
+from aifb.mesh.protowire import varint
 from aifb.v1 import collector_pb2, collector_pb2_grpc, telemetry_pb2
 
 __all__ = ["RETRYABLE_CODES", "Backoff", "BatchSender", "PushStats", "RawBatch", "batch_items"]
 
 log = logging.getLogger(__name__)
 
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 class RawBatch:
@@ -68,9 +60,9 @@ class RawBatch:
 
     def SerializeToString(self) -> bytes:
         agent = self.agent_id.encode()
-        head = (b"\x0a" + _varint(len(agent)) + agent) if agent else b""
+        head = (b"\x0a" + varint(len(agent)) + agent) if agent else b""
         if self.sequence:
-            head += b"\x10" + _varint(self.sequence)
+            head += b"\x10" + varint(self.sequence)
         return head + self.body
 
     def ByteSize(self) -> int:
@@ -509,7 +501,7 @@ class BatchSender:
             request: Any
             if isinstance(batch, RawBatch):
                 data = batch.SerializeToString()
-                request = b"\x0a" + _varint(len(data)) + data
+                request = b"\x0a" + varint(len(data)) + data
             elif isinstance(batch, telemetry_pb2.MetricBatch):
                 request = collector_pb2.PushMetricsRequest(batch=batch)
             else:

@@ -10,6 +10,7 @@ from itertools import chain, repeat
 from operator import itemgetter
 from typing import NamedTuple
 
+from aifb.mesh.protowire import varint
 from aifb.v1 import telemetry_pb2
 
 _DOUBLE = struct.Struct("<d")
@@ -21,13 +22,6 @@ _STAMP = itemgetter(5)
 Labels = tuple[tuple[str, str], ...]
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 __all__ = ["COUNTER", "GAUGE", "BatchBuilder", "MetricSet", "Sample", "to_batch"]
 
@@ -107,7 +101,7 @@ class BatchBuilder:
             if len(self._resources) >= 64:
                 self._resources.clear()
             body = telemetry_pb2.TelemetryResource(attributes=dict(resource)).SerializeToString()
-            found = self._resources[key] = b"\x1a" + _varint(len(body)) + body
+            found = self._resources[key] = b"\x1a" + varint(len(body)) + body
         return found
 
     def build(self, samples: Iterable[Sample], timestamp_ms: int,
@@ -115,7 +109,7 @@ class BatchBuilder:
         """Group samples into series (labels once, packed points ascending by time)."""
         samples = list(samples)
         # The usual series: one point at the collection time (packed: tag, length, varint).
-        stamp = _varint(timestamp_ms) if timestamp_ms >= 0 else b""
+        stamp = varint(timestamp_ms) if timestamp_ms >= 0 else b""
         one_point = b"\x22" + bytes((len(stamp),)) + stamp + b"\x2a\x08"
         keys = list(map(_KEY, samples))
         if stamp and list(map(_STAMP, samples)).count(None) == len(samples) \
@@ -136,7 +130,7 @@ class BatchBuilder:
                 body = self._ident(first) + telemetry_pb2.MetricSeries(
                     timestamps_ms=[t for t, _ in points],
                     values=[v for _, v in points]).SerializeToString()
-            parts += (b"\x22", _varint(len(body)), body)
+            parts += (b"\x22", varint(len(body)), body)
         return telemetry_pb2.MetricBatch.FromString(b"".join(parts))
 
 
@@ -154,7 +148,7 @@ class BatchBuilder:
             size = len(one_point) + 8
             for i in [i for i, h in enumerate(heads) if h is None]:
                 ident = self._ident(samples[i])
-                heads[i] = framed[keys[i]] = (b"\x22" + _varint(len(ident) + size) + ident)
+                heads[i] = framed[keys[i]] = (b"\x22" + varint(len(ident) + size) + ident)
         values = map(_FIRST, _CHUNK8.iter_unpack(array("d", map(_VALUE, samples)).tobytes()))
         body = b"".join(chain.from_iterable(zip(heads, repeat(one_point), values)))  # type: ignore[arg-type]
         return telemetry_pb2.MetricBatch.FromString(self._resource(resource) + body)
