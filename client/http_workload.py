@@ -36,7 +36,6 @@ from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["HttpParams", "HttpTarget", "HttpWorkload"]
 
-_WARM = 16  # connections opened by prepare(), at most `connections`
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -101,15 +100,7 @@ class HttpWorkload:
     async def prepare(self) -> None:
         self._pool = HttpPool(self._host, self._port, limit=self.target.connections)
         conn = await self._pool.acquire()  # fail fast when nothing listens
-        # Open a few more ahead: a request that has to wait for a new connection in the run
-        # counts the connect in its schedule lag (connections beyond these open on demand).
-        extra = await asyncio.gather(
-            *(self._pool.acquire() for _ in range(min(self.target.connections, _WARM) - 1)),
-            return_exceptions=True)
         self._pool.release(conn)
-        for other in extra:
-            if isinstance(other, HttpConnection):
-                self._pool.release(other)
         self._sweeper = asyncio.create_task(self._sweep_timeouts())
 
     async def _sweep_timeouts(self) -> None:
