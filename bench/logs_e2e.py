@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,25 +37,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _net import free_port, wait_port
+
 __all__ = ["main"]
 
 _LABELS = re.compile(r'\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"(?:, )?)+\}')
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def _cpu(pid: int) -> float:
@@ -210,17 +195,17 @@ def main() -> None:
         mib = len(data) / (1 << 20)
         log_file = tmp / "job.out"
         log_file.touch()
-        r_port, c_port, d_port = _free_port(), _free_port(), _free_port()
+        r_port, c_port, d_port = free_port(), free_port(), free_port()
         spawn = [sys.executable, script, "--role"]
         procs.append(subprocess.Popen([*spawn, "receiver", "--port", str(r_port)]))
         procs.append(subprocess.Popen([*spawn, "receiver", "--port", str(d_port)]))
-        _wait_port(r_port)
-        _wait_port(d_port)
+        wait_port(r_port)
+        wait_port(d_port)
         d_rate = direct(f"http://127.0.0.1:{d_port}/loki/api/v1/push", lines)
         collector = subprocess.Popen([*spawn, "collector", "--port", str(c_port), "--loki",
                                       f"http://127.0.0.1:{r_port}"])
         procs.append(collector)
-        _wait_port(c_port)
+        wait_port(c_port)
         config = tmp / "logger.yaml"
         config.write_text(
             f"collector: 127.0.0.1:{c_port}\nnode: bench\nstate_dir: {tmp / 'state'}\n"

@@ -18,7 +18,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,24 +26,9 @@ import urllib.request
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
+from _net import free_port, wait_port
 
 __all__ = ["main"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 # -- helper processes ---------------------------------------------------------------------
@@ -170,12 +154,12 @@ def main() -> None:
             ["/bin/sh", "-c", f"for i in $(seq {per}); do sleep 3600 & done; wait"])
             for _ in range(args.services)]
         started += shells
-        exporter_port, collector_port = _free_port(), _free_port()
+        exporter_port, collector_port = free_port(), free_port()
         script = str(Path(__file__).resolve())
         started.append(_spawn(script, "--role", "exporter", "--port", str(exporter_port)))
         started.append(_spawn(script, "--role", "collector", "--port", str(collector_port)))
-        _wait_port(exporter_port)
-        _wait_port(collector_port)
+        wait_port(exporter_port)
+        wait_port(collector_port)
         url = f"http://127.0.0.1:{exporter_port}/metrics"
         deadline = time.monotonic() + 20
         while sum(len(psutil.Process(s.pid).children()) for s in shells) < per * len(shells):
@@ -199,11 +183,11 @@ def main() -> None:
         }
         node_exporter = shutil.which("prometheus-node-exporter")
         if node_exporter:
-            ne_port = _free_port()
+            ne_port = free_port()
             agents["prometheus-node-exporter (host only)"] = subprocess.Popen(
                 [node_exporter, f"--web.listen-address=127.0.0.1:{ne_port}"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            _wait_port(ne_port)
+            wait_port(ne_port)
             started.append(_spawn(script, "--role", "scraper", "--url",
                                   f"http://127.0.0.1:{ne_port}/metrics"))
         started += agents.values()
