@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aifb.mesh.errors import InvalidArgument
+from aifb.mesh.paging import keyset_page
 from aifb.server.model import ServiceRecord
 from aifb.server.states import ServiceState
 
@@ -60,39 +59,11 @@ class Page:
     next_token: str
 
 
-def _encode_token(create_time: float, sid: str, filter_text: str) -> str:
-    raw = json.dumps([create_time, sid, filter_text]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_token(token: str, filter_text: str) -> tuple[float, str]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        create_time, sid, old_filter = json.loads(raw)
-        if old_filter != filter_text:
-            raise ValueError("filter changed")
-        return float(create_time), str(sid)
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument("bad page_token (it must come from the previous response with "
-                              "the same filter)", field="page_token") from exc
-
-
 def page(records: Sequence[ServiceRecord], *, page_size: int, token: str,
          filter_text: str) -> Page:
     """Keyset paging on (create_time, id): stable while services are being added."""
     if page_size < 0 or page_size > MAX_PAGE_SIZE:
         raise InvalidArgument(f"page_size must be 0..{MAX_PAGE_SIZE}", field="page_size")
-    size = page_size or DEFAULT_PAGE_SIZE
-    accept = parse_filter(filter_text)
-    after = _decode_token(token, filter_text) if token else None
-    out: list[ServiceRecord] = []
-    for record in sorted(records, key=lambda r: (r.create_time, r.id)):
-        if after is not None and (record.create_time, record.id) <= after:
-            continue
-        if not accept(record):
-            continue
-        if len(out) == size:
-            last = out[-1]
-            return Page(out, _encode_token(last.create_time, last.id, filter_text))
-        out.append(record)
-    return Page(out, "")
+    items, next_token = keyset_page(records, size=page_size or DEFAULT_PAGE_SIZE, token=token,
+                                    filter_text=filter_text, accept=parse_filter(filter_text))
+    return Page(items, next_token)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Callable, Sequence
 
 from aifb.client.results import RunState
 from aifb.client.service.model import BenchmarkRecord
 from aifb.mesh.errors import InvalidArgument
+from aifb.mesh.paging import keyset_page
 
 __all__ = ["page", "parse_filter"]
 
@@ -44,35 +43,8 @@ def parse_filter(text: str) -> Check:
     return lambda r: all(c(r) for c in checks)
 
 
-def _token(record: BenchmarkRecord, filter_text: str) -> str:
-    raw = json.dumps([record.create_time, record.id, filter_text]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _after(token: str, filter_text: str) -> tuple[float, str]:
-    try:
-        created, rid, old = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if old != filter_text:
-            raise ValueError("filter changed")
-        return float(created), str(rid)
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument("bad page_token (it must come from the previous response with "
-                              "the same filter)", field="page_token") from exc
-
-
 def page(records: Sequence[BenchmarkRecord], *, page_size: int, token: str, filter_text: str
          ) -> tuple[list[BenchmarkRecord], str]:
     """One page in (create_time, id) order and the token of the next ('' at the end)."""
-    size = page_size or DEFAULT_PAGE_SIZE
-    accept = parse_filter(filter_text)
-    after = _after(token, filter_text) if token else None
-    out: list[BenchmarkRecord] = []
-    for record in sorted(records, key=lambda r: (r.create_time, r.id)):
-        if after is not None and (record.create_time, record.id) <= after:
-            continue
-        if not accept(record):
-            continue
-        if len(out) == size:
-            return out, _token(out[-1], filter_text)
-        out.append(record)
-    return out, ""
+    return keyset_page(records, size=page_size or DEFAULT_PAGE_SIZE, token=token,
+                       filter_text=filter_text, accept=parse_filter(filter_text))
