@@ -70,6 +70,33 @@ def busy_and_idle() -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[
             p.wait()
 
 
+def _schedstat_ns(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+
+
+def _wait_until_asleep(pid: int, timeout: float = 10.0) -> None:
+    """Until the process is asleep (state S) with a run time that holds still across 50 ms."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        ran = _schedstat_ns(pid)
+        time.sleep(0.05)
+        if state == "S" and _schedstat_ns(pid) == ran:
+            return
+    raise AssertionError(f"process {pid} did not settle asleep in {timeout} s")
+
+
+def _wait_until_cpu_moves(pid: int, since: float, timeout: float = 10.0) -> None:
+    """Until the process's CPU seconds, as /proc/<pid>/stat counts them, exceed `since`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stat = read_proc_stat(pid)
+        if stat is not None and stat.cpu_seconds > since:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} used no CPU in {timeout} s")
+
+
 @linux
 def test_stats_are_read_again_exactly_when_a_process_has_run(
         busy_and_idle: tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]) -> None:
@@ -77,9 +104,10 @@ def test_stats_are_read_again_exactly_when_a_process_has_run(
     reader = StatReader()
     try:
         reader.read_many([busy, idle])
-        time.sleep(0.3)  # the sleep process has started and sleeps
+        _wait_until_asleep(idle)  # `sleep` has exec'd and sits in nanosleep
         first = reader.read_many([busy, idle])
-        time.sleep(0.3)
+        assert first[0] is not None
+        _wait_until_cpu_moves(busy, first[0].cpu_seconds)
         second = reader.read_many([busy, idle])
         assert first[0] is not None and second[0] is not None
         assert second[0].cpu_seconds > first[0].cpu_seconds  # it ran: read again
