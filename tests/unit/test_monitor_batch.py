@@ -58,4 +58,6 @@ def test_one_point_series_take_the_joined_path_and_equal_message_built_ones() ->
                    for i in range(rng.randrange(1, 40))]
         resource = {"node": "n1", "agent": "a"}
         built = builder.build(samples, now, resource)
-        assert built.SerializeToString() == _reference(samples, now, resource).SerializeToString()
+        # Map fields (labels, resource attributes) serialize in hash order unless deterministic.
+        assert (built.SerializeToString(deterministic=True)
+                == _reference(samples, now, resource).SerializeToString(deterministic=True))
