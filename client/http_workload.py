@@ -36,6 +36,8 @@ from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["HttpParams", "HttpTarget", "HttpWorkload"]
 
+_WARM = 16  # connections warm() opens ahead for an open loop, at most `connections`
+
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -102,6 +104,23 @@ class HttpWorkload:
         conn = await self._pool.acquire()  # fail fast when nothing listens
         self._pool.release(conn)
         self._sweeper = asyncio.create_task(self._sweep_timeouts())
+
+    async def warm(self) -> None:
+        """Open up to 16 connections ahead (open loop only: a closed loop keeps one per user).
+        Beyond these, connections open on demand, and a request that waits for one counts
+        the wait in its schedule lag."""
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("prepare() the workload first")
+        opened = await asyncio.gather(
+            *(pool.acquire() for _ in range(min(self.target.connections, _WARM))),
+            return_exceptions=True)
+        for conn in opened:
+            if isinstance(conn, HttpConnection):
+                pool.release(conn)
+        failed = [c for c in opened if isinstance(c, BaseException)]
+        if failed:
+            raise failed[0]
 
     async def _sweep_timeouts(self) -> None:
         limit_ns = int(self.target.timeout_s * 1e9)

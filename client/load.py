@@ -34,7 +34,7 @@ from aifb.client.results import LoadResult, RunState
 from aifb.client.samples import RequestLog
 from aifb.client.schedule import arrival_offsets_ns
 from aifb.client.spec import LoadSpec, Mode
-from aifb.client.workload import CallbackWorkload, Outcome, Workload
+from aifb.client.workload import CallbackWorkload, Outcome, WarmWorkload, Workload
 
 __all__ = ["LoadRun", "ProgressCallback", "StartHook", "run_load"]
 
@@ -125,6 +125,11 @@ class LoadRun:
                 await self.workload.close()
             result = LoadResult(mode=spec.mode.value, workload=self.workload.name)
             return await self._finish(result, None)
+        if spec.mode is Mode.OPEN and isinstance(self.workload, WarmWorkload):
+            try:
+                await self.workload.warm()
+            except Exception as exc:  # connections then open on demand, as without warm()
+                log.warning("workload %s failed to warm up: %s", self.workload.name, exc)
         try:
             start = await self._start_instant()
         except Exception as exc:
@@ -212,9 +217,11 @@ class LoadRun:
     def _target_rate(self, rec: Recorder) -> float:
         if self.spec.mode is not Mode.OPEN:
             return 0.0
+        # Requests the schedule asked for over the interval now closing, per second of it (so
+        # it compares with achieved_rate; a last interval running past the end asks for less).
+        t0 = (rec.interval_start_ns - rec.start_ns) / 1e9
         t1 = (perf_counter_ns() - rec.start_ns) / 1e9
-        return round(self.spec.level_profile().mean_level(max(t1 - self.spec.interval_s, 0), t1),
-                     3)
+        return round(self.spec.level_profile().mean_level(max(t0, 0.0), t1), 3)
 
     async def _ticker(self, rec: Recorder) -> None:
         spec, k = self.spec, 1

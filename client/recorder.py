@@ -133,6 +133,11 @@ class Recorder:
             return "warmup"
         return "measure" if t_ns < self.window_end_ns else "cooldown"
 
+    @property
+    def interval_start_ns(self) -> int:
+        """When the interval the next `tick` closes began."""
+        return self._iv_start_ns
+
     def prepare_tick(self) -> Iterator[None]:
         """The costly part of `tick`, in steps of a fraction of a millisecond: the engine runs
         them with a loop iteration between each (sends due meanwhile go out on time), then

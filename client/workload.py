@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["CallbackWorkload", "Outcome", "RequestSink", "Workload"]
+__all__ = ["CallbackWorkload", "Outcome", "RequestSink", "WarmWorkload", "Workload"]
 
 
 @dataclass(slots=True)
@@ -75,3 +75,13 @@ class CallbackWorkload(Workload, Protocol):
     def start_request(self, seq: int, intended_ns: int, sink: RequestSink) -> None:
         """Send request `seq` now or as soon as a connection is free; never raises, never
         drops: every call ends in exactly one `sink.sent` and one `sink.done`."""
+
+
+@runtime_checkable
+class WarmWorkload(Workload, Protocol):
+    """A workload that can open ahead what an open loop would otherwise open mid-run."""
+
+    async def warm(self) -> None:
+        """Called after prepare() in open loop only (a closed loop opens one connection per
+        user as users start): a request that waits for a connect counts it as schedule lag.
+        Best effort: a failure here is logged and the run goes on."""

@@ -33,6 +33,21 @@ def test_closed_loop_completes_every_request_over_its_keepalive_connections(
     assert len(nginx.request_times_ms()) == res.counters["sent"]
 
 
+def test_open_loop_opens_connections_ahead_and_closed_loop_one_per_user(
+        nginx: NginxServer) -> None:
+    """An open loop warms the pool (a connect mid-run would count as schedule lag); a closed
+    loop opens only as many connections as it has users."""
+    wl = HttpWorkload(HttpTarget(nginx.base_url, path="/hello", connections=8))
+    res = asyncio.run(run_load(LoadSpec(mode=Mode.OPEN, rate=20, duration_s=0.5), wl))
+    assert res.state is RunState.SUCCEEDED, res.reason
+    assert res.extra["connections_opened"] == 8
+    assert res.extra["connection_waits"] == 0
+    wl = HttpWorkload(HttpTarget(nginx.base_url, path="/hello", connections=8))
+    res = asyncio.run(run_load(LoadSpec(mode=Mode.CLOSED, users=2, duration_s=0.5), wl))
+    assert res.state is RunState.SUCCEEDED, res.reason
+    assert res.extra["connections_opened"] == 2
+
+
 def test_open_loop_achieves_its_target_rate_within_one_percent_with_sane_latency(
         nginx: NginxServer) -> None:
     spec = LoadSpec(mode=Mode.OPEN, rate=400.0, duration_s=3.0, warmup_s=0.5, cooldown_s=0.5)

@@ -168,4 +168,7 @@ def test_a_standalone_cluster_runs_the_partitions_on_its_executors_and_merges_ex
     assert (cluster.root / "work").is_dir() and any((cluster.root / "work").iterdir())
     # Live progress reached the driver's hub from the executors, every second summed.
     assert sum(s.requests for s in progress) == 600
-    assert all(s.target_rate == pytest.approx(200.0) for s in progress if s.elapsed_s >= 0.99)
+    # Every whole second of the schedule asked for 200/s over both partitions (the last
+    # sample may cover the drain past the schedule's end, and asks for less).
+    whole = [s for s in progress if 0.99 <= s.elapsed_s <= spec.total_s - 0.5]
+    assert len(whole) >= 2 and all(s.target_rate == pytest.approx(200.0) for s in whole), progress
