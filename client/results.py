@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aifb.client.histogram import LatencyHistogram
 
 if TYPE_CHECKING:
-    from aifb.client.samples import RequestLog
+    from aifb.client.samples import RequestLog, SampleSet
 
 __all__ = ["COUNTERS", "HISTOGRAMS", "LoadResult", "RunState", "SecondStats", "merge_results"]
 
@@ -100,8 +100,9 @@ class LoadResult:
     histograms: dict[str, LatencyHistogram] = field(
         default_factory=lambda: {name: LatencyHistogram() for name in HISTOGRAMS})
     series: list[SecondStats] = field(default_factory=list)
-    # Per-request rows when the run recorded them (in-process only: not in to_bytes or merges).
-    samples: RequestLog | None = None
+    # Per-request rows when the run recorded them (not in to_bytes or merges): one engine run's
+    # RequestLog, or a SampleSet of several (a sweep's steps, a Spark run's partitions).
+    samples: RequestLog | SampleSet | None = None
 
     @property
     def achieved_rate(self) -> float:

@@ -10,6 +10,12 @@ come in completion order; when capped, the first `limit` completions are kept.
 Times are `perf_counter_ns` integers; `aifb.client.report.parquet.samples_parquet` turns them
 into seconds from the run's start and a wall-clock send time (`wall_start_ns`, one clock reading
 taken at the start, is the wall time of `start_ns`).
+
+A run made of several engine runs (a sweep's steps, a Spark run's partitions) keeps a
+`SampleSet`: one `SamplePart` per engine run, each with the constant columns its rows carry
+(`step`, `step_name`, `target_rate`; or `partition`), and one `limit` over them all. A part holds
+its `RequestLog` (in this process) or its rows already encoded as Parquet (built on the Spark
+executor that ran it); `samples_parquet` writes them all into one file.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from __future__ import annotations
 import math
 import time
 from array import array
+from dataclasses import dataclass, field
 from typing import Any
 
 from aifb.client.workload import Outcome
 
-__all__ = ["DEFAULT_SAMPLE_LIMIT", "MAX_SAMPLE_LIMIT", "RequestLog"]
+__all__ = ["DEFAULT_SAMPLE_LIMIT", "MAX_SAMPLE_LIMIT", "RequestLog", "SamplePart", "SampleSet",
+           "split_limit"]
 
 DEFAULT_SAMPLE_LIMIT = 1_000_000  # rows: 56 bytes each, plus 8 per workload value
 MAX_SAMPLE_LIMIT = 10_000_000
@@ -107,3 +115,56 @@ class RequestLog:
     def summary(self) -> dict[str, Any]:
         return {"rows": self.rows, "requests": self.seen, "limit": self.limit,
                 "capped": self.capped}
+
+
+Tag = int | float | str
+
+
+@dataclass(slots=True)
+class SamplePart:
+    """One engine run's rows within a SampleSet, and the constant columns its rows carry."""
+
+    tags: dict[str, Tag]
+    log: RequestLog | None = None  # the rows, in this process
+    encoded: bytes = b""  # or the rows as Parquet (run column blank), built where they ran
+    rows: int = 0  # rows in `encoded`; a `log` counts its own
+    requests: int = 0  # requests offered (kept or not); a `log` counts its own
+    error: str = ""  # why `encoded` is missing though rows were recorded
+
+    def __post_init__(self) -> None:
+        if self.log is not None:
+            self.rows, self.requests = self.log.rows, self.log.seen
+
+
+@dataclass(slots=True)
+class SampleSet:
+    """The per-request rows of several engine runs that one samples.parquet holds."""
+
+    limit: int  # rows kept at most over all parts
+    parts: list[SamplePart] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.parts)
+
+    @property
+    def seen(self) -> int:
+        return sum(p.requests for p in self.parts)
+
+    @property
+    def capped(self) -> bool:
+        return self.seen > self.rows
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rows": self.rows, "requests": self.seen, "limit": self.limit,
+                               "capped": self.capped, "parts": len(self.parts)}
+        errors = [p.error for p in self.parts if p.error]
+        if errors:
+            out["part_errors"] = errors
+        return out
+
+
+def split_limit(limit: int, parts: int) -> list[int]:
+    """`limit` rows shared as evenly as possible by `parts` recorders (the first get the rest)."""
+    base, rest = divmod(limit, parts)
+    return [base + (1 if i < rest else 0) for i in range(parts)]

@@ -12,23 +12,34 @@ driver decodes and merges them with `merge_results` (exact: HDR buckets add). Li
 a graceful cancel travel over a small TCP hub (`aifb.client.spark.progress`); if a partition
 does not stop within its drain time after a cancel, the Spark job group is cancelled.
 `SparkLoad` is the object form (for a caller that cancels from another thread).
+
+With `sample_limit` > 0 each partition keeps per-request rows (the limit split between them)
+and returns them as Parquet; the merged result's `samples` is a `SampleSet` with one part per
+partition (column `partition`). A workload with a `SharedSetup` (`vectordb`'s insert phase)
+runs that setup once here on the driver before the stage, the partitions adopt its state, and
+the driver tears it down after; see `aifb.client.spark.shared`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aifb.client.load import ProgressCallback
 from aifb.client.registry import build_workload
 from aifb.client.results import LoadResult, RunState, merge_results
-from aifb.client.spark.executor import PartitionTask, run_partition
+from aifb.client.samples import MAX_SAMPLE_LIMIT, SamplePart, SampleSet, split_limit
+from aifb.client.spark.executor import PartitionTask, TaskRow, run_partition
 from aifb.client.spark.progress import ProgressHub
 from aifb.client.spark.session import check_master, get_session, local_slots
+from aifb.client.spark.shared import SharedSetup
 from aifb.client.spark.split import MAX_PARTITIONS, split_spec
 from aifb.client.spec import LoadSpec
 from aifb.mesh.errors import Internal, InvalidArgument, Unavailable
@@ -39,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = ["SETTLE_S", "SparkLoad", "cluster_slots", "run_spark_load"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 SETTLE_S = 2.0  # a cluster's slot count must hold still this long when partitions are not given
 
 
@@ -49,9 +61,11 @@ class SparkLoad:
                  params: dict[str, Any] | None = None, *, master: str = "local[2]",
                  partitions: int | None = None, on_progress: ProgressCallback | None = None,
                  app_name: str = "aifb-bench", conf: dict[str, str] | None = None,
-                 start_lead_s: float = 2.0, executor_wait_s: float = 60.0) -> None:
+                 start_lead_s: float = 2.0, executor_wait_s: float = 60.0,
+                 sample_limit: int = 0) -> None:
         check_master(master)
-        build_workload(workload_name, target_url, params)  # validates name and params here
+        # Validates the name and params here; the driver's own instance runs a shared setup.
+        self._workload = build_workload(workload_name, target_url, params)
         slots = local_slots(master)
         if partitions is not None:
             if isinstance(partitions, bool) or not isinstance(partitions, int) or not (
@@ -64,6 +78,10 @@ class SparkLoad:
                     f"{slots}: every partition must run at once", field="partitions")
         if not 0 <= start_lead_s <= 600:
             raise InvalidArgument("start_lead_s must be in 0..600", field="start_lead_s")
+        if isinstance(sample_limit, bool) or not 0 <= sample_limit <= MAX_SAMPLE_LIMIT:
+            raise InvalidArgument(f"sample_limit must be in 0..{MAX_SAMPLE_LIMIT}",
+                                  field="sample_limit")
+        self.sample_limit = sample_limit
         self.spec, self.workload_name, self.target_url = spec, workload_name, target_url
         self.params = dict(params or {})
         self.master, self.partitions, self.app_name, self.conf = master, partitions, app_name, conf
@@ -139,22 +157,76 @@ class SparkLoad:
             self._slots(sc)
         if self._cancelled.is_set():
             return self._cancelled_result()
+        shared: SharedSetup | None = (self._workload if isinstance(self._workload, SharedSetup)
+                                      else None)
+        if shared is None:
+            return self._stage(sc, n, None)
+        try:
+            state = self._in_loop(shared.setup_shared(), cancellable=True)
+        except asyncio.CancelledError:
+            self._teardown(shared)
+            return self._cancelled_result()
+        except Exception as exc:
+            log.warning("workload %s: the shared setup failed: %s", self.workload_name, exc)
+            self._teardown(shared)
+            return LoadResult(state=RunState.FAILED, mode=self.spec.mode.value,
+                              workload=self.workload_name, workers=0,
+                              reason=f"workload prepare failed: {exc}")
+        try:
+            result = self._stage(sc, n, state)
+        finally:
+            self._teardown(shared)
+        if self.partition_results:
+            result.extra = {**result.extra,
+                            **shared.merge_extra([p.extra for p in self.partition_results]),
+                            **shared.shared_metrics()}
+        return result
+
+    def _teardown(self, shared: SharedSetup) -> None:
+        try:
+            self._in_loop(shared.teardown_shared(), cancellable=False)
+        except Exception as exc:  # the run's figures stand; a failed clean-up is logged
+            log.warning("workload %s: the shared teardown failed: %s", self.workload_name, exc)
+
+    def _in_loop(self, work: Coroutine[Any, Any, _T], *, cancellable: bool) -> _T:
+        """Run a driver-side coroutine on a loop of its own (cancellable: a cancel() stops it,
+        raising CancelledError here)."""
+        async def main() -> _T:
+            task = asyncio.ensure_future(work)
+            while not task.done():
+                await asyncio.wait({task}, timeout=0.2)
+                if cancellable and self._cancelled.is_set() and not task.done():
+                    task.cancel()
+            return task.result()
+
+        return asyncio.run(main())
+
+    def _stage(self, sc: SparkContext, n: int, shared: object) -> LoadResult:
+        """The barrier stage itself: one task per partition, merged."""
+        if self._cancelled.is_set():
+            return self._cancelled_result()
         plans = split_spec(self.spec, n)
+        limits = split_limit(self.sample_limit, len(plans))
         host = "127.0.0.1" if local_slots(self.master) else str(
             sc.getConf().get("spark.driver.host") or "127.0.0.1")
         hub = self._hub = (ProgressHub(len(plans), self.on_progress, host)
                            if self.on_progress else None)
         start_epoch = time.time_ns() + int(self.start_lead_s * 1e9)
         tasks = [PartitionTask(p.index, p.spec, self.workload_name, self.target_url, self.params,
-                               start_epoch, p.stagger_ns, hub.link if hub else None)
+                               start_epoch, p.stagger_ns, hub.link if hub else None,
+                               sample_limit=limits[p.index])
                  for p in plans]
         if self._cancelled.is_set():
+            if hub is not None:
+                hub.close()
             return self._cancelled_result()
         sc.setJobGroup(self.group, f"aifb load: {self.workload_name} x {len(tasks)}",
                        interruptOnCancel=True)
+        # The shared state rides in the stage's function, which PySpark broadcasts when large.
+        run = functools.partial(run_partition, shared=shared) if shared is not None else (
+            run_partition)
         try:
-            rows = sc.parallelize(tasks, len(tasks)).barrier().mapPartitions(
-                run_partition).collect()
+            rows = sc.parallelize(tasks, len(tasks)).barrier().mapPartitions(run).collect()
         except Exception as exc:
             if self._cancelled.is_set():
                 return self._cancelled_result()
@@ -165,17 +237,37 @@ class SparkLoad:
                 hub.close()
         return self._merge(rows)
 
-    def _merge(self, rows: list[tuple[int, str, bytes]]) -> LoadResult:
+    def _merge(self, rows: list[TaskRow]) -> LoadResult:
         rows = sorted(rows, key=lambda r: r[0])
-        self.partition_info = [json.loads(info) for _, info, _ in rows]
-        self.partition_results = [LoadResult.from_bytes(data) for _, _, data in rows]
+        self.partition_info = [json.loads(row[1]) for row in rows]
+        self.partition_results = [LoadResult.from_bytes(row[2]) for row in rows]
         merged = merge_results(self.partition_results)
         late = [i.get("start_late_ns", 0) for i in self.partition_info]
         merged.extra["spark_partitions"] = float(len(rows))
         merged.extra["spark_start_late_max_s"] = max(late, default=0) / 1e9
+        if self.sample_limit > 0:
+            merged.samples = self._samples(rows)
         if self._cancelled.is_set() and merged.state is RunState.SUCCEEDED:
             merged.state, merged.reason = RunState.CANCELLED, self._reason
         return merged
+
+    def _samples(self, rows: list[TaskRow]) -> SampleSet:
+        """One part per partition: its Parquet rows, or only its request count when it kept
+        none (a limit share of 0, or a failure before its start)."""
+        out = SampleSet(self.sample_limit)
+        for (index, _, _, data), info, res in zip(rows, self.partition_info,
+                                                  self.partition_results, strict=True):
+            got = info.get("samples")
+            if got is None:
+                out.parts.append(SamplePart({"partition": index}, requests=res.counters[
+                    "completed"] + res.counters["excluded"]))
+                continue
+            error = got.get("error", "")
+            out.parts.append(SamplePart({"partition": index}, encoded=data,
+                                        rows=0 if error else int(got["rows"]),
+                                        requests=int(got["requests"]),
+                                        error=f"partition {index}: {error}" if error else ""))
+        return out
 
     def _cancelled_result(self) -> LoadResult:
         return LoadResult(state=RunState.CANCELLED, reason=self._reason, mode=self.spec.mode.value,

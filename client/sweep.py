@@ -5,20 +5,26 @@ throughput); then `points` open-loop rates evenly spaced strictly between the tw
 increasing order. The sweep stops at the first rate that breaches the SLO (latency percentile
 over its limit, or an error ratio over its limit) or saturates the server (achieved rate below
 `saturation_ratio` of the target, or requests dropped). Each step is a normal LoadRun.
+
+With `sample_limit` each step records per-request rows into the budget the steps before it
+left (the first `sample_limit` completions of the whole sweep are kept); `sweep_samples` puts
+them into one SampleSet, each step's rows tagged with its index, name and target rate.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from aifb.client.load import ProgressCallback, run_load
+from aifb.client.load import LoadRun, ProgressCallback
 from aifb.client.results import LoadResult, RunState
+from aifb.client.samples import RequestLog, SamplePart, SampleSet
 from aifb.client.spec import LoadSpec, Mode
 from aifb.client.workload import Workload
 from aifb.mesh.errors import InvalidArgument
 
-__all__ = ["SweepResult", "SweepSpec", "SweepStep", "run_sweep"]
+__all__ = ["SweepResult", "SweepSpec", "SweepStep", "run_sweep", "sweep_samples"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,14 +79,46 @@ def _saturated(spec: SweepSpec, res: LoadResult) -> str:
     return ""
 
 
+def sweep_samples(steps: list[SweepStep], limit: int) -> SampleSet:
+    """The steps' per-request rows as one set: `step` (index in `steps`), `step_name`,
+    `target_rate` (0 for the closed-loop steps). A step that recorded nothing (the budget was
+    spent, or it failed before its start) adds its request count only."""
+    out = SampleSet(limit)
+    for i, st in enumerate(steps):
+        tags: dict[str, int | float | str] = {"step": i, "step_name": st.name,
+                                              "target_rate": st.target_rate}
+        res = st.result
+        if isinstance(res.samples, RequestLog):
+            out.parts.append(SamplePart(tags, res.samples))
+        else:
+            out.parts.append(SamplePart(tags, requests=res.counters["completed"]
+                                        + res.counters["excluded"]))
+    return out
+
+
+async def _run_step(load: LoadSpec, workload: Workload, on_progress: ProgressCallback | None,
+                    sample_limit: int) -> LoadResult:
+    run = LoadRun(load, workload, on_progress=on_progress, record_samples=sample_limit)
+    run.start()
+    try:
+        return await run.wait()
+    except asyncio.CancelledError:
+        run.cancel("the caller was cancelled")
+        raise
+
+
 async def run_sweep(spec: SweepSpec, make_workload: Callable[[], Workload], *,
                     on_progress: ProgressCallback | None = None,
-                    on_step: Callable[[SweepStep], None] | None = None) -> SweepResult:
-    """Run the sweep; a fresh workload per step (`make_workload`) keeps steps independent."""
+                    on_step: Callable[[SweepStep], None] | None = None,
+                    sample_limit: int = 0) -> SweepResult:
+    """Run the sweep; a fresh workload per step (`make_workload`) keeps steps independent.
+    `sample_limit` > 0: per-request rows, at most that many over all steps."""
     out = SweepResult()
 
     async def step(name: str, load: LoadSpec, target: float) -> SweepStep:
-        res = await run_load(load, make_workload(), on_progress=on_progress)
+        left = max(sample_limit - sum(s.result.samples.rows for s in out.steps
+                                      if s.result.samples is not None), 0)
+        res = await _run_step(load, make_workload(), on_progress, left)
         st = SweepStep(name, target, res)
         out.steps.append(st)
         if on_step is not None:

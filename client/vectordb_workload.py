@@ -12,12 +12,21 @@ workers. `extra_metrics()` also gives `recall_at_k` over every query answered.
 
 The collection is dropped at `close()` unless `keep_collection` is set. Backends live in
 `aifb.client.vectordb`.
+
+On Spark the insert phase runs once, on the driver (`aifb.client.spark.shared.SharedSetup`):
+`setup_shared()` is the insert phase above and returns `SharedVectors` (the queries, their
+exact neighbours, the count inserted); each partition's workload `adopt_shared()`s them, so its
+`prepare()` only attaches to the collection and checks its count, its recall is measured
+against the very vectors the driver inserted, and its `close()` leaves the collection to the
+driver's `teardown_shared()`. The insert figures are reported once (`shared_metrics()`), and
+`merge_extra` combines the partitions' figures (recall@k weighted by queries, k not summed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Literal
 from urllib.parse import urlsplit
@@ -40,7 +49,7 @@ from aifb.client.vectordb.vectors import (
 from aifb.client.workload import Outcome
 from aifb.mesh.errors import InvalidArgument
 
-__all__ = ["VectorDbParams", "VectorDbWorkload"]
+__all__ = ["SharedVectors", "VectorDbParams", "VectorDbWorkload"]
 
 # Chroma's rule (3-512 of [A-Za-z0-9._-], alphanumeric at both ends); Qdrant accepts these too.
 _COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]")
@@ -78,8 +87,19 @@ class VectorDbParams(BaseModel):
     timeout_s: float = Field(60.0, gt=0, le=3600, description="Per-request timeout, seconds.")
 
 
+@dataclass(frozen=True, slots=True)
+class SharedVectors:
+    """What the driver's insert phase hands every Spark partition (pickled, broadcast)."""
+
+    collection: str
+    count: int  # vectors inserted (ids 0..count-1)
+    dim: int
+    queries: np.typing.NDArray[np.float32]  # (query_count, dim)
+    truth: np.typing.NDArray[np.int64]  # each query's exact neighbours, nearest first
+
+
 class VectorDbWorkload:
-    """Implements aifb.client.workload.Workload."""
+    """Implements aifb.client.workload.Workload and aifb.client.spark.shared.SharedSetup."""
 
     name = "vectordb"
 
@@ -99,9 +119,10 @@ class VectorDbWorkload:
             raise InvalidArgument("chroma has no exact search; raise hnsw_ef instead",
                                   field="params.exact")
         self.params = params
-        self._http = JsonHttp(parts.hostname, parts.port or 80, parts.netloc,
-                              connections=params.connections, timeout_s=params.timeout_s)
+        self._address = (parts.hostname, parts.port or 80, parts.netloc)
+        self._http = self._new_http()
         self._prefix = parts.path.rstrip("/")
+        self._shared: SharedVectors | None = None  # set: a Spark partition after the driver
         self._store: VectorStore | None = None
         self._data: VectorSet | None = None
         self._truth: np.typing.NDArray[np.int64] | None = None
@@ -109,6 +130,11 @@ class VectorDbWorkload:
         self._insert: dict[str, float] = {}
         self.hits = 0
         self.checked = 0
+
+    def _new_http(self) -> JsonHttp:
+        host, port, netloc = self._address
+        return JsonHttp(host, port, netloc, connections=self.params.connections,
+                        timeout_s=self.params.timeout_s)
 
     def _make_store(self, dim: int) -> VectorStore:
         p = self.params
@@ -127,6 +153,9 @@ class VectorDbWorkload:
             raise
 
     async def _prepare(self) -> None:
+        if self._shared is not None:
+            await self._attach(self._shared)
+            return
         p = self.params
         data = (load_vectors(p.dataset, p.count, p.query_count) if p.dataset else
                 random_vectors(p.count or 10_000, p.query_count, p.dim, p.seed))
@@ -143,6 +172,21 @@ class VectorDbWorkload:
         if stored != len(data.base):
             raise RuntimeError(f"{p.backend} holds {stored} vectors after inserting "
                                f"{len(data.base)}")
+
+    async def _attach(self, shared: SharedVectors) -> None:
+        """A Spark partition: query the collection the driver filled, against its truth."""
+        self._truth = shared.truth
+        self._queries = shared.queries.tolist()
+        store = self._store = self._make_store(shared.dim)
+        try:
+            await store.attach()
+            stored = await store.count()
+        except VectorDbError as exc:
+            raise RuntimeError(f"{self.params.backend} collection {shared.collection}: "
+                               f"{exc}") from exc
+        if stored != shared.count:
+            raise RuntimeError(f"{self.params.backend} holds {stored} vectors, the driver "
+                               f"inserted {shared.count}")
 
     async def _insert_all(self, store: VectorStore, data: VectorSet) -> None:
         size, total = self.params.batch_size, len(data.base)
@@ -195,13 +239,64 @@ class VectorDbWorkload:
 
     async def close(self) -> None:
         try:
-            if self._store is not None and not self.params.keep_collection:
+            if (self._store is not None and self._shared is None
+                    and not self.params.keep_collection):
                 await self._store.drop()
         except VectorDbError:
             pass  # the run's figures stand; a failed clean-up must not turn them into errors
         finally:
             self._http.close()
             await asyncio.sleep(0)
+
+
+    # -- Spark: the insert phase once, on the driver (aifb.client.spark.shared.SharedSetup)
+
+    async def setup_shared(self) -> SharedVectors:
+        """The insert phase (driver); its connections are closed after, its figures kept."""
+        await self.prepare()
+        data, truth = self._data, self._truth
+        assert data is not None and truth is not None
+        self._http.close()
+        await asyncio.sleep(0)
+        self._data = None  # the base vectors are in the database now
+        return SharedVectors(self.params.collection, len(data.base), int(data.base.shape[1]),
+                             data.queries, truth)
+
+    def adopt_shared(self, state: object) -> None:
+        if not isinstance(state, SharedVectors):
+            raise TypeError(f"vectordb cannot adopt {type(state).__name__}")
+        if state.collection != self.params.collection:
+            raise ValueError(f"the driver filled {state.collection}, not "
+                             f"{self.params.collection}")
+        self._shared = state
+
+    async def teardown_shared(self) -> None:
+        """Drop the collection (driver, after every partition ended) unless it is kept."""
+        if self._store is None or self.params.keep_collection:
+            return
+        self._http = http = self._new_http()
+        try:
+            await self._make_store(self.params.dim).drop()
+        except VectorDbError as exc:
+            raise RuntimeError(f"{self.params.backend} drop: {exc}") from exc
+        finally:
+            http.close()
+            await asyncio.sleep(0)
+
+    def shared_metrics(self) -> dict[str, float]:
+        return dict(self._insert)
+
+    def merge_extra(self, extras: list[dict[str, float]]) -> dict[str, float]:
+        """Counts add; k is every partition's k; recall@k is weighted by queries answered."""
+        out = {"k": float(self.params.k)}
+        for key in ("recall_queries", "connections_opened"):
+            out[key] = sum(e.get(key, 0.0) for e in extras)
+        weighted = [(e["recall_at_k"], e.get("recall_queries", 0.0)) for e in extras
+                    if "recall_at_k" in e]
+        total = sum(n for _, n in weighted)
+        if total:
+            out["recall_at_k"] = round(sum(r * n for r, n in weighted) / total, 6)
+        return out
 
 
 def _build(target_url: str, params: VectorDbParams) -> VectorDbWorkload:

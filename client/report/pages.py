@@ -82,7 +82,8 @@ def samples_row(doc: dict[str, Any]) -> list[tuple[str, str]]:
         return [("samples", f"not written: {info.get('error', 'unknown error')}")]
     text = f"{info['rows']:,} rows in {info['file']}"
     if info.get("capped"):
-        text += (f" (capped: the first {info['limit']:,} of {info['requests']:,} "
+        # rows, not the limit: a Spark run's partitions each keep their share of it
+        text += (f" (capped: the first {info['rows']:,} of {info['requests']:,} "
                  "requests)")
     return [("samples", text)]
 

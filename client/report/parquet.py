@@ -1,4 +1,10 @@
-"""The per-second series and the per-request samples as Apache Parquet, for Spark SQL or pandas."""
+"""The per-second series and the per-request samples as Apache Parquet, for Spark SQL or pandas.
+
+`samples_parquet` writes one file for a single run's `RequestLog` or for a `SampleSet` (a sweep's
+steps, a Spark run's partitions): every part's rows, each with its constant columns (`step`,
+`step_name`, `target_rate`; or `partition`) placed after SAMPLE_COLUMNS, then the workload's
+values (a part lacking a value has nulls there).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aifb.client.samples import RequestLog
+from aifb.client.samples import RequestLog, SamplePart, SampleSet, Tag
 
-__all__ = ["SAMPLE_COLUMNS", "samples_parquet", "series_parquet"]
+__all__ = ["SAMPLE_COLUMNS", "TAG_COLUMNS", "samples_parquet", "series_parquet"]
 
 _SCHEMA = pa.schema([
     ("run", pa.string()), ("second", pa.int32()), ("sent", pa.int64()),
@@ -25,6 +31,9 @@ _SCHEMA = pa.schema([
 SAMPLE_COLUMNS = ("run", "phase", "intended_time", "intended_s", "sent_s", "end_s", "latency_s",
                   "service_s", "send_delay_s", "ok", "status", "error", "ttft_s", "tpot_s",
                   "chunks")
+# The constant columns a SampleSet's parts add, in this order (a part has some of them).
+TAG_COLUMNS = {"step": pa.int32(), "step_name": pa.string(), "target_rate": pa.float64(),
+               "partition": pa.int32()}
 _PHASES = pa.array(["warmup", "measure", "cooldown"])
 
 
@@ -53,8 +62,8 @@ def _seconds(ns: np.ndarray[Any, Any], known: np.ndarray[Any, Any] | None = None
     return pa.array(values, mask=None if known is None else ~known, type=pa.float64())
 
 
-def samples_parquet(run: str, workload: str, log: RequestLog) -> bytes:
-    """One row per recorded request (see SAMPLE_COLUMNS), the run's name in every row."""
+def _samples_table(run: str, log: RequestLog) -> pa.Table:
+    """One row per recorded request: SAMPLE_COLUMNS, then one column per workload value."""
     n = log.rows
     start = log.start_ns
     intended, sent = _ints(log.intended), _ints(log.sent)
@@ -68,8 +77,7 @@ def samples_parquet(run: str, workload: str, log: RequestLog) -> bytes:
     has_tpot = has_first & (tokens > 1)
     tpot = np.divide(end - first, np.where(has_tpot, tokens - 1, 1.0))
     columns: dict[str, pa.Array] = {
-        "run": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)),
-                                              pa.array([run])),
+        "run": _constant(run, n),
         "phase": pa.DictionaryArray.from_arrays(pa.array(phase), _PHASES),
         # Microseconds: what Spark's TIMESTAMP holds (nanoseconds would read as plain longs).
         "intended_time": pa.array((log.wall_start_ns + (intended - start)) // 1000,
@@ -90,11 +98,55 @@ def samples_parquet(run: str, workload: str, log: RequestLog) -> bytes:
     }
     for key, column in sorted(log.values.items()):
         values = np.frombuffer(column, dtype=np.float64) if n else np.zeros(0)
-        name = f"value_{key}" if key in columns else key
+        name = f"value_{key}" if key in columns or key in TAG_COLUMNS else key
         columns[name] = pa.array(values, mask=np.isnan(values), type=pa.float64())
-    table = pa.table(columns)
+    return pa.table(columns)
+
+
+def _constant(value: str, n: int) -> pa.Array:
+    """A string column with one value in every row (dictionary-encoded: one copy)."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)),
+                                          pa.array([value], type=pa.string()))
+
+
+def _tagged(table: pa.Table, run: str, tags: dict[str, Tag]) -> pa.Table:
+    """`table` with `run` in its run column and each tag as a constant column after
+    SAMPLE_COLUMNS (in TAG_COLUMNS order)."""
+    n = table.num_rows
+    table = table.set_column(table.schema.get_field_index("run"), "run", _constant(run, n))
+    at = len(SAMPLE_COLUMNS)
+    for name, kind in TAG_COLUMNS.items():
+        if name not in tags:
+            continue
+        value = tags[name]
+        column = (_constant(str(value), n) if kind == pa.string() else
+                  pa.array(np.full(n, value), type=kind))
+        table = table.add_column(at, name, column)
+        at += 1
+    return table
+
+
+def _part_table(run: str, part: SamplePart) -> pa.Table | None:
+    if part.log is not None:
+        return _tagged(_samples_table(run, part.log), run, part.tags)
+    if part.encoded:
+        return _tagged(pq.read_table(io.BytesIO(part.encoded)), run, part.tags)
+    return None
+
+
+def samples_parquet(run: str, workload: str, samples: RequestLog | SampleSet) -> bytes:
+    """One row per recorded request (see SAMPLE_COLUMNS), the run's name in every row; a
+    SampleSet's parts one after another, each with its tag columns."""
+    if isinstance(samples, RequestLog):
+        table = _samples_table(run, samples)
+        limit = samples.limit
+    else:
+        tables = [t for t in (_part_table(run, p) for p in samples.parts) if t is not None]
+        table = (pa.concat_tables(tables, promote_options="default") if tables else
+                 _samples_table(run, RequestLog(0, 0, 0, 0)))
+        limit = samples.limit
     table = table.replace_schema_metadata({
-        "aifb.run": run, "aifb.workload": workload, "aifb.rows": str(n),
-        "aifb.requests": str(log.seen), "aifb.limit": str(log.limit),
-        "aifb.capped": "true" if log.capped else "false"})
+        "aifb.run": run, "aifb.workload": workload, "aifb.rows": str(samples.rows),
+        "aifb.requests": str(samples.seen), "aifb.limit": str(limit),
+        "aifb.capped": "true" if samples.capped else "false"})
     return _write(table)

@@ -26,7 +26,7 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 from aifb.client.registry import get_kind, parse_params
 from aifb.client.report.parquet import samples_parquet
 from aifb.client.results import LoadResult, RunState
-from aifb.client.samples import RequestLog
+from aifb.client.samples import RequestLog, SampleSet
 from aifb.client.service.model import BenchmarkRecord, Progress
 from aifb.client.service.options import LoadOptions, plan
 from aifb.client.service.runner import Runner, RunOutcome
@@ -299,7 +299,7 @@ class BenchmarkManager:
                                           attributes=phase.attributes)
             span.end(end_time=max(phase.end_ns, phase.start_ns))
 
-    async def _write_samples(self, record: BenchmarkRecord, samples: RequestLog
+    async def _write_samples(self, record: BenchmarkRecord, samples: RequestLog | SampleSet
                              ) -> dict[str, Any]:
         """samples.parquet in the run's folder (built off the event loop); what the report
         says about it."""

@@ -106,8 +106,10 @@ class LoadOptions:
     engine: str = "inprocess"
     spark_master: str = ""
     partitions: int = 0
-    record_samples: bool = False  # one row per request in samples.parquet
-    max_samples: int = 0  # rows kept at most (0: DEFAULT_SAMPLE_LIMIT)
+    # One row per request in samples.parquet: a single run, every step of a sweep (column
+    # `step`), or every Spark partition (column `partition`, the limit split between them).
+    record_samples: bool = False
+    max_samples: int = 0  # rows kept at most over the whole run (0: DEFAULT_SAMPLE_LIMIT)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -176,10 +178,6 @@ def _check(o: LoadOptions) -> None:
     if o.max_samples < 0 or o.max_samples > MAX_SAMPLE_LIMIT:
         raise InvalidArgument(f"load.max_samples must be within 0..{MAX_SAMPLE_LIMIT}, got "
                               f"{o.max_samples}", field="load.max_samples")
-    if o.record_samples and (o.engine == "spark" or o.resolved_mode == "sweep"):
-        raise InvalidArgument("per-request samples are recorded by the in-process engine for "
-                              "a single run, not by the spark engine or a sweep",
-                              field="load.record_samples")
     if o.engine == "spark" and o.resolved_mode == "sweep":
         raise InvalidArgument("a sweep runs on the in-process engine only (its steps depend on "
                               "each other's results); drop --engine spark, or run fixed rates "

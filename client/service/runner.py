@@ -8,6 +8,11 @@ budget is checked once more over the whole run (the engine checks it live once e
 completed), so a short run against a failing target still ends FAILED. The outcome also
 lists the run's phases in wall-clock time (prepare, warm-up, measurement, cool-down; or one per
 sweep step), which the manager turns into child spans of the run's trace.
+
+Per-request samples (`options.sample_limit`): a single run's `RequestLog`; for a sweep, every
+step's rows in one `SampleSet` (tagged by step, within one budget); on Spark, the partitions'
+rows, which the Spark engine gathers into a `SampleSet` itself. Either lands in
+`result.samples`, which the manager writes to samples.parquet.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from aifb.client.registry import build_workload
 from aifb.client.results import LoadResult, RunState
 from aifb.client.service.model import Progress
 from aifb.client.service.options import LoadOptions, Plan
-from aifb.client.sweep import SweepStep, run_sweep
+from aifb.client.sweep import SweepStep, run_sweep, sweep_samples
 
 __all__ = ["Phase", "RunOutcome", "Runner", "to_progress"]
 
@@ -160,9 +165,10 @@ class Runner:
     async def _sweep(self) -> RunOutcome:
         sweep = self.plan.sweep
         assert sweep is not None
+        limit = self.options.sample_limit
         self._task = asyncio.ensure_future(run_sweep(
             sweep, lambda: build_workload(self.workload, self.url, self.params),
-            on_progress=self._progress, on_step=self._step_done))
+            on_progress=self._progress, on_step=self._step_done, sample_limit=limit))
         try:
             done = await self._task
         except asyncio.CancelledError:
@@ -170,14 +176,23 @@ class Runner:
                 raise
             main = self._steps[-1].result if self._steps else LoadResult(workload=self.workload)
             main.state, main.reason = RunState.CANCELLED, self.cancel_reason
-            return RunOutcome(main, list(self._steps), self.cancel_reason)
+            return RunOutcome(self._with_samples(main, self._steps, limit), list(self._steps),
+                              self.cancel_reason)
         if not done.steps:
             return RunOutcome(LoadResult(state=RunState.FAILED, reason="the sweep ran no step"))
         main = done.steps[-1].result
         if main.state is RunState.FAILED and len(done.steps) > 2:
             # A step failing past saturation ends the sweep; the sweep itself succeeded.
             main.state = RunState.SUCCEEDED
-        return RunOutcome(main, list(done.steps), done.stop_reason)
+        return RunOutcome(self._with_samples(main, done.steps, limit), list(done.steps),
+                          done.stop_reason)
+
+    @staticmethod
+    def _with_samples(main: LoadResult, steps: list[SweepStep], limit: int) -> LoadResult:
+        """`main` (the last step's result) carrying every step's rows, when recorded."""
+        if limit > 0:
+            main.samples = sweep_samples(steps, limit)
+        return main
 
     async def _spark(self) -> RunOutcome:
         from aifb.client.spark_engine import SparkLoad  # lazily: pyspark and a JVM when asked
@@ -193,7 +208,8 @@ class Runner:
         spark = self._spark_load = SparkLoad(
             load, self.workload, self.url, self.params,
             master=self.options.spark_master or "local[2]",
-            partitions=self.options.partitions or None, on_progress=relay)
+            partitions=self.options.partitions or None, on_progress=relay,
+            sample_limit=self.options.sample_limit)
         if self.cancel_reason:
             spark.cancel(self.cancel_reason)
         result: LoadResult = await asyncio.to_thread(spark.run)

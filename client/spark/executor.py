@@ -10,9 +10,13 @@ about a second after the last one arrived (it polls once a second). Each worker 
 agreed epoch to its own `perf_counter_ns`. A partition that fails before the start still joins
 the barrier (with `failed:<reason>`), so the others fail at once instead of waiting.
 
-The task returns `(index, info JSON, LoadResult.to_bytes())` (info: partition, host, pid,
-agreed start, how late it began, the worker's CPU seconds); `run_task` is the plain-Python
-core (the barrier is passed in), so it can run without Spark.
+The task returns `(index, info JSON, LoadResult.to_bytes(), samples)` (info: partition, host,
+pid, agreed start, how late it began, the worker's CPU seconds, and with per-request samples
+their `rows`/`requests`/`limit`); `samples` is the partition's rows as Parquet (times from the
+common start, so partitions line up; empty when none were recorded), built here so the driver
+only concatenates. `run_task` is the plain-Python core (the barrier is passed in), so it can run
+without Spark. `shared` is the state of a `SharedSetup` workload's driver-side setup
+(`aifb.client.spark.shared`), adopted before `prepare()`.
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ from typing import Any
 from aifb.client.load import LoadRun
 from aifb.client.registry import build_workload
 from aifb.client.results import LoadResult, RunState
+from aifb.client.samples import RequestLog
 from aifb.client.spark.progress import ProgressLink
+from aifb.client.spark.shared import SharedSetup
 from aifb.client.spec import LoadSpec
 
-__all__ = ["GATHER_MARGIN_NS", "PartitionTask", "run_partition", "run_task"]
+__all__ = ["GATHER_MARGIN_NS", "PartitionTask", "TaskRow", "run_partition", "run_task"]
 
 GATHER_MARGIN_NS = 1_500_000_000
 Gather = Callable[[str], list[str]]
+TaskRow = tuple[int, str, bytes, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +56,7 @@ class PartitionTask:
     start_epoch_ns: int = 0  # the driver's proposed common start (time.time_ns)
     stagger_ns: int = 0
     progress: tuple[str, int, str] | None = None  # the driver's hub: host, port, token
+    sample_limit: int = 0  # > 0: keep up to this many per-request rows
 
 
 def _run_loop(main: Coroutine[Any, Any, LoadResult]) -> LoadResult:
@@ -59,7 +67,23 @@ def _run_loop(main: Coroutine[Any, Any, LoadResult]) -> LoadResult:
     return uvloop.run(main)
 
 
-def run_task(task: PartitionTask, gather: Gather) -> tuple[int, str, bytes]:
+def _encode_samples(task: PartitionTask, log: RequestLog, info: dict[str, Any]) -> bytes:
+    """The rows as Parquet, timed from the common start: this partition's schedule began
+    `stagger_ns` after it, so its times shift by that much."""
+    from aifb.client.report.parquet import samples_parquet
+
+    info["samples"] = {"rows": log.rows, "requests": log.seen, "limit": log.limit}
+    log.start_ns -= task.stagger_ns
+    if "start_epoch_ns" in info:  # the agreed start, exactly, on this host's clock
+        log.wall_start_ns = int(info["start_epoch_ns"]) - task.stagger_ns
+    try:
+        return samples_parquet("", task.workload, log)
+    except Exception as exc:  # the run's figures stand without its rows
+        info["samples"]["error"] = f"{type(exc).__name__}: {exc}"
+        return b""
+
+
+def run_task(task: PartitionTask, gather: Gather, shared: object = None) -> TaskRow:
     """Run one partition's share; `gather` is the barrier (every partition calls it once)."""
     info: dict[str, Any] = {"partition": task.index, "host": socket.gethostname(),
                             "pid": os.getpid()}
@@ -83,9 +107,14 @@ def run_task(task: PartitionTask, gather: Gather) -> tuple[int, str, bytes]:
 
     async def main() -> LoadResult:
         workload = build_workload(task.workload, task.target_url, task.params)
+        if shared is not None:
+            if not isinstance(workload, SharedSetup):
+                raise TypeError(f"workload {task.workload} has no shared setup to adopt")
+            workload.adopt_shared(shared)
         link = ProgressLink.connect(task.progress, task.index) if task.progress else None
         run = LoadRun(task.spec, workload, start_at=start_at,
-                      on_progress=link.send if link else None)
+                      on_progress=link.send if link else None,
+                      record_samples=task.sample_limit)
         if link is not None:
             link.on_cancel(run.cancel)
         try:
@@ -103,14 +132,16 @@ def run_task(task: PartitionTask, gather: Gather) -> tuple[int, str, bytes]:
                             reason=f"partition {task.index}: {type(exc).__name__}: {exc}")
     if not joined:
         gather(f"failed:partition {task.index}: {result.reason}")
+    samples = (_encode_samples(task, result.samples, info)
+               if isinstance(result.samples, RequestLog) else b"")
     info["cpu_s"] = time.process_time() - cpu0  # this Python worker's CPU for the whole task
-    return task.index, json.dumps(info), result.to_bytes()
+    return task.index, json.dumps(info), result.to_bytes(), samples
 
 
-def run_partition(tasks: Iterable[PartitionTask]) -> Iterator[tuple[int, str, bytes]]:
-    """The barrier-stage function: one PartitionTask per partition."""
+def run_partition(tasks: Iterable[PartitionTask], shared: object = None) -> Iterator[TaskRow]:
+    """The barrier-stage function: one PartitionTask per partition (`shared`: see run_task)."""
     from pyspark import BarrierTaskContext
 
     ctx = BarrierTaskContext.get()
     for task in tasks:
-        yield run_task(task, lambda msg: list(ctx.allGather(msg)))
+        yield run_task(task, lambda msg: list(ctx.allGather(msg)), shared)

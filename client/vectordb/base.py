@@ -1,10 +1,12 @@
 """The seam between the `vectordb` workload and a vector database: what every backend does.
 
 A backend is built with a collection name and index settings, then: `reset` (drop any collection
-of that name and create it empty), `insert` (one batch, durable when it returns), `count`,
-`search` (ids of the k nearest) and `drop`. Failures raise `VectorDbError` with a stable `kind`
-(`status_<code>`, `connect`, `timeout`, `closed`, `protocol`, `bad_response`), which the workload
-turns into Outcome errors; its message keeps the server's own words.
+of that name and create it empty), `attach` (use the existing collection of that name, made by
+another client: a Spark partition after the driver's insert phase), `insert` (one batch,
+durable when it returns), `count`, `search` (ids of the k nearest) and `drop`. Failures raise
+`VectorDbError` with a stable `kind` (`status_<code>`, `connect`, `timeout`, `closed`,
+`protocol`, `bad_response`), which the workload turns into Outcome errors; its message keeps the
+server's own words.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class VectorStore(Protocol):
     name: str
 
     async def reset(self) -> None: ...
+
+    async def attach(self) -> None: ...
 
     async def insert(self, ids: list[int], vectors: list[list[float]]) -> None: ...
 

@@ -1,6 +1,7 @@
 """Chroma through its v2 HTTP API (chromadb >= 1.0, the `chroma run` server).
 
 Calls used, under `/api/v2/tenants/{tenant}/databases/{database}`: `DELETE /collections/{name}`,
+`GET /collections/{name}` (attach: the answer carries the existing collection's `id`),
 `POST /collections` with `{"name", "configuration": {"hnsw": {space, ef_construction, ef_search,
 max_neighbors}}}` (the answer carries the collection's `id`), `POST /collections/{id}/upsert`
 with `{"ids": [str], "embeddings": [[float]]}`, `POST /collections/{id}/query` with
@@ -65,9 +66,11 @@ class ChromaStore:
                 hnsw[key] = value
         body = await self._call("POST", "/collections", {"name": self._collection,
                                                          "configuration": {"hnsw": hnsw}})
-        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
-            raise VectorDbError("bad_response", f"chroma create collection: {str(body)[:200]}")
-        self._id = body["id"]
+        self._id = _collection_id(body, "create collection")
+
+    async def attach(self) -> None:
+        body = await self._call("GET", f"/collections/{quote(self._collection, safe='')}")
+        self._id = _collection_id(body, "get collection")
 
     async def insert(self, ids: list[int], vectors: list[list[float]]) -> None:
         await self._call("POST", self._coll("upsert"), {"ids": [str(i) for i in ids],
@@ -92,3 +95,9 @@ class ChromaStore:
         await self._call("DELETE", f"/collections/{quote(self._collection, safe='')}",
                          ok=(200, 404))
         self._id = ""
+
+
+def _collection_id(body: Any, what: str) -> str:
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+        raise VectorDbError("bad_response", f"chroma {what}: {str(body)[:200]}")
+    return str(body["id"])

@@ -1,6 +1,7 @@
 """Qdrant through its REST API: collections, points upsert (wait=true), the Query API, counts.
 
-Calls used (Qdrant 1.10+): `DELETE/PUT /collections/{name}`, `PUT /collections/{name}/points
+Calls used (Qdrant 1.10+): `DELETE/PUT/GET /collections/{name}` (GET: attach to an existing
+one), `PUT /collections/{name}/points
 ?wait=true` with `{"points": [{"id", "vector"}]}`, `POST .../points/query` with `{"query": vector,
 "limit": k, "params": {"hnsw_ef", "exact"}}`, `POST .../points/count` with `{"exact": true}`.
 Qdrant answers errors as `{"status": {"error": "..."}}`; that text goes into the VectorDbError.
@@ -56,6 +57,9 @@ class QdrantStore:
         if hnsw:
             create["hnsw_config"] = hnsw
         await self._call("PUT", "", create)
+
+    async def attach(self) -> None:
+        await self._call("GET", "")  # the collection must exist (404 otherwise)
 
     async def insert(self, ids: list[int], vectors: list[list[float]]) -> None:
         points = [{"id": i, "vector": v} for i, v in zip(ids, vectors, strict=True)]

@@ -54,8 +54,6 @@ pytestmark = pytest.mark.unit
     (LoadOptions(concurrency=1, slo={"errors": "150%"}), "load.slo.errors"),
     (LoadOptions(concurrency=1, record_samples=True, max_samples=-1), "load.max_samples"),
     (LoadOptions(concurrency=1, record_samples=True, max_samples=10**8), "load.max_samples"),
-    (LoadOptions(mode="sweep", record_samples=True), "load.record_samples"),
-    (LoadOptions(rate=5, engine="spark", record_samples=True), "load.record_samples"),
     (LoadOptions(mode="sweep", engine="spark"), "load.engine"),
 ])
 def test_bad_load_options_name_their_field(options: LoadOptions, field: str) -> None:
