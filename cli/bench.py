@@ -165,7 +165,8 @@ def run(
     spark_master: str = typer.Option("", help="Spark master: local[2] or spark://host:7077."),
     partitions: int = typer.Option(0, help="Spark partitions (0: the master's parallelism)."),
     samples: bool = typer.Option(False, "--samples", help="Record one row per request in "
-                                 "samples.parquet beside the report (in-process engine)."),
+                                 "samples.parquet beside the report (a sweep adds a step "
+                                 "column, a Spark run a partition column)."),
     max_samples: int = typer.Option(0, help="With --samples: keep at most this many rows "
                                     "(0: 1,000,000)."),
     request_id: str = typer.Option("", help="Idempotency key (default: a new random one)."),
