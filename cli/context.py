@@ -124,7 +124,8 @@ def handle_errors(state: CliState) -> Iterator[None]:
         yield
     except AifbError as exc:
         hint = ""
-        if exc.code == grpc.StatusCode.UNAVAILABLE:
+        # A service that could not reach another names it (metadata "server") itself.
+        if exc.code == grpc.StatusCode.UNAVAILABLE and "server" not in exc.metadata:
             hint = f" (is `aifb up` running at {state.address}?)"
         if exc.code == grpc.StatusCode.UNAUTHENTICATED:
             hint = f" (token file: {Path(state.config.mesh.home_path) / 'token'})"

@@ -9,7 +9,7 @@ import json
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aifb.mesh.errors import InvalidArgument
@@ -33,6 +33,9 @@ class Principal:
 
     user: str
     service: str = ""
+    # The bearer token the call came with; never printed or compared. A service that calls
+    # another on the caller's behalf forwards it, so that one's ownership checks apply.
+    token: str = field(default="", repr=False, compare=False)
 
     @property
     def is_job(self) -> bool:
@@ -151,7 +154,7 @@ class Authenticator:
         if self.store is not None:
             user = self.store.user_for(token)
             if user:
-                return Principal(user=user)
+                return Principal(user=user, token=token)
         for resolver in self._resolvers:
             found = resolver(token)
             if found is not None:

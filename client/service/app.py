@@ -8,7 +8,9 @@
 
 In `aifb up` the server builds it through `benchmark_extension` (aifb.server.app's extension
 hook), with service targets resolved through the server's own ServiceManager, and the live
-metrics go to the collector mounted on the same port when one is.
+metrics go to the collector mounted on the same port when one is. On its own (`aifb bench
+serve`), `aifb.client.service.standalone` builds it with a `GrpcResolver` that asks a remote
+ServerService.
 """
 
 from __future__ import annotations
@@ -43,9 +45,12 @@ class BenchmarkApp:
     store: RunStore
     binding: ServiceBinding
 
-    def attach_collector(self, address: str, token: str | None) -> None:
-        """Send live run metrics to the collector at `address` (host:port)."""
-        sink = TelemetrySink(lambda: open_channel(address, token=token))
+    def attach_collector(self, address: str, token: str | None, *, ca_file: str = "",
+                         cert_file: str = "", key_file: str = "") -> None:
+        """Send live run metrics to the collector at `address` (host:port); TLS with
+        `ca_file`."""
+        sink = TelemetrySink(lambda: open_channel(address, token=token, ca_file=ca_file,
+                                                  cert_file=cert_file, key_file=key_file))
         sink.start()
         self.manager.telemetry = sink
         log.info("benchmark metrics go to the collector at %s", address)
@@ -56,10 +61,12 @@ class BenchmarkApp:
 
 
 def start_benchmark_service(home: Path, *, resolver: ServiceResolver | None = None,
-                            tracer_provider: TracerProvider | None = None) -> BenchmarkApp:
-    """Open the run store under `home`, fail runs a previous process left in flight, and
-    build the servicer's binding (call on the event loop that will serve it)."""
-    store = RunStore(home / "benchmarks")
+                            tracer_provider: TracerProvider | None = None,
+                            runs_dir: Path | None = None) -> BenchmarkApp:
+    """Open the run store (`runs_dir`, default `<home>/benchmarks`), fail runs a previous
+    process left in flight, and build the servicer's binding (call on the event loop that
+    will serve it)."""
+    store = RunStore(runs_dir or home / "benchmarks")
     tracer = tracer_provider.get_tracer("aifb.client") if tracer_provider else None
     manager = BenchmarkManager(store, resolver, tracer=tracer, facts=node_facts())
     manager.recover()

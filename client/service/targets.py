@@ -3,9 +3,10 @@
 `check_url` refuses anything but http(s)://host:port/path (the field is named). A service is
 resolved by a `ServiceResolver`; `ManagerResolver` asks the server's domain directly (the
 embedded mesh, where both services share a process): the caller must own the service and it must
-be READY. Besides the URL, the resolution carries what a report needs to be reproducible: the
-recipe's source and the batch script rendered from the same parameters (with placeholders for
-the job's secrets, which never enter a report).
+be READY (`aifb.client.service.remote_targets.GrpcResolver` asks a remote server the same
+way, for the standalone service). Besides the URL, the resolution carries what a report needs
+to be reproducible: the recipe's source and the batch script rendered from the same
+parameters (with placeholders for the job's secrets, which never enter a report).
 """
 
 from __future__ import annotations

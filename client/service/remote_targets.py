@@ -1,0 +1,162 @@
+"""Service targets resolved through a remote ServerService (the standalone BenchmarkService).
+
+`GrpcResolver` asks the aifb server at `address` about `services/<id>` on the caller's behalf:
+GetService (the service must be READY), then GetRecipe and RenderService for the recipe's
+source and the batch script, so that a run's context has the shape `ManagerResolver` gives it
+in the embedded mesh. Each call carries the caller's own bearer token, so the server's
+ownership check applies to the real caller; a caller without one (auth off here) borrows this
+service's configured token. The server's answers come back as the mesh's errors, each naming
+the server: NotFound, FailedPrecondition, PermissionDenied (the server refused the token),
+Unavailable and DeadlineExceeded. `NoServerResolver` stands in when no server is configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from aifb.client.service.targets import Target, check_url
+from aifb.mesh.auth import Principal
+from aifb.mesh.channel import auth_metadata, open_channel, raise_for_rpc_error
+from aifb.mesh.errors import (
+    AifbError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from aifb.server.manager import parse_service_id
+from aifb.v1 import server_pb2 as S
+from aifb.v1 import server_pb2_grpc
+
+__all__ = ["GrpcResolver", "NoServerResolver", "translate_rpc_error"]
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+
+
+def translate_rpc_error(exc: grpc.RpcError, address: str, *, borrowed: bool = False
+                        ) -> AifbError:
+    """The mesh error for a failed call to the server at `address`, its message naming it.
+
+    `borrowed`: the call carried this service's token rather than the caller's."""
+    try:
+        raise_for_rpc_error(exc)
+    except Unavailable as err:
+        return Unavailable(f"cannot reach the aifb server at {address}: {err.message}",
+                           server=address)
+    except DeadlineExceeded as err:
+        return DeadlineExceeded(f"the aifb server at {address} did not answer in time: "
+                                f"{err.message}", server=address)
+    except Unauthenticated as err:
+        whose = ("this benchmark service's token (AIFB_TOKEN, AIFB_TOKEN_FILE or <home>/token)"
+                 if borrowed else "your token")
+        return PermissionDenied(
+            f"the aifb server at {address} does not accept {whose}: {err.message} (the "
+            "benchmark service and the server must share one token store, e.g. one home)",
+            server=address)
+    except NotFound as err:
+        return NotFound(f"{err.message} (on the aifb server at {address})", server=address)
+    except FailedPrecondition as err:
+        return FailedPrecondition(f"the aifb server at {address}: {err.message}",
+                                  server=address)
+    except PermissionDenied as err:
+        return PermissionDenied(f"the aifb server at {address}: {err.message}",
+                                server=address)
+    except AifbError as err:
+        return err
+    raise AssertionError("unreachable")  # pragma: no cover - raise_for_rpc_error always raises
+
+
+def _service_id(service: str) -> str:
+    try:
+        return parse_service_id(service)
+    except InvalidArgument as exc:
+        raise InvalidArgument(exc.message, field="service") from None
+
+
+def _state_name(state: int) -> str:
+    return S.ServiceState.Name(state).removeprefix("SERVICE_STATE_")
+
+
+class NoServerResolver:
+    """For a benchmark service started without a server: every service target is refused."""
+
+    async def resolve(self, principal: Principal, service: str) -> Target:
+        raise FailedPrecondition(f"cannot resolve {service}: no server configured; pass "
+                                 "--server HOST:PORT to `aifb bench serve`, or give --url")
+
+
+class GrpcResolver:
+    """Resolution through the ServerService at `address` (host:port), over one channel."""
+
+    def __init__(self, address: str, *, token: str | None = None, ca_file: str = "",
+                 cert_file: str = "", key_file: str = "",
+                 timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        self.address = address
+        self.token = token  # this service's own, for callers that came without one
+        self.timeout = timeout
+        self._tls = (ca_file, cert_file, key_file)
+        self._channel: grpc.aio.Channel | None = None
+
+    def _stub(self) -> Any:  # the generated stubs are untyped
+        if self._channel is None:  # opened on the serving loop, at first use
+            ca_file, cert_file, key_file = self._tls
+            # No token on the channel: each call carries its caller's.
+            self._channel = open_channel(self.address, ca_file=ca_file, cert_file=cert_file,
+                                         key_file=key_file)
+        return server_pb2_grpc.ServerServiceStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close(None)
+
+    async def resolve(self, principal: Principal, service: str) -> Target:
+        sid = _service_id(service)
+        token = principal.token or self.token
+        borrowed = not principal.token
+        stub = self._stub()
+
+        async def call(method: Callable[..., Awaitable[Any]], request: Any) -> Any:
+            try:
+                return await method(request, timeout=self.timeout,
+                                    metadata=auth_metadata(token))
+            except grpc.RpcError as exc:
+                raise translate_rpc_error(exc, self.address, borrowed=borrowed) from None
+
+        svc: S.Service = (await call(stub.GetService,
+                                     S.GetServiceRequest(name=f"services/{sid}"))).service
+        if svc.state != S.SERVICE_STATE_READY:
+            raise FailedPrecondition(f"service {svc.name} is {_state_name(svc.state)}, not READY"
+                                     + (f": {svc.state_message}" if svc.state_message else ""))
+        ep = svc.endpoint
+        url = ep.url or f"http://{ep.host}:{ep.port}/"
+        res = svc.resources
+        context: dict[str, Any] = {
+            "service": {"name": svc.name, "recipe": svc.recipe,
+                        "parameters": dict(svc.parameters), "scheduler": svc.job.scheduler,
+                        "job_id": svc.job.job_id, "nodes": svc.job.nodes,
+                        "endpoint": url, "trace_id": svc.trace_id,
+                        # 0 on the wire is the record's None: no time limit.
+                        "resources": {"nodes": res.nodes, "cpus": res.cpus,
+                                      "memory_mib": res.memory_mib, "gpus": res.gpus,
+                                      "time_limit_minutes": res.time_limit_minutes or None,
+                                      "partition": res.partition, "account": res.account}},
+        }
+        try:
+            recipe: S.Recipe = (await call(stub.GetRecipe,
+                                           S.GetRecipeRequest(name=svc.recipe))).recipe
+            context["recipe"] = {"name": recipe.name, "source_yaml": recipe.source_yaml}
+            rendered: S.RenderServiceResponse = await call(
+                stub.RenderService, S.RenderServiceRequest(
+                    recipe=svc.recipe, parameters=dict(svc.parameters), resources=res))
+            context["batch_script"] = rendered.batch_script
+        except AifbError as exc:  # the recipe may have changed since: the run still goes
+            context["recipe_error"] = str(exc)
+        return Target(url=check_url(url, field_name="service"), service=svc.name,
+                      trace_id=svc.trace_id, context=context)
