@@ -20,7 +20,7 @@
 set -euo pipefail
 
 action=${1:-start}
-dir=${AIFB_SLURM_DIR:-/tmp/aifb-slurm}
+dir=$(realpath -m "${AIFB_SLURM_DIR:-/tmp/aifb-slurm}")
 conf=$dir/etc/slurm.conf
 run=$dir/run
 logs=$dir/log
@@ -210,6 +210,9 @@ do_start() {
   chmod 0755 "$dir"
   exec 9>"$dir/.lock"
   flock 9   # two test sessions starting at once take turns
+  # The daemons inherit this directory as theirs: not the caller's (a checkout that may be
+  # deleted while they run; slurmrestd then fails a job submit on getcwd and exits).
+  cd "$dir"
   install_packages
   write_config
   start_munge
