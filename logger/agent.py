@@ -27,6 +27,7 @@ import numpy as np
 
 from aifb.logger.checkpoint import CheckpointStore
 from aifb.logger.config import LoggerConfig
+from aifb.logger.heap import keep_freed_memory
 from aifb.logger.levels import LEVEL_NAMES
 from aifb.logger.tailer import Chunk, FileTailer, Position, Record, RecordBlock
 from aifb.logger.wire import LogBatchBuilder
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["LogSourceState", "LoggerAgent", "TailEvent", "main"]
 
 log = logging.getLogger(__name__)
+
+_MIN_READ = 4096  # a poll whose reads would be smaller than this waits for acks instead
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ class LoggerAgent:
         state = Path(config.state_dir).expanduser()
         self.checkpoint = CheckpointStore(state / "checkpoint.json")
         self.sender = (BatchSender("logs", config.agent_name, collector,
-                                   max_batches=config.buffer_batches, window=config.window,
+                                   max_batches=config.buffer_batches,
+                                   max_bytes=config.buffer_bytes, window=config.window,
                                    spool_dir=state / "spool", on_ack=self._on_ack,
                                    on_commit=self._commit,
                                    commit_interval=config.checkpoint_interval_seconds)
@@ -152,14 +156,34 @@ class LoggerAgent:
 
     # -- reading and delivery --------------------------------------------------------------
 
-    def _read(self, sources: list[LogSourceState]) -> list[tuple[LogSourceState, list[Chunk]]]:
+    def _read(self, sources: list[LogSourceState], budget: int
+              ) -> list[tuple[LogSourceState, list[Chunk]]]:
         """Runs in a worker thread: only the tailers are touched."""
-        budget = self.config.max_batch_bytes
         return [(src, src.tailer.poll_chunks(budget)) for src in sources]
+
+    def _budget(self) -> int:
+        """Bytes to read from each file in this poll: `max_batch_bytes`, less when the batches
+        of these reads and of the lines held from the last poll (twice their size, for the
+        batches' framing) would not fit the room the sender has left; 0: leave the lines in
+        the files for now."""
+        budget = self.config.max_batch_bytes
+        if self.sender is None:
+            return budget
+        if self.sender.room() <= self.config.buffer_batches // 4:
+            return 0  # the collector is behind
+        left = (self.config.buffer_bytes - self.sender.stats.buffered_bytes
+                - 2 * self._builder.size)
+        smallest = min(budget, _MIN_READ)
+        budget = min(budget, left // (2 * max(1, len(self.sources))))
+        return budget if budget >= smallest else 0
 
     def _batches(self, results: list[tuple[LogSourceState, list[Chunk]]]
                  ) -> list[tuple[RawBatch, dict[str, Position]]]:
-        """Batches of at most `max_batch_lines` lines and about `max_batch_bytes` bytes."""
+        """Batches of at most `max_batch_lines` lines and about `max_batch_bytes` bytes. When a
+        file was read up to the budget (`_more`: the next poll follows at once) the lines that
+        did not fill a batch stay in the builder for it, so a long read goes out in full
+        batches rather than a full one and a small rest per poll. (Held lines are not yet
+        submitted, so their positions are not checkpointed: a restart reads them again.)"""
         out: list[tuple[RawBatch, dict[str, Position]]] = []
         builder = self._builder
         max_lines, max_bytes = self.config.max_batch_lines, self.config.max_batch_bytes
@@ -195,7 +219,8 @@ class LoggerAgent:
                     else:
                         builder.add_block(src.path, src.labels, block)
                         block = None
-        seal()
+        if not self._more:
+            seal()
         return out
 
     @staticmethod
@@ -212,12 +237,13 @@ class LoggerAgent:
 
     async def poll_once(self) -> int:
         """Read what is new in every file and submit it; returns the records read."""
-        if self.sender is not None and self.sender.room() <= self.config.buffer_batches // 4:
-            return 0  # the collector is behind: leave the lines in the files for now
+        budget = self._budget()
+        if not budget:
+            return 0
         sources = list(self.sources.values())
         before = [src.tailer.bytes_read for src in sources]
-        results = await asyncio.to_thread(self._read, sources)
-        self._more = any(src.tailer.bytes_read - b >= self.config.max_batch_bytes
+        results = await asyncio.to_thread(self._read, sources, budget)
+        self._more = any(src.tailer.bytes_read - b >= budget
                          for src, b in zip(sources, before, strict=True))
         count = sum(_count(c) for _, chunks in results for c in chunks)
         self.lines_read += count
@@ -377,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
                                          log_files=args.file))
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    keep_freed_memory()  # this process is the agent alone: see `aifb.logger.heap`
     asyncio.run(_amain(config, args.listen))
 
 

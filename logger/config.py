@@ -33,6 +33,9 @@ class LoggerConfig(BaseModel):
     max_line_bytes: int = Field(default=256 * 1024, ge=1024)
     # Unacknowledged batches; when full the logger stops reading (files are the buffer).
     buffer_batches: int = Field(default=256, ge=2)
+    # Bytes of unacknowledged batches held at most; reads shrink, then pause, before this
+    # fills (the sender would drop the oldest batches past it).
+    buffer_bytes: int = Field(default=64 << 20, ge=1 << 20)
     window: int = Field(default=8, ge=1)
     # Acknowledged positions are written at most this often (one fsync'd write for all the
     # batches acknowledged meanwhile; until then they stay in the spool).

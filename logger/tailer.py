@@ -6,9 +6,11 @@ smaller than what was read): reading restarts at 0. A missing file is opened whe
 A start `Position` whose inode no longer sits at the path (rotated while the agent was down) is
 looked up among the path's siblings, finished, and then the new file follows.
 Every `Record` carries the position just after it: checkpoint that, and a restart resumes with
-the next record, neither losing nor repeating one. A read of plain one-line records comes out of
-`poll_chunks` as one `RecordBlock` (the lines as bytes, their levels as codes, their end offsets
-as an array) rather than as a `Record` each.
+the next record, neither losing nor repeating one. A run of plain one-line records in a read
+comes out of `poll_chunks` as one `RecordBlock` (the lines as bytes, their levels as codes, their
+end offsets as an array) rather than as a `Record` each; the lines around one that may join
+another (a traceback, an indented line) go one by one, and the runs before and after it still
+go as blocks. A poll reads its whole budget at once.
 """
 
 from __future__ import annotations
@@ -23,17 +25,29 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from aifb.logger.levels import LEVEL_NAMES, detect_levels
+from aifb.logger.levels import LEVEL_NAMES, detect_levels, words_at
 from aifb.logger.records import Joiner, detect_level
 
 __all__ = ["FileTailer", "Position", "Record", "RecordBlock"]
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 64 * 1024
-# Text that makes a read leave the bulk path: CR, traceback sections. (Blank and indented lines
-# are found by the check of every line's first byte.)
-_NOT_PLAIN = (b"\r", b"Traceback (", b"During handling", b"The above exception")
+_CHUNK = 1024 * 1024  # one read of a poll's whole budget: a block's fixed cost is paid once
+# Between lines that go one by one, a run of plain lines shorter than this goes one by one
+# too: a block's fixed cost (some dozen numpy calls) is about that many lines'.
+_MIN_RUN = 32
+# The first 8 bytes of the lines that begin a traceback section (`records._TRACEBACK_START`);
+# a line starting with one of them goes one by one (a superset: the line by line path decides).
+_TRACEBACK_HEADS = [int.from_bytes(head[:8], "little")
+                    for head in (b"Traceback (", b"During handling", b"The above exception")]
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class Position(NamedTuple):
@@ -60,8 +74,9 @@ class Record(NamedTuple):
 
 
 class RecordBlock(NamedTuple):
-    """One-line records read together: the same time, each line's UTF-8 bytes (no newline),
-    its level code (an index into `LEVEL_NAMES`) and the file offset after its newline."""
+    """One-line records read together, consecutive in the file: the same time, each line's
+    UTF-8 bytes (no newline), its level code (an index into `LEVEL_NAMES`) and the file offset
+    after its newline (so each line's length follows from the offsets)."""
 
     time_ns: int
     lines: list[bytes]
@@ -255,52 +270,95 @@ class FileTailer:
                     start = nl + 1
                     continue
                 break
-            self._line(out, buf[start:nl], self._buf_start + nl + 1)
+            self._whole_line(out, buf[start:nl], self._buf_start + nl + 1)
             start = nl + 1
         self._buf = buf[start:]
         self._buf_start += start
 
     def _split_plain(self, out: list[Chunk], buf: bytes) -> int:
-        """The common case in bulk: when no complete line in `buf` can join another (none is
-        blank, indented, non-ASCII at its start, part of a traceback, or too long), each line is
-        its own record and needs no look at the next: they become one `RecordBlock`. Returns
-        how far `buf` was consumed (0: not this case; `_split` then goes line by line)."""
+        """The complete lines of `buf` in bulk: a run of lines none of which can join another
+        (none is blank, indented, non-ASCII at its start, a traceback section's first line,
+        holds a CR, is not UTF-8 or is too long) needs no look at the next line, so each is its
+        own record and the run becomes one `RecordBlock`; the lines between runs go one by one.
+        Returns how far `buf` was consumed (0: nothing was plain; `_split` then goes line by
+        line)."""
         last_nl = buf.rfind(b"\n")
-        if last_nl < 0 or (self._joiner.has_pending and not self._joiner.can_end_pending):
+        if last_nl < 0:
             return 0
-        region = buf[:last_nl]
-        for marker in _NOT_PLAIN:
-            if marker in region:
-                return 0
-        if not region.isascii():
-            try:
-                region.decode("utf-8")
-            except UnicodeDecodeError:
-                return 0  # the line by line path replaces what is not UTF-8
         a = np.frombuffer(buf, dtype=np.uint8, count=last_nl + 1)
         ends = np.flatnonzero(a == 10)
-        if len(ends) < 2:
+        n = len(ends)
+        if n < 2:
             return 0
-        starts = np.empty(len(ends), dtype=np.int64)
+        starts = np.empty(n, dtype=np.int64)
         starts[0] = 0
         starts[1:] = ends[:-1] + 1
-        # Printable ASCII, not a space, at every line's start; no line too long.
-        if (np.subtract(a[starts], 0x21, dtype=np.uint8) >= 0x7F - 0x21).any() \
-                or int((ends - starts).max()) >= self.max_line_bytes:
+        lines = buf.split(b"\n")  # one more than `ends`: the unfinished rest
+        odd = self._not_plain(buf, a, lines, starts, ends)
+        if len(odd) >= n - 1:
             return 0
-        lines = region.split(b"\n")
-        done = self._joiner.flush()
-        if done is not None:
-            self._emit(out, done)
-        dev, ino = self._ident
+        shortest = 2 if not len(odd) else _MIN_RUN
         base = self._buf_start
-        block = RecordBlock(time.time_ns(), lines[:-1], detect_levels(buf, ends[:-1]),
-                            ends[:-1] + (base + 1), dev, ino)
-        self.committed = block.position
-        out.append(block)
-        # The last line stays pending, like any last line: the next may continue it.
-        self._joiner.feed(lines[-1].decode(), base + last_nl + 1)
+        at = i = 0
+        joiner = self._joiner
+        while i < n:
+            while at < len(odd) and odd[at] < i:
+                at += 1
+            j = int(odd[at]) if at < len(odd) else n  # the next line that is not plain
+            if j - i >= shortest and (not joiner.has_pending or joiner.can_end_pending):
+                done = joiner.flush()
+                if done is not None:
+                    self._emit(out, done)
+                dev, ino = self._ident
+                block_ends = ends[i:j - 1]
+                block = RecordBlock(time.time_ns(), lines[i:j - 1],
+                                    detect_levels(buf, block_ends, int(starts[i])),
+                                    block_ends + (base + 1), dev, ino)
+                self.committed = block.position
+                out.append(block)
+                # The run's last line stays pending, like any last line: the next may join it.
+                joiner.feed(lines[j - 1].decode(), base + int(ends[j - 1]) + 1)
+                i = j
+            else:
+                self._whole_line(out, lines[i], base + int(ends[i]) + 1)
+                i += 1
         return last_nl + 1
+
+    def _not_plain(self, buf: bytes, a: npt.NDArray[np.uint8], lines: list[bytes],
+                   starts: npt.NDArray[np.int64], ends: npt.NDArray[np.int64]
+                   ) -> npt.NDArray[np.int64]:
+        """Indexes (ascending) of the lines that may join another or need the line by line
+        decoding: not printable ASCII at the start (blank, indented, non-ASCII), the first
+        8 bytes of a traceback section's first line, a CR, too long, or not UTF-8."""
+        stop = len(a)
+        odd = [np.flatnonzero(np.subtract(a[starts], 0x21, dtype=np.uint8) >= 0x7F - 0x21),
+               np.flatnonzero(ends - starts >= self.max_line_bytes)]
+        heads = words_at(buf, starts)
+        odd.append(np.flatnonzero((heads == _TRACEBACK_HEADS[0]) | (heads == _TRACEBACK_HEADS[1])
+                                  | (heads == _TRACEBACK_HEADS[2])))
+        if buf.find(b"\r", 0, stop) >= 0:
+            odd.append(np.searchsorted(ends, np.flatnonzero(a == 13)))
+        if not buf.isascii():
+            try:
+                str(memoryview(buf)[:stop], "utf-8")
+            except UnicodeDecodeError:
+                wide = np.unique(np.searchsorted(ends, np.flatnonzero(a >= 128))).tolist()
+                odd.append(np.array([k for k in wide if not _is_utf8(lines[k])], dtype=np.int64))
+        return np.unique(np.concatenate(odd))
+
+    def _whole_line(self, out: list[Chunk], raw: bytes, end: int) -> None:
+        """A line read with its newline (`end`: the offset after the newline). One longer than
+        `max_line_bytes` is cut into pieces of that size first, as an endless line is (so a
+        long line gives the same records whether it arrived in one read or in many)."""
+        limit = self.max_line_bytes
+        if len(raw) > limit:
+            first = end - 1 - len(raw)
+            cut = 0
+            while len(raw) - cut > limit:
+                self._line(out, raw[cut:cut + limit], first + cut + limit)
+                cut += limit
+            raw = raw[cut:]
+        self._line(out, raw, end)
 
     def _line(self, out: list[Chunk], raw: bytes, end: int) -> None:
         text = raw[:self.max_line_bytes].decode("utf-8", errors="replace").rstrip("\r")
