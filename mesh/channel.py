@@ -108,12 +108,17 @@ def open_channel(
     cert_file: str = "",
     key_file: str = "",
     interceptors: tuple[grpc.aio.ClientInterceptor, ...] = (),
+    retries: bool = True,
 ) -> grpc.aio.Channel:
-    """An asyncio channel that sends the bearer token on every call and retries UNAVAILABLE."""
+    """An asyncio channel that sends the bearer token on every call and retries UNAVAILABLE
+    (`retries=False`: a service calling another on behalf of a client that retries itself, so
+    that the attempts do not multiply)."""
     md = auth_metadata(token)
     chain: list[Any] = [*interceptors, _MetadataUnaryUnary(md), _MetadataUnaryStream(md),
                         _MetadataStreamStream(md)]
-    options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
+    options: list[tuple[str, Any]] = (
+        [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)] if retries
+        else [("grpc.enable_retries", 0)])
     if ca_file:
         creds = _channel_credentials(ca_file, cert_file, key_file)
         return grpc.aio.secure_channel(address, creds, options=options, interceptors=chain)

@@ -106,9 +106,11 @@ class GrpcResolver:
     def _stub(self) -> Any:  # the generated stubs are untyped
         if self._channel is None:  # opened on the serving loop, at first use
             ca_file, cert_file, key_file = self._tls
-            # No token on the channel: each call carries its caller's.
+            # No token on the channel: each call carries its caller's. No retries either: the
+            # caller's client retries UNAVAILABLE itself (the CLI does), and retries at both
+            # ends multiply (5 x 5 attempts took 17 s to report a server that is down).
             self._channel = open_channel(self.address, ca_file=ca_file, cert_file=cert_file,
-                                         key_file=key_file)
+                                         key_file=key_file, retries=False)
         return server_pb2_grpc.ServerServiceStub(self._channel)
 
     async def close(self) -> None:
