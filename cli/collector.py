@@ -63,6 +63,9 @@ def serve(
         collector = check_targets(section_config(CollectorConfig, config, "collector", {
             "remote_write_url": prometheus_remote_write, "loki_url": loki_url,
             "loki_format": loki_format, "metrics_listen": metrics_listen}))
+        from aifb.mesh.heap import keep_freed_memory
+
+        keep_freed_memory()  # batch-sized buffers are reused, not faulted in again each time
         asyncio.run(_serve(config.mesh, collector, listen))
 
 

@@ -56,9 +56,9 @@ def serve(
         logger = section_config(LoggerConfig, config, "logger", {
             "collector": collector, "server": server or state.address, "node": node,
             "state_dir": state_dir or default_dir, "all_nodes": all_nodes or None})
-        from aifb.logger.heap import keep_freed_memory
+        from aifb.mesh.heap import keep_freed_memory
 
-        keep_freed_memory()  # this process is the agent alone: see aifb.logger.heap
+        keep_freed_memory()  # this process is the agent alone: see aifb.mesh.heap
         asyncio.run(_serve(config, logger, listen))
 
 

@@ -27,11 +27,11 @@ import numpy as np
 
 from aifb.logger.checkpoint import CheckpointStore
 from aifb.logger.config import LoggerConfig
-from aifb.logger.heap import keep_freed_memory
 from aifb.logger.levels import LEVEL_NAMES
 from aifb.logger.tailer import Chunk, FileTailer, Position, Record, RecordBlock
 from aifb.logger.wire import LogBatchBuilder
 from aifb.mesh.discovery import ChannelFactory, ServiceDiscovery, Target
+from aifb.mesh.heap import keep_freed_memory
 from aifb.mesh.push import BatchSender, RawBatch
 
 if TYPE_CHECKING:
@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
                                          log_files=args.file))
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    keep_freed_memory()  # this process is the agent alone: see `aifb.logger.heap`
+    keep_freed_memory()  # this process is the agent alone: see `aifb.mesh.heap`
     asyncio.run(_amain(config, args.listen))
 
 
