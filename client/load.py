@@ -449,9 +449,11 @@ def _top_errors(rec: Recorder) -> str:
 
 async def run_load(spec: LoadSpec, workload: Workload, *,
                    on_progress: ProgressCallback | None = None,
-                   start_at: StartHook | None = None) -> LoadResult:
-    """Start a run and wait for its result (cancelling the caller cancels the run)."""
-    run = LoadRun(spec, workload, on_progress=on_progress, start_at=start_at)
+                   start_at: StartHook | None = None, record_samples: int = 0) -> LoadResult:
+    """Start a run and wait for its result (cancelling the caller cancels the run);
+    `record_samples` > 0 keeps up to that many per-request rows in `result.samples`."""
+    run = LoadRun(spec, workload, on_progress=on_progress, start_at=start_at,
+                  record_samples=record_samples)
     run.start()
     try:
         return await run.wait()

@@ -13,11 +13,10 @@ them into one SampleSet, each step's rows tagged with its index, name and target
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from aifb.client.load import LoadRun, ProgressCallback
+from aifb.client.load import ProgressCallback, run_load
 from aifb.client.results import LoadResult, RunState
 from aifb.client.samples import RequestLog, SamplePart, SampleSet
 from aifb.client.spec import LoadSpec, Mode
@@ -96,17 +95,6 @@ def sweep_samples(steps: list[SweepStep], limit: int) -> SampleSet:
     return out
 
 
-async def _run_step(load: LoadSpec, workload: Workload, on_progress: ProgressCallback | None,
-                    sample_limit: int) -> LoadResult:
-    run = LoadRun(load, workload, on_progress=on_progress, record_samples=sample_limit)
-    run.start()
-    try:
-        return await run.wait()
-    except asyncio.CancelledError:
-        run.cancel("the caller was cancelled")
-        raise
-
-
 async def run_sweep(spec: SweepSpec, make_workload: Callable[[], Workload], *,
                     on_progress: ProgressCallback | None = None,
                     on_step: Callable[[SweepStep], None] | None = None,
@@ -118,7 +106,8 @@ async def run_sweep(spec: SweepSpec, make_workload: Callable[[], Workload], *,
     async def step(name: str, load: LoadSpec, target: float) -> SweepStep:
         left = max(sample_limit - sum(s.result.samples.rows for s in out.steps
                                       if s.result.samples is not None), 0)
-        res = await _run_step(load, make_workload(), on_progress, left)
+        res = await run_load(load, make_workload(), on_progress=on_progress,
+                             record_samples=left)
         st = SweepStep(name, target, res)
         out.steps.append(st)
         if on_step is not None:

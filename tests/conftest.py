@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.fixtures.openai_server",
     "tests.fixtures.chroma",
     "tests.fixtures.qdrant_fake",
+    "tests.fixtures.spark",
 ]
 
 

@@ -7,8 +7,6 @@ workload names) run before the session exists.
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import threading
 import time
@@ -24,45 +22,16 @@ from aifb.client.results import COUNTERS, HISTOGRAMS, LoadResult, RunState
 from aifb.client.spark_engine import SparkLoad, run_spark_load
 from aifb.client.spec import LoadSpec, Mode
 from aifb.mesh.errors import InvalidArgument, Unavailable
-from tests.fixtures.nginx import NginxServer, find_nginx, start_nginx
+from tests.fixtures.nginx import NginxServer, start_nginx
+from tests.fixtures.spark import SPARK_MASTER, require_spark
 
 pytestmark = pytest.mark.integration
-MASTER = "local[2]"
-
-
-def _require_spark() -> None:
-    missing = []
-    try:
-        import pyarrow  # noqa: F401
-        import pyspark  # noqa: F401
-    except ImportError as exc:
-        missing.append(f"pyspark/pyarrow ({exc}; pip install -e '.[spark]')")
-    if shutil.which("java") is None:
-        missing.append("java (Debian: default-jre-headless)")
-    if find_nginx() is None:
-        missing.append("nginx (Debian: nginx-light)")
-    if missing:
-        reason = "missing: " + ", ".join(missing)
-        if os.environ.get("AIFB_REQUIRE_SPARK") == "1":
-            pytest.fail(f"AIFB_REQUIRE_SPARK=1 but {reason}")
-        pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def spark_session() -> Iterator[None]:
-    _require_spark()
-    from aifb.client.spark.session import get_session, stop_session
-
-    get_session(MASTER)
-    try:
-        yield None
-    finally:
-        stop_session()
+MASTER = SPARK_MASTER
 
 
 @pytest.fixture(scope="module")
 def module_nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxServer]:
-    _require_spark()
+    require_spark()
     server = start_nginx(tmp_path_factory.mktemp("nginx"))
     try:
         yield server

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,8 +25,8 @@ from aifb.client.vectordb.base import IndexSettings
 from aifb.client.vectordb.chroma import ChromaStore
 from aifb.client.vectordb.jsonhttp import JsonHttp
 from aifb.v1 import client_pb2 as C
+from tests.fixtures.spark import SPARK_MASTER
 from tests.integration.bench_harness import bench_mesh, create, follow, seconds
-from tests.integration.test_spark_engine import _require_spark
 
 if TYPE_CHECKING:
     from tests.fixtures.chroma import ChromaServer
@@ -35,19 +34,7 @@ if TYPE_CHECKING:
     from tests.fixtures.qdrant_fake import QdrantFake
 
 pytestmark = pytest.mark.integration
-MASTER = "local[2]"
-
-
-@pytest.fixture(scope="module")
-def spark_session() -> Iterator[None]:
-    _require_spark()
-    from aifb.client.spark.session import get_session, stop_session
-
-    get_session(MASTER)
-    try:
-        yield None
-    finally:
-        stop_session()
+MASTER = SPARK_MASTER
 
 
 def test_spark_partitions_samples_are_one_file_with_a_row_per_request(
