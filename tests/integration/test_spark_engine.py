@@ -133,7 +133,11 @@ def test_live_progress_sums_the_partitions_each_second(open_run: OpenRun) -> Non
     full = [s for s in open_run.progress if s.elapsed_s >= 0.99]
     assert len(full) >= 3
     assert [s.second for s in open_run.progress] == sorted({s.second for s in open_run.progress})
-    assert all(s.target_rate == pytest.approx(400.0) for s in full[:3])
+    # Seconds 0 and 1 lie inside the 3 s schedule: both partitions asked for 200/s. Second 2
+    # closes at the schedule's end; a tick or drain that ends it a little late widens its
+    # interval past the last intended send, so it asks for a little less over that interval.
+    assert [s.target_rate for s in full[:2]] == [pytest.approx(400.0)] * 2, open_run.progress
+    assert 320.0 < full[2].target_rate <= 400.001, open_run.progress
     assert sum(s.requests for s in open_run.progress) == 1200
 
 
