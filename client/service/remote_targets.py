@@ -7,7 +7,9 @@ in the embedded mesh. Each call carries the caller's own bearer token, so the se
 ownership check applies to the real caller; a caller without one (auth off here) borrows this
 service's configured token. The server's answers come back as the mesh's errors, each naming
 the server: NotFound, FailedPrecondition, PermissionDenied (the server refused the token),
-Unavailable and DeadlineExceeded. `NoServerResolver` stands in when no server is configured.
+Unavailable and DeadlineExceeded. Given a tracer provider, the calls carry the caller's trace
+context, so the server's spans for them join the benchmark's trace. `NoServerResolver` stands
+in when no server is configured.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.sdk.trace import TracerProvider
 
 from aifb.client.service.targets import Target, check_url
 from aifb.mesh.auth import Principal
@@ -96,10 +100,12 @@ class GrpcResolver:
 
     def __init__(self, address: str, *, token: str | None = None, ca_file: str = "",
                  cert_file: str = "", key_file: str = "",
-                 timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+                 timeout: float = DEFAULT_TIMEOUT_SECONDS,
+                 tracer_provider: TracerProvider | None = None) -> None:
         self.address = address
         self.token = token  # this service's own, for callers that came without one
         self.timeout = timeout
+        self._tracer_provider = tracer_provider
         self._tls = (ca_file, cert_file, key_file)
         self._channel: grpc.aio.Channel | None = None
 
@@ -109,8 +115,14 @@ class GrpcResolver:
             # No token on the channel: each call carries its caller's. No retries either: the
             # caller's client retries UNAVAILABLE itself (the CLI does), and retries at both
             # ends multiply (5 x 5 attempts took 17 s to report a server that is down).
+            # With a tracer provider, each call is a client span under the caller's current
+            # one (CreateBenchmark's) and carries its W3C context: the server's spans for
+            # GetService, GetRecipe and RenderService join the benchmark service's trace.
+            tracing: tuple[grpc.aio.ClientInterceptor, ...] = ()
+            if self._tracer_provider is not None:
+                tracing = tuple(aio_client_interceptors(tracer_provider=self._tracer_provider))
             self._channel = open_channel(self.address, ca_file=ca_file, cert_file=cert_file,
-                                         key_file=key_file, retries=False)
+                                         key_file=key_file, retries=False, interceptors=tracing)
         return server_pb2_grpc.ServerServiceStub(self._channel)
 
     async def close(self) -> None:

@@ -81,7 +81,8 @@ async def serve_standalone(mesh: MeshConfig, settings: StandaloneSettings, *,
     if settings.server:
         resolver = GrpcResolver(settings.server, token=token, ca_file=settings.ca_file,
                                 cert_file=settings.cert_file, key_file=settings.key_file,
-                                timeout=settings.server_timeout_seconds)
+                                timeout=settings.server_timeout_seconds,
+                                tracer_provider=provider)
     app: BenchmarkApp | None = None
     server: MeshServer | None = None
 

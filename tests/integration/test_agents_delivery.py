@@ -145,28 +145,41 @@ def test_logger_restarted_mid_file_loses_and_duplicates_nothing(tmp_path: Path) 
     async def scenario() -> None:
         log, state = tmp_path / "job.out", tmp_path / "state"
         expected = [f"line {i} INFO" for i in range(300)]
-        append(log, expected[:200])
+        append(log, expected[:60])
         collector = FakeCollector()
         port = await collector.start()
-        first = start_logger(logger_config(state, log), port)
-        await first.start()
-        await wait_until(lambda: sum(lines_of(collector).values()) >= 60, what="60 lines")
-        collector.ack = False  # stored, acks lost: the restarted agent must resend these
-        at = len(collector.logs)
-        await wait_until(lambda: len(collector.logs) >= at + 3, what="3 unacked batches")
-        await first.stop(flush_timeout=0)  # the "crash": nothing more is acknowledged
-        append(log, expected[200:])
-        collector.ack = True
-        second = start_logger(logger_config(state, log), port)
-        await second.start()
-        await wait_until(lambda: sum(lines_of(collector).values()) >= 300, what="all lines")
-        await wait_until(lambda: second.sender is not None
-                         and second.sender.stats.buffered_batches == 0, what="all acked")
-        await second.stop()
-        assert lines_of(collector) == Counter(expected)
-        assert collector.duplicates > 0
-        assert second.checkpoint.positions[str(log)].offset == log.stat().st_size
-        await collector.stop()
+        agents: list[LoggerAgent] = []
+        try:
+            first = start_logger(logger_config(state, log), port)
+            agents.append(first)
+            await first.start()
+            await wait_until(lambda: sum(lines_of(collector).values()) >= 60
+                             and first.sender is not None
+                             and first.sender.stats.buffered_batches == 0, what="60 lines acked")
+            # The lines written from now on are stored but their acks are lost: the restarted
+            # agent must resend them. (Written only now, so that they cannot all have gone,
+            # acknowledged, before the collector stops acking.)
+            collector.ack = False
+            at = len(collector.logs)
+            append(log, expected[60:200])
+            await wait_until(lambda: len(collector.logs) >= at + 3, what="3 unacked batches")
+            await first.stop(flush_timeout=0)  # the "crash": nothing more is acknowledged
+            append(log, expected[200:])
+            collector.ack = True
+            second = start_logger(logger_config(state, log), port)
+            agents.append(second)
+            await second.start()
+            await wait_until(lambda: sum(lines_of(collector).values()) >= 300, what="all lines")
+            await wait_until(lambda: second.sender is not None
+                             and second.sender.stats.buffered_batches == 0, what="all acked")
+            await second.stop()
+            assert lines_of(collector) == Counter(expected)
+            assert collector.duplicates > 0
+            assert second.checkpoint.positions[str(log)].offset == log.stat().st_size
+        finally:
+            for agent in agents:  # stopped here too when a check failed: nothing outlives
+                await agent.stop(flush_timeout=0)  # this loop to be collected in a later test
+            await collector.stop()
 
     run(scenario)
 

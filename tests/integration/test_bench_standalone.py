@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from aifb.client.service.remote_targets import GrpcResolver
 from aifb.client.service.targets import ManagerResolver, Target
@@ -33,10 +34,12 @@ from aifb.mesh.errors import (
     PermissionDenied,
     Unavailable,
 )
+from aifb.mesh.tracing import make_tracer_provider
 from aifb.server.embedded import ThreadedServer
 from aifb.v1 import client_pb2 as C
 from aifb.v1 import client_pb2_grpc
 from aifb.v1 import server_pb2 as S
+from tests.fixtures.server import server_config
 from tests.integration.cli_procs import AIFB, Daemon, free_port, until
 
 pytestmark = pytest.mark.integration
@@ -366,3 +369,46 @@ def test_grpc_resolver_maps_each_failure_to_a_mesh_error_naming_the_server(
     err = _resolve_error(GrpcResolver(down, timeout=20), owner, svc.name)
     assert isinstance(err, Unavailable) and err.metadata == {"server": down}
     assert err.message.startswith(f"cannot reach the aifb server at {down}: ")
+
+
+def test_grpc_resolver_calls_join_the_callers_trace_on_the_server(aifb_home: Path) -> None:
+    server_spans, bench_spans = InMemorySpanExporter(), InMemorySpanExporter()
+    server_provider = make_tracer_provider("aifb-server", exporters=(server_spans,))
+    bench_provider = make_tracer_provider("aifb-bench", exporters=(bench_spans,))
+    srv = ThreadedServer(server_config(aifb_home), tracer_provider=server_provider).start()
+    try:
+        svc = _ready_nginx(srv)
+        owner = Principal(user=_owner(srv), token=srv.token)
+        resolver = GrpcResolver(srv.address, tracer_provider=bench_provider)
+
+        async def go() -> tuple[Target, int]:
+            tracer = bench_provider.get_tracer("test")
+            try:
+                with tracer.start_as_current_span("CreateBenchmark") as span:
+                    return (await resolver.resolve(owner, svc.name),
+                            span.get_span_context().trace_id)
+            finally:
+                await resolver.close()
+
+        target, trace_id = asyncio.run(go())
+        assert target.service == svc.name
+    finally:
+        srv.cancel_all()
+        srv.stop()
+    server_provider.force_flush()
+    bench_provider.force_flush()
+    methods = ("GetService", "GetRecipe", "RenderService")
+    # This side: one client span per call, children of the caller's span.
+    clients = {sp.name.rsplit("/", 1)[-1]: sp for sp in bench_spans.get_finished_spans()
+               if sp.name.startswith("/aifb.v1.ServerService/")}
+    assert set(clients) == set(methods)
+    (root,) = [sp for sp in bench_spans.get_finished_spans() if sp.name == "CreateBenchmark"]
+    assert all(sp.parent is not None and sp.parent.span_id == root.context.span_id
+               for sp in clients.values())
+    # The server's span for each call is in the same trace, under that call's client span.
+    served = {sp.name.rsplit("/", 1)[-1]: sp for sp in server_spans.get_finished_spans()
+              if sp.context.trace_id == trace_id}
+    assert set(served) == set(methods), sorted(served)
+    for method in methods:
+        parent = served[method].parent
+        assert parent is not None and parent.span_id == clients[method].context.span_id

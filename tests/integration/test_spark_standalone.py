@@ -24,6 +24,7 @@ import pytest
 
 from aifb.client.recorder import ProgressSample
 from aifb.client.results import COUNTERS, RunState
+from aifb.client.samples import SampleSet
 from aifb.client.spark_engine import SparkLoad
 from aifb.client.spec import LoadSpec, Mode
 from tests.fixtures.nginx import NginxServer, find_nginx, start_nginx
@@ -150,7 +151,7 @@ def test_a_standalone_cluster_runs_the_partitions_on_its_executors_and_merges_ex
     # (before they register, Spark's defaultParallelism already says 2 and means nothing).
     load = SparkLoad(spec, "http", module_nginx.base_url, {"path": "/hello", "connections": 8},
                      master=cluster.master_url, conf=LOOPBACK_CONF,
-                     on_progress=progress.append)
+                     on_progress=progress.append, sample_limit=1000)
     res = load.run()
     assert res.state is RunState.SUCCEEDED, res.reason
     parts = load.partition_results
@@ -172,3 +173,10 @@ def test_a_standalone_cluster_runs_the_partitions_on_its_executors_and_merges_ex
     # sample may cover the drain past the schedule's end, and asks for less).
     whole = [s for s in progress if 0.99 <= s.elapsed_s <= spec.total_s - 0.5]
     assert len(whole) >= 2 and all(s.target_rate == pytest.approx(200.0) for s in whole), progress
+    # Per-request samples came back from the executors, a part per partition: the limit is
+    # split between them (500 each), above their 300 requests (warm-up and cool-down too).
+    samples = res.samples
+    assert isinstance(samples, SampleSet)
+    assert [(p.tags, p.rows, p.requests) for p in samples.parts] == [
+        ({"partition": 0}, 300, 300), ({"partition": 1}, 300, 300)]
+    assert not samples.capped and samples.rows == 600

@@ -185,7 +185,8 @@ def test_cancel_ends_the_run_cancelled_and_progress_stream_ends() -> None:
     res, seen = asyncio.run(scenario())
     assert res.state is RunState.CANCELLED and res.reason == "user asked"
     assert [s.second for s in seen] == list(range(len(seen))) and len(seen) >= 3
-    assert seen[1].achieved_rate == pytest.approx(200.0, rel=0.2)
+    # Over the first three intervals together (one late tick only moves requests between them).
+    assert sum(s.requests for s in seen[:3]) / seen[2].elapsed_s == pytest.approx(200.0, rel=0.2)
     assert res.counters["ok"] > 0
 
 
