@@ -1,5 +1,6 @@
 """Spark local[2]: per-request samples from both partitions in one samples.parquet, and the
-vectordb workload's one shared insert phase (driver) before both partitions query.
+vectordb workload's one shared insert phase (driver) before both partitions query, and a cancel
+that arrives during that insert.
 
 One SparkSession serves the module (the BenchmarkService in the test process reuses it). Runs
 are short: each costs a few seconds of Spark task launch on top of its load.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,11 +19,11 @@ from typing import TYPE_CHECKING
 import pyarrow.parquet as pq
 import pytest
 
-from aifb.client.results import RunState
+from aifb.client.results import LoadResult, RunState
 from aifb.client.samples import SampleSet
 from aifb.client.spark_engine import SparkLoad
 from aifb.client.spec import LoadSpec, Mode
-from aifb.client.vectordb.base import IndexSettings
+from aifb.client.vectordb.base import IndexSettings, VectorDbError
 from aifb.client.vectordb.chroma import ChromaStore
 from aifb.client.vectordb.jsonhttp import JsonHttp
 from aifb.v1 import client_pb2 as C
@@ -80,7 +82,7 @@ def test_vectordb_on_spark_inserts_once_on_the_driver_and_both_partitions_query(
     count, batch, k = 1200, 400, 10
     params = {"backend": "chroma", "collection": "spark-shared", "metric": "l2", "dim": 16,
               "count": count, "batch_size": batch, "k": k, "query_count": 30,
-              "hnsw_ef": count, "m": 32, "ef_construction": 200, "keep_collection": True}
+              "hnsw_ef": count, "m": 32, "ef_construction": 200}
     load = SparkLoad(LoadSpec(mode=Mode.CLOSED, users=4, duration_s=30.0, max_requests=80),
                      "vectordb", chroma.base_url, params, master=MASTER, partitions=2,
                      sample_limit=50)
@@ -134,3 +136,45 @@ def test_vectordb_on_spark_upserts_each_batch_once_and_drops_the_collection_afte
     assert res.extra["insert_vectors"] == 1000 and res.extra["recall_at_k"] == 1.0
     assert qdrant_fake.collections == {}  # the driver dropped it once every partition ended
     assert qdrant_fake.errors == []
+
+
+def test_a_cancel_during_the_drivers_insert_ends_cancelled_and_drops_the_collection(
+        spark_session: None, chroma: ChromaServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    inserting, batches = threading.Event(), [0]
+    original = ChromaStore.insert
+
+    async def insert(self: ChromaStore, ids: list[int], vectors: list[list[float]]) -> None:
+        batches[0] += 1
+        inserting.set()  # the driver (this process) is inside its insert phase
+        await original(self, ids, vectors)
+
+    monkeypatch.setattr(ChromaStore, "insert", insert)
+    # 200k vectors in batches of 100: the insert phase would take far longer than the test.
+    count, batch = 200_000, 100
+    params = {"backend": "chroma", "collection": "spark-cancel", "metric": "l2", "dim": 16,
+              "count": count, "batch_size": batch, "k": 10, "query_count": 10}
+    load = SparkLoad(LoadSpec(mode=Mode.CLOSED, users=2, duration_s=30.0), "vectordb",
+                     chroma.base_url, params, master=MASTER, partitions=2)
+    results: list[LoadResult] = []
+    thread = threading.Thread(target=lambda: results.append(load.run()), daemon=True)
+    thread.start()
+    assert inserting.wait(60), "the driver's insert phase never started"
+    load.cancel("stopped during the insert")
+    thread.join(60)
+    assert not thread.is_alive(), "the run did not end after a cancel during the insert"
+    (res,) = results
+    assert res.state is RunState.CANCELLED and res.reason == "stopped during the insert"
+    assert batches[0] < count // batch  # it stopped part way
+    assert load.partition_results == []  # no Spark stage was started
+
+    async def attach() -> None:  # the driver's teardown dropped the half-filled collection
+        http = JsonHttp("127.0.0.1", int(chroma.base_url.rsplit(":", 1)[1]),
+                        chroma.base_url.removeprefix("http://"), connections=1, timeout_s=30)
+        try:
+            await ChromaStore(http, "", "spark-cancel", IndexSettings(16, "l2")).attach()
+        finally:
+            http.close()
+            await asyncio.sleep(0)
+
+    with pytest.raises(VectorDbError):
+        asyncio.run(attach())
