@@ -82,7 +82,7 @@ def test_vectordb_on_spark_inserts_once_on_the_driver_and_both_partitions_query(
     count, batch, k = 1200, 400, 10
     params = {"backend": "chroma", "collection": "spark-shared", "metric": "l2", "dim": 16,
               "count": count, "batch_size": batch, "k": k, "query_count": 30,
-              "hnsw_ef": count, "m": 32, "ef_construction": 200}
+              "hnsw_ef": count, "m": 32, "ef_construction": 200, "keep_collection": True}
     load = SparkLoad(LoadSpec(mode=Mode.CLOSED, users=4, duration_s=30.0, max_requests=80),
                      "vectordb", chroma.base_url, params, master=MASTER, partitions=2,
                      sample_limit=50)
