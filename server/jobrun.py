@@ -12,8 +12,12 @@ shell, in the workdir, with its stdout and stderr piped through this process, wh
 every chunk straight to its own stdout/stderr (the SLURM output files) and keeps the last 64 KiB
 for the log tail of the EXITED report.
 
-Reporting goes through a `Reporter` (synchronous methods, called from a worker thread so a slow
-server never stalls the output copying); failures to report are logged, never fatal. Exit codes:
+Reporting goes through a `Reporter` (synchronous methods), called in order from one worker
+thread that the job never waits for until it ends: the program starts while STARTING is still on
+its way, and a server that is slow, restarting or down stalls neither the output copying nor the
+service (each report may wait up to its own deadline for the server to come back). At the end
+the job waits at most 20 s for the reports still queued, EXITED last; failures to report are
+logged, never fatal (the server learns a job's end from the scheduler anyway). Exit codes:
 the program's own (128+N when a signal N ended it); 124 when it was not ready in time; 143/130
 when this process was stopped by SIGTERM/SIGINT (forwarded to the program, which gets
 `--stop-timeout` seconds before SIGKILL); 127 when it could not be started. The EXITED report
@@ -27,9 +31,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -210,11 +216,34 @@ async def _wait_ready(opts: Options, port: int) -> None:
             delay = min(delay * 1.5, 1.0)
 
 
-async def _report(fn: Callable[..., None], *args: Any) -> None:
-    try:
-        await asyncio.wait_for(asyncio.to_thread(fn, *args), _REPORT_TIMEOUT)
-    except Exception as exc:  # reporting must never break the job
-        log.warning("could not report %s: %s", getattr(fn, "__name__", fn), exc)
+class _Reports:
+    """The job's reports, sent in order by one worker thread; `send` never waits."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue())
+        self._thread = threading.Thread(target=self._work, name="aifb-jobrun-reports",
+                                        daemon=True)
+        self._thread.start()
+
+    def send(self, fn: Callable[..., None], *args: Any) -> None:
+        self._queue.put((fn, args))
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception as exc:  # reporting must never break the job
+                log.warning("could not report %s: %s", getattr(fn, "__name__", fn), exc)
+
+    async def drain(self, timeout: float = _REPORT_TIMEOUT) -> None:
+        """Wait up to `timeout` for what is queued; later sends are not delivered."""
+        self._queue.put(None)
+        await asyncio.to_thread(self._thread.join, timeout)
+        if self._thread.is_alive():
+            log.warning("reports not delivered within %gs; the server learns the job's end "
+                        "from the scheduler", timeout)
 
 
 def _exit_code(returncode: int) -> int:
@@ -284,13 +313,15 @@ async def run(opts: Options, reporter: Reporter,
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    await _report(reporter.starting)
+    reports = _Reports()
+    reports.send(reporter.starting)
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, env=env, cwd=opts.workdir)
     except OSError as exc:
-        await _report(reporter.exited, 127, "", f"cannot start {argv[0]!r}: {exc}")
+        reports.send(reporter.exited, 127, "", f"cannot start {argv[0]!r}: {exc}")
+        await reports.drain()
         return 127
     # Telemetry agents for this job when the server asked for them (AIFB_SIDECARS).
     sidecars = await start_job_sidecars(opts.service, env, opts.workdir, log_files)
@@ -306,7 +337,7 @@ async def run(opts: Options, reporter: Reporter,
     phase = "before it was ready"
     if ready in done and exited not in done:
         seconds = time.monotonic() - started
-        await _report(reporter.ready, _advertise_host(), port, seconds)
+        reports.send(reporter.ready, _advertise_host(), port, seconds)
         sidecars.ready(port, http=opts.readiness == "http")
         phase = ""
         done, _ = await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -329,9 +360,9 @@ async def run(opts: Options, reporter: Reporter,
     await asyncio.wait(pumps, timeout=5.0)  # a grandchild may still hold the pipes
     for task in pumps:
         task.cancel()
-    await _report(reporter.exited, job_code, tail.text() or _file_tail(log_files), message)
+    reports.send(reporter.exited, job_code, tail.text() or _file_tail(log_files), message)
     log.info("%s", message)
-    await sidecars.stop()
+    await asyncio.gather(reports.drain(), sidecars.stop())
     return job_code
 
 

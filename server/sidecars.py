@@ -28,7 +28,7 @@ import socket
 import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from aifb.mesh.config import Config
 
@@ -169,12 +169,14 @@ class JobSidecars:
                 await self.logger.poll_once()
             except Exception:
                 log.exception("sidecar logger: final read failed")
-        for agent in (self.monitor, self.logger):
-            if agent is not None:
-                try:
-                    await agent.stop(flush_timeout=5.0)
-                except Exception:
-                    log.exception("sidecar %s did not stop cleanly", type(agent).__name__)
+        async def stop(agent: Any) -> None:
+            try:
+                await agent.stop(flush_timeout=5.0)
+            except Exception:
+                log.exception("sidecar %s did not stop cleanly", type(agent).__name__)
+
+        # Both at once: with the collector unreachable each waits out its flush timeout.
+        await asyncio.gather(*(stop(a) for a in (self.monitor, self.logger) if a is not None))
 
 
 async def start_job_sidecars(service: str, environ: Mapping[str, str], workdir: Path,

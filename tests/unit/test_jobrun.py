@@ -19,8 +19,9 @@ from aifb.server.jobrun import choose_free_ports, fill_ports, parse_args
 pytestmark = pytest.mark.unit
 
 # Runs the entry point with a reporter that appends one JSON line per event to a file.
+# JOBRUN_TEST_STALL_S makes the STARTING report take that long (a server that is down).
 DRIVER = """
-import json, sys
+import json, os, sys, time
 from aifb.server.jobrun import main
 
 class FileReporter:
@@ -30,6 +31,7 @@ class FileReporter:
         with open(self.path, "a") as fh:
             fh.write(json.dumps(event) + "\\n")
     def starting(self):
+        time.sleep(float(os.environ.get("JOBRUN_TEST_STALL_S", "0")))
         self._write(event="starting")
     def ready(self, host, port, startup_seconds):
         self._write(event="ready", host=host, port=port, seconds=startup_seconds)
@@ -97,9 +99,11 @@ class Job:
         path.write_text(text)
         return str(path)
 
-    def start(self, options: list[str], argv: list[str]) -> subprocess.Popen[bytes]:
+    def start(self, options: list[str], argv: list[str],
+              extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIFB_")}
         env["APP_PORT"] = "port={{ port }}"
+        env.update(extra_env or {})
         with open(self.dir / "job.out", "wb") as out, open(self.dir / "job.err", "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, str(self.dir / "driver.py"), str(self.events_path),
@@ -153,6 +157,20 @@ def test_program_listening_on_auto_port_becomes_ready_with_that_port(job: Job) -
     assert info["conf"] == f"listen {info['port']};"  # --file text got the same port
     assert info["env"] == f"port={info['port']}"  # and so did the environment
     assert [e["event"] for e in job.events()] == ["starting", "ready"]
+
+
+def test_a_stalled_starting_report_holds_up_neither_the_program_nor_the_order(job: Job) -> None:
+    prog = job.program("server.py", TCP_SERVER)
+    job.start(auto_tcp(), [sys.executable, prog, "{{ port }}"],
+              extra_env={"JOBRUN_TEST_STALL_S": "4"})
+    deadline = time.monotonic() + 30
+    while not (job.dir / "info.json").exists():
+        assert time.monotonic() < deadline, "the program never started"
+        time.sleep(0.02)
+    # The program is up, listening, while STARTING is still on its way to the server.
+    assert job.events() == []
+    job.wait_event("ready")
+    assert [e["event"] for e in job.events()] == ["starting", "ready"]  # still in order
 
 
 def test_http_readiness_waits_for_2xx_on_the_path(job: Job) -> None:
