@@ -8,6 +8,7 @@ import logging
 import typer
 
 from aifb.cli.context import handle_errors, state_of
+from aifb.cli.serve_options import INSECURE, NO_AUTH, TLS_CERT, TLS_CLIENT_CA, TLS_KEY
 from aifb.client.service.standalone import DEFAULT_LISTEN
 from aifb.mesh.errors import InvalidArgument
 
@@ -38,13 +39,11 @@ def serve(
                                  "one benchmark service per directory)."),
     server_timeout: float = typer.Option(10.0, "--server-timeout", min=0.1, metavar="SECONDS",
                                          help="Deadline of each call to --server."),
-    insecure: bool = typer.Option(None, "--insecure", help="Allow a non-loopback listen "
-                                  "address without TLS (trusted networks only)."),
-    tls_cert: str = typer.Option(None, help="Server certificate (PEM)."),
-    tls_key: str = typer.Option(None, help="Server key (PEM)."),
-    tls_client_ca: str = typer.Option(None, help="CA for client certificates (enables mTLS)."),
-    no_auth: bool = typer.Option(False, "--no-auth", help="Disable bearer-token auth "
-                                 "(single-user machines only)."),
+    insecure: bool = INSECURE,
+    tls_cert: str = TLS_CERT,
+    tls_key: str = TLS_KEY,
+    tls_client_ca: str = TLS_CLIENT_CA,
+    no_auth: bool = NO_AUTH,
     otlp_endpoint: str = typer.Option(None, "--otlp-endpoint", metavar="URL",
                                       help="Export the runs' spans to this OTLP/gRPC backend."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at debug level."),

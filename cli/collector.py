@@ -9,6 +9,7 @@ import typer
 
 from aifb.cli.context import CliState, handle_errors, state_of
 from aifb.cli.remote import channel_to
+from aifb.cli.serve_options import INSECURE
 from aifb.v1 import collector_pb2, collector_pb2_grpc
 
 app = typer.Typer(help="The collector: agents push metrics and logs to it; it forwards them to "
@@ -39,8 +40,7 @@ def serve(
     metrics_listen: str = typer.Option(None, "--metrics-listen", metavar="HOST:PORT",
                                        help="Serve /metrics here (default 127.0.0.1:9100; "
                                        "'' for none)."),
-    insecure: bool = typer.Option(None, "--insecure", help="Allow a non-loopback listen "
-                                  "address without TLS (trusted networks only)."),
+    insecure: bool = INSECURE,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at debug level."),
 ) -> None:
     """Run a standalone collector until Ctrl-C or SIGTERM.

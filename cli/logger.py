@@ -10,6 +10,7 @@ from rich.table import Table
 
 from aifb.cli.context import handle_errors, state_of
 from aifb.cli.remote import channel_to
+from aifb.cli.serve_options import INSECURE
 from aifb.v1 import logger_pb2, logger_pb2_grpc
 
 app = typer.Typer(help="Job logs: run the logger agent that tails SLURM output files and "
@@ -33,8 +34,7 @@ def serve(
                                   "<home>/logger)."),
     all_nodes: bool = typer.Option(False, "--all-nodes", help="Follow every service, on any "
                                    "node (single-machine setups)."),
-    insecure: bool = typer.Option(None, "--insecure", help="Allow a non-loopback listen "
-                                  "address without TLS (trusted networks only)."),
+    insecure: bool = INSECURE,
 ) -> None:
     """Run this node's logger agent (a node daemon) until Ctrl-C or SIGTERM.
 

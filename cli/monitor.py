@@ -18,6 +18,7 @@ from rich.table import Table
 
 from aifb.cli.context import CliState, Output, handle_errors, state_of, to_dict
 from aifb.cli.remote import channel_to
+from aifb.cli.serve_options import INSECURE
 from aifb.mesh.channel import raise_for_rpc_error
 from aifb.v1 import monitor_pb2, monitor_pb2_grpc
 
@@ -42,8 +43,7 @@ def serve(
     interval: float = typer.Option(None, help="Seconds between collections (default 5)."),
     all_nodes: bool = typer.Option(False, "--all-nodes", help="Watch every service, on any "
                                    "node (single-machine setups)."),
-    insecure: bool = typer.Option(None, "--insecure", help="Allow a non-loopback listen "
-                                  "address without TLS (trusted networks only)."),
+    insecure: bool = INSECURE,
 ) -> None:
     """Run this node's monitor agent (a node daemon) until Ctrl-C or SIGTERM.
 

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from aifb.cli.context import handle_errors, state_of
+from aifb.cli.serve_options import INSECURE, NO_AUTH, TLS_CERT, TLS_CLIENT_CA, TLS_KEY
 from aifb.mesh.config import Config
 from aifb.mesh.server import serve_until_signal
 from aifb.server.app import start_server_app
@@ -20,13 +21,11 @@ def up(
     scheduler: str = typer.Option(None, help="auto, local, slurm or slurmrest."),
     slurmrest_url: str = typer.Option(None, help="unix:/path/slurmrestd.sock or http://host:port"
                                       " (JWT from $SLURM_JWT)."),
-    insecure: bool = typer.Option(None, "--insecure", help="Allow a non-loopback listen "
-                                  "address without TLS (trusted networks only)."),
-    tls_cert: str = typer.Option(None, help="Server certificate (PEM)."),
-    tls_key: str = typer.Option(None, help="Server key (PEM)."),
-    tls_client_ca: str = typer.Option(None, help="CA for client certificates (enables mTLS)."),
-    no_auth: bool = typer.Option(False, "--no-auth", help="Disable bearer-token auth "
-                                 "(single-user machines only)."),
+    insecure: bool = INSECURE,
+    tls_cert: str = TLS_CERT,
+    tls_key: str = TLS_KEY,
+    tls_client_ca: str = TLS_CLIENT_CA,
+    no_auth: bool = NO_AUTH,
     prometheus_remote_write: str = typer.Option(
         None, "--prometheus-remote-write", metavar="URL",
         help="Forward metrics by remote write, e.g. http://127.0.0.1:9090/api/v1/write "

@@ -52,6 +52,15 @@ def create(stub: server_pb2_grpc.ServerServiceStub, recipe: str, *, request_id: 
                                                      request_id=request_id), timeout=60).service
 
 
+def ready_service(stub: server_pb2_grpc.ServerServiceStub, recipe: str,
+                  timeout: float = 90.0, **params: str) -> S.Service:
+    """Create a service and follow it to READY (asserting it got there, not FAILED)."""
+    svc = wait_for_state(stub, create(stub, recipe, **params).name, {S.SERVICE_STATE_READY},
+                         timeout=timeout)
+    assert svc.state == S.SERVICE_STATE_READY, svc.state_message
+    return svc
+
+
 def rpc_code(exc: BaseException) -> grpc.StatusCode:
     assert isinstance(exc, grpc.RpcError)
     return exc.code()  # type: ignore[no-any-return]

@@ -29,6 +29,7 @@ from tests.integration.bench_harness import (
     follow,
     seconds,
 )
+from tests.integration.flow import ready_service, wait_for_state
 
 if TYPE_CHECKING:
     from tests.fixtures.nginx import NginxServer
@@ -89,14 +90,7 @@ def test_open_loop_against_a_service_deployed_through_the_server_reports_recipe_
     provider = make_tracer_provider("aifb-test", exporters=(spans,))
     with bench_mesh(aifb_home, tracer_provider=provider) as mesh:
         server = mesh.stub()
-        svc = server.CreateService(S.CreateServiceRequest(recipe="nginx",
-                                                          parameters={"port": "0"}),
-                                   timeout=30).service
-        for msg in server.WatchService(S.WatchServiceRequest(name=svc.name), timeout=90):
-            svc = msg.service
-            if svc.state in (S.SERVICE_STATE_READY, S.SERVICE_STATE_FAILED):
-                break
-        assert svc.state == S.SERVICE_STATE_READY, svc.state_message
+        svc = ready_service(server, "nginx", port="0")
         stub = mesh.bench_stub()
         run = create(stub, workload="http", service=svc.name,
                      load=C.LoadProfile(mode=C.LOAD_MODE_CONSTANT, rate=200,
@@ -141,8 +135,7 @@ def test_open_loop_against_a_service_deployed_through_the_server_reports_recipe_
         assert final.trace_id == format(root.context.trace_id, "032x")
         # A service that is not READY is refused.
         server.DeleteService(S.DeleteServiceRequest(name=svc.name), timeout=30)
-        for msg in server.WatchService(S.WatchServiceRequest(name=svc.name), timeout=60):
-            svc = msg.service
+        svc = wait_for_state(server, svc.name, set())  # until terminal
         err = create_error(stub, workload="http", service=svc.name,
                            load=C.LoadProfile(concurrency=1))
         assert isinstance(err, FailedPrecondition) and "not READY" in err.message

@@ -41,6 +41,7 @@ from aifb.v1 import client_pb2_grpc
 from aifb.v1 import server_pb2 as S
 from tests.fixtures.server import server_config
 from tests.integration.cli_procs import AIFB, Daemon, free_port, until
+from tests.integration.flow import ready_service, wait_for_state
 
 pytestmark = pytest.mark.integration
 
@@ -286,15 +287,7 @@ def _mesh_error(exc: grpc.RpcError) -> AifbError:
 # ---- GrpcResolver against an in-process server -------------------------------------------
 
 def _ready_nginx(srv: ThreadedServer) -> S.Service:
-    stub = srv.stub()
-    svc = stub.CreateService(S.CreateServiceRequest(recipe="nginx", parameters={"port": "0"}),
-                             timeout=30).service
-    for msg in stub.WatchService(S.WatchServiceRequest(name=svc.name), timeout=90):
-        svc = msg.service
-        if svc.state in (S.SERVICE_STATE_READY, S.SERVICE_STATE_FAILED):
-            break
-    assert svc.state == S.SERVICE_STATE_READY, svc.state_message
-    return svc
+    return ready_service(srv.stub(), "nginx", port="0")
 
 
 def _resolve(resolver: GrpcResolver, principal: Principal, service: str) -> Target:
@@ -359,9 +352,7 @@ def test_grpc_resolver_maps_each_failure_to_a_mesh_error_naming_the_server(
     err = _resolve_error(GrpcResolver(address), other, svc.name)
     assert isinstance(err, NotFound) and address in err.message
     local_server.stub().DeleteService(S.DeleteServiceRequest(name=svc.name), timeout=30)
-    for msg in local_server.stub().WatchService(S.WatchServiceRequest(name=svc.name),
-                                                timeout=60):
-        svc = msg.service
+    svc = wait_for_state(local_server.stub(), svc.name, set())  # until terminal
     err = _resolve_error(GrpcResolver(address), owner, svc.name)
     assert isinstance(err, FailedPrecondition)
     assert err.message.startswith(f"service {svc.name} is STOPPED, not READY")

@@ -1,0 +1,14 @@
+"""Options every `serve`-like command (`up`, `bench serve`, the agents and the collector) shares,
+declared once so that their flags and help read the same everywhere."""
+
+from __future__ import annotations
+
+import typer
+
+INSECURE = typer.Option(None, "--insecure", help="Allow a non-loopback listen address without "
+                        "TLS (trusted networks only).")
+TLS_CERT = typer.Option(None, help="Server certificate (PEM).")
+TLS_KEY = typer.Option(None, help="Server key (PEM).")
+TLS_CLIENT_CA = typer.Option(None, help="CA for client certificates (enables mTLS).")
+NO_AUTH = typer.Option(False, "--no-auth", help="Disable bearer-token auth (single-user machines "
+                       "only).")
