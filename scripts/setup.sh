@@ -1,32 +1,49 @@
 #!/usr/bin/env bash
-# setup.sh - create .venv with aifb (editable) and its dev tools; install the npm tools.
-# Idempotent and quiet when nothing changed. Usage: scripts/setup.sh [--no-npm]
+# setup.sh - install exactly what the lock files say: .venv from uv.lock (aifb editable, its dev
+# tools and the extras asked for: versions and hashes, nothing resolved anew) and the npm tools
+# from package-lock.json (`npm ci`). Quiet and fast when nothing changed; scripts/upgrade-deps.sh
+# is how the locks move.
+#
+# Usage: scripts/setup.sh [--no-npm] [--extra NAME]...
+#   --extra NAME   also install an extra of pyproject.toml: spark, vectordb, bench (dev and gpu
+#                  always). .venv keeps the extras of earlier runs, so a later plain setup does
+#                  not uninstall what scripts/test.sh added.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-PY=${PYTHON:-python3}
-if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-  log "aifb needs Python >= 3.11 ($PY is $("$PY" -V 2>&1))"; exit 1
-fi
+npm=1; extras=(dev gpu)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-npm) npm=0 ;;
+    --extra) [ $# -ge 2 ] || { log "setup.sh: --extra needs a name"; exit 2; }; extras+=("$2"); shift ;;
+    *) log "setup.sh: unknown option '$1' (usage: scripts/setup.sh [--no-npm] [--extra NAME]...)"; exit 2 ;;
+  esac
+  shift
+done
+
+PY=$(base_python)
+ensure_uv "$PY"
+kept=.venv/.aifb-extras
+if [ -f "$kept" ]; then mapfile -t -O "${#extras[@]}" extras < "$kept"; fi
+mapfile -t extras < <(printf '%s\n' "${extras[@]}" | sort -u)
+args=(--frozen --python "$PY")
+for e in "${extras[@]}"; do args+=(--extra "$e"); done
 if [ ! -x .venv/bin/python ]; then
-  if ! "$PY" -m venv .venv 2>/dev/null; then
-    rm -rf .venv
-    apt_install python3-venv
-    "$PY" -m venv .venv
-  fi
+  log "creating .venv from uv.lock (extras: ${extras[*]})"
+  "$UV" sync -q "${args[@]}"
+elif ! out=$("$UV" sync "${args[@]}" 2>&1); then
+  echo "$out" >&2; exit 1
+else
+  # Say what changed (nothing, on a second run); uv's own lines otherwise.
+  grep -E '^ *(Installed|Uninstalled|Removed virtual environment)' <<<"$out" | sed 's/^ */[aifb] .venv: /' >&2 || true
 fi
-stamp=.venv/.aifb-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  log "installing aifb and its dev tools into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[dev,gpu]'
-  touch "$stamp"
-fi
-if [ "${1:-}" != "--no-npm" ]; then
+printf '%s\n' "${extras[@]}" > "$kept"
+
+if [ "$npm" = 1 ]; then
   if ! command -v npm >/dev/null; then apt_install nodejs npm; fi
   if [ ! -x node_modules/.bin/buf ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-    log "installing npm tools (buf, @grpc/grpc-js)"
+    log "installing npm tools (buf, @grpc/grpc-js) from package-lock.json"
     npm ci --no-audit --no-fund --loglevel=error >/dev/null
   fi
 fi

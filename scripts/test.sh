@@ -5,18 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-scripts/setup.sh
+# Everything Python comes from uv.lock: the dev tools, and the extras the tiers need: Spark
+# (pyspark, pyarrow; runs on Java 17) and Chroma (chromadb, ~400 MB) for the vectordb tests.
+scripts/setup.sh --extra spark --extra vectordb
 apt_install nginx-light redis-server prometheus curl procps openssl
-scripts/start-slurm.sh start
-export AIFB_REQUIRE_SLURM=1
-# Spark (the `spark` extra: pyspark, pyarrow) runs on Java 17.
 command -v java >/dev/null || apt_install default-jre-headless
-.venv/bin/python -c 'import pyspark, pyarrow' 2>/dev/null || .venv/bin/python -m pip install -q -e '.[spark]'
-export AIFB_REQUIRE_SPARK=1
-# Chroma (the `vectordb` extra: pip chromadb, ~400 MB) for the vectordb workload tests.
-[ -x .venv/bin/chroma ] || .venv/bin/python -m pip install -q -e '.[vectordb]'
-export AIFB_REQUIRE_CHROMA=1
-log "static checks: ruff, mypy, buf lint, gen/ up to date"
+scripts/start-slurm.sh start
+export AIFB_REQUIRE_SLURM=1 AIFB_REQUIRE_SPARK=1 AIFB_REQUIRE_CHROMA=1
+log "static checks: uv.lock matches pyproject.toml, ruff, mypy, buf lint, gen/ up to date"
+scripts/check-lock.sh
 .venv/bin/ruff check .
 scripts/typecheck.sh
 node_modules/.bin/buf lint

@@ -52,7 +52,8 @@ BUF = _buf_binary()
 
 # What never belongs in a copy of the source tree that we build from (caches, local tools, VCS).
 _NOT_SOURCE = (".git", ".venv", "node_modules", "__pycache__", ".pytest_cache", ".mypy_cache",
-               ".ruff_cache", "build", "dist", "*.egg-info", ".aifb", ".whl", ".gl")
+               ".ruff_cache", "build", "dist", "*.egg-info", ".aifb", ".whl", ".gl", ".tools",
+               ".typecheck")
 
 
 def require_buf() -> Path:

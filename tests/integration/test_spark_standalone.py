@@ -44,7 +44,7 @@ def _spark_home() -> Path:
         import pyarrow  # noqa: F401
         import pyspark
     except ImportError as exc:
-        missing.append(f"pyspark/pyarrow ({exc}; pip install -e '.[spark]')")
+        missing.append(f"pyspark/pyarrow ({exc}; scripts/setup.sh --extra spark)")
     else:
         home = Path(pyspark.__file__).parent
         if not os.access(home / "bin" / "spark-class", os.X_OK):
