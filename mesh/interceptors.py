@@ -61,8 +61,45 @@ def _bearer(metadata: Any) -> str | None:
     return None
 
 
+class _Undecodable:
+    """What a request deserializer gives for bytes that are not the method's message."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Turn a failing deserializer into a marker the handler refuses with INVALID_ARGUMENT
+    (grpc would answer UNKNOWN and log a traceback for every garbage body)."""
+    if deserialize is None:  # raw-bytes handlers (the collector's push streams) parse their own
+        return None
+
+    def lenient(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:
+            return _Undecodable(type(exc).__name__)
+
+    return lenient
+
+
+def _refuse_undecodable(request: Any, method: str) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(f"the request body is not a valid message for {method} "
+                              f"({request.error})", field="request")
+
+
+async def _checked_stream(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
+    async for request in requests:
+        _refuse_undecodable(request, method)
+        yield request
+
+
 class MeshInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Authenticates each call, binds the Principal for the handler, and maps errors."""
+    """Authenticates each call before its body is read, binds the Principal for the handler,
+    refuses undecodable bodies, and maps errors."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
@@ -76,38 +113,33 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         method = handler_call_details.method
         if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
             return handler
+        principal = self.authenticator.authenticate(
+            _bearer(handler_call_details.invocation_metadata))
+        if principal is None:
+            # Refused before anything of the body is decoded: no deserializer runs at all.
+            return _refusal(handler)
+        streaming_in = handler.stream_unary is not None or handler.stream_stream is not None
+        check_in = streaming_in and handler.request_deserializer is not None
+        kwargs = {"request_deserializer": _lenient(handler.request_deserializer),
+                  "response_serializer": handler.response_serializer}
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+                self._wrap_unary(handler.unary_unary, method, principal, check_in), **kwargs)
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+                self._wrap_stream(handler.unary_stream, method, principal, check_in), **kwargs)
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, method),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+                self._wrap_unary(handler.stream_unary, method, principal, check_in), **kwargs)
         return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(handler.stream_stream, method),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+            self._wrap_stream(handler.stream_stream, method, principal, check_in), **kwargs)
 
-    def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
-        principal = self.authenticator.authenticate(_bearer(context.invocation_metadata()))
-        if principal is None:
-            raise Unauthenticated(
-                "missing or unknown bearer token: send 'authorization: Bearer <token>' "
-                "(the server wrote one to ~/.aifb/token at first start)"
-            )
-        return principal
+    @staticmethod
+    def _request(request: Any, method: str, streaming_in: bool) -> Any:
+        if streaming_in:
+            return _checked_stream(request, method)
+        _refuse_undecodable(request, method)
+        return request
 
     async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException,
                      method: str) -> None:
@@ -119,12 +151,13 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 AifbError(f"internal error in {method}: {type(exc).__name__}"))
         await context.abort(status.code, status.details, status.trailing_metadata)
 
-    def _wrap_unary(self, behavior: Any, method: str) -> Callable[..., Any]:
+    def _wrap_unary(self, behavior: Any, method: str, principal: Principal,
+                    streaming_in: bool) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
-                token = current_principal.set(self._authenticate(context))
+                token = current_principal.set(principal)
                 try:
-                    return await behavior(request, context)
+                    return await behavior(self._request(request, method, streaming_in), context)
                 finally:
                     current_principal.reset(token)
             except grpc.aio.AbortError:
@@ -134,13 +167,14 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return wrapped
 
-    def _wrap_stream(self, behavior: Any, method: str) -> Callable[..., Any]:
+    def _wrap_stream(self, behavior: Any, method: str, principal: Principal,
+                     streaming_in: bool) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]
                           ) -> AsyncIterator[Any]:
             try:
-                token = current_principal.set(self._authenticate(context))
+                token = current_principal.set(principal)
                 try:
-                    result = behavior(request, context)
+                    result = behavior(self._request(request, method, streaming_in), context)
                     if inspect.isasyncgen(result):
                         async for item in result:
                             yield item
@@ -154,3 +188,29 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await self._abort(context, exc, method)
 
         return wrapped
+
+
+UNAUTHENTICATED_MESSAGE = ("missing or unknown bearer token: send 'authorization: Bearer <token>' "
+                           "(the server wrote one to ~/.aifb/token at first start)")
+
+
+def _refusal(handler: Handler) -> Handler:
+    """A handler of the same shape that answers UNAUTHENTICATED without reading the body."""
+    status = status_for_error(Unauthenticated(UNAUTHENTICATED_MESSAGE))
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                            ) -> AsyncIterator[Any]:
+        await context.abort(status.code, status.details, status.trailing_metadata)
+        yield  # pragma: no cover - abort raises
+
+    serializer = {"response_serializer": handler.response_serializer}
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(refuse, **serializer)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, **serializer)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(refuse, **serializer)
+    return grpc.stream_stream_rpc_method_handler(refuse_stream, **serializer)

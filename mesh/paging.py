@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Callable, Iterable
 from typing import Protocol, TypeVar
 
 from aifb.mesh.errors import InvalidArgument
 
-__all__ = ["Keyed", "keyset_page"]
+__all__ = ["MAX_PAGE_TOKEN_CHARS", "Keyed", "keyset_page"]
 
 
 class Keyed(Protocol):
@@ -28,16 +29,35 @@ def _encode(record: Keyed, filter_text: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+# A real token is ~80 characters; anything far longer was not issued by us.
+MAX_PAGE_TOKEN_CHARS = 1024
+
+
 def _decode(token: str, filter_text: str) -> tuple[float, str]:
+    """The (create_time, id) a token points after. Tokens come from clients: anything that is not
+    exactly what _encode makes (nesting, huge numbers, wrong types) is INVALID_ARGUMENT."""
+    bad = InvalidArgument("bad page_token (it must come from the previous response with "
+                          "the same filter)", field="page_token")
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise bad
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        create_time, rid, old_filter = json.loads(raw)
-        if old_filter != filter_text:
-            raise ValueError("filter changed")
-        return float(create_time), str(rid)
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument("bad page_token (it must come from the previous response with "
-                              "the same filter)", field="page_token") from exc
+        decoded = json.loads(raw)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise bad from exc
+    if not (isinstance(decoded, list) and len(decoded) == 3):
+        raise bad
+    create_time, rid, old_filter = decoded
+    if (isinstance(create_time, bool) or not isinstance(create_time, int | float)
+            or not isinstance(rid, str) or old_filter != filter_text):
+        raise bad
+    try:
+        when = float(create_time)
+    except OverflowError as exc:  # an integer too large for a float
+        raise bad from exc
+    if not math.isfinite(when):
+        raise bad
+    return when, rid
 
 
 def keyset_page(records: Iterable[R], *, size: int, token: str, filter_text: str,

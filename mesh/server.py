@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from opentelemetry.sdk.trace import TracerProvider
 
 from aifb.mesh.auth import Authenticator
@@ -79,7 +79,11 @@ async def create_server(
     address = listen or config.listen
     creds = _credentials(config.model_copy(update={"listen": address}))
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(tracer_provider=tracer_provider),
+        # Health is not traced: the OTel interceptor expects handlers that yield, and the health
+        # servicer's Watch writes with context.write (every Watch failed with UNKNOWN). Probes
+        # every few seconds would only bury the traces that matter anyway.
+        interceptors=[aio_server_interceptor(tracer_provider=tracer_provider,
+                                             filter_=filters.negate(filters.health_check())),
                       MeshInterceptor(authenticator)],
         options=[("grpc.max_receive_message_length", 16 * 1024 * 1024),
                  ("grpc.so_reuseport", 0)],

@@ -1,0 +1,121 @@
+"""The mesh's edge, on a real `aifb up` (every service in one process): every method (found
+through reflection, so a new one is covered too) refuses a call without a token with
+UNAUTHENTICATED before its body is read, refuses an undecodable body from an authenticated
+caller with INVALID_ARGUMENT, and logs no traceback for either; grpc.health.v1.Health/Watch
+streams (it failed with UNKNOWN under the tracing interceptor)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from aifb.mesh.channel import open_sync_channel
+from tests.integration.cli_procs import Daemon
+from tests.integration.test_cli_telemetry import cli_env, start_up
+
+pytestmark = pytest.mark.integration
+
+GARBAGE = b"\xff\xff\xff\xff\x0f"  # a varint that never ends: no message parses it
+PUBLIC = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+          "grpc.reflection.v1.ServerReflection")
+
+
+def _methods(channel: grpc.Channel) -> list[tuple[str, bool, bool]]:
+    """(path, client_streaming, server_streaming) of every non-public method, by reflection."""
+    db = ProtoReflectionDescriptorDatabase(channel)
+    pool = DescriptorPool(db)
+    out = []
+    for name in db.get_services():
+        if name in PUBLIC:
+            continue
+        for m in pool.FindServiceByName(name).methods:
+            out.append((f"/{name}/{m.name}", m.client_streaming, m.server_streaming))
+    return out
+
+
+def _call(channel: grpc.Channel, path: str, client_streaming: bool, server_streaming: bool,
+          metadata: tuple[tuple[str, str], ...]) -> grpc.StatusCode:
+    """Send GARBAGE as the (first) request body and return the status the call ends with."""
+    ident = {"request_serializer": None, "response_deserializer": None}
+    try:
+        if client_streaming and server_streaming:
+            for _ in channel.stream_stream(path, **ident)(iter([GARBAGE]), metadata=metadata,
+                                                          timeout=10):
+                pass
+        elif client_streaming:
+            channel.stream_unary(path, **ident)(iter([GARBAGE]), metadata=metadata, timeout=10)
+        elif server_streaming:
+            for _ in channel.unary_stream(path, **ident)(GARBAGE, metadata=metadata, timeout=10):
+                pass
+        else:
+            channel.unary_unary(path, **ident)(GARBAGE, metadata=metadata, timeout=10)
+    except grpc.RpcError as err:
+        return err.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+@dataclass
+class Edge:
+    daemon: Daemon
+    channel: grpc.Channel
+    token: str
+
+    def tracebacks(self) -> list[str]:
+        return [line for line in self.daemon.stderr if "Traceback" in line]
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
+    tmp = tmp_path_factory.mktemp("edge")
+    up = start_up(tmp, None)
+    token = (Path(cli_env(tmp)["HOME"]) / ".aifb" / "token").read_text().strip()
+    try:
+        with open_sync_channel(up.address, token="") as ch:
+            yield Edge(up.daemon, ch, token)
+    finally:
+        up.daemon.stop()
+
+
+def test_every_method_refuses_a_garbage_body_without_a_token_as_unauthenticated(
+        edge: Edge) -> None:
+    methods = _methods(edge.channel)
+    services = {path.split("/")[1] for path, _, _ in methods}
+    assert {"aifb.v1.ServerService", "aifb.v1.BenchmarkService", "aifb.v1.CollectorService",
+            "aifb.v1.LoggerService", "aifb.v1.MonitorService"} <= services, services
+    codes = {path: _call(edge.channel, path, cs, ss, ()) for path, cs, ss in methods}
+    wrong = {p: c for p, c in codes.items() if c != grpc.StatusCode.UNAUTHENTICATED}
+    assert not wrong, wrong
+    assert not edge.tracebacks(), edge.daemon.log()
+
+
+def test_every_method_refuses_an_undecodable_body_from_a_user_as_invalid_argument(
+        edge: Edge) -> None:
+    auth = (("authorization", f"Bearer {edge.token}"),)
+    codes = {path: _call(edge.channel, path, cs, ss, auth)
+             for path, cs, ss in _methods(edge.channel)}
+    # The collector's push streams read their own wire bytes and answer per batch (a refused
+    # batch is an error in its ack); every other method must name the bad request.
+    raw = {p for p in codes if p.endswith(("/PushMetrics", "/PushLogs"))}
+    wrong = {p: c for p, c in codes.items()
+             if p not in raw and c != grpc.StatusCode.INVALID_ARGUMENT}
+    assert not wrong, wrong
+    assert all(codes[p] in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT) for p in raw), \
+        {p: codes[p] for p in raw}
+    assert not edge.tracebacks(), edge.daemon.log()
+
+
+def test_health_watch_streams_serving_first(edge: Edge) -> None:
+    stream = health_pb2_grpc.HealthStub(edge.channel).Watch(
+        health_pb2.HealthCheckRequest(service=""), timeout=10)
+    first = next(stream)
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    stream.cancel()
