@@ -10,6 +10,7 @@ import typer
 from aifb.cli.context import CliState, handle_errors, state_of
 from aifb.cli.remote import channel_to
 from aifb.cli.serve_options import INSECURE
+from aifb.mesh.private import private_dir
 from aifb.v1 import collector_pb2, collector_pb2_grpc
 
 app = typer.Typer(help="The collector: agents push metrics and logs to it; it forwards them to "
@@ -76,7 +77,7 @@ async def _serve(mesh: object, collector: object, listen: str) -> None:
     from aifb.mesh.config import MeshConfig
 
     assert isinstance(mesh, MeshConfig) and isinstance(collector, CollectorConfig)
-    mesh.home_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(mesh.home_path)
     app = await start_collector(collector)
 
     def listening(port: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # Before gRPC loads: its fork handlers can crash a child forked while gRPC threads are busy
 # (PySpark starts its JVM with a Python preexec_fn under `bench --engine spark`); aifb only
@@ -65,8 +66,30 @@ def _root(
                        key_file=key or "")
 
 
+def _not_utf8(argv: list[str]) -> str | None:
+    """The first argument that is not valid UTF-8 (Python keeps such bytes as lone surrogates,
+    which no protobuf string, file name in a message or terminal line can carry)."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return os.fsencode(arg).decode("utf-8", "backslashreplace")
+    return None
+
+
 def main() -> None:
-    app()
+    bad = _not_utf8(sys.argv[1:])
+    if bad is not None:
+        sys.stderr.write(f"error: argument '{bad}' is not valid UTF-8 (aifb takes text only)\n")
+        raise SystemExit(2)
+    try:
+        app()
+    except Exception as exc:  # the last line of defence: one line, never a traceback
+        if os.environ.get("AIFB_DEBUG"):
+            raise
+        sys.stderr.write(f"error: internal error: {type(exc).__name__}: {exc} "
+                         "(set AIFB_DEBUG=1 for the traceback)\n")
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -21,23 +21,30 @@ app = typer.Typer(help="Deploy services from recipes and follow them.", no_args_
 TERMINAL = {server_pb2.SERVICE_STATE_STOPPED, server_pb2.SERVICE_STATE_FAILED}
 
 
-def watch_stream(state: CliState, name: str, reconnect_for: float = 60.0
-                 ) -> Iterator[server_pb2.Service]:
+def watch_stream(state: CliState, name: str, reconnect_for: float = 60.0,
+                 until: float | None = None) -> Iterator[server_pb2.Service]:
     """Follow one service to a terminal state; reconnects (the first message is a snapshot)
-    when the server restarts, for up to `reconnect_for` seconds without contact."""
+    when the server restarts, for up to `reconnect_for` seconds without contact. With `until`
+    (a time.monotonic() deadline) it ends there too, even while no change arrives."""
     stub = state.server_stub()
     last_revision = 0
     lost_since: float | None = None
     while True:
+        remaining = None if until is None else until - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return
         try:
             for msg in stub.WatchService(server_pb2.WatchServiceRequest(name=name),
-                                         wait_for_ready=lost_since is not None):
+                                         wait_for_ready=lost_since is not None,
+                                         timeout=remaining):
                 lost_since = None
                 if msg.service.revision > last_revision:
                     last_revision = msg.service.revision
                     yield msg.service
             return
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and until is not None:
+                return
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise_for_rpc_error(exc)
             lost_since = lost_since or time.monotonic()
@@ -75,7 +82,8 @@ def create(
     account: str = typer.Option("", help="SLURM account."),
     request_id: str = typer.Option("", help="Idempotency key (default: a new random one)."),
     wait: bool = typer.Option(False, "--wait", help="Wait until READY (or failed)."),
-    wait_timeout: float = typer.Option(600.0, help="Seconds --wait waits at most."),
+    wait_timeout: float = typer.Option(600.0, min=0.1, max=7 * 24 * 3600.0,
+                                       help="Seconds --wait waits at most."),
 ) -> None:
     """Deploy a service from a recipe; with --wait, show progress until it is READY."""
     state = state_of(ctx)
@@ -94,16 +102,20 @@ def create(
         final = service
         deadline = time.monotonic() + wait_timeout
         with state.err.status(f"deploying {recipe} as {service.name} ...") as status:
-            for s in watch_stream(state, service.name):
+            for s in watch_stream(state, service.name, until=deadline):
                 final = s
                 status.update(f"{service.name}: {state_name(s.state)} "
                               f"{s.state_message.splitlines()[0] if s.state_message else ''}")
                 if s.state == server_pb2.SERVICE_STATE_READY or s.state in TERMINAL:
                     break
-                if time.monotonic() > deadline:
-                    break
         state.emit(final, lambda: _print_change(state, final))
         if final.state != server_pb2.SERVICE_STATE_READY:
+            if final.state not in TERMINAL:
+                state.err.print(
+                    f"not READY after --wait-timeout {wait_timeout:g}s: {service.name} is "
+                    f"{state_name(final.state)} and keeps deploying (aifb services watch "
+                    f"{service.name.removeprefix('services/')}; delete it to stop)",
+                    markup=False)
             raise typer.Exit(1)
 
 

@@ -17,7 +17,9 @@ def create(ctx: typer.Context,
            ) -> None:
     """Issue a token for USER and print it once (only its hash is stored).
 
-    The server reads the token store at start; restart `aifb up` after issuing tokens.
+    The running server sees the new token at once (it re-reads the store when it changes):
+    no restart is needed. Give the token to USER; they put it in their ~/.aifb/token (mode 0600)
+    or send it as `authorization: Bearer <token>`.
     """
     state = state_of(ctx)
     with handle_errors(state):

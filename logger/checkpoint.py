@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from aifb.logger.tailer import Position
+from aifb.mesh.private import private_dir
 
 __all__ = ["CheckpointStore"]
 
@@ -35,7 +36,7 @@ class CheckpointStore:
 
     def save(self) -> None:
         """Write to a temporary file, fsync, rename over the old one, fsync the directory."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.path.parent)
         tmp = self.path.with_name(self.path.name + ".tmp")
         body = json.dumps({"version": 1, "sources": {
             k: v.to_json() for k, v in sorted(self.positions.items())}})

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aifb.mesh.errors import InvalidArgument
+from aifb.mesh.private import private_dir
 
 __all__ = [
     "ANONYMOUS",
@@ -55,7 +56,7 @@ def hash_token(token: str) -> str:
 
 def write_private_file(path: Path, text: str) -> None:
     """Write `text` to `path` created with mode 0600 (never briefly world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

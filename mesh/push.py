@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import grpc
 
+from aifb.mesh.private import private_dir
 from aifb.mesh.protowire import varint
 from aifb.v1 import collector_pb2, collector_pb2_grpc, telemetry_pb2
 
@@ -381,7 +382,7 @@ class BatchSender:
     def _load_spool(self) -> int:
         if self._spool is None:
             return 0
-        self._spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self._spool)
         cls = telemetry_pb2.MetricBatch if self.kind == "metrics" else telemetry_pb2.LogBatch
         highest = 0
         for path in sorted(self._spool.glob(f"*.{self.kind}.batch")):

@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from aifb.mesh.auth import Authenticator, TokenStore
 from aifb.mesh.config import Config
+from aifb.mesh.private import private_dir
 from aifb.mesh.server import MeshServer, ServiceBinding, create_server
 from aifb.server.deploy import Deployer
 from aifb.server.jobs import Scheduler
@@ -98,7 +99,7 @@ async def start_server_app(
 ) -> ServerApp:
     """Start ServerService (plus `extra_bindings`, e.g. the other components in `aifb up`)."""
     home = config.mesh.home_path
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(home)
     store = TokenStore(home)
     token_path = store.ensure_owner_token()
     authenticator = Authenticator(store, enabled=config.mesh.auth)

@@ -62,10 +62,11 @@ class Deployer:
         return Prepared(spec=spec, script=render_batch_script(spec),
                         parameters=resolved.parameter_text(), metrics=resolved.metrics)
 
-    def render(self, recipe: str, params: Mapping[str, str], resources: ResourceRequest
-               ) -> Prepared:
+    def render(self, recipe: str, params: Mapping[str, str], resources: ResourceRequest, *,
+               jobs_dir: Path) -> Prepared:
+        """The script CreateService would submit, with placeholders for what only a create
+        makes; `jobs_dir` is the server's own (`<home>/jobs`), so the workdir shown is real."""
         env = {"AIFB_SERVICE": f"services/{PLACEHOLDER_ID}", "AIFB_SERVER": "<server address>",
                "AIFB_REPORT_TOKEN": "<generated at create time>"}
         return self.prepare(recipe, params, resources, service_id=PLACEHOLDER_ID,
-                            workdir=Path("~/.aifb/jobs").expanduser() / PLACEHOLDER_ID,
-                            environment=env)
+                            workdir=jobs_dir / PLACEHOLDER_ID, environment=env)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aifb.mesh.errors import AlreadyExists
+from aifb.mesh.private import private_sqlite_file
 from aifb.server.jobs import TERMINAL_RAW_STATES, ResourceSpec
 from aifb.server.model import ServiceRecord, StateChange
 from aifb.server.states import ServiceState
@@ -66,13 +67,11 @@ class Registry:
     """Services keyed by id, stored as JSON documents with indexed columns for queries."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = path
+        self.path = private_sqlite_file(path)
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        path.chmod(0o600)
 
     def close(self) -> None:
         self._db.close()

@@ -100,7 +100,8 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
         if not request.recipe:
             raise InvalidArgument("recipe is required", field="recipe")
         prepared = self.deployer.render(request.recipe, dict(request.parameters),
-                                        resource_request_from_proto(request.resources))
+                                        resource_request_from_proto(request.resources),
+                                        jobs_dir=self.manager.home / "jobs")
         return server_pb2.RenderServiceResponse(
             batch_script=prepared.script, parameters=prepared.parameters,
             resources=resources_to_proto(prepared.spec.resources))

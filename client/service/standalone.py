@@ -27,6 +27,7 @@ from aifb.mesh.auth import Authenticator, TokenStore
 from aifb.mesh.channel import load_token
 from aifb.mesh.config import MeshConfig
 from aifb.mesh.errors import FailedPrecondition
+from aifb.mesh.private import private_dir
 from aifb.mesh.server import MeshServer, create_server, serve_until_signal
 from aifb.mesh.tracing import make_tracer_provider
 
@@ -57,7 +58,7 @@ class StandaloneSettings:
 def lock_runs_dir(path: Path) -> int:
     """Hold `path` for this process (an exclusive lock on `path/.lock`); the descriptor to
     close at exit. FailedPrecondition when another process holds it."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path)
     fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -73,7 +74,7 @@ async def serve_standalone(mesh: MeshConfig, settings: StandaloneSettings, *,
     """Serve the BenchmarkService (with health and reflection) on `settings.listen` until a
     signal; running runs are cancelled, keeping what they measured, before the port closes."""
     home = mesh.home_path
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(home)
     token = load_token(home)
     lock = lock_runs_dir(settings.runs_path(home))
     provider = make_tracer_provider("aifb-bench", otlp_endpoint=mesh.otlp_endpoint)

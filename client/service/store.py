@@ -20,6 +20,7 @@ from aifb.client.results import RunState
 from aifb.client.service.model import BenchmarkRecord
 from aifb.mesh.auth import write_private_file
 from aifb.mesh.errors import AlreadyExists
+from aifb.mesh.private import private_dir, private_sqlite_file
 
 __all__ = ["RunStore"]
 
@@ -41,13 +42,11 @@ _TERMINAL = tuple(s.value for s in RunState if s.terminal)
 
 class RunStore:
     def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.root = root
-        path = root / "benchmarks.db"
+        self.root = private_dir(root)
+        path = private_sqlite_file(root / "benchmarks.db")
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
-        path.chmod(0o600)
 
     def close(self) -> None:
         self._db.close()

@@ -87,7 +87,7 @@ class ManagerResolver:
             rendered = self.deployer.render(record.recipe, record.parameters, ResourceRequest(
                 nodes=res.nodes, cpus=res.cpus, memory_mib=res.memory_mib, gpus=res.gpus,
                 time_limit_minutes=res.time_limit_minutes or 0, partition=res.partition,
-                account=res.account))
+                account=res.account), jobs_dir=self.manager.home / "jobs")
             context["batch_script"] = rendered.script
         except Exception as exc:  # the recipe may have changed since: the run still goes
             context["recipe_error"] = str(exc)

@@ -76,9 +76,12 @@ def _positive(field: str, value: int, cap: int | None) -> int | None:
     """None when the override is unset (0); else the checked value."""
     if value == 0:
         return None
-    if value < 0 or value > _INT32_MAX:
+    if value < 0:
         raise InvalidArgument(f"resources.{field}: got {value}, expected a positive number",
                               field=f"resources.{field}")
+    if value > _INT32_MAX:
+        raise InvalidArgument(f"resources.{field}: got {value}, above the largest aifb accepts "
+                              f"({_INT32_MAX})", field=f"resources.{field}")
     if cap is not None and value > cap:
         raise InvalidArgument(
             f"resources.{field}: {value} is above this recipe's maximum {cap}",

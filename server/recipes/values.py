@@ -19,6 +19,7 @@ from typing import Literal
 
 __all__ = [
     "BUILTINS",
+    "MAX_MEMORY_MIB",
     "PLACEHOLDER",
     "ParamType",
     "Value",
@@ -180,6 +181,10 @@ def parse_value(kind: ParamType, text: str, *, minimum: float | None = None,
     return value
 
 
+# SLURM counts memory in MiB in 32-bit fields of its own API; nothing real is larger.
+MAX_MEMORY_MIB = 2**31 - 1
+
+
 def parse_memory_mib(value: int | str) -> int:
     """A SLURM-style memory size ("512M", "4G", "1T", bare number = MiB) -> MiB (>= 1)."""
     if isinstance(value, bool):
@@ -193,6 +198,8 @@ def parse_memory_mib(value: int | str) -> int:
         mib = math.ceil(int(m.group(1)) * _MEMORY_FACTOR[m.group(2).upper()])
     if mib < 1:
         raise ValueProblem(f"got {value!r}", "at least 1M")
+    if mib > MAX_MEMORY_MIB:
+        raise ValueProblem(f"got {short_repr(value)}", f"at most {MAX_MEMORY_MIB}M (2 PiB)")
     return mib
 
 

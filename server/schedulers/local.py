@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from aifb.mesh.errors import SchedulerRejected, SchedulerUnavailable
+from aifb.mesh.private import private_dir
 from aifb.server.jobs import JobSpec, JobStatus
 
 __all__ = ["LocalScheduler", "count_gpus", "process_start_ticks"]
@@ -146,7 +147,7 @@ class LocalScheduler:
         memory_mib: int | None = None,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir else Path.home() / ".aifb" / "local-jobs"
-        (self.state_dir / "jobs").mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self.state_dir / "jobs")
         self.kill_wait_seconds = kill_wait_seconds
         self.cpus = cpus if cpus is not None else (os.cpu_count() or 1)
         self.gpus = gpus if gpus is not None else count_gpus()

@@ -68,6 +68,7 @@ class Edge:
     daemon: Daemon
     channel: grpc.Channel
     token: str
+    home: Path  # $HOME of the `aifb up` process
 
     def tracebacks(self) -> list[str]:
         return [line for line in self.daemon.stderr if "Traceback" in line]
@@ -77,10 +78,11 @@ class Edge:
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     tmp = tmp_path_factory.mktemp("edge")
     up = start_up(tmp, None)
-    token = (Path(cli_env(tmp)["HOME"]) / ".aifb" / "token").read_text().strip()
+    home = Path(cli_env(tmp)["HOME"])
+    token = (home / ".aifb" / "token").read_text().strip()
     try:
         with open_sync_channel(up.address, token="") as ch:
-            yield Edge(up.daemon, ch, token)
+            yield Edge(up.daemon, ch, token, home)
     finally:
         up.daemon.stop()
 
@@ -119,3 +121,15 @@ def test_health_watch_streams_serving_first(edge: Edge) -> None:
     first = next(stream)
     assert first.status == health_pb2.HealthCheckResponse.SERVING
     stream.cancel()
+
+
+def test_state_on_disk_is_owner_only_while_running(edge: Edge) -> None:
+    """A fresh ~/.aifb is 0700 (the local scheduler made it 0755 before), every folder in it
+    0700 and every file 0600, SQLite's -wal and -shm included (they were 0644)."""
+    home = edge.home / ".aifb"
+    found = {p.relative_to(home).as_posix(): p.stat().st_mode & 0o777
+             for p in [home, *home.rglob("*")] if not p.is_symlink()}
+    assert any(name.endswith("server.db-wal") for name in found), sorted(found)
+    loose = {name: oct(mode) for name, mode in found.items()
+             if mode & 0o077 or (Path(home / name).is_file() and mode & 0o111)}
+    assert not loose, loose

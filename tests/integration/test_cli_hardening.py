@@ -1,0 +1,80 @@
+"""What a hostile or careless user of the CLI meets (issue 11, items 10-12): `--wait-timeout`
+ends a wait even while no change arrives, bytes that are not UTF-8 are one line and exit 2, the
+rendered workdir is the server's own, a too-large memory size says so, and `tokens create` does
+not ask for a restart it does not need."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from aifb.v1 import common_pb2, server_pb2
+from tests.fixtures.server import RunningServer
+from tests.integration.cli_procs import AIFB
+from tests.integration.test_cli_telemetry import Up, start_up
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    started = start_up(tmp_path_factory.mktemp("cli-hardening"), None)
+    try:
+        yield started
+    finally:
+        started.daemon.stop()
+
+
+def test_wait_timeout_ends_the_wait_while_the_service_sits_in_starting(up: Up) -> None:
+    # The sleeper never opens its port: after the snapshot no change arrives. The wait used to
+    # check its deadline only when one did (45 s with --wait-timeout 10); the 60 s here only
+    # keeps a regression from hanging the suite.
+    proc = up.cli("services", "create", "sleeper", "--wait", "--wait-timeout", "2", timeout=60)
+    try:
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "not READY after --wait-timeout 2s" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    finally:
+        for svc in up.json("services", "list"):
+            up.cli("services", "delete", svc["name"].removeprefix("services/"))
+
+
+def test_an_argument_that_is_not_utf8_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run([str(AIFB).encode(), b"services", b"create", b"redis", b"--param",
+                           b"maxmemory=\xff"], capture_output=True, timeout=60, cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert err.strip() == (r"error: argument 'maxmemory=\xff' is not valid UTF-8 "
+                           "(aifb takes text only)")
+
+
+def test_render_shows_the_servers_own_jobs_folder(local_server: RunningServer) -> None:
+    home = local_server.config.mesh.home_path
+    assert home != Path("~/.aifb").expanduser()
+    script = local_server.stub().RenderService(
+        server_pb2.RenderServiceRequest(recipe="sleeper"), timeout=30).batch_script
+    assert f"cd -- {home / 'jobs'}/" in script, script
+
+
+def test_a_memory_size_above_the_largest_is_named_so(local_server: RunningServer,
+                                                     tmp_path: Path) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        local_server.stub().RenderService(server_pb2.RenderServiceRequest(
+            recipe="sleeper", resources=common_pb2.Resources(memory_mib=2**40)), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "above the largest aifb accepts" in (err.value.details() or "")
+    proc = subprocess.run([str(AIFB), "--server", local_server.address, "recipes", "render",
+                           "sleeper", "--memory", "999999T"], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "at most 2147483647M" in proc.stderr and "positive" not in proc.stderr
+
+
+def test_tokens_create_help_says_no_restart_is_needed() -> None:
+    out = subprocess.run([str(AIFB), "tokens", "create", "--help"], capture_output=True,
+                         text=True, timeout=60).stdout
+    assert "no restart is needed" in " ".join(out.split())
