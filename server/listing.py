@@ -13,6 +13,7 @@ from aifb.server.states import ServiceState
 __all__ = ["Page", "page", "parse_filter"]
 
 MAX_PAGE_SIZE = 1000
+MAX_FILTER_CHARS = 4096
 DEFAULT_PAGE_SIZE = 100
 
 
@@ -30,6 +31,9 @@ def _label_is(key: str, value: str) -> Callable[[ServiceRecord], bool]:
 
 def parse_filter(text: str) -> Callable[[ServiceRecord], bool]:
     """'state=READY recipe=redis label.team=ml' -> predicate (all terms must hold)."""
+    if len(text) > MAX_FILTER_CHARS:
+        raise InvalidArgument(f"filter: {len(text)} characters, at most {MAX_FILTER_CHARS}",
+                              field="filter")
     checks: list[Callable[[ServiceRecord], bool]] = []
     for term in text.split():
         key, sep, value = term.partition("=")

@@ -180,6 +180,11 @@ class ServiceManager:
         sid = parse_service_id(name)
         if principal.service and principal.service != sid:
             raise PermissionDenied("this report token belongs to another service")
+        # A report becomes the state message every Get/List/Watch carries: a 10 MB one pushed
+        # the owner's GetService and ListServices past the client's 4 MB limit.
+        for field, text in (("message", message), ("endpoint.host", host),
+                            ("endpoint.url", url), ("log_tail", log_tail)):
+            _check_report_text(field, text)
         record = self.get(principal, name)
         async with self._lock:
             record = self.registry.get(sid) or record
@@ -280,6 +285,18 @@ def _metrics_fields(prepared: Prepared) -> dict[str, Any]:
         return {}
     return {"metrics_path": metrics.path, "metrics_port": metrics.port,
             "metrics_on_endpoint_port": metrics.on_endpoint_port}
+
+
+# Bounds of what a job reports (characters): a host name (DNS: 253), a URL, one status line,
+# the output tail (the server keeps its last 4000 characters).
+REPORT_TEXT_LIMITS = {"message": 4096, "endpoint.host": 253, "endpoint.url": 2048,
+                      "log_tail": 65536}
+
+
+def _check_report_text(field: str, text: str) -> None:
+    limit = REPORT_TEXT_LIMITS[field]
+    if len(text) > limit:
+        raise InvalidArgument(f"{field}: {len(text)} characters, at most {limit}", field=field)
 
 
 def _check_labels(labels: Mapping[str, str]) -> None:

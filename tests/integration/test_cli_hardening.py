@@ -1,7 +1,7 @@
-"""What a hostile or careless user of the CLI meets (issue 11, items 10-12): `--wait-timeout`
-ends a wait even while no change arrives, bytes that are not UTF-8 are one line and exit 2, the
-rendered workdir is the server's own, a too-large memory size says so, and `tokens create` does
-not ask for a restart it does not need."""
+"""What a hostile or careless user meets (issue 11, items 8 and 10-12): `--wait-timeout` ends a
+wait even while no change arrives, bytes that are not UTF-8 are one line and exit 2, the rendered
+workdir is the server's own, a too-large memory size says so, `tokens create` does not ask for a
+restart it does not need, and over-long report texts and filters are refused on the way in."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from aifb.v1 import common_pb2, server_pb2
 from tests.fixtures.server import RunningServer
 from tests.integration.cli_procs import AIFB
+from tests.integration.flow import create
 from tests.integration.test_cli_telemetry import Up, start_up
 
 pytestmark = pytest.mark.integration
@@ -78,3 +79,34 @@ def test_tokens_create_help_says_no_restart_is_needed() -> None:
     out = subprocess.run([str(AIFB), "tokens", "create", "--help"], capture_output=True,
                          text=True, timeout=60).stdout
     assert "no restart is needed" in " ".join(out.split())
+
+
+@pytest.mark.parametrize(("field", "kwargs"), [
+    ("message", {"message": "x" * 10_000_000}),
+    ("endpoint.host", {"endpoint": common_pb2.Endpoint(host="h" * 300, port=80)}),
+    ("log_tail", {"log_tail": "y" * 70_000}),
+])
+def test_an_oversized_report_is_refused_and_the_owners_lists_stay_readable(
+        local_server: RunningServer, field: str, kwargs: dict[str, object]) -> None:
+    """A 10 MB report message became the state message and pushed GetService/ListServices past
+    the client's 4 MB limit for that owner (issue 11, item 8)."""
+    stub = local_server.stub()
+    svc = create(stub, "sleeper")
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ReportServiceEvent(server_pb2.ReportServiceEventRequest(
+                name=svc.name, kind=server_pb2.SERVICE_EVENT_KIND_READY, **kwargs), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in (err.value.details() or "")
+        assert stub.GetService(server_pb2.GetServiceRequest(name=svc.name), timeout=30).service
+        assert stub.ListServices(server_pb2.ListServicesRequest(), timeout=30).services
+    finally:
+        local_server.cancel_all()
+
+
+def test_an_oversized_filter_is_refused(local_server: RunningServer) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        local_server.stub().ListServices(
+            server_pb2.ListServicesRequest(filter="recipe=x " * 1000), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 4096" in (err.value.details() or "")
