@@ -15,7 +15,7 @@ from grpc_status import rpc_status
 from aifb.mesh.auth import Authenticator, Principal, current_principal
 from aifb.mesh.errors import ERROR_DOMAIN, AifbError, InvalidArgument, Unauthenticated
 
-__all__ = ["PUBLIC_METHOD_PREFIXES", "MeshInterceptor", "status_for_error"]
+__all__ = ["PUBLIC_METHOD_PREFIXES", "InTaskStreams", "MeshInterceptor", "status_for_error"]
 
 log = logging.getLogger(__name__)
 
@@ -214,3 +214,46 @@ def _refusal(handler: Handler) -> Handler:
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(refuse, **serializer)
     return grpc.stream_stream_rpc_method_handler(refuse_stream, **serializer)
+
+
+class InTaskStreams(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """The outermost interceptor: runs each server-streaming handler as a coroutine that writes
+    its responses and closes the handler's generator in the RPC's own task.
+
+    grpc drains an async-generator handler with `async for ... write()`: when a write fails
+    because the client went away, the generator is left open and asyncio's finaliser closes it
+    later in another task, whose context cannot reset the context variables the interceptors
+    set (tracing's context, the Principal): a ValueError and a traceback in the log, and an
+    error status sent on a finished call."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        kwargs = {"request_deserializer": handler.request_deserializer,
+                  "response_serializer": handler.response_serializer}
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(_writer(handler.unary_stream), **kwargs)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(_writer(handler.stream_stream),
+                                                         **kwargs)
+        return handler
+
+
+def _writer(behavior: Any) -> Callable[..., Awaitable[None]]:
+    async def write_all(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        result = behavior(request, context)
+        if not inspect.isasyncgen(result):  # a handler that writes itself (health's Watch)
+            await result
+            return
+        try:
+            async for item in result:
+                await context.write(item)
+        finally:
+            await result.aclose()
+
+    return write_all

@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from aifb.mesh.auth import Authenticator
 from aifb.mesh.config import MeshConfig, is_loopback
 from aifb.mesh.errors import InvalidArgument
-from aifb.mesh.interceptors import MeshInterceptor
+from aifb.mesh.interceptors import InTaskStreams, MeshInterceptor
 
 __all__ = ["MeshServer", "ServiceBinding", "create_server", "serve_until_signal"]
 
@@ -82,7 +82,8 @@ async def create_server(
         # Health is not traced: the OTel interceptor expects handlers that yield, and the health
         # servicer's Watch writes with context.write (every Watch failed with UNKNOWN). Probes
         # every few seconds would only bury the traces that matter anyway.
-        interceptors=[aio_server_interceptor(tracer_provider=tracer_provider,
+        interceptors=[InTaskStreams(),
+                      aio_server_interceptor(tracer_provider=tracer_provider,
                                              filter_=filters.negate(filters.health_check())),
                       MeshInterceptor(authenticator)],
         options=[("grpc.max_receive_message_length", 16 * 1024 * 1024),

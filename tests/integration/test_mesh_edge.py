@@ -133,3 +133,26 @@ def test_state_on_disk_is_owner_only_while_running(edge: Edge) -> None:
     loose = {name: oct(mode) for name, mode in found.items()
              if mode & 0o077 or (Path(home / name).is_file() and mode & 0o111)}
     assert not loose, loose
+
+
+def test_streams_cancelled_by_their_clients_end_without_a_traceback(edge: Edge) -> None:
+    """A client that goes away mid-stream: grpc used to leave the handler's generator to
+    asyncio's finaliser, which closed it in another task ("was created in a different Context",
+    an error status sent on a finished call, a traceback in the log; seen in CI)."""
+    from aifb.v1 import server_pb2, server_pb2_grpc
+
+    auth = (("authorization", f"Bearer {edge.token}"),)
+    stub = server_pb2_grpc.ServerServiceStub(edge.channel)
+    for _ in range(100):
+        stream = stub.WatchServices(server_pb2.WatchServicesRequest(include_snapshot=True),
+                                    metadata=auth, timeout=10)
+        stream.cancel()
+        snapshots = health_pb2_grpc.HealthStub(edge.channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=10)
+        next(snapshots)
+        snapshots.cancel()
+    # The server is still healthy, and said nothing alarming about any of it.
+    reply = health_pb2_grpc.HealthStub(edge.channel).Check(
+        health_pb2.HealthCheckRequest(service=""), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert not edge.tracebacks(), edge.daemon.log()
