@@ -23,14 +23,16 @@ from aifb.collector.convert import metric_batch_from_wire
 from aifb.collector.fast_logs import log_batch_from_wire, prepare_logs, read_log_view
 from aifb.collector.fast_metrics import FastMetrics, read_metric_view
 from aifb.collector.loki import LokiForwarder
-from aifb.collector.model import LogBatchIn, MetricBatchIn, PushOutcome
+from aifb.collector.model import Labels, LogBatchIn, MetricBatchIn, PushOutcome
 from aifb.collector.packed import PackedSeries, pack_series
 from aifb.collector.raw_metrics import RawMetrics, read_raw_batch
 from aifb.collector.remote_write import RemoteWriter
 from aifb.collector.stats import Stats
 from aifb.collector.stores import LatestStore, LogStore, TraceStore
 from aifb.collector.validate import PreparedLogs, Validator
-from aifb.mesh.errors import InvalidArgument, ResourceExhausted
+from aifb.mesh.access import job_may_push, operator_name
+from aifb.mesh.auth import Principal
+from aifb.mesh.errors import InvalidArgument, PermissionDenied, ResourceExhausted
 
 __all__ = ["Ingest", "SequenceWindow"]
 
@@ -83,6 +85,14 @@ class _Ready:
     clamped: int
     reasons: list[str]
     update_latest: Callable[[], None]
+    # Every accepted series' labels, for the job-token check (built only when asked).
+    label_sets: Callable[[], list[Labels]]
+
+
+def _agent_key(agent_id: str, who: Principal | None) -> str:
+    """Sequence numbers are per pushing identity: another user reusing an agent's id (with
+    high numbers) would otherwise make that agent's next batches look like resends."""
+    return agent_id if who is None else f"{who.user}/{who.service}/{agent_id}"
 
 
 def _message(reasons: list[str]) -> str:
@@ -144,19 +154,22 @@ class Ingest:
             else None
         return _Ready(packed, prepared.received, prepared.accepted, prepared.rejected,
                       prepared.clamped, prepared.reasons,
-                      lambda: self.latest.update(prepared.series))
+                      lambda: self.latest.update(prepared.series),
+                      lambda: [s.labels for s in prepared.series])
 
-    async def push_metrics(self, batch: MetricBatchIn) -> PushOutcome:
+    async def push_metrics(self, batch: MetricBatchIn, who: Principal | None = None
+                           ) -> PushOutcome:
         return await self._push_metrics(batch.agent_id, batch.sequence,
-                                        lambda: self._general(batch))
+                                        lambda: self._general(batch), who)
 
-    async def push_metrics_wire(self, data: bytes) -> PushOutcome:
+    async def push_metrics_wire(self, data: bytes, who: Principal | None = None
+                                ) -> PushOutcome:
         """A serialized PushMetricsRequest: the raw path (`RawMetrics`) when every series
         has the same sample count, the view path (`FastMetrics`) for other regular batches,
         else the general one; whichever it is, the same checks, counts and answers."""
         raw = read_raw_batch(data)
         if raw is None:
-            return await self.push_metrics(metric_batch_from_wire(data))
+            return await self.push_metrics(metric_batch_from_wire(data), who)
 
         def prepare() -> _Ready:
             fast = self.raw.prepare(raw)  # the usual batch; then the view path, then general
@@ -170,21 +183,24 @@ class Ingest:
                           done.received, 0, 0, [],
                           lambda: self.latest.update_packed(done.keys, done.packed.labels,
                                                             done.last_timestamps,
-                                                            done.last_values, done.series))
-        return await self._push_metrics(raw.agent_id, raw.sequence, prepare)
+                                                            done.last_values, done.series),
+                          lambda: done.packed.labels)
+        return await self._push_metrics(raw.agent_id, raw.sequence, prepare, who)
 
     async def _push_metrics(self, agent_id: str, sequence: int,
-                            prepare: Callable[[], _Ready]) -> PushOutcome:
+                            prepare: Callable[[], _Ready], who: Principal | None) -> PushOutcome:
         stats = self.stats
         stats.metric_batches_received += 1
-        agent = self.metric_seqs.agent(agent_id)
+        agent = self.metric_seqs.agent(_agent_key(agent_id, who))
         async with agent.lock:
             if self.metric_seqs.is_duplicate(agent, sequence):
                 stats.metric_batches_duplicate += 1
                 return PushOutcome(sequence, duplicate=True)
             try:
                 ready = prepare()
-            except InvalidArgument:
+                if who is not None and who.is_job:
+                    job_may_push(who, ready.label_sets())
+            except (InvalidArgument, PermissionDenied):
                 stats.metric_batches_invalid += 1
                 raise
             if ready.packed is not None:
@@ -201,11 +217,11 @@ class Ingest:
         return PushOutcome(sequence, accepted=ready.accepted, rejected=ready.rejected,
                            error_message=_message(ready.reasons))
 
-    async def push_logs(self, batch: LogBatchIn) -> PushOutcome:
+    async def push_logs(self, batch: LogBatchIn, who: Principal | None = None) -> PushOutcome:
         return await self._push_logs(batch.agent_id, batch.sequence,
-                                     lambda: self.validator.logs(batch))
+                                     lambda: self.validator.logs(batch), who)
 
-    async def push_logs_wire(self, data: bytes) -> PushOutcome:
+    async def push_logs_wire(self, data: bytes, who: Principal | None = None) -> PushOutcome:
         """A serialized PushLogsRequest: the fast path (`fast_logs`, lines kept as bytes) when
         the view reads it exactly, else the general one; the same checks, counts and answers."""
         try:
@@ -217,33 +233,36 @@ class Ingest:
             raise
         if view is None:
             assert batch is not None
-            return await self.push_logs(batch)
+            return await self.push_logs(batch, who)
 
         def prepare() -> PreparedLogs:
             prepared = prepare_logs(self.validator, view)
             return self.validator.logs(log_batch_from_wire(data)) if prepared is None \
                 else prepared
-        return await self._push_logs(view.agent_id, view.sequence, prepare)
+        return await self._push_logs(view.agent_id, view.sequence, prepare, who)
 
     async def _push_logs(self, agent_id: str, sequence: int,
-                         prepare: Callable[[], PreparedLogs]) -> PushOutcome:
+                         prepare: Callable[[], PreparedLogs], who: Principal | None
+                         ) -> PushOutcome:
         stats = self.stats
         stats.log_batches_received += 1
-        agent = self.log_seqs.agent(agent_id)
+        agent = self.log_seqs.agent(_agent_key(agent_id, who))
         async with agent.lock:
             if self.log_seqs.is_duplicate(agent, sequence):
                 stats.log_batches_duplicate += 1
                 return PushOutcome(sequence, duplicate=True)
             try:
                 prepared = prepare()
-            except InvalidArgument:
+                job_may_push(who, (labels for labels, _, _ in prepared.streams))
+            except (InvalidArgument, PermissionDenied):
                 stats.log_batches_invalid += 1
                 raise
             if prepared.streams and self.loki is not None:
                 await self._enqueue(self._log_queue, prepared.streams)  # type: ignore[arg-type]
             self.log_seqs.mark(agent, sequence)
+        owner = who.user if who is not None else operator_name()
         for labels, stamps, lines in prepared.streams:
-            self.logs.add_stream(labels, stamps, lines)
+            self.logs.add_stream(labels, stamps, lines, owner)
         stats.log_lines_received += prepared.received
         stats.log_lines_accepted += prepared.accepted
         stats.log_lines_rejected += prepared.rejected

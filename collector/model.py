@@ -97,3 +97,7 @@ class SpanRecord:
     end_ns: int
     attributes: dict[str, str] = field(default_factory=dict)
     status: str = "UNSET"
+    # "" for spans made in this process or exported by the operator: they say truly whose
+    # call they were (`enduser.id`). Otherwise the user who exported the span, which may claim
+    # anything.
+    exported_by: str = ""

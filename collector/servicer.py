@@ -16,6 +16,7 @@ from aifb.collector.convert import log_batch_from_proto, metric_batch_from_proto
 from aifb.collector.ingest import Ingest
 from aifb.collector.model import PushOutcome, SpanRecord
 from aifb.collector.stats import Stats
+from aifb.mesh.access import caller, operator_caller, operator_name, user_caller
 from aifb.mesh.errors import InvalidArgument, NotFound
 from aifb.mesh.server import ServiceBinding
 from aifb.v1 import collector_pb2, collector_pb2_grpc
@@ -70,11 +71,12 @@ class CollectorServicer(collector_pb2_grpc.CollectorServiceServicer):
             context: Context) -> AsyncIterator[collector_pb2.PushMetricsResponse]:
         """Mounted by `collector_bindings`, requests arrive as their wire bytes (parsed by the
         ingest's fast path); a caller passing messages gets the same answers."""
+        who = caller()
         async for request in request_iterator:
             if isinstance(request, bytes):
-                out = await self.ingest.push_metrics_wire(request)
+                out = await self.ingest.push_metrics_wire(request, who)
             else:
-                out = await self.ingest.push_metrics(metric_batch_from_proto(request.batch))
+                out = await self.ingest.push_metrics(metric_batch_from_proto(request.batch), who)
             yield collector_pb2.PushMetricsResponse(
                 sequence=out.sequence, duplicate=out.duplicate, accepted_samples=out.accepted,
                 rejected_samples=out.rejected, error_message=out.error_message)
@@ -84,18 +86,21 @@ class CollectorServicer(collector_pb2_grpc.CollectorServiceServicer):
             context: Context) -> AsyncIterator[collector_pb2.PushLogsResponse]:
         """Mounted by `collector_bindings`, requests arrive as their wire bytes (read by the
         ingest's fast path, `fast_logs`); a caller passing messages gets the same answers."""
+        who = caller()
         async for request in request_iterator:
             out: PushOutcome
             if isinstance(request, bytes):
-                out = await self.ingest.push_logs_wire(request)
+                out = await self.ingest.push_logs_wire(request, who)
             else:
-                out = await self.ingest.push_logs(log_batch_from_proto(request.batch))
+                out = await self.ingest.push_logs(log_batch_from_proto(request.batch), who)
             yield collector_pb2.PushLogsResponse(
                 sequence=out.sequence, duplicate=out.duplicate, accepted_lines=out.accepted,
                 rejected_lines=out.rejected, error_message=out.error_message)
 
     async def QueryLogs(self, request: collector_pb2.QueryLogsRequest,
                         context: Context) -> collector_pb2.QueryLogsResponse:
+        """The caller's own lines: those their tokens (and their jobs' tokens) pushed."""
+        user = user_caller().user
         limit = request.limit or 1000
         if not 1 <= limit <= 10_000:
             raise InvalidArgument(f"limit must be 1..10000 (0 means 1000), got {request.limit}",
@@ -105,23 +110,25 @@ class CollectorServicer(collector_pb2_grpc.CollectorServiceServicer):
         if start and end and end < start:
             raise InvalidArgument("end_time is before start_time", field="end_time")
         found = self.ingest.logs.query(_labels(request.labels), start, end, limit,
-                                       request.contains)
+                                       request.contains, owner=user)
         return collector_pb2.QueryLogsResponse(entries=[
             collector_pb2.LogEntry(labels=dict(r.labels), time=_timestamp(r.timestamp_ns),
                                    line=r.line) for r in found])
 
     async def GetCollectorStats(self, request: collector_pb2.GetCollectorStatsRequest,
                                 context: Context) -> collector_pb2.GetCollectorStatsResponse:
+        operator_caller("the collector's counters")
         return collector_pb2.GetCollectorStatsResponse(
             stats=stats_to_proto(self.ingest.stats, self.ingest.queue_depth()))
 
     async def GetTrace(self, request: collector_pb2.GetTraceRequest,
                        context: Context) -> collector_pb2.GetTraceResponse:
+        user = user_caller().user
         trace_id = request.trace_id.lower()
         if not _TRACE_ID.fullmatch(trace_id):
             raise InvalidArgument(f"trace_id must be 32 hex digits, got {request.trace_id!r}",
                                   field="trace_id")
-        spans = self.ingest.traces.get(trace_id)
+        spans = self.ingest.traces.get(trace_id, user, operator_name())
         if not spans:
             raise NotFound(f"trace {trace_id} is not kept by this collector")
         return collector_pb2.GetTraceResponse(spans=[collector_pb2.Span(
@@ -140,7 +147,8 @@ def _any_value(value: common_pb2.AnyValue) -> str:
     return str(getattr(value, kind))
 
 
-def spans_from_otlp(request: trace_service_pb2.ExportTraceServiceRequest) -> list[SpanRecord]:
+def spans_from_otlp(request: trace_service_pb2.ExportTraceServiceRequest, *,
+                    exported_by: str = "") -> list[SpanRecord]:
     out: list[SpanRecord] = []
     for rs in request.resource_spans:
         service = next((_any_value(a.value) for a in rs.resource.attributes
@@ -153,7 +161,7 @@ def spans_from_otlp(request: trace_service_pb2.ExportTraceServiceRequest) -> lis
                     service_name=service, start_ns=span.start_time_unix_nano,
                     end_ns=span.end_time_unix_nano,
                     attributes={a.key: _any_value(a.value) for a in span.attributes},
-                    status=_STATUS.get(span.status.code, "UNSET")))
+                    status=_STATUS.get(span.status.code, "UNSET"), exported_by=exported_by))
     return out
 
 
@@ -165,7 +173,10 @@ class OtlpTraceServicer(trace_service_pb2_grpc.TraceServiceServicer):
 
     async def Export(self, request: trace_service_pb2.ExportTraceServiceRequest,
                      context: Context) -> trace_service_pb2.ExportTraceServiceResponse:
-        spans = spans_from_otlp(request)
+        # The operator's processes (a standalone server) say truly whose calls their spans
+        # were; what another user exports joins traces but never makes one theirs to read.
+        user = user_caller().user
+        spans = spans_from_otlp(request, exported_by="" if user == operator_name() else user)
         self.ingest.traces.add(spans)
         self.ingest.stats.spans_received += len(spans)
         return trace_service_pb2.ExportTraceServiceResponse()

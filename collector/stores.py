@@ -100,44 +100,48 @@ class LogStore:
     def __init__(self, max_lines: int) -> None:
         self.max_lines = max(max_lines, 0)
         self.enabled = max_lines > 0
-        self._chunks: deque[tuple[Labels, list[int], list[str] | list[bytes]]] = deque()
+        # (owner, labels, times, lines): the owner is the user whose token pushed the stream.
+        self._chunks: deque[tuple[str, Labels, list[int], list[str] | list[bytes]]] = deque()
         self._count = 0
 
     @property
     def lines(self) -> list[LogRecord]:
         """Every kept line, oldest first (for tests and small stores)."""
-        return [LogRecord(labels, t, _text(line)) for labels, stamps, texts in self._chunks
+        return [LogRecord(labels, t, _text(line)) for _, labels, stamps, texts in self._chunks
                 for t, line in zip(stamps, texts, strict=True)]
 
-    def extend(self, records: Iterable[LogRecord]) -> None:
+    def extend(self, records: Iterable[LogRecord], owner: str = "") -> None:
         if self.enabled:
             for r in records:
-                self.add_stream(r.labels, [r.timestamp_ns], [r.line])
+                self.add_stream(r.labels, [r.timestamp_ns], [r.line], owner)
 
     def add_stream(self, labels: Labels, stamps: list[int],
-                   lines: list[str] | list[bytes]) -> None:
+                   lines: list[str] | list[bytes], owner: str = "") -> None:
         if not self.enabled or not stamps:
             return
         if len(stamps) > self.max_lines:
             stamps, lines = stamps[-self.max_lines:], lines[-self.max_lines:]
-        self._chunks.append((labels, stamps, lines))
+        self._chunks.append((owner, labels, stamps, lines))
         self._count += len(stamps)
         while self._count > self.max_lines:
-            old_labels, old_stamps, old_lines = self._chunks[0]
+            old_owner, old_labels, old_stamps, old_lines = self._chunks[0]
             extra = self._count - self.max_lines
             if extra >= len(old_stamps):
                 self._chunks.popleft()
                 self._count -= len(old_stamps)
             else:
-                self._chunks[0] = (old_labels, old_stamps[extra:], old_lines[extra:])
+                self._chunks[0] = (old_owner, old_labels, old_stamps[extra:], old_lines[extra:])
                 self._count -= extra
 
     def query(self, matchers: Mapping[str, str], start_ns: int, end_ns: int, limit: int,
-              contains: str = "") -> list[LogRecord]:
-        """The newest `limit` lines matching every label and the time range, oldest first."""
+              contains: str = "", owner: str | None = None) -> list[LogRecord]:
+        """The newest `limit` lines matching every label and the time range, oldest first;
+        with `owner`, only lines that user's tokens pushed."""
         wanted = set(matchers.items())
         found: list[LogRecord] = []
-        for labels, stamps, texts in reversed(self._chunks):
+        for pusher, labels, stamps, texts in reversed(self._chunks):
+            if owner is not None and pusher != owner:
+                continue
             if wanted and not wanted.issubset(labels):
                 continue
             for t, raw in zip(reversed(stamps), reversed(texts), strict=True):
@@ -183,5 +187,22 @@ class TraceStore:
             _, evicted = self.traces.popitem(last=False)
             self.span_count -= len(evicted)
 
-    def get(self, trace_id: str) -> list[SpanRecord]:
-        return sorted(self.traces.get(trace_id.lower(), ()), key=lambda s: s.start_ns)
+    def get(self, trace_id: str, user: str | None = None, operator: str = ""
+            ) -> list[SpanRecord]:
+        """The trace's spans by start time; with `user`, only if the trace is theirs, else
+        none (another user's trace is as absent as an unknown one). A trace is the users' its
+        trusted spans name (`enduser.id`); with trusted spans naming nobody, the operator's;
+        with no trusted span at all, the user's who exported every one of its spans."""
+        spans = self.traces.get(trace_id.lower(), ())
+        if user is not None and user not in _trace_owners(spans, operator):
+            return []
+        return sorted(spans, key=lambda s: s.start_ns)
+
+
+def _trace_owners(spans: Iterable[SpanRecord], operator: str) -> set[str]:
+    trusted = [s for s in spans if not s.exported_by]
+    if trusted:
+        named = {s.attributes["enduser.id"] for s in trusted if "enduser.id" in s.attributes}
+        return named or {operator}
+    exporters = {s.exported_by for s in spans}
+    return exporters if len(exporters) == 1 else set()

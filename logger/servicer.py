@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from aifb.mesh.access import operator_caller
 from aifb.mesh.errors import InvalidArgument
 from aifb.mesh.server import ServiceBinding
 from aifb.v1 import logger_pb2, logger_pb2_grpc
@@ -33,6 +34,7 @@ class LoggerServicer(logger_pb2_grpc.LoggerServiceServicer):
 
     async def ListLogSources(self, request: logger_pb2.ListLogSourcesRequest, context: Ctx
                              ) -> logger_pb2.ListLogSourcesResponse:
+        operator_caller("the logger's sources")
         sources = []
         for src in list(self.agent.sources.values()):
             pos = self.agent.checkpoint.positions.get(src.path)
@@ -44,6 +46,7 @@ class LoggerServicer(logger_pb2_grpc.LoggerServiceServicer):
 
     async def TailLogs(self, request: logger_pb2.TailLogsRequest, context: Ctx
                        ) -> AsyncIterator[logger_pb2.TailLogsResponse]:
+        operator_caller("the logger's live lines")
         if not 0 <= request.initial_lines <= _MAX_INITIAL:
             raise InvalidArgument(f"initial_lines must be 0..{_MAX_INITIAL}",
                                   field="initial_lines")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from aifb.mesh.access import operator_caller
 from aifb.mesh.errors import InvalidArgument
 from aifb.mesh.server import ServiceBinding
 from aifb.v1 import monitor_pb2, monitor_pb2_grpc
@@ -32,12 +33,14 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
 
     async def GetSnapshot(self, request: monitor_pb2.GetSnapshotRequest, context: Ctx
                           ) -> monitor_pb2.GetSnapshotResponse:
+        operator_caller("the node's snapshot")
         snapshot = await self.agent.collect_now()
         return monitor_pb2.GetSnapshotResponse(
             snapshot=_shape(snapshot, request.include_metrics))
 
     async def WatchSnapshots(self, request: monitor_pb2.WatchSnapshotsRequest, context: Ctx
                              ) -> AsyncIterator[monitor_pb2.WatchSnapshotsResponse]:
+        operator_caller("the node's snapshots")
         if request.interval_ms and request.interval_ms < 200:
             raise InvalidArgument("interval_ms must be 0 or at least 200", field="interval_ms")
         if request.interval_ms:

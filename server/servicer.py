@@ -8,8 +8,9 @@ from typing import Any
 
 import grpc
 
+from aifb.mesh.access import user_caller
 from aifb.mesh.auth import Principal, current_principal
-from aifb.mesh.errors import InvalidArgument, PermissionDenied
+from aifb.mesh.errors import InvalidArgument
 from aifb.server.convert import (
     recipe_to_proto,
     resource_request_from_proto,
@@ -40,11 +41,6 @@ def _user() -> Principal:
     return principal
 
 
-def _human() -> Principal:
-    principal = current_principal.get()
-    if principal.is_job:
-        raise PermissionDenied("a job's report token may only call ReportServiceEvent")
-    return principal
 
 
 def _tail(path: str, limit: int) -> tuple[str, bool]:
@@ -81,13 +77,13 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
 
     async def ListRecipes(self, request: server_pb2.ListRecipesRequest, context: Ctx
                           ) -> server_pb2.ListRecipesResponse:
-        _human()
+        user_caller()
         return server_pb2.ListRecipesResponse(recipes=[
             recipe_to_proto(r, runnable=runnable_here(r)) for r in self.deployer.catalog.list()])
 
     async def GetRecipe(self, request: server_pb2.GetRecipeRequest, context: Ctx
                         ) -> server_pb2.GetRecipeResponse:
-        _human()
+        user_caller()
         if not request.name:
             raise InvalidArgument("name is required", field="name")
         recipe = self.deployer.catalog.get(request.name)
@@ -96,7 +92,7 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
 
     async def RenderService(self, request: server_pb2.RenderServiceRequest, context: Ctx
                             ) -> server_pb2.RenderServiceResponse:
-        _human()
+        user_caller()
         if not request.recipe:
             raise InvalidArgument("recipe is required", field="recipe")
         prepared = self.deployer.render(request.recipe, dict(request.parameters),
@@ -108,7 +104,7 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
 
     async def CreateService(self, request: server_pb2.CreateServiceRequest, context: Ctx
                             ) -> server_pb2.CreateServiceResponse:
-        principal = _human()
+        principal = user_caller()
         if not request.recipe:
             raise InvalidArgument("recipe is required", field="recipe")
         record = await self.manager.create(
@@ -119,12 +115,12 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
 
     async def GetService(self, request: server_pb2.GetServiceRequest, context: Ctx
                          ) -> server_pb2.GetServiceResponse:
-        record = self.manager.get(_human(), request.name)
+        record = self.manager.get(user_caller(), request.name)
         return server_pb2.GetServiceResponse(service=service_to_proto(record))
 
     async def ListServices(self, request: server_pb2.ListServicesRequest, context: Ctx
                            ) -> server_pb2.ListServicesResponse:
-        records = self.manager.owned(_human())
+        records = self.manager.owned(user_caller())
         result = page(records, page_size=request.page_size, token=request.page_token,
                       filter_text=request.filter)
         return server_pb2.ListServicesResponse(
@@ -133,12 +129,12 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
 
     async def DeleteService(self, request: server_pb2.DeleteServiceRequest, context: Ctx
                             ) -> server_pb2.DeleteServiceResponse:
-        record = await self.manager.delete(_human(), request.name)
+        record = await self.manager.delete(user_caller(), request.name)
         return server_pb2.DeleteServiceResponse(service=service_to_proto(record))
 
     async def WatchService(self, request: server_pb2.WatchServiceRequest, context: Ctx
                            ) -> AsyncIterator[server_pb2.WatchServiceResponse]:
-        principal = _human()
+        principal = user_caller()
         sid = parse_service_id(request.name)
         hub = self.manager.hub
         sub = hub.subscribe(lambda r: r.id == sid)
@@ -160,7 +156,7 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
 
     async def WatchServices(self, request: server_pb2.WatchServicesRequest, context: Ctx
                             ) -> AsyncIterator[server_pb2.WatchServicesResponse]:
-        principal = _human()
+        principal = user_caller()
         accept = parse_filter(request.filter)
         hub = self.manager.hub
 
@@ -197,7 +193,7 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
 
     async def GetServiceLogs(self, request: server_pb2.GetServiceLogsRequest, context: Ctx
                              ) -> server_pb2.GetServiceLogsResponse:
-        record = self.manager.get(_human(), request.name)
+        record = self.manager.get(user_caller(), request.name)
         if request.tail_bytes < 0 or request.tail_bytes > _MAX_LOG_TAIL:
             raise InvalidArgument(f"tail_bytes must be 0..{_MAX_LOG_TAIL}", field="tail_bytes")
         limit = request.tail_bytes or 65536

@@ -16,8 +16,8 @@ from aifb.client.service.convert import (
     workload_to_proto,
 )
 from aifb.client.service.manager import BenchmarkManager, CreateRequest
-from aifb.mesh.auth import Principal, current_principal
-from aifb.mesh.errors import InvalidArgument, PermissionDenied
+from aifb.mesh.access import user_caller
+from aifb.mesh.errors import InvalidArgument
 from aifb.server.listing import MAX_PAGE_SIZE
 from aifb.v1 import client_pb2 as C
 from aifb.v1 import client_pb2_grpc
@@ -30,11 +30,6 @@ _FORMATS = {C.REPORT_FORMAT_UNSPECIFIED: "json", C.REPORT_FORMAT_JSON: "json",
             C.REPORT_FORMAT_PARQUET: "parquet"}
 
 
-def _human() -> Principal:
-    principal = current_principal.get()
-    if principal.is_job:
-        raise PermissionDenied("a job's report token may only call ReportServiceEvent")
-    return principal
 
 
 class BenchmarkServicer(client_pb2_grpc.BenchmarkServiceServicer):
@@ -43,12 +38,12 @@ class BenchmarkServicer(client_pb2_grpc.BenchmarkServiceServicer):
 
     async def ListWorkloads(self, request: C.ListWorkloadsRequest, context: Ctx
                             ) -> C.ListWorkloadsResponse:
-        _human()
+        user_caller()
         return C.ListWorkloadsResponse(workloads=[workload_to_proto(k) for k in all_kinds()])
 
     async def CreateBenchmark(self, request: C.CreateBenchmarkRequest, context: Ctx
                               ) -> C.CreateBenchmarkResponse:
-        principal = _human()
+        principal = user_caller()
         target = request.WhichOneof("target")
         req = CreateRequest(
             workload=request.workload, service=request.service if target == "service" else "",
@@ -61,7 +56,7 @@ class BenchmarkServicer(client_pb2_grpc.BenchmarkServiceServicer):
     async def GetBenchmark(self, request: C.GetBenchmarkRequest, context: Ctx
                            ) -> C.GetBenchmarkResponse:
         return C.GetBenchmarkResponse(
-            benchmark=record_to_proto(self.manager.get(_human(), request.name)))
+            benchmark=record_to_proto(self.manager.get(user_caller(), request.name)))
 
     async def ListBenchmarks(self, request: C.ListBenchmarksRequest, context: Ctx
                              ) -> C.ListBenchmarksResponse:
@@ -69,19 +64,19 @@ class BenchmarkServicer(client_pb2_grpc.BenchmarkServiceServicer):
 
         if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
             raise InvalidArgument(f"page_size must be 0..{MAX_PAGE_SIZE}", field="page_size")
-        items, token = page(self.manager.owned(_human()), page_size=request.page_size,
+        items, token = page(self.manager.owned(user_caller()), page_size=request.page_size,
                             token=request.page_token, filter_text=request.filter)
         return C.ListBenchmarksResponse(benchmarks=[record_to_proto(r) for r in items],
                                         next_page_token=token)
 
     async def CancelBenchmark(self, request: C.CancelBenchmarkRequest, context: Ctx
                               ) -> C.CancelBenchmarkResponse:
-        record = await self.manager.cancel(_human(), request.name)
+        record = await self.manager.cancel(user_caller(), request.name)
         return C.CancelBenchmarkResponse(benchmark=record_to_proto(record))
 
     async def WatchBenchmark(self, request: C.WatchBenchmarkRequest, context: Ctx
                              ) -> AsyncIterator[C.WatchBenchmarkResponse]:
-        async for record, progress in self.manager.watch(_human(), request.name):
+        async for record, progress in self.manager.watch(user_caller(), request.name):
             msg = C.WatchBenchmarkResponse(benchmark=record_to_proto(record))
             if progress is not None:
                 msg.progress.CopyFrom(progress_to_proto(progress))
@@ -92,7 +87,7 @@ class BenchmarkServicer(client_pb2_grpc.BenchmarkServiceServicer):
         fmt = _FORMATS.get(request.format)
         if fmt is None or fmt not in FORMATS:
             raise InvalidArgument(f"unknown report format {request.format}", field="format")
-        record, doc = self.manager.result(_human(), request.name)
+        record, doc = self.manager.result(user_caller(), request.name)
         directory = self.manager.store.run_dir(record.id)
         content = render_report(record, doc, self.manager.store.read_json(
             record.id, "context.json") or {}, fmt, directory)

@@ -12,55 +12,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
-    ProtoReflectionDescriptorDatabase,
-)
 
 from aifb.mesh.channel import open_sync_channel
 from tests.integration.cli_procs import Daemon
+from tests.integration.rpc_probe import call_raw, methods
 from tests.integration.test_cli_telemetry import cli_env, start_up
 
 pytestmark = pytest.mark.integration
 
 GARBAGE = b"\xff\xff\xff\xff\x0f"  # a varint that never ends: no message parses it
-PUBLIC = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
-          "grpc.reflection.v1.ServerReflection")
-
-
-def _methods(channel: grpc.Channel) -> list[tuple[str, bool, bool]]:
-    """(path, client_streaming, server_streaming) of every non-public method, by reflection."""
-    db = ProtoReflectionDescriptorDatabase(channel)
-    pool = DescriptorPool(db)
-    out = []
-    for name in db.get_services():
-        if name in PUBLIC:
-            continue
-        for m in pool.FindServiceByName(name).methods:
-            out.append((f"/{name}/{m.name}", m.client_streaming, m.server_streaming))
-    return out
-
-
-def _call(channel: grpc.Channel, path: str, client_streaming: bool, server_streaming: bool,
-          metadata: tuple[tuple[str, str], ...]) -> grpc.StatusCode:
-    """Send GARBAGE as the (first) request body and return the status the call ends with."""
-    ident = {"request_serializer": None, "response_deserializer": None}
-    try:
-        if client_streaming and server_streaming:
-            for _ in channel.stream_stream(path, **ident)(iter([GARBAGE]), metadata=metadata,
-                                                          timeout=10):
-                pass
-        elif client_streaming:
-            channel.stream_unary(path, **ident)(iter([GARBAGE]), metadata=metadata, timeout=10)
-        elif server_streaming:
-            for _ in channel.unary_stream(path, **ident)(GARBAGE, metadata=metadata, timeout=10):
-                pass
-        else:
-            channel.unary_unary(path, **ident)(GARBAGE, metadata=metadata, timeout=10)
-    except grpc.RpcError as err:
-        return err.code()  # type: ignore[no-any-return]
-    return grpc.StatusCode.OK
 
 
 @dataclass
@@ -89,11 +50,11 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
 
 def test_every_method_refuses_a_garbage_body_without_a_token_as_unauthenticated(
         edge: Edge) -> None:
-    methods = _methods(edge.channel)
-    services = {path.split("/")[1] for path, _, _ in methods}
+    found = methods(edge.channel)
+    services = {path.split("/")[1] for path, _, _ in found}
     assert {"aifb.v1.ServerService", "aifb.v1.BenchmarkService", "aifb.v1.CollectorService",
             "aifb.v1.LoggerService", "aifb.v1.MonitorService"} <= services, services
-    codes = {path: _call(edge.channel, path, cs, ss, ()) for path, cs, ss in methods}
+    codes = {m[0]: call_raw(edge.channel, m, GARBAGE) for m in found}
     wrong = {p: c for p, c in codes.items() if c != grpc.StatusCode.UNAUTHENTICATED}
     assert not wrong, wrong
     assert not edge.tracebacks(), edge.daemon.log()
@@ -102,8 +63,7 @@ def test_every_method_refuses_a_garbage_body_without_a_token_as_unauthenticated(
 def test_every_method_refuses_an_undecodable_body_from_a_user_as_invalid_argument(
         edge: Edge) -> None:
     auth = (("authorization", f"Bearer {edge.token}"),)
-    codes = {path: _call(edge.channel, path, cs, ss, auth)
-             for path, cs, ss in _methods(edge.channel)}
+    codes = {m[0]: call_raw(edge.channel, m, GARBAGE, auth) for m in methods(edge.channel)}
     # The collector's push streams read their own wire bytes and answer per batch (a refused
     # batch is an error in its ack); every other method must name the bad request.
     raw = {p for p in codes if p.endswith(("/PushMetrics", "/PushLogs"))}
