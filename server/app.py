@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import sys
@@ -13,6 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from aifb.mesh.auth import Authenticator, TokenStore
 from aifb.mesh.config import Config
+from aifb.mesh.errors import SchedulerUnavailable
 from aifb.mesh.private import private_dir
 from aifb.mesh.server import MeshServer, ServiceBinding, create_server
 from aifb.server.deploy import Deployer
@@ -72,12 +74,15 @@ class ServerApp:
     token_path: Path
     extra: dict[str, object] = field(default_factory=dict)
     extensions: list[Extension] = field(default_factory=list)
+    reconciling: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
         return self.mesh.port
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self.reconciling is not None:
+            self.reconciling.cancel()
         self.manager.hub.close()
         for ext in self.extensions:
             if ext.stop is not None:
@@ -114,6 +119,8 @@ async def start_server_app(
     manager = ServiceManager(registry, sched, deployer, home=home, advertise_address="",
                              otlp_endpoint=config.mesh.otlp_endpoint, tracer=tracer)
     authenticator.add_resolver(manager.resolve_report_token)
+    # Taken before serving: creates of this process have no job id while sbatch runs either.
+    leftover = manager.unsubmitted()
     servicer = ServerServicer(manager, deployer)
     binding = ServiceBinding(
         full_name=server_pb2.DESCRIPTOR.services_by_name["ServerService"].full_name,
@@ -133,6 +140,12 @@ async def start_server_app(
                             config.server.poll_max_interval_seconds))
     manager.wake_poller = poller.wake
     poller.start()
+    reconciling = None
+    if leftover:
+        log.warning("%d services were being submitted when the server stopped: looking for "
+                    "their jobs", len(leftover))
+        reconciling = asyncio.create_task(_reconcile(manager, leftover,
+                                                     config.server.poll_interval_seconds))
     if exts:
         from aifb.mesh.auth import read_token_file
 
@@ -144,4 +157,17 @@ async def start_server_app(
     log.info("ServerService on port %d, scheduler %s, %d services to re-attach", mesh.port,
              sched.name, len(registry.polled()))
     return ServerApp(mesh=mesh, manager=manager, poller=poller, registry=registry,
+                     reconciling=reconciling,
                      scheduler=sched, token_path=token_path, extensions=exts)
+
+
+async def _reconcile(manager: ServiceManager, sids: list[str], interval: float) -> None:
+    """Reconcile what a stopped server left mid-submission; while the batch system does not
+    answer, try again (the services stay PENDING, saying why)."""
+    while True:
+        try:
+            await manager.reconcile(sids)
+            return
+        except SchedulerUnavailable as exc:
+            log.warning("cannot look for the jobs of %d services yet: %s", len(sids), exc)
+            await asyncio.sleep(max(interval, 1.0))

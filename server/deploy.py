@@ -12,10 +12,16 @@ from aifb.server.jobs import JobSpec
 from aifb.server.recipes.catalog import RecipeCatalog
 from aifb.server.recipes.resolve import MetricsTarget, build_job_spec, resolve
 
-__all__ = ["Deployer", "Prepared", "ResourceRequest"]
+__all__ = ["Deployer", "Prepared", "ResourceRequest", "job_name_for"]
 
 # RenderService shows the script for this id; CreateService uses the real one.
 PLACEHOLDER_ID = "render-only"
+
+
+def job_name_for(recipe: str, service_id: str) -> str:
+    """The batch job's name: unique per service, so a submission the server did not get to
+    record (it was killed while sbatch ran) is found again by name."""
+    return f"aifb-{recipe}-{service_id}"
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ class Deployer:
                 service_id: str, workdir: Path, environment: Mapping[str, str]) -> Prepared:
         resolved = resolve(self.catalog.get(recipe), params, resources)
         spec = build_job_spec(resolved, service_id=service_id,
-                              job_name=f"aifb-{recipe}-{service_id}", workdir=workdir,
+                              job_name=job_name_for(recipe, service_id), workdir=workdir,
                               python=self.python,
                               environment={**self.environment, **environment})
         return Prepared(spec=spec, script=render_batch_script(spec),

@@ -135,4 +135,9 @@ class Scheduler(Protocol):
 
     async def cancel(self, job_id: str) -> None: ...
 
+    async def find(self, job_names: Sequence[str]) -> dict[str, list[str]]:
+        """The ids of the live (not ended) jobs with these names, by name; ONE call to the
+        batch system. A server killed while submitting finds its job again with this."""
+        ...
+
     async def close(self) -> None: ...

@@ -23,7 +23,7 @@ from aifb.mesh.errors import (
     PermissionDenied,
 )
 from aifb.mesh.tracing import current_trace_id, traceparent_env
-from aifb.server.deploy import Deployer, Prepared, ResourceRequest
+from aifb.server.deploy import Deployer, Prepared, ResourceRequest, job_name_for
 from aifb.server.hub import Hub
 from aifb.server.jobs import JobStatus, Scheduler
 from aifb.server.model import ServiceRecord
@@ -72,6 +72,9 @@ class ServiceManager:
         self.tracer = tracer or trace.NoOpTracer()
         self._unseen_since: dict[str, float] = {}
         self._lock = asyncio.Lock()
+        # Services whose sbatch runs in this process now (a record without a job id that is
+        # not here was left by a server that stopped while submitting: see reconcile).
+        self._submitting: set[str] = set()
         # Set by the app to Poller.wake: a create or delete polls at once.
         self.wake_poller: Callable[[], None] | None = None
 
@@ -139,6 +142,7 @@ class ServiceManager:
                 request_id=request_id, report_token_hash=hash_token(token),
                 **_metrics_fields(prepared),
             )
+            self._submitting.add(sid)
             self.registry.insert(record)
             self.hub.publish(record)
             try:
@@ -146,14 +150,74 @@ class ServiceManager:
                     job_id = await self.scheduler.submit(prepared.spec, prepared.script)
                     submit_span.set_attribute("aifb.job_id", job_id)
             except AifbError as exc:
-                self._commit(record.evolve(time.time(), state=ServiceState.FAILED,
-                                           state_message=f"submission refused: {exc}"))
+                async with self._lock:
+                    self._submitting.discard(sid)
+                    current = self.registry.get(sid) or record
+                    self._commit(current.evolve(
+                        time.time(), state=ServiceState.STOPPED if current.delete_requested
+                        else ServiceState.FAILED, state_message=f"submission refused: {exc}"))
                 raise
             span.set_attribute("aifb.job_id", job_id)
-            record = self._commit(record.evolve(time.time(), job_id=job_id,
-                                                state_message="submitted; waiting for the job"))
+            record = await self._submitted(sid, record, job_id)
         self._wake()
         return record
+
+    async def _submitted(self, sid: str, record: ServiceRecord, job_id: str) -> ServiceRecord:
+        """Record the job id; a delete that came while sbatch ran cancels the job now (the
+        poller then sees it end)."""
+        async with self._lock:
+            self._submitting.discard(sid)
+            current = self.registry.get(sid) or record
+            if not current.delete_requested:
+                return self._commit(current.evolve(time.time(), job_id=job_id,
+                                                   state_message="submitted; waiting for the job"))
+            current = self._commit(current.evolve(time.time(), job_id=job_id))
+        await self.scheduler.cancel(job_id)
+        return current
+
+    # ---- reconciling what a stopped server left ------------------------------------------
+    def unsubmitted(self) -> list[str]:
+        """Services left without a job id by a server that stopped while submitting them
+        (call before serving: in-flight creates of this process have no job id either)."""
+        return [r.id for r in self.registry.polled()
+                if not r.job_id and r.id not in self._submitting]
+
+    async def reconcile(self, sids: Sequence[str]) -> None:
+        """Find each service's job by its name (one scheduler call): adopt it, or cancel it if
+        a delete came meanwhile; with none, the submission never reached the batch system and
+        the service fails saying so. Extra jobs of one service (never expected) are cancelled.
+        SchedulerUnavailable propagates: the caller retries, nothing is marked."""
+        records = [r for r in (self.registry.get(s) for s in sids)
+                   if r is not None and not r.job_id and not r.terminal]
+        if not records:
+            return
+        found = await self.scheduler.find([job_name_for(r.recipe, r.id) for r in records])
+        for record in records:
+            ids = found.get(job_name_for(record.recipe, record.id), [])
+            for extra in ids[1:]:
+                await self.scheduler.cancel(extra)
+            async with self._lock:
+                current = self.registry.get(record.id) or record
+                if current.job_id or current.terminal:
+                    continue
+                if not ids and current.delete_requested:
+                    self._commit(current.evolve(time.time(), state=ServiceState.STOPPED,
+                                                state_message="stopped before submission"))
+                    continue
+                if not ids:
+                    self._commit(current.evolve(
+                        time.time(), state=ServiceState.FAILED,
+                        state_message="the server stopped while submitting this service and "
+                        "no job of it was found: nothing runs; create it again"))
+                    continue
+                message = ("deletion requested" if current.delete_requested else
+                           "re-attached to the job submitted before the server stopped")
+                self._commit(current.evolve(time.time(), job_id=ids[0], state_message=message))
+            if current.delete_requested:
+                await self.scheduler.cancel(ids[0])
+            log.info("service %s: %s job %s after a restart", record.id,
+                     "cancelled" if current.delete_requested else "adopted", ids[0])
+        self._wake()
 
     async def delete(self, principal: Principal, name: str) -> ServiceRecord:
         record = self.get(principal, name)
@@ -168,9 +232,11 @@ class ServiceManager:
                                                 state_message="deletion requested"))
         if record.job_id:
             await self.scheduler.cancel(record.job_id)
-        else:
-            record = self._commit(record.evolve(time.time(), state=ServiceState.STOPPED,
-                                                state_message="stopped before submission"))
+        elif record.id not in self._submitting:
+            # Left by a server that stopped while submitting: its job may exist all the same.
+            await self.reconcile([record.id])
+            record = self.registry.get(record.id) or record
+        # (Still submitting here: create() cancels the job as soon as sbatch returns its id.)
         self._wake()
         return record
 

@@ -115,6 +115,7 @@ class _Job:
     start_ticks: int | None
     boot_id: str
     proc: subprocess.Popen[bytes] | None = None
+    name: str = ""
     final: JobStatus | None = None
     kill_timer: threading.Timer | None = field(default=None, repr=False)
 
@@ -220,7 +221,8 @@ class LocalScheduler:
                 start_new_session=True,
                 close_fds=True,
             )
-        job = _Job(job_id, workdir, proc.pid, process_start_ticks(proc.pid), _BOOT_ID, proc)
+        job = _Job(job_id, workdir, proc.pid, process_start_ticks(proc.pid), _BOOT_ID, proc,
+                   name=spec.job_name)
         self._save(job)
         with self._lock:
             self._jobs[job_id] = job
@@ -229,7 +231,8 @@ class LocalScheduler:
 
     def _save(self, job: _Job) -> None:
         record = {"job_id": job.job_id, "workdir": str(job.workdir), "pid": job.pid,
-                  "pgid": job.pid, "start_ticks": job.start_ticks, "boot_id": job.boot_id}
+                  "pgid": job.pid, "start_ticks": job.start_ticks, "boot_id": job.boot_id,
+                  "name": job.name}
         path = job.file("json")
         _write_private(path, json.dumps(record))
         link = self.state_dir / "jobs" / job.job_id
@@ -248,7 +251,7 @@ class LocalScheduler:
         except (OSError, ValueError):
             return None
         job = _Job(job_id, Path(record["workdir"]), int(record["pid"]), record.get("start_ticks"),
-                   str(record.get("boot_id", "")))
+                   str(record.get("boot_id", "")), name=str(record.get("name", "")))
         with self._lock:
             return self._jobs.setdefault(job_id, job)
 
@@ -298,6 +301,17 @@ class LocalScheduler:
             job = self._load(job_id)
             if job is not None:
                 out[job_id] = self._status(job)
+        return out
+
+    async def find(self, job_names: Sequence[str]) -> dict[str, list[str]]:
+        wanted = set(job_names)
+        out: dict[str, list[str]] = {}
+        if not wanted:
+            return out
+        for link in sorted((self.state_dir / "jobs").iterdir()):
+            job = self._load(link.name)
+            if job is not None and job.name in wanted and not self._status(job).terminal:
+                out.setdefault(job.name, []).append(job.job_id)
         return out
 
     # -- cancel -------------------------------------------------------------------------------

@@ -255,6 +255,22 @@ class SlurmCliScheduler:
                 self._remember(job_id, status)
         return found
 
+    async def find(self, job_names: Sequence[str]) -> dict[str, list[str]]:
+        names = sorted(set(job_names))
+        if not names:
+            return {}
+        # squeue lists pending and running jobs: the live ones. Our own only (--me).
+        rc, out, err = await self._run("squeue", "-h", "--me", "--name", ",".join(names),
+                                       "-o", "%i|%j")
+        if rc != 0:
+            raise SchedulerUnavailable(f"squeue: {_clean(err) or 'failed'}", tool="squeue")
+        found: dict[str, list[str]] = {}
+        for line in out.splitlines():
+            job_id, _, name = line.strip().partition("|")
+            if name in names and _JOB_ID.match(job_id):
+                found.setdefault(name, []).append(job_id)
+        return found
+
     def _remember(self, job_id: str, status: JobStatus) -> None:
         if job_id not in self._terminal and len(self._terminal) >= _TERMINAL_CACHE_SIZE:
             self._terminal.pop(next(iter(self._terminal)))

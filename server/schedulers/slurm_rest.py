@@ -284,6 +284,25 @@ class SlurmRestScheduler:
                 out[parsed.job_id] = parsed
         return out
 
+    async def find(self, job_names: Sequence[str]) -> dict[str, list[str]]:
+        wanted = set(job_names)
+        if not wanted:
+            return {}
+        version = await self.api()
+        status, body, text = await self._request("jobs", "GET", f"/slurm/{version.name}/jobs")
+        jobs = body.get("jobs") if isinstance(body, dict) else None
+        if status != 200 or not isinstance(jobs, list):
+            message = rest_error_message(body)[0] or text.strip()[:200] or f"HTTP {status}"
+            raise SchedulerUnavailable(f"slurmrestd could not list jobs: {message}",
+                                       http_status=status)
+        found: dict[str, list[str]] = {}
+        for job in jobs:
+            if isinstance(job, dict) and job.get("name") in wanted:
+                parsed = version.parse_job(job)
+                if not parsed.terminal:
+                    found.setdefault(str(job["name"]), []).append(parsed.job_id)
+        return found
+
     async def cancel(self, job_id: str) -> None:
         version = await self.api()
         path = f"/slurm/{version.name}/job/{check_job_id(job_id)}"

@@ -176,3 +176,77 @@ def test_watchers_reconnect_after_sigkill_and_follow_to_terminal(
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _our_jobs(home: Path) -> dict[str, str]:
+    """{job id: state} of the live SLURM jobs whose workdir lies under this test's home."""
+    out = subprocess.run(["squeue", "-h", "--me", "-o", "%i|%T|%Z"], capture_output=True,
+                         text=True, check=True).stdout
+    return {job: state for job, state, workdir in (line.split("|", 2) for line in
+                                                   out.splitlines() if line.strip())
+            if workdir.startswith(str(home))}
+
+
+def test_sigkill_in_a_burst_of_creates_leaves_no_job_untracked(
+        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """Killing `aifb up` while 24 creates are being submitted left services PENDING
+    'submitting' for good and SLURM jobs nobody tracked (issue 11, item 3). After a restart
+    every live job of ours belongs to a service, none is 'submitting', and deleting them all
+    leaves no job running."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    home = tmp_path / "home"
+    port = _free_port()
+    proc = _start(home, port)
+    try:
+        token = read_token_file(home / "token")
+        stub = server_pb2_grpc.ServerServiceStub(open_sync_channel(f"127.0.0.1:{port}",
+                                                                   token=token))
+
+        def one(i: int) -> str:
+            try:
+                return create(stub, "sleeper", request_id=f"burst-{i}").name
+            except grpc.RpcError as err:  # the server died under it: expected for some
+                return f"error: {err.code()}"
+
+        with ThreadPoolExecutor(24) as pool:
+            futures = [pool.submit(one, i) for i in range(24)]
+            # Kill once the first creates are through: the rest are mid-sbatch or queued.
+            while sum(f.done() for f in futures) < 3:
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            [f.result() for f in futures]
+        proc = _start(home, port)
+        stub = server_pb2_grpc.ServerServiceStub(open_sync_channel(f"127.0.0.1:{port}",
+                                                                   token=token))
+        deadline = time.monotonic() + 60
+        while True:  # the restarted server looks for the jobs of unfinished submissions
+            services = list(stub.ListServices(S.ListServicesRequest(page_size=100),
+                                              timeout=30).services)
+            if not any(s.state_message == "submitting" for s in services):
+                break
+            assert time.monotonic() < deadline, [s.state_message for s in services]
+            time.sleep(0.2)
+        tracked = {s.job.job_id for s in services if s.job.job_id}
+        live = _our_jobs(home)
+        assert live and set(live) <= tracked, (live, tracked)
+        for s in services:
+            stub.DeleteService(S.DeleteServiceRequest(name=s.name), timeout=30)
+        for s in services:
+            wait_for_state(stub, s.name, set(), timeout=60)
+        deadline = time.monotonic() + 30
+        while _our_jobs(home):  # scancel'd jobs leave squeue within a few seconds
+            assert time.monotonic() < deadline, _our_jobs(home)
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for job in _our_jobs(home):  # never leave the shared cluster busy
+            subprocess.run(["scancel", job], check=False)

@@ -76,6 +76,26 @@ def test_sleep_job_runs_and_cancel_gives_cancelled(
 
 
 @KINDS
+def test_find_gives_the_live_jobs_of_a_name_and_forgets_them_once_ended(
+    kind: str, slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """How a restarted server finds a job it submitted but did not get to record."""
+    name = f"aifb-find-{kind}-{time.monotonic_ns()}"
+
+    async def scenario(sched: Sched) -> tuple[str, dict[str, list[str]], dict[str, list[str]]]:
+        spec = job_spec(tmp_path, name=name, command=("sleep", "300"))
+        job_id = await sched.submit(spec, minimal_batch_script(spec))
+        live = await sched.find([name, "aifb-no-such-job"])
+        await sched.cancel(job_id)
+        await wait_for(sched, job_id, lambda s: s.terminal)
+        return job_id, live, await sched.find([name])
+
+    job_id, live, after = play(kind, slurm_cluster, scenario)
+    assert live == {name: [job_id]}
+    assert after == {}
+
+
+@KINDS
 def test_exit_3_gives_failed_with_exit_code_3(
     kind: str, slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:

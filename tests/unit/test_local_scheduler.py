@@ -216,3 +216,23 @@ def test_request_beyond_the_machine_is_rejected(
     with pytest.raises(SchedulerRejected, match=words.replace("(", r"\(").replace(")", r"\)")):
         run(submit(sched, tmp_path / "job", ["true"], **resources))
     assert not (tmp_path / "job").exists()  # nothing was started
+
+
+def test_find_gives_a_live_job_by_name_even_to_a_new_scheduler(tmp_path: Path) -> None:
+    """A restarted server (a new LocalScheduler on the same state folder) finds the job it
+    started but did not get to record; an ended job is not found."""
+    state = tmp_path / "state"
+
+    async def scenario() -> tuple[str, dict[str, list[str]], dict[str, list[str]]]:
+        first = LocalScheduler(state)
+        spec = job_spec(tmp_path / "job", name="aifb-sleeper-abc", command=("sleep", "30"))
+        job_id = await first.submit(spec, minimal_batch_script(spec))
+        again = LocalScheduler(state)
+        live = await again.find(["aifb-sleeper-abc", "aifb-other"])
+        await again.cancel(job_id)
+        await wait_for(again, job_id, lambda s: s.terminal)
+        return job_id, live, await again.find(["aifb-sleeper-abc"])
+
+    job_id, live, after = run(scenario())
+    assert live == {"aifb-sleeper-abc": [job_id]}
+    assert after == {}
