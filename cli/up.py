@@ -9,7 +9,16 @@ from typing import Any
 import typer
 
 from aifb.cli.context import handle_errors, state_of
-from aifb.cli.serve_options import INSECURE, NO_AUTH, TLS_CERT, TLS_CLIENT_CA, TLS_KEY
+from aifb.cli.serve_options import (
+    INSECURE,
+    NO_AUTH,
+    TLS_CA,
+    TLS_CERT,
+    TLS_CLIENT_CA,
+    TLS_KEY,
+    TLS_MESH_CERT,
+    TLS_MESH_KEY,
+)
 from aifb.mesh.config import Config
 from aifb.mesh.server import serve_until_signal
 from aifb.server.app import start_server_app
@@ -25,6 +34,9 @@ def up(
     tls_cert: str = TLS_CERT,
     tls_key: str = TLS_KEY,
     tls_client_ca: str = TLS_CLIENT_CA,
+    tls_ca: str = TLS_CA,
+    tls_mesh_cert: str = TLS_MESH_CERT,
+    tls_mesh_key: str = TLS_MESH_KEY,
     no_auth: bool = NO_AUTH,
     prometheus_remote_write: str = typer.Option(
         None, "--prometheus-remote-write", metavar="URL",
@@ -62,6 +74,8 @@ def up(
         overrides = {
             "mesh": {"home": state.home, "listen": listen, "insecure": insecure,
                      "tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca,
+                     "tls_ca": tls_ca, "tls_mesh_cert": tls_mesh_cert,
+                     "tls_mesh_key": tls_mesh_key,
                      "auth": False if no_auth else None, "otlp_endpoint": otlp_endpoint},
             "server": {"scheduler": scheduler, "slurmrest_url": slurmrest_url,
                        "sidecars": sidecars},
@@ -77,6 +91,7 @@ def up(
 async def _run(config: Config, collector: dict[str, Any], *, telemetry: bool) -> None:
     from aifb.client.service.app import benchmark_extension
     from aifb.mesh.auth import read_token_file
+    from aifb.mesh.tls import mesh_client_tls
     from aifb.mesh.tracing import make_tracer_provider
     from aifb.server.app import build_scheduler
     from aifb.server.sidecars import sidecars_enabled
@@ -115,7 +130,7 @@ async def _run(config: Config, collector: dict[str, Any], *, telemetry: bool) ->
         await embedded.start_agents(
             f"{loop_host}:{app.port}",
             read_token_file(app.token_path) if mesh.auth else None,
-            ca_file=mesh.tls_client_ca if mesh.tls else "")
+            mesh_client_tls(mesh))
     metrics = ""
     if embedded is not None and embedded.collector.http is not None:
         metrics = f"; /metrics on {embedded.collector.config.metrics_listen}"

@@ -36,6 +36,11 @@ class MeshConfig(_Section):
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # The CA that signed tls_cert, for the mesh's own clients (jobs, agents); default tls_cert.
+    tls_ca: str = ""
+    # The client certificate the mesh's own clients present under mTLS (signed by tls_client_ca).
+    tls_mesh_cert: str = ""
+    tls_mesh_key: str = ""
     insecure: bool = False
     otlp_endpoint: str = ""
     shutdown_grace_seconds: float = Field(default=5.0, ge=0)

@@ -20,6 +20,7 @@ from aifb.mesh.auth import Authenticator
 from aifb.mesh.config import MeshConfig, is_loopback
 from aifb.mesh.errors import InvalidArgument
 from aifb.mesh.interceptors import InTaskStreams, MeshInterceptor
+from aifb.mesh.tls import check_tls
 
 __all__ = ["MeshServer", "ServiceBinding", "create_server", "serve_until_signal"]
 
@@ -49,6 +50,7 @@ class MeshServer:
 
 
 def _credentials(config: MeshConfig) -> grpc.ServerCredentials | None:
+    check_tls(config)
     if not config.tls:
         if not is_loopback(config.listen) and not config.insecure:
             raise InvalidArgument(

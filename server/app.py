@@ -17,6 +17,7 @@ from aifb.mesh.config import Config
 from aifb.mesh.errors import SchedulerUnavailable
 from aifb.mesh.private import private_dir
 from aifb.mesh.server import MeshServer, ServiceBinding, create_server
+from aifb.mesh.tls import ClientTls, check_tls, mesh_client_tls
 from aifb.server.deploy import Deployer
 from aifb.server.jobs import Scheduler
 from aifb.server.manager import ServiceManager
@@ -52,10 +53,11 @@ def build_scheduler(config: Config) -> Scheduler:
 class Extension:
     """A component mounted beside ServerService that needs the server's domain (the
     BenchmarkService resolves services through the manager). `started` is told the loopback
-    address and the owner token once the port is bound; `stop` runs before the server stops."""
+    address, the owner token and the mesh's client TLS once the port is bound; `stop` runs
+    before the server stops."""
 
     bindings: tuple[ServiceBinding, ...]
-    started: Callable[[str, str | None], None] | None = None
+    started: Callable[[str, str | None, ClientTls], None] | None = None
     stop: Callable[[], Awaitable[None]] | None = None
 
 
@@ -103,6 +105,9 @@ async def start_server_app(
     extensions: Sequence[Extend] = (),
 ) -> ServerApp:
     """Start ServerService (plus `extra_bindings`, e.g. the other components in `aifb up`)."""
+    # Jobs and agents must reach the server the way it listens: refuse settings they cannot
+    # follow before anything is submitted.
+    check_tls(config.mesh, hosts_jobs=True)
     home = config.mesh.home_path
     private_dir(home)
     store = TokenStore(home)
@@ -111,6 +116,7 @@ async def start_server_app(
     registry = Registry(home / "server.db")
     sched = scheduler or build_scheduler(config)
     deployer = Deployer.from_config(config, python=sys.executable)
+    deployer.environment.update(mesh_client_tls(config.mesh).environment())
     deployer.environment.update(sidecar_environment(
         config, sched.name, collector_here=any(b.full_name == COLLECTOR_SERVICE
                                                for b in extra_bindings)))
@@ -153,7 +159,7 @@ async def start_server_app(
         token = read_token_file(token_path) if config.mesh.auth else None
         for ext in exts:
             if ext.started is not None:
-                ext.started(f"{loop_host}:{mesh.port}", token)
+                ext.started(f"{loop_host}:{mesh.port}", token, mesh_client_tls(config.mesh))
     log.info("ServerService on port %d, scheduler %s, %d services to re-attach", mesh.port,
              sched.name, len(registry.polled()))
     return ServerApp(mesh=mesh, manager=manager, poller=poller, registry=registry,

@@ -11,6 +11,7 @@ from google.protobuf.duration_pb2 import Duration
 from opentelemetry.propagate import inject
 
 from aifb.mesh.channel import open_sync_channel
+from aifb.mesh.tls import ClientTls
 from aifb.mesh.tracing import context_from_env, make_tracer_provider
 from aifb.v1 import common_pb2, server_pb2, server_pb2_grpc
 
@@ -37,7 +38,8 @@ class GrpcReporter:
     (a job must not die because the login node restarted)."""
 
     def __init__(self, address: str, service: str, token: str, *, job_id: str = "",
-                 ca_file: str = "", url_scheme: str = "", timeout: float = 15.0,
+                 ca_file: str = "", cert_file: str = "", key_file: str = "",
+                 url_scheme: str = "", timeout: float = 15.0,
                  environ: Mapping[str, str] | None = None) -> None:
         self.service = service
         self.job_id = job_id
@@ -48,7 +50,8 @@ class GrpcReporter:
         # OTLP when the server passed an endpoint; the report RPCs carry the context onwards.
         self.provider = make_tracer_provider("aifb-job",
                                              otlp_endpoint=env.get("AIFB_OTLP_ENDPOINT", ""))
-        self.channel = open_sync_channel(address, token=token, ca_file=ca_file)
+        self.channel = open_sync_channel(address, token=token, ca_file=ca_file,
+                                         cert_file=cert_file, key_file=key_file)
         self.stub = server_pb2_grpc.ServerServiceStub(self.channel)
         self.tracer = self.provider.get_tracer("aifb.jobrun")
         self.parent = context_from_env(env)
@@ -89,12 +92,15 @@ class GrpcReporter:
 
 
 def reporter_from_env(environ: Mapping[str, str] | None = None) -> GrpcReporter | LogReporter:
-    """AIFB_SERVER, AIFB_SERVICE, AIFB_REPORT_TOKEN (and AIFB_CA_FILE for TLS) -> a reporter."""
+    """AIFB_SERVER, AIFB_SERVICE, AIFB_REPORT_TOKEN (and AIFB_CA_FILE, AIFB_CLIENT_CERT,
+    AIFB_CLIENT_KEY for TLS and mTLS) -> a reporter."""
     env = os.environ if environ is None else environ
     address, service, token = (env.get("AIFB_SERVER", ""), env.get("AIFB_SERVICE", ""),
                                env.get("AIFB_REPORT_TOKEN", ""))
     if not (address and service and token):
         return LogReporter()
     job_id = env.get("SLURM_JOB_ID") or env.get("AIFB_LOCAL_JOB_ID", "")
-    return GrpcReporter(address, service, token, job_id=job_id, ca_file=env.get("AIFB_CA_FILE", ""),
+    tls = ClientTls.from_environment(env)
+    return GrpcReporter(address, service, token, job_id=job_id, ca_file=tls.ca_file,
+                        cert_file=tls.cert_file, key_file=tls.key_file,
                         url_scheme=env.get("AIFB_URL_SCHEME", ""), environ=env)

@@ -101,6 +101,7 @@ class JobSidecars:
         from aifb.logger.config import LoggerConfig
         from aifb.mesh.channel import load_token
         from aifb.mesh.discovery import TargetSpec, channel_factory
+        from aifb.mesh.tls import ClientTls
         from aifb.monitor.agent import MonitorAgent
         from aifb.monitor.config import MonitorConfig
 
@@ -119,7 +120,9 @@ class JobSidecars:
             address, token = environ.get("AIFB_SERVER", ""), environ.get("AIFB_REPORT_TOKEN")
         if not address:
             raise ValueError("neither AIFB_COLLECTOR nor AIFB_SERVER is set")
-        connect = channel_factory(address, token=token, ca_file=environ.get("AIFB_CA_FILE", ""))
+        tls = ClientTls.from_environment(environ)
+        connect = channel_factory(address, token=token, ca_file=tls.ca_file,
+                                  cert_file=tls.cert_file, key_file=tls.key_file)
         node = socket.gethostname().split(".", 1)[0]
         self.address = address
         self.monitor: MonitorAgent | None = None

@@ -28,6 +28,7 @@ from aifb.mesh.channel import open_channel
 from aifb.mesh.config import Config, section_config
 from aifb.mesh.discovery import ServiceDiscovery
 from aifb.mesh.server import ServiceBinding
+from aifb.mesh.tls import ClientTls
 from aifb.monitor.agent import MonitorAgent
 from aifb.monitor.config import MonitorConfig
 
@@ -42,12 +43,13 @@ class _Loopback:
 
     address: str = ""
     token: str | None = None
-    ca_file: str = ""
+    tls: ClientTls = field(default_factory=ClientTls)
 
     def __call__(self) -> grpc.aio.Channel:
         if not self.address:
             raise RuntimeError("the embedded server is not listening yet")
-        return open_channel(self.address, token=self.token, ca_file=self.ca_file)
+        return open_channel(self.address, token=self.token, ca_file=self.tls.ca_file,
+                            cert_file=self.tls.cert_file, key_file=self.tls.key_file)
 
 
 @dataclass
@@ -67,10 +69,12 @@ class EmbeddedTelemetry:
         """Where the process's own spans go: straight into the collector's trace store."""
         return StoreSpanExporter(self.collector.ingest)
 
-    async def start_agents(self, address: str, token: str | None, ca_file: str = "") -> None:
-        """Start the agents once the server listens on `address`."""
+    async def start_agents(self, address: str, token: str | None,
+                           tls: ClientTls | None = None) -> None:
+        """Start the agents once the server listens on `address` (with the mesh's client TLS
+        when it speaks TLS)."""
         self.loopback.address, self.loopback.token = address, token
-        self.loopback.ca_file = ca_file
+        self.loopback.tls = tls or ClientTls()
         await self.monitor.start()
         await self.logger.start()
         self.started = True

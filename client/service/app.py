@@ -29,6 +29,7 @@ from aifb.client.service.targets import ManagerResolver, ServiceResolver
 from aifb.client.service.telemetry import TelemetrySink
 from aifb.mesh.channel import open_channel
 from aifb.mesh.server import ServiceBinding
+from aifb.mesh.tls import ClientTls
 from aifb.server.app import Extend, Extension
 from aifb.server.deploy import Deployer
 from aifb.server.manager import ServiceManager
@@ -88,9 +89,10 @@ def benchmark_extension(home: Path, *, tracer_provider: TracerProvider | None = 
         app = start_benchmark_service(home, resolver=ManagerResolver(manager, deployer),
                                       tracer_provider=tracer_provider)
 
-        def started(address: str, token: str | None) -> None:
+        def started(address: str, token: str | None, tls: ClientTls) -> None:
             if collector_here:
-                app.attach_collector(address, token)
+                app.attach_collector(address, token, ca_file=tls.ca_file,
+                                     cert_file=tls.cert_file, key_file=tls.key_file)
 
         return Extension(bindings=(app.binding,), started=started, stop=app.stop)
 

@@ -89,6 +89,10 @@ def _tls_server(home: Path, pki: Pki, *, mtls: bool) -> Iterator[ThreadedServer]
     config.mesh.tls_cert = str(pki.server_cert)
     config.mesh.tls_key = str(pki.server_key)
     config.mesh.tls_client_ca = str(pki.ca) if mtls else ""
+    config.mesh.tls_ca = str(pki.ca)
+    if mtls:  # what the server's own jobs present
+        config.mesh.tls_mesh_cert = str(pki.client_cert)
+        config.mesh.tls_mesh_key = str(pki.client_key)
     srv = ThreadedServer(config).start()
     try:
         yield srv
@@ -194,3 +198,82 @@ def test_cli_talks_mtls_with_ca_cert_and_key_options(mtls_server: ThreadedServer
                    "--key", pki.client_key, "services", "list")
     assert missing.returncode == 1
     assert "--cert /nonexistent/c.pem: no such file" in missing.stderr
+
+
+# ---- the whole flow under TLS and mTLS, through `aifb up` (issue 11, item 4) ---------------
+
+def _up_tls_args(pki: Pki, mtls: bool) -> list[str]:
+    args = ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+            "--tls-ca", str(pki.ca)]
+    if mtls:
+        args += ["--tls-client-ca", str(pki.ca), "--tls-mesh-cert", str(pki.client_cert),
+                 "--tls-mesh-key", str(pki.client_key)]
+    return args
+
+
+def _cli_tls_args(pki: Pki, mtls: bool) -> list[str]:
+    args = ["--ca-file", str(pki.ca)]
+    if mtls:
+        args += ["--cert", str(pki.client_cert), "--key", str(pki.client_key)]
+    return args
+
+
+@pytest.mark.parametrize("scheduler", ["local", "slurm"])
+@pytest.mark.parametrize("mtls", [False, True], ids=["tls", "mtls"])
+def test_create_ready_logs_metrics_delete_under_tls(
+        tmp_path: Path, pki: Pki, mtls: bool, scheduler: str) -> None:
+    """Jobs report over TLS (they stayed STARTING: no CA, no client certificate), the embedded
+    agents and, on SLURM, the jobs' sidecars push over TLS (the log had hundreds of handshake
+    errors), so a service goes READY, its lines reach `aifb logs` and its metrics /metrics."""
+    import httpx
+
+    from tests.integration.cli_procs import until
+    from tests.integration.test_cli_telemetry import TALKER_LINES, start_up
+
+    if scheduler == "slurm" and os.environ.get("AIFB_REQUIRE_SLURM") != "1" \
+            and subprocess.run(["which", "sbatch"], capture_output=True).returncode != 0:
+        pytest.skip("no SLURM here (scripts/test.sh starts one)")
+    up = start_up(tmp_path, None, "--scheduler", scheduler, *_up_tls_args(pki, mtls))
+    tls = _cli_tls_args(pki, mtls)
+    try:
+        svc = up.json(*tls, "services", "create", "talker", "--param",
+                      f"lines={TALKER_LINES}", "--wait", "--wait-timeout", "90")
+        assert svc["state"] == "SERVICE_STATE_READY", svc
+        sid = svc["name"].removeprefix("services/")
+        until(lambda: up.cli(*tls, "logs", sid, "--stream", "stdout").stdout.count(
+            "talker stdout line") == TALKER_LINES, "the talker's lines through the collector")
+        text = until(lambda: (t := httpx.get(up.metrics, timeout=5).text)
+                     and f'service="services/{sid}"' in t and "aifb_node_" in t and t,
+                     "the job's and the node's metrics on /metrics")
+        assert "talker_requests_total" in text or "aifb_service_memory_rss_bytes" in text
+        deleted = up.cli(*tls, "services", "delete", sid)
+        assert deleted.returncode == 0, deleted.stderr
+        final = until(lambda: (s := up.json(*tls, "services", "get", sid))["state"] in (
+            "SERVICE_STATE_STOPPED", "SERVICE_STATE_FAILED") and s, "the service stopped")
+        assert final["state"] == "SERVICE_STATE_STOPPED", final
+    finally:
+        code = up.daemon.stop()
+    log = up.daemon.log(10_000)
+    assert code == 0, log
+    assert "Traceback" not in log and "handshake" not in log.lower(), log[-4000:]
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--tls-client-ca", "{ca}"], "--tls-client-ca needs --tls-cert and --tls-key"),
+    (["--tls-cert", "{cert}"], "--tls-key is missing"),
+    (["--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-client-ca", "{ca}"],
+     "--tls-mesh-cert and --tls-mesh-key"),
+    (["--tls-cert", "{cert}", "--tls-key", "/nonexistent/k.pem"],
+     "--tls-key /nonexistent/k.pem: cannot read it"),
+], ids=["client-ca-alone", "half-pair", "mtls-without-mesh-cert", "unreadable"])
+def test_inconsistent_tls_flags_are_refused_before_listening(
+        tmp_path: Path, pki: Pki, args: list[str], flag: str) -> None:
+    """`--tls-client-ca` without a certificate used to serve plaintext, silently."""
+    from tests.integration.test_cli_telemetry import cli_env
+
+    argv = [a.format(ca=pki.ca, cert=pki.server_cert, key=pki.server_key) for a in args]
+    proc = subprocess.run([str(AIFB), "up", "--listen", "127.0.0.1:0", "--no-telemetry",
+                           "--scheduler", "local", *argv], env=cli_env(tmp_path), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert flag in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
