@@ -268,3 +268,30 @@ def test_per_request_samples_are_bounded_and_written_one_row_each() -> None:
                                "samples": {**log.summary(), "file": "samples.parquet"}}, {})
     assert dict(summary_rows(doc))["samples"] == (
         "3 rows in samples.parquet (capped: the first 3 of 4 requests)")
+
+
+@pytest.mark.parametrize(("options", "field"), [
+    ({"rate": 1e308}, "load.rate"),  # accepted before: 40 s of a core burnt on the server
+    ({"rate": 100_001.0}, "load.rate"),
+    ({"mode": "ramp", "rate": 10.0, "start_rate": 1e12}, "load.start_rate"),
+    ({"mode": "step", "rate": 10.0, "step_rate": 1e9, "step_duration_s": 1.0}, "load.step_rate"),
+    ({"rate": 10.0, "warmup_s": 1e12}, "load.warmup_s"),
+    ({"rate": 10.0, "cooldown_s": 1e12}, "load.cooldown_s"),
+    ({"mode": "step", "rate": 10.0, "step_rate": 1.0, "step_duration_s": 1e12},
+     "load.step_duration_s"),
+    ({"rate": 10.0, "burstiness": 1e-300}, "load.burstiness"),
+    ({"rate": 10.0, "burstiness": 1e6}, "load.burstiness"),
+    ({"rate": 10.0, "max_requests": 10**12}, "load.max_requests"),
+    ({"concurrency": 10**6}, "load.concurrency"),
+    ({"engine": "spark", "rate": 10.0, "partitions": 10**6}, "load.partitions"),
+    ({"engine": "spark", "rate": 300_001.0, "partitions": 3}, "load.rate"),
+])
+def test_load_parameters_beyond_what_an_engine_can_honour_are_refused(
+        options: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        plan(LoadOptions(**options))  # type: ignore[arg-type]
+    assert err.value.field == field
+
+
+def test_spark_may_ask_for_the_rate_of_all_its_partitions() -> None:
+    assert plan(LoadOptions(engine="spark", rate=300_000.0, partitions=3)).load is not None
