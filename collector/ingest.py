@@ -51,15 +51,27 @@ class SequenceWindow:
 
     A number already accepted, or older than the window, is a duplicate (a resend)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_agents: int = 50_000) -> None:
         self.size = size
+        self.max_agents = max_agents
         self.agents: dict[str, _AgentWindow] = {}
 
     def agent(self, agent_id: str) -> _AgentWindow:
         found = self.agents.get(agent_id)
         if found is None:
             found = self.agents[agent_id] = _AgentWindow()
+            if len(self.agents) > self.max_agents:  # the longest-known agent that is idle
+                oldest = next((k for k, w in self.agents.items() if not w.lock.locked()), None)
+                if oldest is not None and oldest != agent_id:
+                    del self.agents[oldest]
         return found
+
+    def forget_if_unused(self, agent_id: str) -> None:
+        """Drop the window of an agent none of whose batches was accepted (a refused batch
+        must not leave state behind: hostile ids would grow the map without end)."""
+        window = self.agents.get(agent_id)
+        if window is not None and window.highest == 0 and not window.seen:
+            del self.agents[agent_id]
 
     def is_duplicate(self, agent: _AgentWindow, sequence: int) -> bool:
         # 0 is no sequence number: never a resend, so validation refuses it (INVALID_ARGUMENT).
@@ -202,13 +214,14 @@ class Ingest:
                     job_may_push(who, ready.label_sets())
             except (InvalidArgument, PermissionDenied):
                 stats.metric_batches_invalid += 1
+                self.metric_seqs.forget_if_unused(_agent_key(agent_id, who))
                 raise
             if ready.packed is not None:
                 shard = zlib.crc32(agent_id.encode()) % len(self._metric_queues)
                 await self._enqueue(self._metric_queues[shard],  # type: ignore[arg-type]
                                     ready.packed)
             self.metric_seqs.mark(agent, sequence)
-            stats.agents_last_sequence[agent_id] = agent.highest
+            stats.note_agent(agent_id, agent.highest)
         ready.update_latest()
         stats.metric_samples_received += ready.received
         stats.metric_samples_accepted += ready.accepted
@@ -256,6 +269,7 @@ class Ingest:
                 job_may_push(who, (labels for labels, _, _ in prepared.streams))
             except (InvalidArgument, PermissionDenied):
                 stats.log_batches_invalid += 1
+                self.log_seqs.forget_if_unused(_agent_key(agent_id, who))
                 raise
             if prepared.streams and self.loki is not None:
                 await self._enqueue(self._log_queue, prepared.streams)  # type: ignore[arg-type]

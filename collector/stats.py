@@ -67,3 +67,10 @@ class Stats:
     remote_write_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     loki_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     agents_last_sequence: dict[str, int] = field(default_factory=dict)
+
+    def note_agent(self, agent_id: str, sequence: int, keep: int = 10_000) -> None:
+        """The agent's highest accepted sequence; the `keep` most recently heard agents."""
+        self.agents_last_sequence.pop(agent_id, None)
+        self.agents_last_sequence[agent_id] = sequence
+        if len(self.agents_last_sequence) > keep:
+            del self.agents_last_sequence[next(iter(self.agents_last_sequence))]

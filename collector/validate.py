@@ -44,6 +44,10 @@ class PreparedLogs:
     reasons: list[str] = field(default_factory=list)
 
 
+# An agent names itself (e.g. "monitor@node/abc123"); its numbers count batches from 1.
+MAX_AGENT_ID_CHARS = 256
+MAX_SEQUENCE = 2**63 - 1
+
 class Validator:
     """Checks batches against the config's limits; remembers names already found valid."""
 
@@ -85,9 +89,12 @@ class Validator:
     def _header(self, agent_id: str, sequence: int, resource: dict[str, str]) -> None:
         if not agent_id:
             raise InvalidArgument("batch.agent_id is empty", field="batch.agent_id")
-        if sequence <= 0:
-            raise InvalidArgument("batch.sequence must be 1 or more (0 is not a sequence number)",
-                                  field="batch.sequence")
+        if len(agent_id) > MAX_AGENT_ID_CHARS or not agent_id.isprintable():
+            raise InvalidArgument(f"batch.agent_id must be at most {MAX_AGENT_ID_CHARS} "
+                                  "printable characters", field="batch.agent_id")
+        if not 0 < sequence <= MAX_SEQUENCE:
+            raise InvalidArgument("batch.sequence must be 1 or more (0 is not a sequence number) "
+                                  f"and at most {MAX_SEQUENCE}", field="batch.sequence")
         self._labels(resource, "batch.resource.attributes")
 
     def _series_label_set(self, name: str, labels: dict[str, str], resource: dict[str, str],

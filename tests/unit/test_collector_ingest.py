@@ -74,6 +74,9 @@ def test_a_resent_batch_is_acknowledged_as_duplicate_and_not_stored_twice() -> N
 @pytest.mark.parametrize(("batch", "field"), [
     (MetricBatchIn("a", 0, {}, []), "batch.sequence"),
     (MetricBatchIn("", 1, {}, []), "batch.agent_id"),
+    (MetricBatchIn("a" * 257, 1, {}, []), "batch.agent_id"),
+    (MetricBatchIn("a\x00b", 1, {}, []), "batch.agent_id"),
+    (MetricBatchIn("a", 2**64 - 1, {}, []), "batch.sequence"),  # made GetCollectorStats fail
     (MetricBatchIn("a", 1, {}, [SeriesIn("m", {}, [1, 2], [1.0])]), "batch.series[0].values"),
     (MetricBatchIn("a", 1, {}, [SeriesIn("", {}, [], [])]), "batch.series[0].name"),
     (MetricBatchIn("a", 1, {}, [SeriesIn("bad-name", {}, [], [])]), "batch.series[0].name"),
@@ -246,5 +249,20 @@ def test_otlp_spans_come_back_by_trace_id_and_logs_are_queryable_locally() -> No
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
         assert [(a.sequence, a.accepted_lines) for a in acks] == [(1, 2)]
         assert [(e.line, dict(e.labels)) for e in found.entries] == [("world", {"service": "s1"})]
+
+    asyncio.run(main())
+
+
+def test_a_refused_batch_leaves_no_agent_state_behind() -> None:
+    """Hostile agent ids in refused batches grew the per-agent windows without end."""
+    async def main() -> None:
+        app = await _collector()
+        for i in range(100):
+            with pytest.raises(InvalidArgument):
+                await app.ingest.push_metrics(MetricBatchIn(f"hostile-{i}", 0, {}, []))
+        assert app.ingest.metric_seqs.agents == {}
+        await app.ingest.push_metrics(_batch("real", 1))
+        assert list(app.ingest.metric_seqs.agents) == ["real"]
+        await app.stop()
 
     asyncio.run(main())
