@@ -91,11 +91,13 @@ def up(
 async def _run(config: Config, collector: dict[str, Any], *, telemetry: bool) -> None:
     from aifb.client.service.app import benchmark_extension
     from aifb.mesh.auth import read_token_file
+    from aifb.mesh.heap import return_freed_memory, trim_when_grown
     from aifb.mesh.tls import mesh_client_tls
     from aifb.mesh.tracing import make_tracer_provider
     from aifb.server.app import build_scheduler
     from aifb.server.sidecars import sidecars_enabled
 
+    return_freed_memory()
     sched = build_scheduler(config)
     embedded = None
     if telemetry:
@@ -150,9 +152,13 @@ async def _run(config: Config, collector: dict[str, Any], *, telemetry: bool) ->
                 await ext.stop()
         app.manager.hub.close()
 
+    # Large requests (up to the 16 MiB limit) must not leave the heap large once they are
+    # gone: a burst of 10 MB calls kept 1-2 GB before (docs/server.md, "Memory").
+    trimmer = asyncio.create_task(trim_when_grown())
     try:
         await serve_until_signal(app.mesh, config.mesh.shutdown_grace_seconds, on_stop=on_stop)
     finally:
+        trimmer.cancel()
         await app.stop(0)
         if embedded is not None:
             await embedded.stop()

@@ -51,6 +51,15 @@ __all__ = [
 ERROR_DOMAIN = "aifb"
 
 
+# An error message echoes what the caller sent; it travels in the status, the log and the span
+# of the call: never more than this, however large the request was.
+MAX_MESSAGE_CHARS = 2048
+
+
+def _bounded(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}...[{len(text) - limit} more characters]"
+
+
 class AifbError(Exception):
     """Base of every error aifb raises on purpose."""
 
@@ -58,9 +67,11 @@ class AifbError(Exception):
     reason: ClassVar[str] = "INTERNAL"
 
     def __init__(self, message: str, **metadata: Any) -> None:
+        message = _bounded(message)
         super().__init__(message)
         self.message = message
-        self.metadata: dict[str, str] = {k: str(v) for k, v in metadata.items() if v is not None}
+        self.metadata: dict[str, str] = {k: _bounded(str(v), 256) for k, v in metadata.items()
+                                         if v is not None}
 
     def __str__(self) -> str:
         return self.message
