@@ -1,8 +1,11 @@
-"""Requests/s per core against nginx: aifb's engine vs wrk, k6, Locust FastHttpUser and aiohttp.
+"""Requests/s per core against nginx: aifb as users run it vs wrk, k6, Locust and aiohttp.
 
-nginx runs pinned to one CPU, each generator (one process) pinned to the other, 16 keep-alive
-connections, GET /hello on 127.0.0.1 only; every tool runs --repeat times for --seconds, in turns,
-in the same run. Tools that are not installed are reported as such. Stops by itself.
+nginx runs pinned to one CPU, each generator pinned to the other, 16 keep-alive connections,
+GET /hello on 127.0.0.1 only; every tool runs --repeat times for --seconds, in turns, in the same
+run. `aifb` is the path users run: `aifb up` (all its threads, and the load worker process it
+spawns, pinned to the generator's CPU) and `aifb bench run --concurrency 16`, the rate of the
+run's measurement window; `aifb-engine` is the engine alone in one uvloop process, for reference.
+Tools that are not installed are reported as such. Stops by itself.
 
     .venv/bin/python bench/http_load.py [--seconds 5] [--repeat 3]
 """
@@ -88,6 +91,25 @@ def _self_worker(kind: str, url: str, conns: int, seconds: int, cpu: int) -> flo
 
 
 def run_aifb(url: str, conns: int, seconds: int, cpu: int, tmp: Path) -> float:
+    """`aifb up` + `aifb bench run`: the control plane and its load worker on one CPU."""
+    from tests.integration.test_cli_telemetry import start_up
+
+    home = tmp / f"up-{time.monotonic_ns()}"
+    home.mkdir()
+    up = start_up(home, None, "--scheduler", "local")
+    try:
+        _run(["taskset", "-a", "-cp", str(cpu), str(up.daemon.proc.pid)], 30)
+        out = up.json("bench", "run", "--url", url, "--workload", "http", "--concurrency",
+                      str(conns), "--duration", f"{seconds}s", "--warmup", "0.5s")
+    finally:
+        up.daemon.stop()
+    figures = out["report"]["figures"]
+    if figures["counters"]["errors"]:
+        raise RuntimeError(f"errors: {figures['counters']}")
+    return float(figures["achieved_rate"])
+
+
+def run_aifb_engine(url: str, conns: int, seconds: int, cpu: int, tmp: Path) -> float:
     return _self_worker("aifb", url, conns, seconds, cpu)
 
 
@@ -101,7 +123,7 @@ def _tool(name: str) -> str | None:
 
 
 def _have(name: str) -> bool:
-    if name in ("aifb",):
+    if name in ("aifb", "aifb-engine"):
         return True
     if name == "aiohttp":
         try:
@@ -142,7 +164,7 @@ async def _worker_aiohttp(url: str, conns: int, seconds: int) -> float:
 
 
 TOOLS = {"wrk": run_wrk, "k6": run_k6, "locust": run_locust, "aiohttp": run_aiohttp,
-         "aifb": run_aifb}
+         "aifb-engine": run_aifb_engine, "aifb": run_aifb}
 
 
 def main() -> None:
@@ -191,15 +213,15 @@ def _print_table(results: dict[str, list[float]], notes: dict[str, str],
     ours = statistics.median(results["aifb"]) if results.get("aifb") else 0.0
     print(f"\nGET /hello, nginx on CPU 1, generator on CPU 0, {args.connections} keep-alive "
           f"connections, {args.seconds}s x {args.repeat}")
-    print(f"{'tool':<10}{'median req/s':>14}{'min':>10}{'max':>10}{'aifb / tool':>13}  runs")
+    print(f"{'tool':<12}{'median req/s':>14}{'min':>10}{'max':>10}{'aifb / tool':>13}  runs")
     for tool, vals in results.items():
         if not vals:
-            print(f"{tool:<10}{'-':>14}  {notes.get(tool, 'no result')}")
+            print(f"{tool:<12}{'-':>14}  {notes.get(tool, 'no result')}")
             continue
         med = statistics.median(vals)
         ratio = f"{ours / med:.2f}x" if ours and tool != "aifb" else ""
         runs = ", ".join(f"{v:.0f}" for v in vals)
-        print(f"{tool:<10}{med:>14.0f}{min(vals):>10.0f}{max(vals):>10.0f}{ratio:>13}  {runs}")
+        print(f"{tool:<12}{med:>14.0f}{min(vals):>10.0f}{max(vals):>10.0f}{ratio:>13}  {runs}")
 
 
 if __name__ == "__main__":

@@ -164,6 +164,9 @@ def run(
     engine: str = typer.Option("inprocess", help="inprocess or spark."),
     spark_master: str = typer.Option("", help="Spark master: local[2] or spark://host:7077."),
     partitions: int = typer.Option(0, help="Spark partitions (0: the master's parallelism)."),
+    workers: int = typer.Option(1, help="In-process engine: worker processes generating the "
+                                "load, one per core to use (the load is split between them "
+                                "and their results merged exactly)."),
     samples: bool = typer.Option(False, "--samples", help="Record one row per request in "
                                  "samples.parquet beside the report (a sweep adds a step "
                                  "column, a Spark run a partition column)."),
@@ -194,7 +197,7 @@ def run(
             error_budget=error_budget, slo=parse_params(slo, "--slo"),
             engine=C.LOAD_ENGINE_SPARK if engine == "spark" else C.LOAD_ENGINE_INPROCESS,
             spark_master=spark_master, partitions=partitions, record_samples=samples,
-            max_samples=max_samples)
+            max_samples=max_samples, workers=workers)
         req = C.CreateBenchmarkRequest(workload=workload, parameters=params, load=load,
                                        labels=parse_params(label, "--label"),
                                        request_id=request_id or uuid.uuid4().hex)

@@ -13,7 +13,7 @@ them into one SampleSet, each step's rows tagged with its index, name and target
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from aifb.client.load import ProgressCallback, run_load
@@ -23,7 +23,7 @@ from aifb.client.spec import LoadSpec, Mode
 from aifb.client.workload import Workload
 from aifb.mesh.errors import InvalidArgument
 
-__all__ = ["SweepResult", "SweepSpec", "SweepStep", "run_sweep", "sweep_samples"]
+__all__ = ["StepRunner", "SweepResult", "SweepSpec", "SweepStep", "run_sweep", "sweep_samples"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,19 +95,27 @@ def sweep_samples(steps: list[SweepStep], limit: int) -> SampleSet:
     return out
 
 
+# (load, on_progress, rows to keep) -> the step's result, run wherever the caller runs load.
+StepRunner = Callable[[LoadSpec, ProgressCallback | None, int], Awaitable[LoadResult]]
+
+
 async def run_sweep(spec: SweepSpec, make_workload: Callable[[], Workload], *,
                     on_progress: ProgressCallback | None = None,
                     on_step: Callable[[SweepStep], None] | None = None,
-                    sample_limit: int = 0) -> SweepResult:
+                    sample_limit: int = 0, run_step: StepRunner | None = None) -> SweepResult:
     """Run the sweep; a fresh workload per step (`make_workload`) keeps steps independent.
-    `sample_limit` > 0: per-request rows, at most that many over all steps."""
+    `sample_limit` > 0: per-request rows, at most that many over all steps. `run_step` runs
+    one step elsewhere (the BenchmarkService: in a worker process) instead of in this loop."""
     out = SweepResult()
 
     async def step(name: str, load: LoadSpec, target: float) -> SweepStep:
         left = max(sample_limit - sum(s.result.samples.rows for s in out.steps
                                       if s.result.samples is not None), 0)
-        res = await run_load(load, make_workload(), on_progress=on_progress,
-                             record_samples=left)
+        if run_step is not None:
+            res = await run_step(load, on_progress, left)
+        else:
+            res = await run_load(load, make_workload(), on_progress=on_progress,
+                                 record_samples=left)
         st = SweepStep(name, target, res)
         out.steps.append(st)
         if on_step is not None:

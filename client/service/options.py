@@ -34,6 +34,7 @@ MAX_DURATION_S = 7 * 24 * 3600.0
 # Spark multiplies it by its partitions.
 MAX_RATE_PER_ENGINE = 100_000.0
 MAX_PARTITIONS = 1024
+MAX_WORKERS = 256
 MAX_REQUESTS = 1_000_000_000
 MAX_CONCURRENCY = 100_000
 # Gamma arrivals' shape: below 0.01 the gaps degenerate into huge bursts and long silences.
@@ -119,6 +120,7 @@ class LoadOptions:
     # `step`), or every Spark partition (column `partition`, the limit split between them).
     record_samples: bool = False
     max_samples: int = 0  # rows kept at most over the whole run (0: DEFAULT_SAMPLE_LIMIT)
+    workers: int = 1  # in-process engine: worker processes sharing the load
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -172,12 +174,15 @@ def _check(o: LoadOptions) -> None:
     if o.engine not in ENGINES:
         raise InvalidArgument(f"unknown engine {o.engine!r} (known: {', '.join(ENGINES)})",
                               field="load.engine")
+    if not 1 <= o.workers <= MAX_WORKERS:
+        raise InvalidArgument(f"load.workers must be within 1..{MAX_WORKERS}, got {o.workers}",
+                              field="load.workers")
     for name, bound in (("concurrency", MAX_CONCURRENCY), ("max_requests", MAX_REQUESTS),
                         ("partitions", MAX_PARTITIONS)):
         if not 0 <= getattr(o, name) <= bound:
             raise InvalidArgument(f"load.{name} must be within 0..{bound}, got "
                                   f"{getattr(o, name)}", field=f"load.{name}")
-    engines = max(o.partitions, 1) if o.engine == "spark" else 1
+    engines = max(o.partitions, 1) if o.engine == "spark" else o.workers
     max_rate = MAX_RATE_PER_ENGINE * engines
     for name in ("rate", "start_rate", "step_rate"):
         _finite(name, getattr(o, name), high=max_rate)

@@ -1,4 +1,8 @@
-"""Execute one run's plan: the in-process engine, a sweep of it, or Spark executors.
+"""Execute one run's plan: the engine in worker processes, a sweep of it, or Spark executors.
+
+Load never runs on the caller's event loop (the control plane's, in `aifb up`): a single run and
+every sweep step run in `options.workers` worker processes (`aifb.client.process_engine`), whose
+progress is relayed to this loop; Spark runs on its executors.
 
 The runner knows time and engines, not records or gRPC. It reports every interval through
 `on_progress` (numbered across sweep steps, so a watcher sees one continuous run), can be
@@ -23,12 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aifb.client.load import LoadRun
+from aifb.client.process_engine import ProcessLoad
 from aifb.client.recorder import ProgressSample
 from aifb.client.registry import build_workload
 from aifb.client.results import LoadResult, RunState
 from aifb.client.service.model import Progress
 from aifb.client.service.options import LoadOptions, Plan
+from aifb.client.spec import LoadSpec
 from aifb.client.sweep import SweepStep, run_sweep, sweep_samples
 
 __all__ = ["Phase", "RunOutcome", "Runner", "to_progress"]
@@ -77,7 +82,7 @@ class Runner:
         self._offset_requests = 0
         self._offset_errors = 0
         self._last: ProgressSample | None = None
-        self._run: LoadRun | None = None
+        self._run: ProcessLoad | None = None  # the single run or the sweep step running now
         self._task: asyncio.Task[Any] | None = None
         self._steps: list[SweepStep] = []
         self._spark_load: Any = None
@@ -115,12 +120,34 @@ class Runner:
 
     def cancel(self, reason: str) -> None:
         self.cancel_reason = reason
-        if self._run is not None:
+        if self._task is not None:  # a sweep: the step's workers stop with its task
+            self._task.cancel()
+        elif self._run is not None:
             self._run.cancel(reason)
         elif self._spark_load is not None:
             self._spark_load.cancel(reason)
-        elif self._task is not None:
-            self._task.cancel()
+
+    def _relay(self) -> Callable[[ProgressSample], None]:
+        """Progress arrives on the workers' hub thread: hand it to this loop."""
+        loop = asyncio.get_running_loop()
+
+        def relay(sample: ProgressSample) -> None:
+            loop.call_soon_threadsafe(self._progress, sample)
+
+        return relay
+
+    async def _in_workers(self, load: LoadSpec, on_progress: Callable[[ProgressSample], None],
+                          sample_limit: int, workers: int) -> LoadResult:
+        run = self._run = ProcessLoad(load, self.workload, self.url, self.params,
+                                      workers=workers, on_progress=on_progress,
+                                      sample_limit=sample_limit)
+        if self.cancel_reason:
+            run.cancel(self.cancel_reason)
+        try:
+            return await asyncio.to_thread(run.run)
+        except asyncio.CancelledError:  # the sweep's task: the workers stop too
+            run.cancel(self.cancel_reason or "cancelled")
+            raise
 
     async def run(self) -> RunOutcome:
         self._began_ns = time.time_ns()
@@ -130,12 +157,8 @@ class Runner:
             outcome = await self._sweep()
         else:
             assert self.plan.load is not None
-            run = self._run = LoadRun(self.plan.load,
-                                      build_workload(self.workload, self.url, self.params),
-                                      on_progress=self._progress,
-                                      record_samples=self.options.sample_limit)
-            run.start()
-            outcome = RunOutcome(await run.wait())
+            outcome = RunOutcome(await self._in_workers(
+                self.plan.load, self._relay(), self.options.sample_limit, self.options.workers))
         _check_budget(outcome.result, self.options.error_budget)
         outcome.phases = self._phases if self.plan.sweep is not None else self._load_phases()
         return outcome
@@ -166,9 +189,16 @@ class Runner:
         sweep = self.plan.sweep
         assert sweep is not None
         limit = self.options.sample_limit
+        relay = self._relay()
+
+        async def step(load: LoadSpec, _: object, rows: int) -> LoadResult:
+            # One worker per step: a sweep's steps are single closed loops it compares.
+            return await self._in_workers(load, relay, rows, 1)
+
         self._task = asyncio.ensure_future(run_sweep(
             sweep, lambda: build_workload(self.workload, self.url, self.params),
-            on_progress=self._progress, on_step=self._step_done, sample_limit=limit))
+            on_progress=self._progress, on_step=self._step_done, sample_limit=limit,
+            run_step=step))
         try:
             done = await self._task
         except asyncio.CancelledError:

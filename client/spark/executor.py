@@ -39,7 +39,8 @@ from aifb.client.spark.progress import ProgressLink
 from aifb.client.spark.shared import SharedSetup
 from aifb.client.spec import LoadSpec
 
-__all__ = ["GATHER_MARGIN_NS", "PartitionTask", "TaskRow", "run_partition", "run_task"]
+__all__ = ["GATHER_MARGIN_NS", "PartitionTask", "TaskRow", "run_partition", "run_share",
+           "run_task"]
 
 GATHER_MARGIN_NS = 1_500_000_000
 Gather = Callable[[str], list[str]]
@@ -57,6 +58,8 @@ class PartitionTask:
     stagger_ns: int = 0
     progress: tuple[str, int, str] | None = None  # the driver's hub: host, port, token
     sample_limit: int = 0  # > 0: keep up to this many per-request rows
+    # Spark's barrier answers up to a second late; local worker processes need far less.
+    gather_margin_ns: int = GATHER_MARGIN_NS
 
 
 def _run_loop(main: Coroutine[Any, Any, LoadResult]) -> LoadResult:
@@ -85,6 +88,16 @@ def _encode_samples(task: PartitionTask, log: RequestLog, info: dict[str, Any]) 
 
 def run_task(task: PartitionTask, gather: Gather, shared: object = None) -> TaskRow:
     """Run one partition's share; `gather` is the barrier (every partition calls it once)."""
+    info, result = run_share(task, gather, shared)
+    samples = (_encode_samples(task, result.samples, info)
+               if isinstance(result.samples, RequestLog) else b"")
+    return task.index, json.dumps(info), result.to_bytes(), samples
+
+
+def run_share(task: PartitionTask, gather: Gather, shared: object = None
+              ) -> tuple[dict[str, Any], LoadResult]:
+    """Run one share on a fresh event loop: its info (see the module) and its result, whose
+    `samples` is the share's RequestLog when rows were recorded."""
     info: dict[str, Any] = {"partition": task.index, "host": socket.gethostname(),
                             "pid": os.getpid()}
     cpu0 = time.process_time()
@@ -99,7 +112,7 @@ def run_task(task: PartitionTask, gather: Gather, shared: object = None) -> Task
             raise RuntimeError(f"{len(failed)} other partition(s) failed before the start: "
                                f"{failed[0]}")
         latest = max(int(m.removeprefix("ready:")) for m in msgs)
-        start_epoch = max(task.start_epoch_ns, latest + GATHER_MARGIN_NS) + task.stagger_ns
+        start_epoch = max(task.start_epoch_ns, latest + task.gather_margin_ns) + task.stagger_ns
         now_epoch, now_perf = time.time_ns(), perf_counter_ns()
         info["start_epoch_ns"] = start_epoch
         info["start_late_ns"] = max(now_epoch - start_epoch, 0)
@@ -132,10 +145,8 @@ def run_task(task: PartitionTask, gather: Gather, shared: object = None) -> Task
                             reason=f"partition {task.index}: {type(exc).__name__}: {exc}")
     if not joined:
         gather(f"failed:partition {task.index}: {result.reason}")
-    samples = (_encode_samples(task, result.samples, info)
-               if isinstance(result.samples, RequestLog) else b"")
     info["cpu_s"] = time.process_time() - cpu0  # this Python worker's CPU for the whole task
-    return task.index, json.dumps(info), result.to_bytes(), samples
+    return info, result
 
 
 def run_partition(tasks: Iterable[PartitionTask], shared: object = None) -> Iterator[TaskRow]:

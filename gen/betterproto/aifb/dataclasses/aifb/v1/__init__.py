@@ -1103,6 +1103,13 @@ class LoadProfile(betterproto2.Message):
     a run had more requests than rows.
     """
 
+    workers: "int" = betterproto2.field(19, betterproto2.TYPE_INT32)
+    """
+    The in-process engine: worker processes that generate the load (0 means 1; at most 256),
+    one per core to use. Load never runs in the service's own process: a heavy run cannot
+    slow its health checks, streams or job reports. A sweep's steps use one each.
+    """
+
 
 default_message_pool.register_message("aifb.v1", "LoadProfile", LoadProfile)
 
