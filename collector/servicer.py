@@ -17,6 +17,7 @@ from aifb.collector.ingest import Ingest
 from aifb.collector.model import PushOutcome, SpanRecord
 from aifb.collector.stats import Stats
 from aifb.mesh.access import caller, operator_caller, operator_name, user_caller
+from aifb.mesh.bounds import check_matchers, check_text
 from aifb.mesh.errors import InvalidArgument, NotFound
 from aifb.mesh.server import ServiceBinding
 from aifb.v1 import collector_pb2, collector_pb2_grpc
@@ -101,6 +102,8 @@ class CollectorServicer(collector_pb2_grpc.CollectorServiceServicer):
                         context: Context) -> collector_pb2.QueryLogsResponse:
         """The caller's own lines: those their tokens (and their jobs' tokens) pushed."""
         user = user_caller().user
+        check_matchers("labels", request.labels)
+        check_text("contains", request.contains)
         limit = request.limit or 1000
         if not 1 <= limit <= 10_000:
             raise InvalidArgument(f"limit must be 1..10000 (0 means 1000), got {request.limit}",

@@ -9,6 +9,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aifb.mesh.access import operator_caller
+from aifb.mesh.bounds import check_matchers
 from aifb.mesh.errors import InvalidArgument
 from aifb.mesh.server import ServiceBinding
 from aifb.v1 import logger_pb2, logger_pb2_grpc
@@ -47,6 +48,7 @@ class LoggerServicer(logger_pb2_grpc.LoggerServiceServicer):
     async def TailLogs(self, request: logger_pb2.TailLogsRequest, context: Ctx
                        ) -> AsyncIterator[logger_pb2.TailLogsResponse]:
         operator_caller("the logger's live lines")
+        check_matchers("labels", request.labels)
         if not 0 <= request.initial_lines <= _MAX_INITIAL:
             raise InvalidArgument(f"initial_lines must be 0..{_MAX_INITIAL}",
                                   field="initial_lines")

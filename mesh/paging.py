@@ -11,7 +11,8 @@ from typing import Protocol, TypeVar
 
 from aifb.mesh.errors import InvalidArgument
 
-__all__ = ["MAX_PAGE_TOKEN_CHARS", "Keyed", "keyset_page"]
+__all__ = ["MAX_FILTER_CHARS", "MAX_PAGE_TOKEN_CHARS", "Keyed", "check_filter_size",
+           "keyset_page"]
 
 
 class Keyed(Protocol):
@@ -31,6 +32,14 @@ def _encode(record: Keyed, filter_text: str) -> str:
 
 # A real token is ~80 characters; anything far longer was not issued by us.
 MAX_PAGE_TOKEN_CHARS = 1024
+# A List filter is a few KEY=VALUE terms.
+MAX_FILTER_CHARS = 4096
+
+
+def check_filter_size(text: str) -> None:
+    if len(text) > MAX_FILTER_CHARS:
+        raise InvalidArgument(f"filter: {len(text)} characters, at most {MAX_FILTER_CHARS}",
+                              field="filter")
 
 
 def _decode(token: str, filter_text: str) -> tuple[float, str]:

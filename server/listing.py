@@ -6,14 +6,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aifb.mesh.errors import InvalidArgument
-from aifb.mesh.paging import keyset_page
+from aifb.mesh.paging import check_filter_size, keyset_page
 from aifb.server.model import ServiceRecord
 from aifb.server.states import ServiceState
 
 __all__ = ["Page", "page", "parse_filter"]
 
 MAX_PAGE_SIZE = 1000
-MAX_FILTER_CHARS = 4096
 DEFAULT_PAGE_SIZE = 100
 
 
@@ -31,9 +30,7 @@ def _label_is(key: str, value: str) -> Callable[[ServiceRecord], bool]:
 
 def parse_filter(text: str) -> Callable[[ServiceRecord], bool]:
     """'state=READY recipe=redis label.team=ml' -> predicate (all terms must hold)."""
-    if len(text) > MAX_FILTER_CHARS:
-        raise InvalidArgument(f"filter: {len(text)} characters, at most {MAX_FILTER_CHARS}",
-                              field="filter")
+    check_filter_size(text)
     checks: list[Callable[[ServiceRecord], bool]] = []
     for term in text.split():
         key, sep, value = term.partition("=")

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from aifb.client.results import RunState
 from aifb.client.service.model import BenchmarkRecord
 from aifb.mesh.errors import InvalidArgument
-from aifb.mesh.paging import keyset_page
+from aifb.mesh.paging import check_filter_size, keyset_page
 
 __all__ = ["page", "parse_filter"]
 
@@ -17,6 +17,7 @@ Check = Callable[[BenchmarkRecord], bool]
 
 def parse_filter(text: str) -> Check:
     """'state=RUNNING workload=http label.team=ml service=services/x' -> predicate (all hold)."""
+    check_filter_size(text)
     checks: list[Check] = []
     for term in text.split():
         key, sep, value = term.partition("=")

@@ -110,3 +110,26 @@ def test_an_oversized_filter_is_refused(local_server: RunningServer) -> None:
             server_pb2.ListServicesRequest(filter="recipe=x " * 1000), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "at most 4096" in (err.value.details() or "")
+
+
+def test_oversized_filters_matchers_and_search_text_are_refused_everywhere(up: Up) -> None:
+    from aifb.mesh.channel import open_sync_channel
+    from aifb.v1 import client_pb2, client_pb2_grpc, collector_pb2, collector_pb2_grpc
+
+    token = (Path(up.env["HOME"]) / ".aifb" / "token").read_text().strip()
+    with open_sync_channel(up.address, token=token) as channel:
+        bench = client_pb2_grpc.BenchmarkServiceStub(channel)
+        logs = collector_pb2_grpc.CollectorServiceStub(channel)
+        calls = {
+            "filter": lambda: bench.ListBenchmarks(
+                client_pb2.ListBenchmarksRequest(filter="state=FAILED " * 1000), timeout=30),
+            "contains": lambda: logs.QueryLogs(
+                collector_pb2.QueryLogsRequest(contains="c" * 100_000), timeout=30),
+            "labels": lambda: logs.QueryLogs(collector_pb2.QueryLogsRequest(
+                labels={f"k{i}": "v" for i in range(100)}), timeout=30),
+        }
+        for field, call in calls.items():
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+            assert field in (err.value.details() or ""), (field, err.value.details())
