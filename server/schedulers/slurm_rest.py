@@ -266,10 +266,8 @@ class SlurmRestScheduler:
         logger.info("submitted %s as SLURM job %s (REST)", spec.job_name, job_id)
         return str(job_id)
 
-    async def query(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
-        wanted = set(job_ids)
-        if not wanted:
-            return {}
+    async def _jobs(self) -> tuple[ApiVersion, list[Any]]:
+        """ONE `GET .../jobs`: the API version and every job slurmrestd lists."""
         version = await self.api()
         status, body, text = await self._request("jobs", "GET", f"/slurm/{version.name}/jobs")
         jobs = body.get("jobs") if isinstance(body, dict) else None
@@ -277,6 +275,13 @@ class SlurmRestScheduler:
             message = rest_error_message(body)[0] or text.strip()[:200] or f"HTTP {status}"
             raise SchedulerUnavailable(f"slurmrestd could not list jobs: {message}",
                                        http_status=status)
+        return version, jobs
+
+    async def query(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+        wanted = set(job_ids)
+        if not wanted:
+            return {}
+        version, jobs = await self._jobs()
         out: dict[str, JobStatus] = {}
         for job in jobs:
             if isinstance(job, dict) and str(job.get("job_id")) in wanted:
@@ -288,13 +293,7 @@ class SlurmRestScheduler:
         wanted = set(job_names)
         if not wanted:
             return {}
-        version = await self.api()
-        status, body, text = await self._request("jobs", "GET", f"/slurm/{version.name}/jobs")
-        jobs = body.get("jobs") if isinstance(body, dict) else None
-        if status != 200 or not isinstance(jobs, list):
-            message = rest_error_message(body)[0] or text.strip()[:200] or f"HTTP {status}"
-            raise SchedulerUnavailable(f"slurmrestd could not list jobs: {message}",
-                                       http_status=status)
+        version, jobs = await self._jobs()
         found: dict[str, list[str]] = {}
         for job in jobs:
             if isinstance(job, dict) and job.get("name") in wanted:
