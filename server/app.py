@@ -18,7 +18,7 @@ from aifb.mesh.errors import SchedulerUnavailable
 from aifb.mesh.private import private_dir
 from aifb.mesh.server import MeshServer, ServiceBinding, create_server
 from aifb.mesh.tls import ClientTls, check_tls, mesh_client_tls
-from aifb.server.deploy import Deployer
+from aifb.server.deploy import Deployer, job_search_path
 from aifb.server.jobs import Scheduler
 from aifb.server.manager import ServiceManager
 from aifb.server.poller import Backoff, Poller
@@ -116,6 +116,7 @@ async def start_server_app(
     registry = Registry(home / "server.db")
     sched = scheduler or build_scheduler(config)
     deployer = Deployer.from_config(config, python=sys.executable)
+    deployer.environment["PATH"] = job_search_path(sys.executable)
     deployer.environment.update(mesh_client_tls(config.mesh).environment())
     deployer.environment.update(sidecar_environment(
         config, sched.name, collector_here=any(b.full_name == COLLECTOR_SERVICE

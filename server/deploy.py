@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +14,21 @@ from aifb.server.jobs import JobSpec
 from aifb.server.recipes.catalog import RecipeCatalog
 from aifb.server.recipes.resolve import MetricsTarget, build_job_spec, resolve
 
-__all__ = ["Deployer", "Prepared", "ResourceRequest", "job_name_for"]
+__all__ = ["Deployer", "Prepared", "ResourceRequest", "job_name_for", "job_search_path"]
 
 # RenderService shows the script for this id; CreateService uses the real one.
 PLACEHOLDER_ID = "render-only"
+
+
+def job_search_path(python: str, environ: Mapping[str, str] | None = None) -> str:
+    """The PATH every job gets: the interpreter's folder first (a venv's `bin`, where pip put
+    `chroma` or `aifb-fake-llm`, whether or not the venv was activated), then the server's PATH
+    with relative entries made absolute: a job runs in its own workdir, where `.venv/bin` names
+    nothing (the recipe list said "runnable", and the job failed "No such file or directory")."""
+    env = os.environ if environ is None else environ
+    entries = [str(Path(python).parent)]
+    entries += [os.path.abspath(p) for p in env.get("PATH", os.defpath).split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys(entries))
 
 
 def job_name_for(recipe: str, service_id: str) -> str:
@@ -50,8 +63,14 @@ class Deployer:
     def __init__(self, catalog: RecipeCatalog, *, python: str) -> None:
         self.catalog = catalog
         self.python = python
-        # Added to every job's environment (the sidecar switch, see aifb.server.sidecars).
+        # Added to every job's environment (the sidecar switch, see aifb.server.sidecars; the
+        # PATH, see job_search_path).
         self.environment: dict[str, str] = {}
+
+    def which(self, program: str) -> str | None:
+        """Where a job finds `program`: the jobs' own PATH, so that what `runnable_here` calls
+        runnable is what a job can start."""
+        return shutil.which(program, path=self.environment.get("PATH"))
 
     @classmethod
     def from_config(cls, config: Config, *, python: str) -> Deployer:

@@ -79,7 +79,8 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
                           ) -> server_pb2.ListRecipesResponse:
         user_caller()
         return server_pb2.ListRecipesResponse(recipes=[
-            recipe_to_proto(r, runnable=runnable_here(r)) for r in self.deployer.catalog.list()])
+            recipe_to_proto(r, runnable=runnable_here(r, self.deployer.which))
+            for r in self.deployer.catalog.list()])
 
     async def GetRecipe(self, request: server_pb2.GetRecipeRequest, context: Ctx
                         ) -> server_pb2.GetRecipeResponse:
@@ -88,7 +89,7 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
             raise InvalidArgument("name is required", field="name")
         recipe = self.deployer.catalog.get(request.name)
         return server_pb2.GetRecipeResponse(
-            recipe=recipe_to_proto(recipe, runnable=runnable_here(recipe)))
+            recipe=recipe_to_proto(recipe, runnable=runnable_here(recipe, self.deployer.which)))
 
     async def RenderService(self, request: server_pb2.RenderServiceRequest, context: Ctx
                             ) -> server_pb2.RenderServiceResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -355,3 +356,14 @@ def test_bad_metrics_key_names_the_key_and_what_was_expected(text: str, key: str
         load_recipe_text(WITH_METRICS + text, file="m.yaml")
     assert err.value.key == key and err.value.file == "m.yaml"
     assert expected in err.value.expected
+
+
+def test_jobs_search_the_interpreters_folder_first_and_no_relative_entries() -> None:
+    from aifb.server.deploy import job_search_path
+
+    path = job_search_path("/opt/venv/bin/python",
+                           {"PATH": os.pathsep.join([".venv/bin", "/usr/bin", "", "/usr/bin"])})
+    entries = path.split(os.pathsep)
+    assert entries[0] == "/opt/venv/bin"
+    assert entries[1] == os.path.abspath(".venv/bin")
+    assert entries[2:] == ["/usr/bin"]  # empty and repeated entries dropped
