@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Protocol, TypeVar
 
+from aifb.mesh.bounds import check_text
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["MAX_FILTER_CHARS", "MAX_PAGE_TOKEN_CHARS", "Keyed", "check_filter_size",
@@ -37,9 +38,7 @@ MAX_FILTER_CHARS = 4096
 
 
 def check_filter_size(text: str) -> None:
-    if len(text) > MAX_FILTER_CHARS:
-        raise InvalidArgument(f"filter: {len(text)} characters, at most {MAX_FILTER_CHARS}",
-                              field="filter")
+    check_text("filter", text, MAX_FILTER_CHARS)
 
 
 def _decode(token: str, filter_text: str) -> tuple[float, str]:

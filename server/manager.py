@@ -15,6 +15,7 @@ from typing import Any
 from opentelemetry import trace
 
 from aifb.mesh.auth import Principal, hash_token
+from aifb.mesh.bounds import check_text
 from aifb.mesh.errors import (
     AifbError,
     IllegalTransition,
@@ -250,7 +251,7 @@ class ServiceManager:
         # the owner's GetService and ListServices past the client's 4 MB limit.
         for field, text in (("message", message), ("endpoint.host", host),
                             ("endpoint.url", url), ("log_tail", log_tail)):
-            _check_report_text(field, text)
+            check_text(field, text, REPORT_TEXT_LIMITS[field])
         record = self.get(principal, name)
         async with self._lock:
             record = self.registry.get(sid) or record
@@ -357,12 +358,6 @@ def _metrics_fields(prepared: Prepared) -> dict[str, Any]:
 # the output tail (the server keeps its last 4000 characters).
 REPORT_TEXT_LIMITS = {"message": 4096, "endpoint.host": 253, "endpoint.url": 2048,
                       "log_tail": 65536}
-
-
-def _check_report_text(field: str, text: str) -> None:
-    limit = REPORT_TEXT_LIMITS[field]
-    if len(text) > limit:
-        raise InvalidArgument(f"{field}: {len(text)} characters, at most {limit}", field=field)
 
 
 def _check_labels(labels: Mapping[str, str]) -> None:

@@ -49,15 +49,28 @@ def _start(home: Path, port: int) -> subprocess.Popen[bytes]:
     raise AssertionError("aifb up did not listen")
 
 
+def _stub(home: Path, port: int) -> server_pb2_grpc.ServerServiceStub:
+    token = read_token_file(home / "token")
+    return server_pb2_grpc.ServerServiceStub(open_sync_channel(f"127.0.0.1:{port}", token=token))
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (SIGKILL after 15 s) an `aifb up` that is still running."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def test_sigkilled_server_reattaches_to_running_jobs_and_records_ended_ones(
         slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     home = tmp_path / "home"
     port = _free_port()
     proc = _start(home, port)
     try:
-        token = read_token_file(home / "token")
-        stub = server_pb2_grpc.ServerServiceStub(open_sync_channel(f"127.0.0.1:{port}",
-                                                                   token=token))
+        stub = _stub(home, port)
         redis = create(stub, "redis", port="0")
         ready = wait_for_state(stub, redis.name, {S.SERVICE_STATE_READY}, timeout=90)
         assert state_name(ready.state) == "READY", ready.state_message
@@ -75,8 +88,7 @@ def test_sigkilled_server_reattaches_to_running_jobs_and_records_ended_ones(
                 break
             time.sleep(0.2)
         proc = _start(home, port)
-        stub = server_pb2_grpc.ServerServiceStub(open_sync_channel(f"127.0.0.1:{port}",
-                                                                   token=token))
+        stub = _stub(home, port)
         again = stub.GetService(S.GetServiceRequest(name=redis.name), timeout=30).service
         assert state_name(again.state) == "READY"
         assert redis_ping(again.endpoint.host, again.endpoint.port) == b"+PONG\r\n"
@@ -87,12 +99,7 @@ def test_sigkilled_server_reattaches_to_running_jobs_and_records_ended_ones(
         final = wait_for_state(stub, redis.name, set(), timeout=60)
         assert state_name(final.state) == "STOPPED"
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _end(proc)
 
 
 
@@ -121,9 +128,7 @@ def test_watchers_reconnect_after_sigkill_and_follow_to_terminal(
     proc = _start(home, port)
     watchers: list[subprocess.Popen[str]] = []
     try:
-        token = read_token_file(home / "token")
-        stub = server_pb2_grpc.ServerServiceStub(open_sync_channel(f"127.0.0.1:{port}",
-                                                                   token=token))
+        stub = _stub(home, port)
         redis = create(stub, "redis", port="0")
         ready = wait_for_state(stub, redis.name, {S.SERVICE_STATE_READY}, timeout=90)
         assert state_name(ready.state) == "READY", ready.state_message
@@ -149,8 +154,7 @@ def test_watchers_reconnect_after_sigkill_and_follow_to_terminal(
         assert _next_state(on_short) == "FAILED"
         assert on_short.wait(30) == 1  # `watch` exits 1 on FAILED
         # A transition made after the restart reaches the reconnected watcher, to terminal.
-        stub = server_pb2_grpc.ServerServiceStub(open_sync_channel(f"127.0.0.1:{port}",
-                                                                   token=token))
+        stub = _stub(home, port)
         stub.DeleteService(S.DeleteServiceRequest(name=redis.name), timeout=30)
         assert on_redis.wait(60) == 0
         assert on_redis.stdout is not None
@@ -170,12 +174,7 @@ def test_watchers_reconnect_after_sigkill_and_follow_to_terminal(
             if w.poll() is None:
                 w.kill()
             w.communicate(timeout=10)  # reaps it and closes its pipes
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _end(proc)
 
 
 def _our_jobs(home: Path) -> dict[str, str]:
@@ -201,9 +200,7 @@ def test_sigkill_in_a_burst_of_creates_leaves_no_job_untracked(
     port = _free_port()
     proc = _start(home, port)
     try:
-        token = read_token_file(home / "token")
-        stub = server_pb2_grpc.ServerServiceStub(open_sync_channel(f"127.0.0.1:{port}",
-                                                                   token=token))
+        stub = _stub(home, port)
 
         def one(i: int) -> str:
             try:
@@ -220,8 +217,7 @@ def test_sigkill_in_a_burst_of_creates_leaves_no_job_untracked(
             proc.wait(10)
             [f.result() for f in futures]
         proc = _start(home, port)
-        stub = server_pb2_grpc.ServerServiceStub(open_sync_channel(f"127.0.0.1:{port}",
-                                                                   token=token))
+        stub = _stub(home, port)
         deadline = time.monotonic() + 60
         while True:  # the restarted server looks for the jobs of unfinished submissions
             services = list(stub.ListServices(S.ListServicesRequest(page_size=100),
@@ -242,11 +238,6 @@ def test_sigkill_in_a_burst_of_creates_leaves_no_job_untracked(
             assert time.monotonic() < deadline, _our_jobs(home)
             time.sleep(0.2)
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        _end(proc)
         for job in _our_jobs(home):  # never leave the shared cluster busy
             subprocess.run(["scancel", job], check=False)

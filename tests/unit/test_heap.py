@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 
 import psutil
 import pytest
@@ -37,16 +38,19 @@ def test_the_trim_loop_frees_old_cycles_and_gives_the_pages_back() -> None:
 
     async def scenario() -> tuple[float, float, float]:
         return_freed_memory()
-        loop = asyncio.create_task(trim_when_grown(interval_s=0.05, grown_bytes=64 << 20))
-        await asyncio.sleep(0.1)
         before = proc.memory_info().rss
+        loop = asyncio.create_task(trim_when_grown(interval_s=0.05, grown_bytes=64 << 20))
+        await asyncio.sleep(0)  # the loop takes its baseline, then waits for its first check
         held = _Cycle(256 << 20)
         gc.collect()  # survivors go to the oldest generation: only a full collection frees them
         del held
-        grown = proc.memory_info().rss
-        await asyncio.sleep(1.0)
+        grown = after = proc.memory_info().rss
+        deadline = time.monotonic() + 10
+        while after - before >= 64 << 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the loop's own interval: until it has collected
+            after = proc.memory_info().rss
         loop.cancel()
-        return before, grown, proc.memory_info().rss
+        return before, grown, after
 
     before, grown, after = asyncio.run(scenario())
     assert grown - before > 200 << 20  # the garbage was there
