@@ -124,7 +124,7 @@ async def end_to_end(prom_url: str, prom_pid: int, args: argparse.Namespace, bas
     cpu0, prom0, t0 = _self_cpu(), _proc_cpu(prom_pid), time.perf_counter()
     client.stdin.write("go\n")
     client.stdin.flush()
-    while app.stats.metric_samples_forwarded + app.stats.metric_samples_dropped \
+    while app.stats.metric_samples_forwarded + app.stats.metric_samples_returned \
             + app.stats.metric_samples_remote_rejected < total:
         await asyncio.sleep(0.005)
     wall, cpu, prom_cpu = time.perf_counter() - t0, _self_cpu() - cpu0, _proc_cpu(prom_pid) - prom0

@@ -1,6 +1,6 @@
 """Benchmark: log lines end to end, file -> logger agent -> collector -> Loki push receiver.
 
-    .venv/bin/python bench/logs_e2e.py [--lines 300000] [--line-bytes 100]
+    .venv/bin/python bench/logs_e2e.py [--lines 300000] [--line-bytes 100] [--baseline-rev REV]
 
 Each part runs in its own process so its CPU is its own (one warm-up line goes through first,
 outside the measurement): a Loki push receiver (decodes the
@@ -12,7 +12,10 @@ beforehand. Measured in the same run:
     per core: MiB over the CPU seconds of the logger and collector processes (each also alone);
   - direct: the same lines pre-encoded into 1 MiB PushRequests and posted straight to the
     receiver (the receiver's own rate: the peer the pipeline is compared with);
-  - ceiling: one core building, serializing and compressing PushRequests of these lines.
+  - ceiling: one core building, serializing and compressing PushRequests of these lines;
+  - with --baseline-rev REV, the same run first with the collector and logger of commit REV
+    (a git worktree laid out as the `aifb` import root on PYTHONPATH), and the ratio of this
+    tree's end-to-end rates to REV's (e.g. the acknowledgement path before issue 16).
 It is not a test and asserts nothing about time.
 """
 
@@ -180,11 +183,59 @@ def main() -> None:
     ap.add_argument("--role", default="", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--loki", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--baseline-rev", default="", metavar="REV",
+                    help="also measure the collector and logger of this git revision")
+    ap.add_argument("--json-out", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role == "receiver":
         return run_receiver(args.port)
     if args.role == "collector":
         return run_collector(args.port, args.loki)
+    baseline = _baseline(args) if args.baseline_rev else None
+    result = measure(args)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result))
+    if baseline is not None:
+        print(f"\nagainst {args.baseline_rev} (same run, same machine):\n")
+        print(f"| {'end to end':<34} | {args.baseline_rev[:12]:>12} | {'this tree':>10} | "
+              f"{'ratio':>6} |")
+        print(f"|{'-' * 36}|{'-' * 14}|{'-' * 12}|{'-' * 8}|")
+        for key, name in (("wall_mib_s", "MiB/s (wall)"), ("core_mib_s", "MiB/s per core")):
+            print(f"| {name:<34} | {baseline[key]:>12.2f} | {result[key]:>10.2f} | "
+                  f"{result[key] / baseline[key]:>6.2f} |")
+
+
+def _baseline(args: argparse.Namespace) -> dict[str, float]:
+    """Run this script with the collector and logger of `--baseline-rev` (its results only)."""
+    root = Path(__file__).resolve().parents[1]
+    tmp = Path(tempfile.mkdtemp(prefix="aifb-bench-rev-"))
+    tree = tmp / "tree" / "aifb"
+    try:
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q",
+                        str(tmp / "rev"), args.baseline_rev], check=True)
+        tree.mkdir(parents=True)
+        for part in ("mesh", "server", "client", "monitor", "logger", "collector", "cli"):
+            (tree / part).symlink_to(tmp / "rev" / part)
+        for part in ("v1", "wire"):
+            (tree / part).symlink_to(tmp / "rev" / "gen" / "python" / "aifb" / part)
+        out = tmp / "baseline.json"
+        print(f"measuring {args.baseline_rev} first ...", flush=True)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--lines",
+                        str(args.lines), "--line-bytes", str(args.line_bytes), "--timeout",
+                        str(args.timeout), "--json-out", str(out)], check=True,
+                       env={**os.environ, "PYTHONPATH": str(tree.parent)})
+        return dict(json.loads(out.read_text()))
+    finally:
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force",
+                        str(tmp / "rev")], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace) -> dict[str, float]:
+    """One run of the pipeline and the peers; prints the table, returns the key rates."""
+    from aifb.collector import ingest
+
+    print(f"collector: {Path(ingest.__file__).resolve().parents[1]}")
 
     tmp = Path(tempfile.mkdtemp(prefix="aifb-bench-logs-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -278,6 +329,7 @@ def main() -> None:
           f"collector {c_cpu:.2f}")
     if arrived != args.lines:
         print(f"WARNING: {args.lines - arrived} lines did not arrive within {args.timeout:g} s")
+    return {"wall_mib_s": e_rate * per_mib, "core_mib_s": arrived / (l_cpu + c_cpu) * per_mib}
 
 
 if __name__ == "__main__":

@@ -34,15 +34,24 @@ class CollectorApp:
     owns_client: bool = True
 
     async def stop(self) -> None:
-        await self.ingest.stop()
+        """Refuse new batches, forward what was accepted (`drain_seconds` at most), close."""
+        drain = await self.ingest.stop()
         if self.http is not None:
             self.http.stop()
             self.http = None
         if self.client is not None and self.owns_client:
             await self.client.aclose()
-        log.info("collector stopped: %d samples forwarded, %d dropped, %d lines forwarded",
-                 self.stats.metric_samples_forwarded, self.stats.metric_samples_dropped,
-                 self.stats.log_lines_forwarded)
+        stats = self.stats
+        log.info("collector stopped: since start %d samples and %d lines forwarded, %d samples "
+                 "and %d lines refused for good by the targets; at the stop %d batches were "
+                 "forwarded while draining, %d batches (%d samples, %d lines) were not "
+                 "forwarded and stay with their agents (unacknowledged, resent to the next "
+                 "collector), %d batches were refused as the collector was stopping; "
+                 "nothing was dropped", stats.metric_samples_forwarded,
+                 stats.log_lines_forwarded, stats.metric_samples_remote_rejected,
+                 stats.log_lines_remote_rejected, drain.delivered_batches,
+                 drain.returned_batches, drain.returned_samples, drain.returned_lines,
+                 drain.refused_batches)
 
 
 async def start_collector(config: CollectorConfig, *, client: httpx.AsyncClient | None = None,

@@ -19,7 +19,8 @@ class RetryConfig(_Section):
     initial_seconds: float = Field(default=0.2, gt=0)
     max_seconds: float = Field(default=5.0, gt=0)
     multiplier: float = Field(default=2.0, ge=1)
-    # Give up on one request after this long (its samples or lines are counted as dropped).
+    # A request retried this long is logged as an error (once); retries go on, and what it
+    # carries stays unacknowledged (agents hold back) until the target takes it.
     max_elapsed_seconds: float = Field(default=300.0, gt=0)
 
 
@@ -69,5 +70,6 @@ class CollectorConfig(_Section):
     trace_store_max_spans: int = Field(default=100_000, ge=0)
     # The HTTP endpoint serving /metrics; empty: none. Port 0 picks a free one.
     metrics_listen: str = "127.0.0.1:9100"
-    # How long stop() waits for queued telemetry to be forwarded.
+    # How long stop() waits for accepted telemetry to be forwarded (what is still not
+    # forwarded then is not acknowledged: its agents resend it to the next collector).
     drain_seconds: float = Field(default=10.0, ge=0)

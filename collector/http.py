@@ -39,7 +39,8 @@ _COUNTERS = (
     ("metric_samples_clamped", "Metric samples whose future timestamp was clamped to now."),
     ("metric_samples_forwarded", "Metric samples Prometheus accepted by remote write."),
     ("metric_samples_remote_rejected", "Metric samples Prometheus rejected permanently."),
-    ("metric_samples_dropped", "Metric samples dropped after retries ran out or at stop."),
+    ("metric_samples_returned", "Metric samples not forwarded before the collector stopped "
+     "(unacknowledged: their agents resend them)."),
     ("metric_batches_received", "Metric batches received."),
     ("metric_batches_duplicate", "Metric batches recognised as resends."),
     ("metric_batches_invalid", "Metric batches refused with INVALID_ARGUMENT."),
@@ -51,7 +52,8 @@ _COUNTERS = (
     ("log_lines_rejected", "Log lines rejected at ingest."),
     ("log_lines_forwarded", "Log lines Loki accepted."),
     ("log_lines_remote_rejected", "Log lines Loki rejected (4xx other than 429)."),
-    ("log_lines_dropped", "Log lines dropped after retries ran out."),
+    ("log_lines_returned", "Log lines not forwarded before the collector stopped "
+     "(unacknowledged: their agents resend them)."),
     ("log_batches_received", "Log batches received."),
     ("log_batches_duplicate", "Log batches recognised as resends."),
     ("log_batches_invalid", "Log batches refused with INVALID_ARGUMENT."),
@@ -82,6 +84,12 @@ class TelemetryCollector(Collector):
         yield GaugeMetricFamily("aifb_collector_queue_depth_batches",
                                 "Batches waiting in the forwarding queues.",
                                 value=self.queue_depth())
+        yield GaugeMetricFamily("aifb_collector_metric_samples_held",
+                                "Samples accepted and not yet forwarded (unacknowledged).",
+                                value=self.stats.metric_samples_held)
+        yield GaugeMetricFamily("aifb_collector_log_lines_held",
+                                "Log lines accepted and not yet forwarded (unacknowledged).",
+                                value=self.stats.log_lines_held)
         yield GaugeMetricFamily("aifb_collector_queue_capacity_batches",
                                 "Capacity of the forwarding queues.",
                                 value=self.stats.queue_capacity)

@@ -1,12 +1,18 @@
 """Ingest: per-agent dedup, validation, the bounded forwarding queues and their workers.
 
-"Durably accepted" means: validated, written to the local stores, and placed in the bounded
-in-memory forwarding queue (or, with no forwarding target, kept locally). From then on the
-collector owns the batch: it is forwarded, or counted as rejected or dropped; stop() drains the
-queues for `drain_seconds`. There is no on-disk WAL: a crash loses what is queued, which the
-agents' own unacknowledged-batch buffers cannot replay. When a queue is full the push waits
-(gRPC flow control reaches the agent), and after `enqueue_timeout_seconds` answers
-RESOURCE_EXHAUSTED, which agents retry.
+An acknowledgement means the batch is where it is going: a batch is acknowledged when Prometheus
+(remote write) or Loki has accepted it, or refused it for good (the ack says how many items and
+why), or, for a kind with no forwarding target, when it is in the local stores. Until then the
+agent keeps it (bounded, spooled) and resends it after a reconnect; there is no collector-side
+WAL (see docs/telemetry.md, "Delivery"). `accept_*` validates a batch and queues it, returning a
+future of its acknowledgement, so a stream has many batches in flight at once.
+
+Resends are dropped by sequence number per pushing identity and agent: a sequence already
+delivered is answered "duplicate" at once, one still in flight is answered when that delivery
+settles. When a queue is full the push waits (gRPC flow control reaches the agent), and after
+`enqueue_timeout_seconds` answers RESOURCE_EXHAUSTED, which agents retry. `stop()` refuses new
+batches (UNAVAILABLE), forwards what was accepted for up to `drain_seconds`, and fails the rest
+with `NotDelivered`: unacknowledged, their agents resend them to the next collector.
 """
 
 from __future__ import annotations
@@ -17,13 +23,22 @@ import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from aifb.collector.agents import AgentRegistry
 from aifb.collector.config import CollectorConfig
 from aifb.collector.convert import metric_batch_from_wire
 from aifb.collector.fast_logs import log_batch_from_wire, prepare_logs, read_log_view
 from aifb.collector.fast_metrics import FastMetrics, read_metric_view
 from aifb.collector.loki import LokiForwarder
-from aifb.collector.model import Labels, LogBatchIn, MetricBatchIn, PushOutcome
+from aifb.collector.model import (
+    Labels,
+    LogBatchIn,
+    MetricBatchIn,
+    NotDelivered,
+    PushOutcome,
+    Settled,
+)
 from aifb.collector.packed import PackedSeries, pack_series
 from aifb.collector.raw_metrics import RawMetrics, read_raw_batch
 from aifb.collector.remote_write import RemoteWriter
@@ -32,24 +47,32 @@ from aifb.collector.stores import LatestStore, LogStore, TraceStore
 from aifb.collector.validate import PreparedLogs, Validator
 from aifb.mesh.access import job_may_push, operator_name
 from aifb.mesh.auth import Principal
-from aifb.mesh.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from aifb.mesh.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unavailable
 
 __all__ = ["Ingest", "SequenceWindow"]
 
 log = logging.getLogger(__name__)
+
+Ack = asyncio.Future[PushOutcome]
 
 
 @dataclass
 class _AgentWindow:
     highest: int = 0
     seen: set[int] = field(default_factory=set)
+    # Accepted, not yet settled: a resend of one of these waits for the same delivery.
+    inflight: dict[int, Ack] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def idle(self) -> bool:
+        return not self.inflight and not self.lock.locked()
 
 
 class SequenceWindow:
-    """Which sequence numbers each agent has had accepted (the last `size` of them).
+    """Which sequence numbers each agent has had delivered (the last `size` of them), and
+    which are in flight.
 
-    A number already accepted, or older than the window, is a duplicate (a resend)."""
+    A number already delivered, or older than the window, is a duplicate (a resend)."""
 
     def __init__(self, size: int, max_agents: int = 50_000) -> None:
         self.size = size
@@ -61,7 +84,7 @@ class SequenceWindow:
         if found is None:
             found = self.agents[agent_id] = _AgentWindow()
             if len(self.agents) > self.max_agents:  # the longest-known agent that is idle
-                oldest = next((k for k, w in self.agents.items() if not w.lock.locked()), None)
+                oldest = next((k for k, w in self.agents.items() if w.idle()), None)
                 if oldest is not None and oldest != agent_id:
                     del self.agents[oldest]
         return found
@@ -70,7 +93,8 @@ class SequenceWindow:
         """Drop the window of an agent none of whose batches was accepted (a refused batch
         must not leave state behind: hostile ids would grow the map without end)."""
         window = self.agents.get(agent_id)
-        if window is not None and window.highest == 0 and not window.seen:
+        if window is not None and window.highest == 0 and not window.seen \
+                and not window.inflight:
             del self.agents[agent_id]
 
     def is_duplicate(self, agent: _AgentWindow, sequence: int) -> bool:
@@ -88,7 +112,7 @@ class SequenceWindow:
 @dataclass(slots=True)
 class _Ready:
     """A validated metric batch: what to forward, the counts for the ack, and the local store
-    update to run once it is accepted."""
+    update to run once it is delivered."""
 
     packed: PackedSeries | None
     received: int
@@ -112,6 +136,54 @@ def _message(reasons: list[str]) -> str:
     return text + (f"; and {len(reasons) - 5} more" if len(reasons) > 5 else "")
 
 
+def _not_the_streams_agent(agent_id: str, expected: str) -> InvalidArgument:
+    return InvalidArgument(f"batch agent_id {agent_id[:256]!r} is not the agent this stream "
+                           f"named at its start ({expected!r})", field="batch.agent_id")
+
+
+def _observed(future: asyncio.Future[Any]) -> None:
+    """Mark a settled future's exception as seen (its stream may be gone)."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _answered(outcome: PushOutcome) -> Ack:
+    ack: Ack = asyncio.get_running_loop().create_future()
+    ack.set_result(outcome)
+    return ack
+
+
+def _echo(original: Ack, sequence: int) -> Ack:
+    """The ack of a resend of a batch still in flight: "duplicate" once the original is
+    delivered, the original's error if it is not."""
+    ack: Ack = asyncio.get_running_loop().create_future()
+
+    def settle(done: Ack) -> None:
+        if ack.done():
+            return
+        exc = done.exception() if not done.cancelled() else NotDelivered("cancelled")
+        if exc is not None:
+            ack.set_exception(exc)
+        else:
+            ack.set_result(PushOutcome(sequence, duplicate=True))
+
+    original.add_done_callback(settle)
+    ack.add_done_callback(_observed)
+    return ack
+
+
+@dataclass
+class DrainReport:
+    """What a stop did: batches and items delivered while draining, left with their agents
+    (not delivered, not acknowledged), and refused because the collector was stopping."""
+
+    delivered_batches: int = 0
+    returned_batches: int = 0
+    returned_samples: int = 0
+    returned_lines: int = 0
+    refused_batches: int = 0
+
+
 class Ingest:
     """Accepts agent batches and feeds the stores and forwarders; knows nothing of gRPC."""
 
@@ -130,14 +202,20 @@ class Ingest:
         self.metric_seqs = SequenceWindow(config.dedup_window)
         self.log_seqs = SequenceWindow(config.dedup_window)
         per_worker = max(1, config.queue_max_batches // config.forward_workers)
-        self._metric_queues: list[asyncio.Queue[PackedSeries]] = (
-            [asyncio.Queue(per_worker) for _ in range(config.forward_workers)] if remote else [])
-        self._log_queue: asyncio.Queue[list[tuple[tuple[tuple[str, str], ...], list[int],
-                                                  list[str] | list[bytes]]]] = asyncio.Queue(
-                                                      per_worker)
+        self._metric_queues: list[asyncio.Queue[tuple[PackedSeries, asyncio.Future[Settled]]]] \
+            = [asyncio.Queue(per_worker) for _ in range(config.forward_workers)] if remote else []
+        self._log_queue: asyncio.Queue[tuple[list[tuple[tuple[tuple[str, str], ...], list[int],
+                                                        list[str] | list[bytes]]],
+                                             asyncio.Future[Settled], int]] = asyncio.Queue(
+                                                 per_worker)
         stats.queue_capacity = per_worker * (len(self._metric_queues) + (1 if loki else 0))
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
+        # Deliveries not yet settled, with their kind and item count (for the stop report).
+        self._unsettled: dict[asyncio.Future[Settled], tuple[str, int]] = {}
+        self.agents = AgentRegistry()
+        self.closing = False
+        self.drain = DrainReport()
 
     def start(self) -> None:
         for queue in self._metric_queues:
@@ -149,7 +227,12 @@ class Ingest:
         depth = sum(q.qsize() for q in self._metric_queues)
         return depth + (self._log_queue.qsize() if self.loki else 0)
 
-    async def _enqueue(self, queue: asyncio.Queue[object], item: object) -> None:
+    def _refuse_if_closing(self) -> None:
+        if self.closing:
+            self.drain.refused_batches += 1
+            raise Unavailable("the collector is stopping: resend to its successor")
+
+    async def _enqueue(self, queue: asyncio.Queue[Any], item: object) -> None:
         try:
             queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -160,6 +243,42 @@ class Ingest:
                     f"collector queue full for {self.config.enqueue_timeout_seconds:g}s "
                     "(forwarding is behind); retry later") from None
 
+    def _delivery(self, kind: str, items: int) -> asyncio.Future[Settled]:
+        """A future settled when the forwarder is done with `items` samples or lines; they
+        count as held until then. Cancelled: they were never queued."""
+        delivery: asyncio.Future[Settled] = asyncio.get_running_loop().create_future()
+        self._unsettled[delivery] = (kind, items)
+        if kind == "metrics":
+            self.stats.metric_samples_held += items
+        else:
+            self.stats.log_lines_held += items
+        delivery.add_done_callback(self._settled)
+        return delivery
+
+    def _settled(self, delivery: asyncio.Future[Settled]) -> None:
+        kind, items = self._unsettled.pop(delivery, ("", 0))
+        if kind == "metrics":
+            self.stats.metric_samples_held -= items
+        elif kind == "logs":
+            self.stats.log_lines_held -= items
+        if delivery.cancelled():
+            return
+        failed = delivery.exception() is not None
+        if self.closing:
+            if failed:
+                self.drain.returned_batches += 1
+                if kind == "metrics":
+                    self.drain.returned_samples += items
+                else:
+                    self.drain.returned_lines += items
+            else:
+                self.drain.delivered_batches += 1
+        if failed:
+            if kind == "metrics":
+                self.stats.metric_samples_returned += items
+            else:
+                self.stats.log_lines_returned += items
+
     def _general(self, batch: MetricBatchIn) -> _Ready:
         prepared = self.validator.metrics(batch)
         packed = pack_series(prepared.series) if prepared.series and self._metric_queues \
@@ -169,19 +288,33 @@ class Ingest:
                       lambda: self.latest.update(prepared.series),
                       lambda: [s.labels for s in prepared.series])
 
+    # -- metrics ---------------------------------------------------------------------------
+
     async def push_metrics(self, batch: MetricBatchIn, who: Principal | None = None
                            ) -> PushOutcome:
-        return await self._push_metrics(batch.agent_id, batch.sequence,
-                                        lambda: self._general(batch), who)
+        """Accept one batch and wait for its acknowledgement."""
+        return await (await self.accept_metrics(batch, who))
 
     async def push_metrics_wire(self, data: bytes, who: Principal | None = None
                                 ) -> PushOutcome:
+        return await (await self.accept_metrics_wire(data, who))
+
+    async def accept_metrics(self, batch: MetricBatchIn, who: Principal | None = None, *,
+                             expect_agent: str = "") -> Ack:
+        """Validate and queue one batch; the future is its acknowledgement. `expect_agent`:
+        the agent id the stream named at its start (every batch must carry it)."""
+        return await self._accept_metrics(batch.agent_id, batch.sequence,
+                                          lambda: self._general(batch), who, expect_agent)
+
+    async def accept_metrics_wire(self, data: bytes, who: Principal | None = None, *,
+                                  expect_agent: str = "") -> Ack:
         """A serialized PushMetricsRequest: the raw path (`RawMetrics`) when every series
         has the same sample count, the view path (`FastMetrics`) for other regular batches,
         else the general one; whichever it is, the same checks, counts and answers."""
         raw = read_raw_batch(data)
         if raw is None:
-            return await self.push_metrics(metric_batch_from_wire(data), who)
+            return await self.accept_metrics(metric_batch_from_wire(data), who,
+                                             expect_agent=expect_agent)
 
         def prepare() -> _Ready:
             fast = self.raw.prepare(raw)  # the usual batch; then the view path, then general
@@ -197,44 +330,87 @@ class Ingest:
                                                             done.last_timestamps,
                                                             done.last_values, done.series),
                           lambda: done.packed.labels)
-        return await self._push_metrics(raw.agent_id, raw.sequence, prepare, who)
+        return await self._accept_metrics(raw.agent_id, raw.sequence, prepare, who,
+                                          expect_agent)
 
-    async def _push_metrics(self, agent_id: str, sequence: int,
-                            prepare: Callable[[], _Ready], who: Principal | None) -> PushOutcome:
+    async def _accept_metrics(self, agent_id: str, sequence: int,
+                              prepare: Callable[[], _Ready], who: Principal | None,
+                              expect_agent: str) -> Ack:
         stats = self.stats
         stats.metric_batches_received += 1
-        agent = self.metric_seqs.agent(_agent_key(agent_id, who))
+        self._refuse_if_closing()
+        if expect_agent and agent_id != expect_agent:
+            stats.metric_batches_invalid += 1
+            raise _not_the_streams_agent(agent_id, expect_agent)
+        key = _agent_key(agent_id, who)
+        agent = self.metric_seqs.agent(key)
         async with agent.lock:
+            if sequence in agent.inflight:
+                stats.metric_batches_duplicate += 1
+                return _echo(agent.inflight[sequence], sequence)
             if self.metric_seqs.is_duplicate(agent, sequence):
                 stats.metric_batches_duplicate += 1
-                return PushOutcome(sequence, duplicate=True)
+                return _answered(PushOutcome(sequence, duplicate=True))
             try:
                 ready = prepare()
                 if who is not None and who.is_job:
                     job_may_push(who, ready.label_sets())
             except (InvalidArgument, PermissionDenied):
                 stats.metric_batches_invalid += 1
-                self.metric_seqs.forget_if_unused(_agent_key(agent_id, who))
+                self.metric_seqs.forget_if_unused(key)
                 raise
-            if ready.packed is not None:
-                shard = zlib.crc32(agent_id.encode()) % len(self._metric_queues)
-                await self._enqueue(self._metric_queues[shard],  # type: ignore[arg-type]
-                                    ready.packed)
-            self.metric_seqs.mark(agent, sequence)
-            stats.note_agent(agent_id, agent.highest)
-        ready.update_latest()
-        stats.metric_samples_received += ready.received
-        stats.metric_samples_accepted += ready.accepted
-        stats.metric_samples_rejected += ready.rejected
-        stats.metric_samples_clamped += ready.clamped
-        return PushOutcome(sequence, accepted=ready.accepted, rejected=ready.rejected,
-                           error_message=_message(ready.reasons))
+            stats.metric_samples_received += ready.received
+            stats.metric_samples_accepted += ready.accepted
+            stats.metric_samples_rejected += ready.rejected
+            stats.metric_samples_clamped += ready.clamped
+            ack: Ack = asyncio.get_running_loop().create_future()
+            ack.add_done_callback(_observed)
+
+            def settle(delivery: asyncio.Future[Settled] | None) -> None:
+                agent.inflight.pop(sequence, None)
+                if delivery is not None and (delivery.cancelled() or delivery.exception()):
+                    if not ack.done():
+                        ack.set_exception(delivery.exception() or NotDelivered("cancelled"))
+                    return
+                self.metric_seqs.mark(agent, sequence)
+                stats.note_agent(agent_id, agent.highest)
+                ready.update_latest()
+                if not ack.done():
+                    ack.set_result(PushOutcome(sequence, accepted=ready.accepted,
+                                               rejected=ready.rejected,
+                                               error_message=_message(ready.reasons)))
+
+            if ready.packed is None:
+                settle(None)
+                return ack
+            delivery = self._delivery("metrics", ready.packed.sample_count)
+            shard = zlib.crc32(agent_id.encode()) % len(self._metric_queues)
+            try:
+                await self._enqueue(self._metric_queues[shard], (ready.packed, delivery))
+            except BaseException:
+                delivery.cancel()
+                raise
+            agent.inflight[sequence] = ack
+            delivery.add_done_callback(settle)
+        return ack
+
+    # -- logs ------------------------------------------------------------------------------
 
     async def push_logs(self, batch: LogBatchIn, who: Principal | None = None) -> PushOutcome:
-        return await self._push_logs(batch.agent_id, batch.sequence,
-                                     lambda: self.validator.logs(batch), who)
+        """Accept one batch and wait for its acknowledgement."""
+        return await (await self.accept_logs(batch, who))
 
     async def push_logs_wire(self, data: bytes, who: Principal | None = None) -> PushOutcome:
+        return await (await self.accept_logs_wire(data, who))
+
+    async def accept_logs(self, batch: LogBatchIn, who: Principal | None = None, *,
+                          expect_agent: str = "") -> Ack:
+        """Validate and queue one batch; the future is its acknowledgement."""
+        return await self._accept_logs(batch.agent_id, batch.sequence,
+                                        lambda: self.validator.logs(batch), who, expect_agent)
+
+    async def accept_logs_wire(self, data: bytes, who: Principal | None = None, *,
+                               expect_agent: str = "") -> Ack:
         """A serialized PushLogsRequest: the fast path (`fast_logs`, lines kept as bytes) when
         the view reads it exactly, else the general one; the same checks, counts and answers."""
         try:
@@ -246,61 +422,113 @@ class Ingest:
             raise
         if view is None:
             assert batch is not None
-            return await self.push_logs(batch, who)
+            return await self.accept_logs(batch, who, expect_agent=expect_agent)
 
         def prepare() -> PreparedLogs:
             prepared = prepare_logs(self.validator, view)
             return self.validator.logs(log_batch_from_wire(data)) if prepared is None \
                 else prepared
-        return await self._push_logs(view.agent_id, view.sequence, prepare, who)
+        return await self._accept_logs(view.agent_id, view.sequence, prepare, who,
+                                       expect_agent)
 
-    async def _push_logs(self, agent_id: str, sequence: int,
-                         prepare: Callable[[], PreparedLogs], who: Principal | None
-                         ) -> PushOutcome:
+    async def _accept_logs(self, agent_id: str, sequence: int,
+                           prepare: Callable[[], PreparedLogs], who: Principal | None,
+                           expect_agent: str) -> Ack:
         stats = self.stats
         stats.log_batches_received += 1
-        agent = self.log_seqs.agent(_agent_key(agent_id, who))
+        self._refuse_if_closing()
+        if expect_agent and agent_id != expect_agent:
+            stats.log_batches_invalid += 1
+            raise _not_the_streams_agent(agent_id, expect_agent)
+        key = _agent_key(agent_id, who)
+        agent = self.log_seqs.agent(key)
         async with agent.lock:
+            if sequence in agent.inflight:
+                stats.log_batches_duplicate += 1
+                return _echo(agent.inflight[sequence], sequence)
             if self.log_seqs.is_duplicate(agent, sequence):
                 stats.log_batches_duplicate += 1
-                return PushOutcome(sequence, duplicate=True)
+                return _answered(PushOutcome(sequence, duplicate=True))
             try:
                 prepared = prepare()
                 job_may_push(who, (labels for labels, _, _ in prepared.streams))
             except (InvalidArgument, PermissionDenied):
                 stats.log_batches_invalid += 1
-                self.log_seqs.forget_if_unused(_agent_key(agent_id, who))
+                self.log_seqs.forget_if_unused(key)
                 raise
-            if prepared.streams and self.loki is not None:
-                await self._enqueue(self._log_queue, prepared.streams)  # type: ignore[arg-type]
-            self.log_seqs.mark(agent, sequence)
-        owner = who.user if who is not None else operator_name()
-        for labels, stamps, lines in prepared.streams:
-            self.logs.add_stream(labels, stamps, lines, owner)
-        stats.log_lines_received += prepared.received
-        stats.log_lines_accepted += prepared.accepted
-        stats.log_lines_rejected += prepared.rejected
-        return PushOutcome(sequence, accepted=prepared.accepted,
-                           rejected=prepared.rejected, error_message=_message(prepared.reasons))
+            stats.log_lines_received += prepared.received
+            stats.log_lines_accepted += prepared.accepted
+            stats.log_lines_rejected += prepared.rejected
+            owner = who.user if who is not None else operator_name()
+            ack: Ack = asyncio.get_running_loop().create_future()
+            ack.add_done_callback(_observed)
 
-    async def _metric_worker(self, queue: asyncio.Queue[PackedSeries]) -> None:
+            def settle(delivery: asyncio.Future[Settled] | None) -> None:
+                agent.inflight.pop(sequence, None)
+                remote = Settled()
+                if delivery is not None:
+                    if delivery.cancelled() or delivery.exception():
+                        if not ack.done():
+                            ack.set_exception(delivery.exception() or NotDelivered("cancelled"))
+                        return
+                    remote = delivery.result()
+                self.log_seqs.mark(agent, sequence)
+                for labels, stamps, lines in prepared.streams:
+                    self.logs.add_stream(labels, stamps, lines, owner)
+                reasons = [*prepared.reasons, *([remote.message] if remote.message else [])]
+                if not ack.done():
+                    ack.set_result(PushOutcome(
+                        sequence, accepted=prepared.accepted - remote.rejected,
+                        rejected=prepared.rejected + remote.rejected,
+                        error_message=_message(reasons)))
+
+            if not prepared.streams or self.loki is None:
+                settle(None)
+                return ack
+            delivery = self._delivery("logs", prepared.accepted)
+            try:
+                await self._enqueue(self._log_queue, (prepared.streams, delivery,
+                                                      prepared.accepted))
+            except BaseException:
+                delivery.cancel()
+                raise
+            agent.inflight[sequence] = ack
+            delivery.add_done_callback(settle)
+        return ack
+
+    # -- forwarding ------------------------------------------------------------------------
+
+    async def _metric_worker(self,
+                             queue: asyncio.Queue[tuple[PackedSeries, asyncio.Future[Settled]]]
+                             ) -> None:
         assert self.remote is not None
         limit = self.config.remote_write_max_samples
         while True:
             items = [await queue.get()]
-            samples = items[0].sample_count
+            samples = items[0][0].sample_count
             while samples < limit and not queue.empty():
                 more = queue.get_nowait()
                 items.append(more)
-                samples += more.sample_count
-            taken = len(items)
+                samples += more[0].sample_count
+            error: NotDelivered | None = None
             try:
-                await self.remote.write_packed(PackedSeries.concat(items))
-            except Exception:  # a bug must not kill the worker: count and go on
-                log.exception("remote write failed unexpectedly; %d samples dropped", samples)
-                self.stats.metric_samples_dropped += samples
+                await self.remote.write_packed(PackedSeries.concat([p for p, _ in items]))
+            except NotDelivered as exc:
+                error = exc
+            except asyncio.CancelledError:
+                error = NotDelivered("the collector stopped while writing them")
+                raise
+            except Exception as exc:  # a bug must not kill the worker: the agents resend
+                log.exception("remote write failed unexpectedly; %d samples not acknowledged",
+                              samples)
+                error = NotDelivered(f"remote write failed: {exc!r}")
             finally:
-                for _ in range(taken):
+                for _, delivery in items:
+                    if not delivery.done():
+                        if error is None:
+                            delivery.set_result(Settled())
+                        else:
+                            delivery.set_exception(NotDelivered(str(error)))
                     queue.task_done()
 
     async def _log_worker(self, loki: LokiForwarder) -> None:
@@ -312,7 +540,8 @@ class Ingest:
             except TimeoutError:
                 await self._flush_logs(loki)
                 continue
-            loki.add(item)
+            streams, delivery, lines = item
+            loki.add(streams, (delivery, lines))
             queue.task_done()
             if loki.due_in() == 0.0:
                 await self._flush_logs(loki)
@@ -320,33 +549,43 @@ class Ingest:
     async def _flush_logs(self, loki: LokiForwarder) -> None:
         try:
             await loki.flush(self._stop)
+        except NotDelivered as exc:
+            log.warning("%s", exc)
         except Exception:
             log.exception("loki push failed unexpectedly")
 
-    async def stop(self) -> None:
-        """Drain the queues for up to `drain_seconds`, then end the workers."""
-        queues: list[asyncio.Queue[object]] = [*self._metric_queues]  # type: ignore[list-item]
+    async def stop(self) -> DrainReport:
+        """Refuse new batches, forward what was accepted for up to `drain_seconds`, then end
+        the workers; what is still not forwarded is not acknowledged (`NotDelivered`)."""
+        self.closing = True
         if self.loki is not None:
-            queues.append(self._log_queue)  # type: ignore[arg-type]
-        try:
-            await asyncio.wait_for(asyncio.gather(*(q.join() for q in queues)),
-                                   self.config.drain_seconds)
-        except TimeoutError:
-            log.warning("collector stopping with %d batches still queued", self.queue_depth())
+            self.loki.draining = True
+        if self._unsettled:
+            log.info("collector draining: %d accepted batches to forward (up to %gs)",
+                     len(self._unsettled), self.config.drain_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_settled(), self.config.drain_seconds)
+        if self._unsettled:
+            log.warning("collector stopping with %d batches not forwarded; they stay with "
+                        "their agents", len(self._unsettled))
         self._stop.set()
         if self.remote is not None:
-            # Retries now give up at once (counting what they hold as dropped); let them.
-            self.remote.stop.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*(q.join() for q in queues)),
-                                       self.config.remote_write_timeout_seconds)
+            self.remote.stop.set()  # retries end at once: their batches are NotDelivered
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_settled(), 1.0)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.loki is not None:
-            await self._flush_logs(self.loki)
-        for queue in self._metric_queues:
-            while not queue.empty():
-                self.stats.metric_samples_dropped += queue.get_nowait().sample_count
+        for delivery in list(self._unsettled):
+            if not delivery.done():
+                delivery.set_exception(NotDelivered("the collector stopped before forwarding "
+                                                    "them"))
+        # Let the settle callbacks run (they answer the streams still open).
+        await asyncio.sleep(0)
+        return self.drain
+
+    async def _all_settled(self) -> None:
+        while self._unsettled:
+            await asyncio.wait(list(self._unsettled))

@@ -1,7 +1,9 @@
 """Loki push API: label rendering, PushRequest (protobuf+snappy) and JSON bodies, the batcher.
 
-Entries go out per stream in timestamp order. 429 and 5xx are retried with jittered backoff
-(bounded); any other 4xx counts the request's lines as rejected and logs Loki's message once.
+Entries go out per stream in timestamp order. 429, 5xx and connection errors are retried with
+jittered backoff until Loki answers or the collector stops; any other 4xx counts the request's
+lines as rejected and logs Loki's message once. Each added batch may bring a future, settled
+when its lines are: `Settled` (delivered, or refused for good) or `NotDelivered` (stopping).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import httpx
 
 from aifb.collector.config import CollectorConfig
 from aifb.collector.loki_wire import encode_push_request
-from aifb.collector.model import Labels
+from aifb.collector.model import Labels, NotDelivered, Settled
 from aifb.collector.retry import Backoff
 from aifb.collector.stats import Stats
 
@@ -36,6 +38,8 @@ _ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\
 Entries = list[tuple[int, str]]
 # A stream's buffered lines: str, or UTF-8 bytes as they arrived on the wire.
 Lines = list[str] | list[bytes]
+# Who waits for lines: the future to settle and how many of the lines are theirs.
+Waiter = tuple["asyncio.Future[Settled]", int]
 
 
 def render_labels(labels: Labels) -> str:
@@ -86,9 +90,9 @@ class LokiForwarder:
     """Buffers streams and pushes them when `loki_batch_bytes` fill or `loki_batch_wait` ends.
 
     Lines leave the buffer only when their push is settled: acknowledged (2xx), refused for
-    good (another 4xx: counted as rejected), or given up after the retries (counted as
-    dropped). A flush that is cancelled (the collector stopping) puts its lines back in front
-    of whatever arrived meanwhile, so the next flush sends them."""
+    good (another 4xx: counted as rejected), or not delivered because the collector stops
+    (their waiters get `NotDelivered`). A flush that is cancelled puts its lines (and waiters)
+    back in front of whatever arrived meanwhile, so the next flush sends them."""
 
     def __init__(self, config: CollectorConfig, client: httpx.AsyncClient, stats: Stats) -> None:
         self.config = config
@@ -100,17 +104,23 @@ class LokiForwarder:
         self._lines = 0
         self._sending = 0
         self._first_at = 0.0
+        self._waiters: list[Waiter] = []
+        # Set while the collector drains: whatever is buffered is due at once.
+        self.draining = False
 
     @property
     def buffered_lines(self) -> int:
         """Lines not yet settled, those in a push now included."""
         return self._lines + self._sending
 
-    def add(self, streams: Iterable[tuple[Labels, Sequence[int], Sequence[str] | Sequence[bytes]]]
-            ) -> None:
-        """Lines may be `str` or UTF-8 `bytes` (a stream keeps the kind it started with)."""
+    def add(self, streams: Iterable[tuple[Labels, Sequence[int], Sequence[str] | Sequence[bytes]]],
+            waiter: Waiter | None = None) -> None:
+        """Lines may be `str` or UTF-8 `bytes` (a stream keeps the kind it started with);
+        `waiter` is settled with the push that carries them."""
         if not self._lines:
             self._first_at = time.monotonic()
+        if waiter is not None:
+            self._waiters.append(waiter)
         for labels, stamps, lines in streams:
             column = self._buffer.get(labels)
             if column is None:
@@ -128,7 +138,7 @@ class LokiForwarder:
         """Seconds until the buffer must go out; 0 when it is full; None when it is empty."""
         if not self._lines:
             return None
-        if self._bytes >= self.config.loki_batch_bytes:
+        if self._bytes >= self.config.loki_batch_bytes or self.draining:
             return 0.0
         return max(0.0, self._first_at + self.config.loki_batch_wait_seconds - time.monotonic())
 
@@ -145,15 +155,18 @@ class LokiForwarder:
         return (encode_protobuf_columns((labels, *columns) for labels, columns in streams),
                 {"Content-Type": "application/x-protobuf"})
 
-    def _take(self) -> tuple[list[tuple[Labels, tuple[list[int], Lines]]], int, int]:
+    def _take(self) -> tuple[list[tuple[Labels, tuple[list[int], Lines]]], int, int,
+                             list[Waiter]]:
         streams, lines, size = list(self._buffer.items()), self._lines, self._bytes
+        waiters, self._waiters = self._waiters, []
         self._buffer, self._bytes, self._lines = {}, 0, 0
         self._sending += lines
-        return streams, lines, size
+        return streams, lines, size, waiters
 
     def _put_back(self, streams: list[tuple[Labels, tuple[list[int], Lines]]], lines: int,
-                  size: int) -> None:
+                  size: int, waiters: list[Waiter]) -> None:
         """Unsettled lines go back in front of the ones buffered since, in their order."""
+        self._waiters[:0] = waiters
         newer, self._buffer = self._buffer, dict(streams)
         for labels, (stamps, texts) in newer.items():
             column = self._buffer.get(labels)
@@ -168,25 +181,37 @@ class LokiForwarder:
         self._bytes += size
 
     async def flush(self, stop: asyncio.Event | None = None) -> None:
-        """Push everything buffered; every line ends forwarded, rejected or dropped, or, when
-        the flush is cancelled, buffered again."""
+        """Push everything buffered; every line ends forwarded or rejected, or not delivered
+        when `stop` is set first, or, when the flush is cancelled, buffered again."""
         if not self._lines:
             return
-        streams, lines, size = self._take()
+        streams, lines, size, waiters = self._take()
         settled = False
         try:
             body, headers = self._body(streams)
             headers["User-Agent"] = "aifb-collector"
-            await self._push(body, headers, lines, len(streams), stop)
+            try:
+                answer = await self._push(body, headers, lines, len(streams), stop)
+            except NotDelivered as exc:
+                settled = True
+                for future, _ in waiters:
+                    if not future.done():
+                        future.set_exception(NotDelivered(str(exc)))
+                raise
             settled = True
+            for future, count in waiters:
+                if not future.done():
+                    future.set_result(Settled(count, answer) if answer else Settled())
         finally:
             self._sending -= lines
             if not settled:
-                self._put_back(streams, lines, size)
+                self._put_back(streams, lines, size, waiters)
 
     async def _push(self, body: bytes, headers: dict[str, str], lines: int, streams: int,
-                    stop: asyncio.Event | None) -> None:
+                    stop: asyncio.Event | None) -> str:
+        """'' when Loki took the lines; Loki's message when it refused them for good."""
         backoff = Backoff(self.config.retry)
+        warned = False
         while True:
             start = time.perf_counter()
             self.stats.loki_requests += 1
@@ -200,17 +225,22 @@ class LokiForwarder:
                 status = resp.status_code
                 if 200 <= status < 300:
                     self.stats.log_lines_forwarded += lines
-                    return
+                    return ""
                 if status != 429 and status < 500:
                     self.stats.log_lines_remote_rejected += lines
+                    message = resp.text.strip()[:500]
                     log.warning("loki rejected %d lines in %d streams (HTTP %d): %s", lines,
-                                streams, status, resp.text.strip()[:500])
-                    return
+                                streams, status, message)
+                    return f"loki refused them (HTTP {status}): {message}"
                 log.debug("loki answered %d: %s", status, resp.text[:200])
+            if not warned and backoff.overdue():
+                warned = True
+                log.error("loki push to %s has failed for %.0fs; holding %d lines (agents are "
+                          "held back) and retrying", self.url,
+                          self.config.retry.max_elapsed_seconds, lines)
             if not await backoff.wait(stop):
-                self.stats.log_lines_dropped += lines
-                log.error("loki push to %s gave up: %d lines dropped", self.url, lines)
-                return
+                raise NotDelivered(f"loki at {self.url} did not take {lines} lines before the "
+                                   "collector stopped")
             self.stats.loki_retries += 1
 
 

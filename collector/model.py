@@ -10,9 +10,11 @@ __all__ = [
     "LogRecord",
     "LogStreamIn",
     "MetricBatchIn",
+    "NotDelivered",
     "PushOutcome",
     "SeriesIn",
     "SeriesOut",
+    "Settled",
     "SpanRecord",
 ]
 
@@ -73,6 +75,20 @@ class LogRecord:
     labels: Labels
     timestamp_ns: int
     line: str
+
+
+class NotDelivered(Exception):
+    """A batch the collector accepted but could not forward (it is stopping): it is not
+    acknowledged, so its agent keeps it and resends it to the next collector."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """How a forwarded batch ended: delivered, with `rejected` of its items refused for good
+    by the target (and why)."""
+
+    rejected: int = 0
+    message: str = ""
 
 
 @dataclass(slots=True)

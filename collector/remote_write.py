@@ -21,7 +21,7 @@ import cramjam
 import httpx
 
 from aifb.collector.config import CollectorConfig
-from aifb.collector.model import SeriesOut
+from aifb.collector.model import NotDelivered, SeriesOut
 from aifb.collector.packed import PackedSeries, pack_series
 from aifb.collector.retry import Backoff
 from aifb.collector.stats import Stats
@@ -126,7 +126,8 @@ def _is_permanent(status: int, text: str) -> bool:
 
 
 class RemoteWriter:
-    """Sends series to one remote-write URL; every sample ends forwarded, rejected or dropped."""
+    """Sends series to one remote-write URL: every sample ends forwarded or rejected for good,
+    or, when the collector stops first, `NotDelivered` is raised (its agents still hold it)."""
 
     def __init__(self, url: str, client: httpx.AsyncClient, stats: Stats, config: CollectorConfig
                  ) -> None:
@@ -134,7 +135,7 @@ class RemoteWriter:
         self.client = client
         self.stats = stats
         self.config = config
-        # Set when the collector stops: retries end at once and count their samples dropped.
+        # Set when the collector stops: retries end at once (NotDelivered).
         self.stop = asyncio.Event()
 
     async def write(self, series: list[SeriesOut]) -> None:
@@ -150,10 +151,8 @@ class RemoteWriter:
         samples = series.sample_count
         answer = await self._post(compress(series.body()))
         if answer is None:
-            self.stats.metric_samples_dropped += samples
-            log.error("remote write to %s gave up after retries: %d samples in %d series dropped",
-                      self.url, samples, len(series))
-            return
+            raise NotDelivered(f"remote write to {self.url} did not answer before the "
+                               f"collector stopped ({samples} samples)")
         status, text = answer
         if 200 <= status < 300:
             self.stats.metric_samples_forwarded += samples
@@ -170,8 +169,10 @@ class RemoteWriter:
                     status, text.strip()[:500])
 
     async def _post(self, body: bytes) -> tuple[int, str] | None:
-        """POST with retries of 429, transient 5xx and connection errors; None: gave up."""
+        """POST with retries of 429, transient 5xx and connection errors until an answer that
+        settles it; None: the collector is stopping."""
         backoff = Backoff(self.config.retry)
+        warned = False
         while True:
             start = time.perf_counter()
             self.stats.remote_write_requests += 1
@@ -188,6 +189,11 @@ class RemoteWriter:
                 if status != 429 and (status < 500 or _is_permanent(status, text)):
                     return status, text
                 log.debug("remote write answered %d: %s", status, text[:200])
+            if not warned and backoff.overdue():
+                warned = True
+                log.error("remote write to %s has failed for %.0fs; holding the samples "
+                          "(agents are held back) and retrying", self.url,
+                          self.config.retry.max_elapsed_seconds)
             if not await backoff.wait(self.stop):
                 return None
             self.stats.remote_write_retries += 1

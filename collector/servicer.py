@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -13,12 +15,14 @@ from opentelemetry.proto.common.v1 import common_pb2
 
 from aifb.collector.convert import labels_dict as _labels
 from aifb.collector.convert import log_batch_from_proto, metric_batch_from_proto
-from aifb.collector.ingest import Ingest
-from aifb.collector.model import PushOutcome, SpanRecord
+from aifb.collector.ingest import Ack, Ingest
+from aifb.collector.model import NotDelivered, PushOutcome, SpanRecord
 from aifb.collector.stats import Stats
 from aifb.mesh.access import caller, operator_caller, operator_name, user_caller
+from aifb.mesh.auth import Principal
 from aifb.mesh.bounds import check_matchers, check_text
-from aifb.mesh.errors import InvalidArgument, NotFound
+from aifb.mesh.errors import InvalidArgument, NotFound, Unavailable
+from aifb.mesh.push import AGENT_ID_HEADER, AGENT_INSTANCE_HEADER
 from aifb.mesh.server import ServiceBinding
 from aifb.v1 import collector_pb2, collector_pb2_grpc
 
@@ -33,6 +37,8 @@ __all__ = [
 ]
 
 Context = grpc.aio.ServicerContext[Any, Any]
+# Batches of one stream read and not yet answered, at most (agents send `window`, 8-16).
+STREAM_WINDOW = 64
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _STATUS = {0: "UNSET", 1: "OK", 2: "ERROR"}
 
@@ -50,7 +56,19 @@ def stats_to_proto(stats: Stats, queue_depth: int) -> collector_pb2.CollectorSta
         log_batches_duplicate=stats.log_batches_duplicate,
         queue_depth=queue_depth,
         spans_received=stats.spans_received,
-        agents_last_sequence=stats.agents_last_sequence)
+        agents_last_sequence=stats.agents_last_sequence,
+        metric_samples_held=stats.metric_samples_held, log_lines_held=stats.log_lines_held)
+
+
+def _stream_agent(context: Context) -> tuple[str, str]:
+    """The agent id and process instance an agent names at the stream's start ('' if not)."""
+    found = {key: value for key, value in context.invocation_metadata() or ()
+             if key in (AGENT_ID_HEADER, AGENT_INSTANCE_HEADER)}
+    agent = str(found.get(AGENT_ID_HEADER, ""))
+    if len(agent) > 256:
+        raise InvalidArgument("the agent id header is longer than 256 characters",
+                              field=AGENT_ID_HEADER)
+    return agent, str(found.get(AGENT_INSTANCE_HEADER, ""))[:64]
 
 
 def _ns(ts: timestamp_pb2.Timestamp) -> int:
@@ -71,13 +89,18 @@ class CollectorServicer(collector_pb2_grpc.CollectorServiceServicer):
             self, request_iterator: AsyncIterator[collector_pb2.PushMetricsRequest | bytes],
             context: Context) -> AsyncIterator[collector_pb2.PushMetricsResponse]:
         """Mounted by `collector_bindings`, requests arrive as their wire bytes (parsed by the
-        ingest's fast path); a caller passing messages gets the same answers."""
+        ingest's fast path); a caller passing messages gets the same answers. Each batch is
+        answered once it is forwarded (see `Ingest`), so many are in flight at once."""
         who = caller()
-        async for request in request_iterator:
+        ingest = self.ingest
+
+        async def accept(request: collector_pb2.PushMetricsRequest | bytes, agent: str) -> Ack:
             if isinstance(request, bytes):
-                out = await self.ingest.push_metrics_wire(request, who)
-            else:
-                out = await self.ingest.push_metrics(metric_batch_from_proto(request.batch), who)
+                return await ingest.accept_metrics_wire(request, who, expect_agent=agent)
+            return await ingest.accept_metrics(metric_batch_from_proto(request.batch), who,
+                                               expect_agent=agent)
+
+        async for out in self._answers("metrics", request_iterator, context, accept, who):
             yield collector_pb2.PushMetricsResponse(
                 sequence=out.sequence, duplicate=out.duplicate, accepted_samples=out.accepted,
                 rejected_samples=out.rejected, error_message=out.error_message)
@@ -88,15 +111,74 @@ class CollectorServicer(collector_pb2_grpc.CollectorServiceServicer):
         """Mounted by `collector_bindings`, requests arrive as their wire bytes (read by the
         ingest's fast path, `fast_logs`); a caller passing messages gets the same answers."""
         who = caller()
-        async for request in request_iterator:
-            out: PushOutcome
+        ingest = self.ingest
+
+        async def accept(request: collector_pb2.PushLogsRequest | bytes, agent: str) -> Ack:
             if isinstance(request, bytes):
-                out = await self.ingest.push_logs_wire(request, who)
-            else:
-                out = await self.ingest.push_logs(log_batch_from_proto(request.batch), who)
+                return await ingest.accept_logs_wire(request, who, expect_agent=agent)
+            return await ingest.accept_logs(log_batch_from_proto(request.batch), who,
+                                            expect_agent=agent)
+
+        async for out in self._answers("logs", request_iterator, context, accept, who):
             yield collector_pb2.PushLogsResponse(
                 sequence=out.sequence, duplicate=out.duplicate, accepted_lines=out.accepted,
                 rejected_lines=out.rejected, error_message=out.error_message)
+
+    async def _answers(self, kind: str, requests: AsyncIterator[Any], context: Context,
+                       accept: Callable[[Any, str], Awaitable[Ack]], who: Principal | None
+                       ) -> AsyncIterator[PushOutcome]:
+        """Read batches in one task, hand each to `accept`, and yield each outcome as its
+        delivery settles (in that order: agents match acks by sequence). At most
+        `STREAM_WINDOW` batches wait per stream; a refused batch ends the stream with its
+        error, a batch not delivered ends it UNAVAILABLE (the agent resends)."""
+        if self.ingest.closing:
+            raise Unavailable("the collector is stopping: resend to its successor")
+        agent, instance = _stream_agent(context)
+        release = self.ingest.agents.open(kind, agent, instance, who) if agent else None
+        answers: asyncio.Queue[Ack | BaseException | None] = asyncio.Queue()
+        room = asyncio.Semaphore(STREAM_WINDOW)
+        accepted = 0
+
+        async def read() -> None:
+            nonlocal accepted
+            try:
+                async for request in requests:
+                    await room.acquire()
+                    ack = await accept(request, agent)
+                    accepted += 1
+                    ack.add_done_callback(answers.put_nowait)
+                answers.put_nowait(None)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # handed to the stream, raised there
+                answers.put_nowait(exc)
+
+        reader = asyncio.create_task(read())
+        try:
+            answered = 0
+            ended = False
+            while not ended or answered < accepted:
+                item = await answers.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is None:
+                    ended = True
+                    continue
+                answered += 1
+                room.release()
+                exc = item.exception()
+                if isinstance(exc, NotDelivered):
+                    raise Unavailable(f"a batch was not forwarded: {exc}; the agent keeps it "
+                                      "and resends it") from None
+                if exc is not None:
+                    raise exc
+                yield item.result()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            if release is not None:
+                release()
 
     async def QueryLogs(self, request: collector_pb2.QueryLogsRequest,
                         context: Context) -> collector_pb2.QueryLogsResponse:

@@ -41,7 +41,8 @@ class Stats:
     metric_samples_accepted: int = 0
     metric_samples_forwarded: int = 0
     metric_samples_rejected: int = 0
-    metric_samples_dropped: int = 0
+    # Accepted, not delivered before the collector stopped: left with their agents (resent).
+    metric_samples_returned: int = 0
     metric_samples_clamped: int = 0
     metric_samples_remote_rejected: int = 0
     metric_batches_received: int = 0
@@ -54,7 +55,7 @@ class Stats:
     log_lines_accepted: int = 0
     log_lines_forwarded: int = 0
     log_lines_rejected: int = 0
-    log_lines_dropped: int = 0
+    log_lines_returned: int = 0
     log_lines_remote_rejected: int = 0
     log_batches_received: int = 0
     log_batches_duplicate: int = 0
@@ -62,6 +63,9 @@ class Stats:
     loki_requests: int = 0
     loki_retries: int = 0
     spans_received: int = 0
+    # Gauges: accepted and not yet delivered (unacknowledged: their agents hold them too).
+    metric_samples_held: int = 0
+    log_lines_held: int = 0
     queue_depth: int = 0
     queue_capacity: int = 0
     remote_write_latency: LatencyHistogram = field(default_factory=LatencyHistogram)

@@ -28,6 +28,7 @@ import os
 import random
 import struct
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -41,9 +42,25 @@ from aifb.mesh.private import private_dir
 from aifb.mesh.protowire import varint
 from aifb.v1 import collector_pb2, collector_pb2_grpc, telemetry_pb2
 
-__all__ = ["RETRYABLE_CODES", "Backoff", "BatchSender", "PushStats", "RawBatch", "batch_items"]
+__all__ = ["AGENT_ID_HEADER", "AGENT_INSTANCE_HEADER", "INSTANCE", "RETRYABLE_CODES", "Backoff",
+           "BatchSender", "PushStats", "RawBatch", "batch_items", "default_agent_id"]
 
 log = logging.getLogger(__name__)
+
+# Stream headers: the agent id every batch of the stream carries, and this process's
+# instance (the collector refuses a second process streaming as the same agent).
+AGENT_ID_HEADER = "aifb-agent-id"
+AGENT_INSTANCE_HEADER = "aifb-agent-instance"
+INSTANCE = uuid.uuid4().hex[:16]
+
+
+def default_agent_id(role: str, node: str, listen: str = "") -> str:
+    """`<role>@<node>:<port>` for an agent serving on a fixed port (stable across restarts,
+    unique per host); `<role>@<node>/<pid>` for one that serves on no fixed port."""
+    port = listen.rsplit(":", 1)[-1] if ":" in listen else ""
+    if port.isdigit() and int(port) > 0:
+        return f"{role}@{node}:{port}"
+    return f"{role}@{node}/{os.getpid()}"
 
 
 
@@ -396,6 +413,8 @@ class BatchSender:
                 continue
             seq = batch.sequence
             highest = max(highest, seq)
+            # Ours now, whatever id the run that spooled it had (streams name one agent).
+            batch.agent_id = self.agent_id
             self._buffer[seq] = _Pending(batch=batch, size=batch.ByteSize(),
                                          items=batch_items(batch), meta=meta)
             self.stats.buffered_bytes += batch.ByteSize()
@@ -429,13 +448,14 @@ class BatchSender:
             return grpc.StatusCode.UNAVAILABLE
         self._connected = True
         stub = collector_pb2_grpc.CollectorServiceStub(channel)
+        headers = ((AGENT_ID_HEADER, self.agent_id), (AGENT_INSTANCE_HEADER, INSTANCE))
         if self.kind == "metrics":
-            call: Any = stub.PushMetrics()
+            call: Any = stub.PushMetrics(metadata=headers)
         else:  # requests may be messages or the bytes of a RawBatch's request
             push_logs: Any = channel.stream_stream(
                 "/aifb.v1.CollectorService/PushLogs", request_serializer=_request_bytes,
                 response_deserializer=collector_pb2.PushLogsResponse.FromString)
-            call = push_logs()
+            call = push_logs(metadata=headers)
         reader = asyncio.ensure_future(self._read_acks(call))
         writer = asyncio.ensure_future(self._write_batches(call, generation))
         try:

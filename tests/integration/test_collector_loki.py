@@ -107,7 +107,7 @@ def test_429_and_500_are_retried_until_loki_accepts(loki_receiver: LokiReceiver)
             loki_receiver.fail_next(500, 2)
             await push(stub, logs(2, {"stdout": [(now + 2, "c")]}))
             await until(lambda: app.stats.log_lines_forwarded == 3, "second push")
-            assert (app.stats.loki_retries, app.stats.log_lines_dropped) == (3, 0)
+            assert (app.stats.loki_retries, app.stats.log_lines_returned) == (3, 0)
 
     asyncio.run(main())
     assert loki_receiver.answered == {429: 1, 500: 2, 204: 2}

@@ -14,10 +14,10 @@ import pytest
 
 from aifb.collector import CollectorConfig, RetryConfig, start_collector
 from aifb.collector.app import CollectorApp
-from aifb.collector.model import MetricBatchIn, SeriesIn
+from aifb.collector.model import MetricBatchIn, NotDelivered, SeriesIn
 from aifb.mesh.auth import Authenticator
 from aifb.mesh.config import MeshConfig
-from aifb.mesh.errors import InvalidArgument, ResourceExhausted
+from aifb.mesh.errors import InvalidArgument, ResourceExhausted, Unavailable
 from aifb.mesh.server import create_server
 from aifb.v1 import collector_pb2, collector_pb2_grpc, telemetry_pb2
 from aifb.wire import prompb_pb2
@@ -112,7 +112,7 @@ def test_out_of_range_timestamps_are_partial_rejections_in_the_ack() -> None:
     asyncio.run(main())
 
 
-def test_a_full_queue_holds_the_ack_then_answers_resource_exhausted() -> None:
+def test_a_batch_is_acknowledged_only_once_forwarded_and_a_full_queue_pushes_back() -> None:
     release = asyncio.Event()
 
     async def handler(request: httpx.Request) -> httpx.Response:
@@ -122,17 +122,45 @@ def test_a_full_queue_holds_the_ack_then_answers_resource_exhausted() -> None:
     async def main() -> None:
         app = await _collector(handler, queue_max_batches=1, forward_workers=1,
                                enqueue_timeout_seconds=0.2)
-        await app.ingest.push_metrics(_batch("a", 1))  # taken by the worker, blocked in HTTP
+        first = await app.ingest.accept_metrics(_batch("a", 1))  # the worker: blocked in HTTP
         while app.ingest.queue_depth():  # poll until the worker holds it
             await asyncio.sleep(0.005)
-        await app.ingest.push_metrics(_batch("a", 2))  # fills the queue
+        second = await app.ingest.accept_metrics(_batch("a", 2))  # fills the queue
         with pytest.raises(ResourceExhausted):
-            await app.ingest.push_metrics(_batch("a", 3))
+            await app.ingest.accept_metrics(_batch("a", 3))
+        await asyncio.sleep(0.05)
+        assert not first.done() and not second.done()  # Prometheus has not answered yet
+        assert app.stats.metric_samples_held == 8
+        resent = await app.ingest.accept_metrics(_batch("a", 1))  # in flight: waits for it
         release.set()
+        assert (await first).accepted == 4 and (await second).accepted == 4
+        assert (await resent).duplicate is True
         again = await app.ingest.push_metrics(_batch("a", 3))  # not marked seen: accepted now
         await app.stop()
         assert again.duplicate is False
         assert app.stats.metric_samples_forwarded == 12
+        assert app.stats.metric_samples_held == 0
+
+    asyncio.run(main())
+
+
+def test_a_stop_before_prometheus_answers_leaves_the_batch_unacknowledged() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503, text="down")
+
+    async def main() -> None:
+        app = await _collector(handler, drain_seconds=0.2)
+        ack = await app.ingest.accept_metrics(_batch("a", 1))
+        await asyncio.sleep(0.05)
+        drain = await app.ingest.stop()
+        with pytest.raises(NotDelivered):
+            await ack
+        with pytest.raises(Unavailable, match="stopping"):
+            await app.ingest.accept_metrics(_batch("a", 2))
+        assert (drain.returned_batches, drain.returned_samples, drain.refused_batches) == (
+            1, 4, 1)
+        assert app.stats.metric_samples_returned == 4 and app.stats.metric_samples_held == 0
+        assert app.ingest.metric_seqs.agents["a"].seen == set()  # a resend will be taken
 
     asyncio.run(main())
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from aifb.collector.config import CollectorConfig, RetryConfig
-from aifb.collector.model import SeriesOut
+from aifb.collector.model import NotDelivered, SeriesOut
 from aifb.collector.remote_write import (
     RemoteWriter,
     TimeWindow,
@@ -141,7 +141,6 @@ def test_sender_bisects_a_400_so_only_the_bad_series_is_rejected() -> None:
     assert sorted(stored) == ["0", "1", "2", "3", "4", "6", "7"]
     assert stats.metric_samples_forwarded == 21
     assert stats.metric_samples_remote_rejected == 3
-    assert stats.metric_samples_dropped == 0
     assert stats.remote_write_retries == 0
 
 
@@ -174,12 +173,25 @@ def test_sender_retries_429_503_and_connection_errors_then_delivers() -> None:
     assert stats.metric_samples_forwarded == 3
 
 
-def test_sender_gives_up_after_the_retry_budget_and_counts_drops() -> None:
+def test_sender_retries_past_the_budget_until_stopped_then_says_not_delivered(
+        caplog: pytest.LogCaptureFixture) -> None:
+    answers: list[int] = []
+
     async def handler(request: httpx.Request) -> httpx.Response:
+        answers.append(503)
         return httpx.Response(503, text="unavailable")
 
-    # Long enough that even a slow first request leaves room for a retry on a loaded machine.
-    writer, stats = _writer(handler, max_elapsed_seconds=0.5)
-    asyncio.run(writer.write([_series(0), _series(1)]))
-    assert stats.metric_samples_dropped == 6 and stats.metric_samples_forwarded == 0
-    assert stats.remote_write_retries >= 1
+    writer, stats = _writer(handler, max_elapsed_seconds=0.05)
+
+    async def main() -> None:
+        task = asyncio.create_task(writer.write([_series(0), _series(1)]))
+        while len(answers) < 20:  # far past the 0.05 s budget, still retrying
+            await asyncio.sleep(0.01)
+        assert not task.done()
+        writer.stop.set()
+        with pytest.raises(NotDelivered, match="6 samples"):
+            await task
+
+    asyncio.run(main())
+    assert stats.metric_samples_forwarded == 0 and stats.remote_write_retries >= 19
+    assert sum("has failed for" in r.message for r in caplog.records) == 1  # logged once

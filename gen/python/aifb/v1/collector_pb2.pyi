@@ -99,7 +99,7 @@ class GetCollectorStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CollectorStats(_message.Message):
-    __slots__ = ("metric_samples_received", "metric_samples_forwarded", "metric_samples_rejected", "metric_batches_duplicate", "log_lines_received", "log_lines_forwarded", "log_lines_rejected", "log_batches_duplicate", "queue_depth", "spans_received", "agents_last_sequence")
+    __slots__ = ("metric_samples_received", "metric_samples_forwarded", "metric_samples_rejected", "metric_batches_duplicate", "log_lines_received", "log_lines_forwarded", "log_lines_rejected", "log_batches_duplicate", "queue_depth", "spans_received", "agents_last_sequence", "metric_samples_held", "log_lines_held")
     class AgentsLastSequenceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,8 @@ class CollectorStats(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     SPANS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     AGENTS_LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    METRIC_SAMPLES_HELD_FIELD_NUMBER: _ClassVar[int]
+    LOG_LINES_HELD_FIELD_NUMBER: _ClassVar[int]
     metric_samples_received: int
     metric_samples_forwarded: int
     metric_samples_rejected: int
@@ -129,7 +131,9 @@ class CollectorStats(_message.Message):
     queue_depth: int
     spans_received: int
     agents_last_sequence: _containers.ScalarMap[str, int]
-    def __init__(self, metric_samples_received: _Optional[int] = ..., metric_samples_forwarded: _Optional[int] = ..., metric_samples_rejected: _Optional[int] = ..., metric_batches_duplicate: _Optional[int] = ..., log_lines_received: _Optional[int] = ..., log_lines_forwarded: _Optional[int] = ..., log_lines_rejected: _Optional[int] = ..., log_batches_duplicate: _Optional[int] = ..., queue_depth: _Optional[int] = ..., spans_received: _Optional[int] = ..., agents_last_sequence: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    metric_samples_held: int
+    log_lines_held: int
+    def __init__(self, metric_samples_received: _Optional[int] = ..., metric_samples_forwarded: _Optional[int] = ..., metric_samples_rejected: _Optional[int] = ..., metric_batches_duplicate: _Optional[int] = ..., log_lines_received: _Optional[int] = ..., log_lines_forwarded: _Optional[int] = ..., log_lines_rejected: _Optional[int] = ..., log_batches_duplicate: _Optional[int] = ..., queue_depth: _Optional[int] = ..., spans_received: _Optional[int] = ..., agents_last_sequence: _Optional[_Mapping[str, int]] = ..., metric_samples_held: _Optional[int] = ..., log_lines_held: _Optional[int] = ...) -> None: ...
 
 class GetCollectorStatsResponse(_message.Message):
     __slots__ = ("stats",)

@@ -571,6 +571,14 @@ class CollectorStats(betterproto2.Message):
         map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_INT64),
     )
 
+    metric_samples_held: "int" = betterproto2.field(12, betterproto2.TYPE_INT64)
+    """
+    Accepted and not yet forwarded to Prometheus or Loki: not acknowledged yet, so their
+    agents hold them too (a downstream outage shows here).
+    """
+
+    log_lines_held: "int" = betterproto2.field(13, betterproto2.TYPE_INT64)
+
 
 default_message_pool.register_message("aifb.v1", "CollectorStats", CollectorStats)
 
