@@ -3,14 +3,14 @@ the agent's own gRPC service, and running until a signal."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import typer
 
 from aifb.mesh.config import Config
 
-__all__ = ["AgentSettings", "serve_agent"]
+__all__ = ["AgentSettings", "instance_defaults", "serve_agent"]
 
 
 class AgentSettings(Protocol):
@@ -26,6 +26,24 @@ class AgentSettings(Protocol):
     def all_nodes(self) -> bool: ...
     @property
     def agent_name(self) -> str: ...
+
+
+def instance_defaults(role: str, configured: Mapping[str, Any], node: str, listen: str
+                      ) -> dict[str, str]:
+    """The agent id (`<role>@<node>:<port>`, see `default_agent_id`) unless the config section
+    sets one: two agents on one host (a node daemon beside `aifb up`'s embedded one) must not
+    push as one agent."""
+    from aifb.mesh.push import default_agent_id
+
+    if configured.get("agent_id"):
+        return {}
+    return {"agent_id": default_agent_id(role, node or _short_host(), listen)}
+
+
+def _short_host() -> str:
+    import socket
+
+    return socket.gethostname().split(".", 1)[0]
 
 
 async def serve_agent(config: Config, settings: AgentSettings, make_agent: Callable[..., Any],

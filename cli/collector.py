@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import typer
 
 from aifb.cli.context import CliState, handle_errors, state_of
 from aifb.cli.remote import channel_to
 from aifb.cli.serve_options import INSECURE
+from aifb.mesh.auth import TokenStore
 from aifb.mesh.private import private_dir
 from aifb.v1 import collector_pb2, collector_pb2_grpc
 
@@ -47,8 +49,11 @@ def serve(
     """Run a standalone collector until Ctrl-C or SIGTERM.
 
     Agents (`aifb monitor serve`, `aifb logger serve`, job sidecars) push to --listen; agents
-    and clients authenticate with the bearer token in ~/.aifb/token (shared home), like the
-    server's. Settings not given as flags come from the `collector:` config section
+    and clients authenticate with the bearer token in ~/.aifb/token (made at the first start,
+    as `aifb up` does; a shared home gives it to every node), or one from `aifb tokens create`.
+    A batch is acknowledged once Prometheus or Loki has taken it; SIGTERM stops taking new
+    batches, forwards the accepted ones (collector.drain_seconds at most) and leaves the rest
+    with their agents. Settings not given as flags come from the `collector:` config section
     (AIFB_COLLECTOR__KEY variables).
     """
     state = state_of(ctx)
@@ -78,15 +83,29 @@ async def _serve(mesh: object, collector: object, listen: str) -> None:
 
     assert isinstance(mesh, MeshConfig) and isinstance(collector, CollectorConfig)
     private_dir(mesh.home_path)
+    # The operator's token, as `aifb up` makes it: with a shared home, node daemons and job
+    # sidecars read it from there and are accepted at once.
+    token_path = TokenStore(mesh.home_path).ensure_owner_token() if mesh.auth else None
     app = await start_collector(collector)
 
     def listening(port: int) -> None:
         metrics = collector.metrics_listen or "off"
         typer.echo(f"collector is up on {listen.rsplit(':', 1)[0]}:{port} "
                    f"(/metrics: {metrics}). Ctrl-C stops it.", err=True)
+        typer.echo(auth_hint(token_path, mesh.home_path), err=True)
 
     await run_daemon(mesh, app.bindings, listen=listen, stop=app.stop,
                      on_listening=listening)
+
+
+def auth_hint(token_path: Path | None, home: Path) -> str:
+    """How agents authenticate to this collector (printed at start)."""
+    if token_path is None:
+        return "auth is off (mesh.auth: false): agents need no token."
+    return (f"agents authenticate with the token in {token_path}: node daemons and job "
+            f"sidecars sharing this home ({home}) use it as it is; elsewhere copy it to "
+            "~/.aifb/token (mode 0600) or set AIFB_COLLECTOR_TOKEN for sidecars; `aifb tokens "
+            "create --user NAME` on this host gives another user their own.")
 
 
 @app.command()

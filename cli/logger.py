@@ -31,7 +31,7 @@ def serve(
                                "ServerService; default: the --server address."),
     node: str = typer.Option(None, help="This node's name as SLURM knows it."),
     state_dir: str = typer.Option(None, help="Checkpoint and spool directory (default "
-                                  "<home>/logger)."),
+                                  "<home>/logger-<port>)."),
     all_nodes: bool = typer.Option(False, "--all-nodes", help="Follow every service, on any "
                                    "node (single-machine setups)."),
     insecure: bool = INSECURE,
@@ -51,11 +51,17 @@ def serve(
 
         config = load_config(file=state.config_file,
                              overrides={"mesh": {"home": state.home, "insecure": insecure}})
-        default_dir = (None if "state_dir" in config.logger
-                       else str(config.mesh.home_path / "logger"))
+        from aifb.cli.agent_daemon import instance_defaults
+
+        # Per port: `aifb up`'s embedded logger keeps <home>/logger on the same host.
+        port = listen.rsplit(":", 1)[-1] if ":" in listen else ""
+        default_dir = (None if "state_dir" in config.logger else str(
+            config.mesh.home_path / f"logger-{port if port.strip('0') else 'daemon'}"))
         logger = section_config(LoggerConfig, config, "logger", {
             "collector": collector, "server": server or state.address, "node": node,
-            "state_dir": state_dir or default_dir, "all_nodes": all_nodes or None})
+            "state_dir": state_dir or default_dir, "all_nodes": all_nodes or None,
+            **instance_defaults("logger", config.logger, node or config.logger.get("node", ""),
+                                listen)})
         from aifb.mesh.heap import keep_freed_memory
 
         keep_freed_memory()  # this process is the agent alone: see aifb.mesh.heap

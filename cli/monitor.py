@@ -60,10 +60,14 @@ def serve(
 
         config = load_config(file=state.config_file,
                              overrides={"mesh": {"home": state.home, "insecure": insecure}})
+        from aifb.cli.agent_daemon import instance_defaults
+
         monitor = section_config(MonitorConfig, config, "monitor", {
             "collector": collector, "server": server or state.address, "node": node,
             "interval_seconds": interval, "all_nodes": all_nodes or None,
-            "local_state_dir": str(config.mesh.home_path / "local-jobs")})
+            "local_state_dir": str(config.mesh.home_path / "local-jobs"),
+            **instance_defaults("monitor", config.monitor, node or config.monitor.get("node", ""),
+                                listen)})
         asyncio.run(_serve(config, monitor, listen))
 
 

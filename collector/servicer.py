@@ -130,7 +130,9 @@ class CollectorServicer(collector_pb2_grpc.CollectorServiceServicer):
         """Read batches in one task, hand each to `accept`, and yield each outcome as its
         delivery settles (in that order: agents match acks by sequence). At most
         `STREAM_WINDOW` batches wait per stream; a refused batch ends the stream with its
-        error, a batch not delivered ends it UNAVAILABLE (the agent resends)."""
+        error, a batch not delivered ends it UNAVAILABLE (the agent resends). Once the
+        collector is stopping, no more batches are read: those accepted are answered as they
+        are forwarded, then the stream ends UNAVAILABLE."""
         if self.ingest.closing:
             raise Unavailable("the collector is stopping: resend to its successor")
         agent, instance = _stream_agent(context)
@@ -157,8 +159,13 @@ class CollectorServicer(collector_pb2_grpc.CollectorServiceServicer):
         try:
             answered = 0
             ended = False
+            final: BaseException | None = None
             while not ended or answered < accepted:
                 item = await answers.get()
+                if isinstance(item, Unavailable) and self.ingest.closing:
+                    # Stopping: answer what was accepted (it is being forwarded), then end.
+                    ended, final = True, item
+                    continue
                 if isinstance(item, BaseException):
                     raise item
                 if item is None:
@@ -173,6 +180,8 @@ class CollectorServicer(collector_pb2_grpc.CollectorServiceServicer):
                 if exc is not None:
                     raise exc
                 yield item.result()
+            if final is not None:
+                raise final
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

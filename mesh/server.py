@@ -123,6 +123,9 @@ async def serve_until_signal(mesh: MeshServer, grace: float,
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping (grace %.1fs)", grace)
+    # Health answers NOT_SERVING from now on: balancers and probes move away while the
+    # component drains (on_stop), before the port closes.
+    await mesh.health.enter_graceful_shutdown()
     if on_stop is not None:
         result = on_stop()
         if asyncio.iscoroutine(result):

@@ -31,7 +31,7 @@ _BOUNDS: dict[str, tuple[float, bool]] = {
     "interval_seconds": (0.2, True), "scrape_timeout_seconds": (0.0, False),
     "process_refresh_seconds": (0.0, False), "buffer_batches": (1, True), "window": (1, True),
 }
-_STR = ("node", "agent_id", "collector", "server", "local_state_dir", "spool_dir")
+_STR = ("node", "agent_id", "collector", "server", "local_state_dir", "spool_dir", "slurm_job")
 
 
 @dataclass
@@ -53,6 +53,9 @@ class MonitorConfig:
     gpu: bool = True
     # None: read SLURM job stats when squeue is installed.
     slurm: bool | None = None
+    # One job's stats only (a job's sidecar reports its own job); empty: the jobs whose batch
+    # host is this node (each job has one reporter, however many nodes it spans).
+    slurm_job: str = ""
     scrape_timeout_seconds: float = 3.0
     process_refresh_seconds: float = 10.0
     count_fds: bool = True

@@ -1,4 +1,6 @@
-"""SLURM job stats for the jobs on this node, from one `squeue` call per refresh."""
+"""SLURM job stats, from one `squeue` call per refresh: one job (a job's own sidecar), or the
+jobs whose batch host is this node (a node monitor). Either way each job has one reporter: a
+job spanning nodes is reported by its batch host only, not once per node."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ __all__ = ["SlurmJobCollector", "parse_duration", "parse_memory"]
 
 log = logging.getLogger(__name__)
 
-_FORMAT = "%i|%T|%P|%u|%C|%m|%M|%l"
+_FORMAT = "%i|%T|%P|%u|%C|%m|%M|%l|%B"
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -37,11 +39,13 @@ def parse_memory(text: str) -> float | None:
 
 
 class SlurmJobCollector:
-    """Jobs running on `node` as squeue reports them; absent (with a status) without SLURM."""
+    """Jobs running on `node` as squeue reports them (or job `job_id` alone); absent (with a
+    status) without SLURM."""
 
     def __init__(self, node: str, *, runner: Runner | None = None, ttl_seconds: float = 15.0,
-                 enabled: bool | None = None) -> None:
+                 enabled: bool | None = None, job_id: str = "") -> None:
         self.node = node
+        self.job_id = job_id
         self.runner = runner or run_command
         self.ttl_seconds = ttl_seconds
         self.enabled = shutil.which("squeue") is not None if enabled is None else enabled
@@ -54,7 +58,8 @@ class SlurmJobCollector:
             return self._cache
         self._fetched = time.monotonic()
         try:
-            text = self.runner(["squeue", "--noheader", f"--nodelist={self.node}",
+            where = f"--jobs={self.job_id}" if self.job_id else f"--nodelist={self.node}"
+            text = self.runner(["squeue", "--noheader", where,
                                 "--states=RUNNING,COMPLETING,SUSPENDED", f"--format={_FORMAT}"])
             self.status = ""
         except (OSError, subprocess.SubprocessError) as exc:
@@ -62,7 +67,11 @@ class SlurmJobCollector:
             log.debug("%s", self.status)
             self._cache = []
             return self._cache
-        self._cache = [line.split("|") for line in text.splitlines() if line.count("|") == 7]
+        rows = [line.split("|") for line in text.splitlines() if line.count("|") == 8]
+        # A node monitor reports the jobs whose batch script runs here; a job spanning nodes
+        # is listed by every node's squeue --nodelist, and would be counted once per node.
+        self._cache = [row[:8] for row in rows
+                       if self.job_id or row[8].split(".", 1)[0] == self.node]
         return self._cache
 
     def collect(self, out: MetricSet) -> None:

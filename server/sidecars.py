@@ -130,9 +130,12 @@ class JobSidecars:
         self._target = TargetSpec(service=self.service, job_id=self.job_id, pid=os.getpid())
         if "monitor" in wanted:
             interval = float(environ.get("AIFB_SIDECAR_INTERVAL", "5") or 5)
+            # Its own job's SLURM stats (the node monitors report none of a job with sidecars).
+            slurm_job = environ.get("SLURM_JOB_ID", "")
             self.monitor = MonitorAgent(MonitorConfig(
                 node=node, agent_id=f"monitor@{node}/{sid}", interval_seconds=interval,
-                targets=[self._target]), collector=connect)
+                targets=[self._target], slurm=None if slurm_job else False,
+                slurm_job=slurm_job), collector=connect)
         if "logger" in wanted:
             stdout, stderr = own_output_file(1), own_output_file(2)
             self.logger = LoggerAgent(LoggerConfig(

@@ -11,6 +11,7 @@ be reported twice); they still report this node.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from aifb.logger.config import LoggerConfig
 from aifb.mesh.channel import open_channel
 from aifb.mesh.config import Config, section_config
 from aifb.mesh.discovery import ServiceDiscovery
+from aifb.mesh.push import default_agent_id
 from aifb.mesh.server import ServiceBinding
 from aifb.mesh.tls import ClientTls
 from aifb.monitor.agent import MonitorAgent
@@ -91,6 +93,15 @@ class EmbeddedTelemetry:
         await self.collector.stop()
 
 
+def _instance_id(role: str, section: Mapping[str, Any], listen: str) -> dict[str, str]:
+    """`<role>@<node>:<port>` unless configured: a node daemon on this host is another
+    agent (see `aifb.mesh.push.default_agent_id`)."""
+    if section.get("agent_id"):
+        return {}
+    node = section.get("node") or socket.gethostname().split(".", 1)[0]
+    return {"agent_id": default_agent_id(role, str(node), listen)}
+
+
 async def start_embedded_telemetry(
     config: Config, *, follow_jobs: bool, all_nodes: bool,
     collector_overrides: Mapping[str, Any] | None = None,
@@ -102,9 +113,15 @@ async def start_embedded_telemetry(
     home = config.mesh.home_path
     collector_config = check_targets(
         section_config(CollectorConfig, config, "collector", collector_overrides))
+    listen = config.mesh.listen
+    # When jobs bring sidecars, each reports its own SLURM stats; this node's monitor must not
+    # report them again (unless the config says otherwise).
+    no_slurm = {} if follow_jobs or "slurm" in config.monitor else {"slurm": False}
     monitor_config = section_config(MonitorConfig, config, "monitor", {
-        "all_nodes": all_nodes, "local_state_dir": str(home / "local-jobs")})
-    logger_defaults = {"state_dir": str(home / "logger")}
+        "all_nodes": all_nodes, "local_state_dir": str(home / "local-jobs"),
+        **_instance_id("monitor", config.monitor, listen), **no_slurm})
+    logger_defaults = {"state_dir": str(home / "logger"),
+                       **_instance_id("logger", config.logger, listen)}
     logger_config = section_config(LoggerConfig, config, "logger",
                                    {"all_nodes": all_nodes,
                                     **{k: v for k, v in logger_defaults.items()

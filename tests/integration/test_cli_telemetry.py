@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -263,6 +264,19 @@ def test_on_slurm_the_jobs_sidecars_ship_its_logs_and_metrics(
         rss = until(lambda: series(prom, f'aifb_service_memory_rss_bytes{{service="{name}",'
                                     f'job_id="{job}"}}'), "the job's process metrics")
         assert list(rss) == [f"monitor@{_node()}/{sid}"]
+        # One owner per SLURM job series: the job's sidecar, not also this node's monitor.
+        # By the time the job has run 20 s the embedded monitor (every second, squeue cached
+        # for 15 s) would have listed it too, if it reported jobs with sidecars.
+        until(lambda: series(prom, f'aifb_slurm_job_elapsed_seconds{{job_id="{job}"}} >= 20'),
+              "20 s of the job's SLURM stats", timeout=90)
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job], env=up.env,
+                               capture_output=True, text=True, check=True).stdout
+        cpus = float(re.search(r"\bNumCPUs=(\d+)", shown).group(1))  # type: ignore[union-attr]
+        assert series(prom, f'aifb_slurm_job_cpus{{job_id="{job}"}}') == {
+            f"monitor@{_node()}/{sid}": cpus}
+        # The service dashboard's CPU panel, summed: what SLURM allocated, not a multiple of it.
+        total = prom.query(f'sum by (job_id) (aifb_slurm_job_cpus{{job_id="{job}"}})')
+        assert [float(r["value"][1]) for r in total] == [cpus]
         deleted = up.cli("services", "delete", sid)
         assert deleted.returncode == 0, deleted.stderr
     finally:

@@ -305,12 +305,15 @@ def test_batch_packs_series_with_labels_once_and_points_ascending() -> None:
 def test_slurm_job_stats_from_squeue() -> None:
     def runner(argv: Sequence[str]) -> str:
         assert "--nodelist=n1" in argv
-        return "77|RUNNING|gpu|alice|8|16G|1-02:03:04|2-00:00:00\n"
+        # 78 spans n0 and n1 and its batch script runs on n0: n0's monitor reports it.
+        return ("77|RUNNING|gpu|alice|8|16G|1-02:03:04|2-00:00:00|n1\n"
+                "78|RUNNING|gpu|bob|64|1G|00:10|1:00:00|n0\n")
 
     slurm = SlurmJobCollector("n1", runner=runner, enabled=True)
     out = MetricSet()
     slurm.collect(out)
     values = {s.name: s.value for s in out.samples}
+    assert {dict(s.labels)["job_id"] for s in out.samples} == {"77"}
     assert values["aifb_slurm_job_cpus"] == 8
     assert values["aifb_slurm_job_memory_request_bytes"] == 16 << 30
     assert values["aifb_slurm_job_elapsed_seconds"] == 93784
@@ -318,6 +321,18 @@ def test_slurm_job_stats_from_squeue() -> None:
     assert parse_duration("UNLIMITED") is None
     assert parse_duration("05:00") == 300
     assert parse_memory("4000M") == 4000 << 20
+
+
+def test_a_sidecar_reports_its_own_job_only() -> None:
+    def runner(argv: Sequence[str]) -> str:
+        assert "--jobs=78" in argv and not any(a.startswith("--nodelist") for a in argv)
+        return "78|RUNNING|gpu|bob|64|1G|00:10|1:00:00|n0\n"
+
+    slurm = SlurmJobCollector("n1", runner=runner, enabled=True, job_id="78")
+    out = MetricSet()
+    slurm.collect(out)
+    assert {(s.name, s.value) for s in out.samples if s.name == "aifb_slurm_job_cpus"} == {
+        ("aifb_slurm_job_cpus", 64.0)}
 
 
 def test_without_slurm_there_are_no_slurm_metrics() -> None:
