@@ -13,6 +13,7 @@ break another's agent by reusing its agent id with high sequence numbers."""
 from __future__ import annotations
 
 import shlex
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import grpc
 import pytest
 
 from aifb.mesh.channel import auth_metadata, open_sync_channel
+from aifb.mesh.push import AGENT_ID_HEADER, AGENT_INSTANCE_HEADER
 from aifb.v1 import (
     collector_pb2,
     collector_pb2_grpc,
@@ -76,16 +78,22 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         up.daemon.stop()
 
 
-def _push_logs(channel: grpc.Channel, token: str, agent: str, seq: int, service: str,
-               *lines: str) -> list[collector_pb2.PushLogsResponse]:
-    """(The sync channel adds the token to unary and server-streaming calls only.)"""
+def _log_request(agent: str, seq: int, service: str, *lines: str
+                 ) -> collector_pb2.PushLogsRequest:
     now = time.time_ns()
-    batch = telemetry_pb2.LogBatch(agent_id=agent, sequence=seq, streams=[telemetry_pb2.LogStream(
-        labels={"service": service, "stream": "stdout"},
-        timestamps_ns=[now + i for i in range(len(lines))], lines=list(lines))])
+    return collector_pb2.PushLogsRequest(batch=telemetry_pb2.LogBatch(
+        agent_id=agent, sequence=seq, streams=[telemetry_pb2.LogStream(
+            labels={"service": service, "stream": "stdout"},
+            timestamps_ns=[now + i for i in range(len(lines))], lines=list(lines))]))
+
+
+def _push_logs(channel: grpc.Channel, token: str, agent: str, seq: int, service: str,
+               *lines: str, instance: str = "") -> list[collector_pb2.PushLogsResponse]:
+    """(The sync channel adds the token to unary and server-streaming calls only.)"""
     stub = collector_pb2_grpc.CollectorServiceStub(channel)
-    return list(stub.PushLogs(iter([collector_pb2.PushLogsRequest(batch=batch)]), timeout=30,
-                              metadata=auth_metadata(token)))
+    headers = ((AGENT_ID_HEADER, agent), (AGENT_INSTANCE_HEADER, instance)) if instance else ()
+    return list(stub.PushLogs(iter([_log_request(agent, seq, service, *lines)]), timeout=30,
+                              metadata=(*auth_metadata(token), *headers)))
 
 
 def _query(channel: grpc.Channel, service: str) -> list[str]:
@@ -125,6 +133,28 @@ def test_reusing_another_users_agent_id_does_not_swallow_that_agents_batches(
         acks = _push_logs(op, mesh.operator, "shared-agent", 1, service, "operator line")
         assert not acks[0].duplicate
         assert _query(op, service) == ["operator line"]
+
+
+def test_another_users_open_stream_under_the_same_agent_id_locks_nobody_out(
+        mesh: Mesh) -> None:
+    service = "services/seqsvc"
+    release = threading.Event()
+
+    def bob_requests() -> Iterator[collector_pb2.PushLogsRequest]:
+        yield _log_request("taken-agent", 1, service, "bob's line")
+        release.wait(30)  # the stream stays open meanwhile
+
+    with mesh.channel(mesh.operator) as op, mesh.channel(mesh.bob) as bob:
+        held = collector_pb2_grpc.CollectorServiceStub(bob).PushLogs(
+            bob_requests(), timeout=60, metadata=(
+                *auth_metadata(mesh.bob), (AGENT_ID_HEADER, "taken-agent"),
+                (AGENT_INSTANCE_HEADER, "bob-process")))
+        assert next(held).sequence == 1  # bob's stream is open
+        acks = _push_logs(op, mesh.operator, "taken-agent", 1, service, "operator's line",
+                          instance="operator-process")
+        release.set()
+        list(held)
+    assert [(a.sequence, a.duplicate) for a in acks] == [(1, False)]
 
 
 def test_bob_cannot_read_the_operators_trace(mesh: Mesh) -> None:
