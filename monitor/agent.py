@@ -52,8 +52,8 @@ class MonitorAgent:
                              if config.local_state_dir else []),
                 refresh_seconds=config.process_refresh_seconds, count_fds=config.count_fds),
             gpus=GpuCollector(enabled=config.gpu),
-            slurm=SlurmJobCollector(node, enabled=config.slurm, job_id=config.slurm_job) if config.slurm is not False
-            else None,
+            slurm=SlurmJobCollector(node, enabled=config.slurm, job_id=config.slurm_job)
+            if config.slurm is not False else None,
             scraper=Scraper(config.scrape_timeout_seconds))
         self.sender = (BatchSender("metrics", config.agent_name, collector,
                                    max_batches=config.buffer_batches, window=config.window,
