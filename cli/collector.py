@@ -90,9 +90,9 @@ async def _serve(mesh: object, collector: object, listen: str) -> None:
 
     def listening(port: int) -> None:
         metrics = collector.metrics_listen or "off"
+        typer.echo(auth_hint(token_path, mesh.home_path), err=True)
         typer.echo(f"collector is up on {listen.rsplit(':', 1)[0]}:{port} "
                    f"(/metrics: {metrics}). Ctrl-C stops it.", err=True)
-        typer.echo(auth_hint(token_path, mesh.home_path), err=True)
 
     await run_daemon(mesh, app.bindings, listen=listen, stop=app.stop,
                      on_listening=listening)
