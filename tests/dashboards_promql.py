@@ -58,6 +58,7 @@ class Query:
     datasource: str  # "prometheus" or "loki"
     expr: str  # as written, with $variables
     variable: str = ""  # for a variable query: the label whose values it lists
+    legend: str = ""  # a panel target's legendFormat ("{{service}} {{metric}}")
 
     @property
     def id(self) -> str:
@@ -117,7 +118,8 @@ def extract_queries(path: Path) -> list[Query]:
             if expr:
                 out.append(Query(path.name, f"panel {panel.get('title', '')!r} "
                                             f"{target.get('refId', '')}",
-                                 _ds_type(target.get("datasource"), panel_ds), expr))
+                                 _ds_type(target.get("datasource"), panel_ds), expr,
+                                 legend=target.get("legendFormat", "")))
     return out
 
 
@@ -134,11 +136,14 @@ def grafana_regex_escape(value: str) -> str:
 
 def substitute(expr: str, variables: Mapping[str, str]) -> str:
     """Replace $var, ${var}, ${var:fmt} and [[var]] by their values; builtins included.
-    An unknown variable is an error: Grafana would send it to the data source verbatim."""
+    An unknown variable is an error: Grafana would send it to the data source verbatim.
+    `$1`, `$2`... (label_replace's capture groups) are left as they are, as Grafana does."""
     values = {**BUILTINS, **variables}
 
     def one(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2) or match.group(3)
+        if name.isdigit():  # label_replace's "$1": no variable is named by a number
+            return match.group(0)
         if name not in values:
             raise KeyError(f"unknown dashboard variable ${name} in {expr!r}")
         return values[name]

@@ -151,6 +151,9 @@ def run(slurm_cluster: SlurmCluster, prometheus: PrometheusServer, loki_receiver
                     for promql in (f"aifb_service_processes{{{s}}} > 0",
                                    f"aifb_scrape_up{{{s}}} == 1",
                                    f"count_over_time(demo_requests_total{{{s}}}[1m]) >= 4",
+                                   # Two counters with equal labels, and data over more than
+                                   # one 15 s step of the top-counters panel's subquery.
+                                   f"count_over_time(demo_errors_total{{{s}}}[1m]) >= 50",
                                    f'aifb_slurm_job_info{{job_id="{svc.job.job_id}"}}',
                                    "count_over_time(aifb_node_load1[1m]) >= 4",
                                    "count_over_time(aifb_agent_push_acked_batches_total[1m]) >= 4",
@@ -194,6 +197,10 @@ def _check_promql(run: Run, q: Query, expr: str) -> str:
     values = [float(r["value"][1]) for r in result]
     if all(math.isnan(v) for v in values):
         return f"{q.id}: {expr}\n    returned only NaN"
+    # A legend naming a label the result lacks renders empty (rate() drops __name__).
+    for label in re.findall(r"\{\{\s*(\w+)\s*\}\}", q.legend):
+        if not all(label in r["metric"] for r in result):
+            return f"{q.id}: {expr}\n    legend {q.legend!r}: some series have no {label!r}"
     return ""
 
 
