@@ -29,7 +29,7 @@ from aifb.client.results import LoadResult, RunState
 from aifb.client.samples import RequestLog, SampleSet
 from aifb.client.service.model import BenchmarkRecord, Progress
 from aifb.client.service.options import LoadOptions, plan
-from aifb.client.service.runner import Runner, RunOutcome
+from aifb.client.service.runner import Runner, RunOutcome, final_progress
 from aifb.client.service.store import RunStore
 from aifb.client.service.targets import ServiceResolver, Target, check_url
 from aifb.client.service.telemetry import TelemetrySink
@@ -269,6 +269,17 @@ class BenchmarkManager:
             log.warning("benchmark telemetry failed: %s", exc)
         asyncio.get_running_loop().create_task(self._notify())
 
+    def _final_figures(self, rid: str, result: LoadResult) -> None:
+        """The run's own figures replace its last (partial) second as the record's last
+        progress (`bench list`) and in the live gauges; watchers keep the per-second stream."""
+        active = self._active[rid]
+        final = final_progress(result, active.record.last_progress)
+        active.record = active.record.evolve(last_progress=final)
+        try:
+            self.telemetry.publish(active.record, final)
+        except Exception as exc:  # telemetry must never stop a run
+            log.warning("benchmark telemetry failed: %s", exc)
+
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
@@ -356,6 +367,8 @@ class BenchmarkManager:
                                  f"{result.reason.removeprefix('workload prepare failed: ')}")
             span.set_attribute("aifb.state", result.state.value)
             span.set_attribute("aifb.requests", result.counters["completed"])
+            if result.measured_s > 0:
+                self._final_figures(rid, result)
             with self.tracer.start_as_current_span("aifb.bench.store"):
                 stored: dict[str, Any] = {
                     "result": json.loads(result.to_bytes()),

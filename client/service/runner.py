@@ -36,7 +36,7 @@ from aifb.client.service.options import LoadOptions, Plan
 from aifb.client.spec import LoadSpec
 from aifb.client.sweep import SweepStep, run_sweep, sweep_samples
 
-__all__ = ["Phase", "RunOutcome", "Runner", "to_progress"]
+__all__ = ["Phase", "RunOutcome", "Runner", "final_progress", "to_progress"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,23 @@ def to_progress(sample: ProgressSample, second: int) -> Progress:
                     lag_p99_s=sample.lag_p99_us / 1e6, total_requests=sample.total_completed,
                     total_errors=sample.total_errors, phase=sample.phase,
                     extra={"dropped": float(sample.dropped)})
+
+
+def final_progress(result: LoadResult, last: Progress | None) -> Progress:
+    """The run's own figures (its measurement window, not its last second) in the shape of a
+    progress sample, phase "final": what `aifb bench list` and the live gauges show once the
+    run has ended."""
+    counters = result.counters
+    latency, lag = result.histograms["latency"], result.histograms["lag"]
+    return Progress(
+        second=(last.second + 1) if last else 1, elapsed_s=result.measured_s,
+        requests=counters["completed"], errors=counters["errors"],
+        achieved_rate=result.achieved_rate, target_rate=result.target_rate,
+        p50_s=latency.percentile_us(50) / 1e6, p99_s=latency.percentile_us(99) / 1e6,
+        in_flight=0, lag_p99_s=lag.percentile_us(99) / 1e6,
+        total_requests=last.total_requests if last else counters["completed"],
+        total_errors=last.total_errors if last else counters["errors"], phase="final",
+        extra={"dropped": float(counters["dropped"])})
 
 
 class Runner:

@@ -104,6 +104,11 @@ def test_open_loop_against_a_service_deployed_through_the_server_reports_recipe_
         assert f["achieved_rate"] == pytest.approx(200, rel=0.02)
         assert f["counters"]["errors"] == 0 and f["counters"]["dropped"] == 0
         assert "lag" in f["histograms"]
+        # Once ended, the run's list entry shows its figures, not its last (half) second.
+        listed = stub.ListBenchmarks(C.ListBenchmarksRequest(), timeout=30).benchmarks
+        (entry,) = [b for b in listed if b.name == run.name]
+        assert entry.last_progress.achieved_rate == pytest.approx(f["achieved_rate"])
+        assert entry.last_progress.requests == f["counters"]["completed"]
         assert doc["service"]["name"] == svc.name and doc["service"]["recipe"] == "nginx"
         assert "nginx" in doc["recipe"]["source_yaml"]
         assert doc["batch_script"].startswith("#!") and "#SBATCH" in doc["batch_script"]

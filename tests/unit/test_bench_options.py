@@ -295,3 +295,24 @@ def test_load_parameters_beyond_what_an_engine_can_honour_are_refused(
 
 def test_spark_may_ask_for_the_rate_of_all_its_partitions() -> None:
     assert plan(LoadOptions(engine="spark", rate=300_000.0, partitions=3)).load is not None
+
+
+def test_a_finished_runs_figures_are_its_window_not_its_last_partial_second() -> None:
+    from aifb.client.service.runner import final_progress
+    from aifb.client.service.telemetry import progress_batch
+
+    result = LoadResult(state=RunState.SUCCEEDED, target_rate=5.0, measured_s=4.0,
+                        workload="http")
+    result.counters.update(completed=20, ok=20)
+    for us in (1000, 2000, 3000, 40_000):
+        result.histograms["latency"].record_us(us)
+    # The last second was partial: 4 requests in half a second read as 8.0 req/s.
+    last = Progress(second=4, elapsed_s=4.0, requests=4, errors=0, achieved_rate=8.0,
+                    target_rate=5.0, p50_s=0.001, p99_s=0.002, in_flight=0, lag_p99_s=0.0,
+                    total_requests=20, total_errors=0)
+    final = final_progress(result, last)
+    assert (final.achieved_rate, final.requests, final.phase) == (5.0, 20, "final")
+    assert final.p99_s == pytest.approx(0.04, rel=0.01) and final.total_requests == 20
+    gauges = {s.name: s.values[0] for s in progress_batch(
+        BenchmarkRecord(id="r1", owner="me", workload="http"), final).series}
+    assert gauges["aifb_bench_requests_per_second"] == 5.0
