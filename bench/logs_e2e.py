@@ -214,7 +214,7 @@ def _baseline(args: argparse.Namespace) -> dict[str, float]:
         subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q",
                         str(tmp / "rev"), args.baseline_rev], check=True)
         tree.mkdir(parents=True)
-        for part in ("mesh", "server", "client", "monitor", "logger", "collector", "cli"):
+        for part in ("mesh", "job", "server", "client", "monitor", "logger", "collector", "cli"):
             (tree / part).symlink_to(tmp / "rev" / part)
         for part in ("v1", "wire"):
             (tree / part).symlink_to(tmp / "rev" / "gen" / "python" / "aifb" / part)

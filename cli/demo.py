@@ -14,8 +14,8 @@ from google.protobuf.duration_pb2 import Duration
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from aifb.cli.context import CliState, handle_errors, state_of
+from aifb.cli.host.threaded import ThreadedMesh
 from aifb.client.report.pages import summary_rows
-from aifb.client.service.embedded import ThreadedMesh
 from aifb.mesh.errors import FailedPrecondition
 from aifb.server.embedded import embedded_config
 from aifb.v1 import client_pb2 as C

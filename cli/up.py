@@ -89,10 +89,9 @@ def up(
 
 
 async def _run(config: Config, collector: dict[str, Any], *, telemetry: bool) -> None:
-    from aifb.client.service.app import benchmark_extension
-    from aifb.mesh.auth import read_token_file
+    from aifb.cli.host.bench import embedded_bench
+    from aifb.cli.host.loopback import loopback
     from aifb.mesh.heap import return_freed_memory, trim_when_grown
-    from aifb.mesh.tls import mesh_client_tls
     from aifb.mesh.tracing import make_tracer_provider
     from aifb.server.app import build_scheduler
     from aifb.server.sidecars import sidecars_enabled
@@ -101,7 +100,7 @@ async def _run(config: Config, collector: dict[str, Any], *, telemetry: bool) ->
     sched = build_scheduler(config)
     embedded = None
     if telemetry:
-        from aifb.server.telemetry import start_embedded_telemetry
+        from aifb.cli.host.telemetry import start_embedded_telemetry
 
         embedded = await start_embedded_telemetry(
             config, collector_overrides=collector, all_nodes=sched.name == "local",
@@ -112,27 +111,25 @@ async def _run(config: Config, collector: dict[str, Any], *, telemetry: bool) ->
 
         # Synchronous: the store append is cheap and stays on the event loop's thread.
         provider.add_span_processor(SimpleSpanProcessor(embedded.span_exporter()))
+    # The BenchmarkService beside ServerService: it resolves services through ServerService
+    # on this port, and its live metrics go to the collector here.
+    bench = embedded_bench(config.mesh.home_path, tracer_provider=provider)
     try:
-        # BenchmarkService beside ServerService; its live metrics go to the collector here.
-        bench = benchmark_extension(config.mesh.home_path, tracer_provider=provider,
-                                    collector_here=embedded is not None)
-        app = await start_server_app(config, scheduler=sched, tracer_provider=provider,
-                                     extra_bindings=embedded.bindings if embedded else (),
-                                     extensions=(bench,))
+        app = await start_server_app(
+            config, scheduler=sched, tracer_provider=provider,
+            extra_bindings=(*(embedded.bindings if embedded else ()), *bench.bindings))
     except BaseException:
+        await bench.stop()
         if embedded is not None:
             await embedded.stop()
         await sched.close()
         raise
     host = config.mesh.listen.rsplit(":", 1)[0]
     address = f"{host}:{app.port}"
+    here = loopback(config.mesh, app.port, app.token_path)
+    bench.started(here, collector_here=embedded is not None)
     if embedded is not None:
-        mesh = config.mesh
-        loop_host = "127.0.0.1" if host.strip("[]") in ("0.0.0.0", "::", "") else host
-        await embedded.start_agents(
-            f"{loop_host}:{app.port}",
-            read_token_file(app.token_path) if mesh.auth else None,
-            mesh_client_tls(mesh))
+        await embedded.start_agents(here.address, here.token, here.tls)
     metrics = ""
     if embedded is not None and embedded.collector.http is not None:
         metrics = f"; /metrics on {embedded.collector.config.metrics_listen}"
@@ -144,12 +141,8 @@ async def _run(config: Config, collector: dict[str, Any], *, telemetry: bool) ->
         # server's grace period is not spent waiting on them.
         if embedded is not None:
             await embedded.stop_agents()
-        # Likewise the extensions (the BenchmarkService's metrics stream); taken off the list
-        # so that app.stop() does not stop them twice.
-        extensions, app.extensions = app.extensions, []
-        for ext in extensions:
-            if ext.stop is not None:
-                await ext.stop()
+        # Likewise the BenchmarkService (its metrics stream, its runs).
+        await bench.stop()
         app.manager.hub.close()
 
     # Large requests (up to the 16 MiB limit) must not leave the heap large once they are
@@ -159,6 +152,7 @@ async def _run(config: Config, collector: dict[str, Any], *, telemetry: bool) ->
         await serve_until_signal(app.mesh, config.mesh.shutdown_grace_seconds, on_stop=on_stop)
     finally:
         trimmer.cancel()
+        await bench.stop()
         await app.stop(0)
         if embedded is not None:
             await embedded.stop()

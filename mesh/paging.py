@@ -12,8 +12,17 @@ from typing import Protocol, TypeVar
 from aifb.mesh.bounds import check_text
 from aifb.mesh.errors import InvalidArgument
 
-__all__ = ["MAX_FILTER_CHARS", "MAX_PAGE_TOKEN_CHARS", "Keyed", "check_filter_size",
-           "keyset_page"]
+__all__ = ["MAX_FILTER_CHARS", "MAX_PAGE_SIZE", "MAX_PAGE_TOKEN_CHARS", "Keyed",
+           "check_filter_size", "check_page_size", "keyset_page"]
+
+# The most items one List call returns (every List RPC of every service).
+MAX_PAGE_SIZE = 1000
+
+
+def check_page_size(page_size: int) -> None:
+    """INVALID_ARGUMENT naming `page_size` outside 0..MAX_PAGE_SIZE (0: the default)."""
+    if page_size < 0 or page_size > MAX_PAGE_SIZE:
+        raise InvalidArgument(f"page_size must be 0..{MAX_PAGE_SIZE}", field="page_size")
 
 
 class Keyed(Protocol):

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from aifb.mesh.config import Config
 from aifb.mesh.errors import SchedulerUnavailable
 from aifb.mesh.private import private_dir
 from aifb.mesh.server import MeshServer, ServiceBinding, create_server
-from aifb.mesh.tls import ClientTls, check_tls, mesh_client_tls
+from aifb.mesh.tls import check_tls, mesh_client_tls
 from aifb.server.deploy import Deployer, job_search_path
 from aifb.server.jobs import Scheduler
 from aifb.server.manager import ServiceManager
@@ -27,7 +26,7 @@ from aifb.server.servicer import ServerServicer
 from aifb.server.sidecars import COLLECTOR_SERVICE, sidecar_environment
 from aifb.v1 import server_pb2, server_pb2_grpc
 
-__all__ = ["Extension", "ServerApp", "build_scheduler", "start_server_app"]
+__all__ = ["ServerApp", "build_scheduler", "start_server_app"]
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +49,6 @@ def build_scheduler(config: Config) -> Scheduler:
 
 
 @dataclass
-class Extension:
-    """A component mounted beside ServerService that needs the server's domain (the
-    BenchmarkService resolves services through the manager). `started` is told the loopback
-    address, the owner token and the mesh's client TLS once the port is bound; `stop` runs
-    before the server stops."""
-
-    bindings: tuple[ServiceBinding, ...]
-    started: Callable[[str, str | None, ClientTls], None] | None = None
-    stop: Callable[[], Awaitable[None]] | None = None
-
-
-Extend = Callable[[ServiceManager, Deployer], Extension]
-
-
-@dataclass
 class ServerApp:
     """A running server: its gRPC endpoint and the pieces tests reach into."""
 
@@ -75,7 +59,6 @@ class ServerApp:
     scheduler: Scheduler
     token_path: Path
     extra: dict[str, object] = field(default_factory=dict)
-    extensions: list[Extension] = field(default_factory=list)
     reconciling: asyncio.Task[None] | None = None
 
     @property
@@ -86,9 +69,6 @@ class ServerApp:
         if self.reconciling is not None:
             self.reconciling.cancel()
         self.manager.hub.close()
-        for ext in self.extensions:
-            if ext.stop is not None:
-                await ext.stop()
         await self.poller.stop()
         await self.mesh.stop(grace)
         await self.scheduler.close()
@@ -102,9 +82,9 @@ async def start_server_app(
     scheduler: Scheduler | None = None,
     tracer_provider: TracerProvider | None = None,
     extra_bindings: tuple[ServiceBinding, ...] = (),
-    extensions: Sequence[Extend] = (),
 ) -> ServerApp:
-    """Start ServerService (plus `extra_bindings`, e.g. the other components in `aifb up`)."""
+    """Start ServerService (plus `extra_bindings`: the other components `aifb up` mounts on
+    the same port, which reach ServerService over loopback gRPC like any client)."""
     # Jobs and agents must reach the server the way it listens: refuse settings they cannot
     # follow before anything is submitted.
     check_tls(config.mesh, hosts_jobs=True)
@@ -133,9 +113,7 @@ async def start_server_app(
         full_name=server_pb2.DESCRIPTOR.services_by_name["ServerService"].full_name,
         add_to_server=lambda s: server_pb2_grpc.add_ServerServiceServicer_to_server(servicer, s),
     )
-    exts = [make(manager, deployer) for make in extensions]
-    mesh = await create_server(config.mesh, (binding, *extra_bindings,
-                                             *(b for e in exts for b in e.bindings)),
+    mesh = await create_server(config.mesh, (binding, *extra_bindings),
                                authenticator=authenticator, tracer_provider=tracer_provider,
                                listen=listen)
     host = (listen or config.mesh.listen).rsplit(":", 1)[0]
@@ -153,19 +131,11 @@ async def start_server_app(
                     "their jobs", len(leftover))
         reconciling = asyncio.create_task(_reconcile(manager, leftover,
                                                      config.server.poll_interval_seconds))
-    if exts:
-        from aifb.mesh.auth import read_token_file
-
-        loop_host = "127.0.0.1" if host == socket.getfqdn() else host
-        token = read_token_file(token_path) if config.mesh.auth else None
-        for ext in exts:
-            if ext.started is not None:
-                ext.started(f"{loop_host}:{mesh.port}", token, mesh_client_tls(config.mesh))
     log.info("ServerService on port %d, scheduler %s, %d services to re-attach", mesh.port,
              sched.name, len(registry.polled()))
     return ServerApp(mesh=mesh, manager=manager, poller=poller, registry=registry,
                      reconciling=reconciling,
-                     scheduler=sched, token_path=token_path, extensions=exts)
+                     scheduler=sched, token_path=token_path)
 
 
 async def _reconcile(manager: ServiceManager, sids: list[str], interval: float) -> None:

@@ -3,7 +3,7 @@
 The script is `#!/bin/bash`, the `#SBATCH` lines sorted by option, `set -euo pipefail`, `cd`
 into the workdir, the environment exported, then::
 
-    exec PYTHON -m aifb.server.jobrun --service ID --workdir DIR --readiness tcp|http \\
+    exec PYTHON -m aifb.job.run --service ID --workdir DIR --readiness tcp|http \\
         --ready-port N|'{{ name }}' --ready-path P --timeout S [--auto-port NAME]... \\
         [--log-file PATH]... [--file REL=TEXT]... -- [apptainer exec ... IMAGE] ARGV...
 
@@ -112,7 +112,7 @@ def apptainer_argv(container: ContainerSpec) -> list[str]:
 
 
 def jobrun_argv(spec: JobSpec) -> list[str]:
-    """The options of `python -m aifb.server.jobrun` for `spec` (before the `--`)."""
+    """The options of `python -m aifb.job.run` for `spec` (before the `--`)."""
     rd = spec.readiness
     if rd.port_param and rd.port_param in spec.auto_ports:
         ready_port = token(rd.port_param)
@@ -174,7 +174,7 @@ def render_batch_script(spec: JobSpec) -> str:
             raise InvalidArgument(f"{field}: not a valid variable name", field=field)
         out.append(f"export {name}={shlex.quote(_text(field, value, newlines=True))}")
     opts = jobrun_argv(spec)
-    groups = [[_text("python", spec.python), "-m", "aifb.server.jobrun"]]
+    groups = [[_text("python", spec.python), "-m", "aifb.job.run"]]
     groups += [opts[i:i + 2] for i in range(0, len(opts), 2)]
     groups.append(["--", *_program_argv(spec)])
     out.append("exec " + _lines(groups))

@@ -6,13 +6,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aifb.mesh.errors import InvalidArgument
-from aifb.mesh.paging import check_filter_size, keyset_page
+from aifb.mesh.paging import check_filter_size, check_page_size, keyset_page
 from aifb.server.model import ServiceRecord
 from aifb.server.states import ServiceState
 
 __all__ = ["Page", "page", "parse_filter"]
 
-MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 
 
@@ -63,8 +62,7 @@ class Page:
 def page(records: Sequence[ServiceRecord], *, page_size: int, token: str,
          filter_text: str) -> Page:
     """Keyset paging on (create_time, id): stable while services are being added."""
-    if page_size < 0 or page_size > MAX_PAGE_SIZE:
-        raise InvalidArgument(f"page_size must be 0..{MAX_PAGE_SIZE}", field="page_size")
+    check_page_size(page_size)
     items, next_token = keyset_page(records, size=page_size or DEFAULT_PAGE_SIZE, token=token,
                                     filter_text=filter_text, accept=parse_filter(filter_text))
     return Page(items, next_token)

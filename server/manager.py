@@ -23,6 +23,7 @@ from aifb.mesh.errors import (
     NotFound,
     PermissionDenied,
 )
+from aifb.mesh.names import parse_service_id
 from aifb.mesh.tracing import current_trace_id, traceparent_env
 from aifb.server.deploy import Deployer, Prepared, ResourceRequest, job_name_for
 from aifb.server.hub import Hub
@@ -36,7 +37,6 @@ __all__ = ["EventKind", "ServiceManager"]
 log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_ID = re.compile(r"^[a-z0-9-]{1,64}$")
 # A job the scheduler no longer knows is declared lost after this many seconds unseen.
 LOST_AFTER_SECONDS = 30.0
 LOST_RAW_STATE = "LOST"
@@ -47,14 +47,6 @@ class EventKind:
     STARTING = "starting"
     READY = "ready"
     EXITED = "exited"
-
-
-def parse_service_id(name: str) -> str:
-    """'services/abc' or 'abc' -> 'abc'; anything else is INVALID_ARGUMENT."""
-    sid = name.removeprefix("services/")
-    if not _ID.match(sid):
-        raise InvalidArgument(f"bad service name {name!r}: expected services/<id>", field="name")
-    return sid
 
 
 class ServiceManager:

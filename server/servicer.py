@@ -11,6 +11,7 @@ import grpc
 from aifb.mesh.access import user_caller
 from aifb.mesh.auth import Principal, current_principal
 from aifb.mesh.errors import InvalidArgument
+from aifb.mesh.names import parse_service_id
 from aifb.server.convert import (
     recipe_to_proto,
     resource_request_from_proto,
@@ -19,7 +20,7 @@ from aifb.server.convert import (
 )
 from aifb.server.deploy import Deployer
 from aifb.server.listing import page, parse_filter
-from aifb.server.manager import EventKind, ServiceManager, parse_service_id
+from aifb.server.manager import EventKind, ServiceManager
 from aifb.server.model import ServiceRecord
 from aifb.server.recipes.catalog import runnable_here
 from aifb.v1 import server_pb2, server_pb2_grpc

@@ -6,11 +6,9 @@
     ...
     await app.stop()
 
-In `aifb up` the server builds it through `benchmark_extension` (aifb.server.app's extension
-hook), with service targets resolved through the server's own ServiceManager, and the live
-metrics go to the collector mounted on the same port when one is. On its own (`aifb bench
-serve`), `aifb.client.service.standalone` builds it with a `GrpcResolver` that asks a remote
-ServerService.
+Service targets resolve through a `ServiceResolver`: a `GrpcResolver` asking ServerService over
+gRPC, the process's own port in `aifb up` (`aifb.cli.host.bench`) or a remote server for `aifb
+bench serve` (`aifb.client.service.standalone`).
 """
 
 from __future__ import annotations
@@ -25,17 +23,13 @@ from aifb.client.service.facts import node_facts
 from aifb.client.service.manager import BenchmarkManager
 from aifb.client.service.servicer import BenchmarkServicer
 from aifb.client.service.store import RunStore
-from aifb.client.service.targets import ManagerResolver, ServiceResolver
+from aifb.client.service.targets import ServiceResolver
 from aifb.client.service.telemetry import TelemetrySink
 from aifb.mesh.channel import open_channel
 from aifb.mesh.server import ServiceBinding
-from aifb.mesh.tls import ClientTls
-from aifb.server.app import Extend, Extension
-from aifb.server.deploy import Deployer
-from aifb.server.manager import ServiceManager
 from aifb.v1 import client_pb2, client_pb2_grpc
 
-__all__ = ["BenchmarkApp", "benchmark_extension", "start_benchmark_service"]
+__all__ = ["BenchmarkApp", "start_benchmark_service"]
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +71,3 @@ def start_benchmark_service(home: Path, *, resolver: ServiceResolver | None = No
         add_to_server=lambda s: client_pb2_grpc.add_BenchmarkServiceServicer_to_server(
             servicer, s))
     return BenchmarkApp(manager=manager, store=store, binding=binding)
-
-
-def benchmark_extension(home: Path, *, tracer_provider: TracerProvider | None = None,
-                        collector_here: bool = False) -> Extend:
-    """The BenchmarkService as an extension of `start_server_app`: services resolve through
-    the server's manager; with `collector_here`, live metrics go to the collector on the same
-    port (the embedded mesh)."""
-
-    def make(manager: ServiceManager, deployer: Deployer) -> Extension:
-        app = start_benchmark_service(home, resolver=ManagerResolver(manager, deployer),
-                                      tracer_provider=tracer_provider)
-
-        def started(address: str, token: str | None, tls: ClientTls) -> None:
-            if collector_here:
-                app.attach_collector(address, token, ca_file=tls.ca_file,
-                                     cert_file=tls.cert_file, key_file=tls.key_file)
-
-        return Extension(bindings=(app.binding,), started=started, stop=app.stop)
-
-    return make

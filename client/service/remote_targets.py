@@ -1,15 +1,15 @@
 """Service targets resolved through a remote ServerService (the standalone BenchmarkService).
 
 `GrpcResolver` asks the aifb server at `address` about `services/<id>` on the caller's behalf:
-GetService (the service must be READY), then GetRecipe and RenderService for the recipe's
-source and the batch script, so that a run's context has the shape `ManagerResolver` gives it
-in the embedded mesh. Each call carries the caller's own bearer token, so the server's
-ownership check applies to the real caller; a caller without one (auth off here) borrows this
-service's configured token. The server's answers come back as the mesh's errors, each naming
-the server: NotFound, FailedPrecondition, PermissionDenied (the server refused the token),
-Unavailable and DeadlineExceeded. Given a tracer provider, the calls carry the caller's trace
-context, so the server's spans for them join the benchmark's trace. `NoServerResolver` stands
-in when no server is configured.
+GetService (the service must be READY), then GetRecipe and RenderService for the recipe's source
+and the batch script (a run's context). In `aifb up` it asks the process's own port
+(`aifb.cli.host.bench`), elsewhere a remote server. Each call carries the caller's own bearer
+token, so the server's ownership check applies to the real caller; a caller without one (auth
+off here) borrows this service's configured token. The server's answers come back as the mesh's
+errors, each naming the server: NotFound, FailedPrecondition, PermissionDenied (the server
+refused the token), Unavailable and DeadlineExceeded. Given a tracer provider, the calls carry
+the caller's trace context, so the server's spans for them join the benchmark's trace.
+`NoServerResolver` stands in when no server is configured.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from aifb.mesh.errors import (
     Unauthenticated,
     Unavailable,
 )
-from aifb.server.manager import parse_service_id
+from aifb.mesh.names import parse_service_id
 from aifb.v1 import server_pb2 as S
 from aifb.v1 import server_pb2_grpc
 
@@ -124,6 +124,15 @@ class GrpcResolver:
             self._channel = open_channel(self.address, ca_file=ca_file, cert_file=cert_file,
                                          key_file=key_file, retries=False, interceptors=tracing)
         return server_pb2_grpc.ServerServiceStub(self._channel)
+
+    def connect_to(self, address: str, *, ca_file: str = "", cert_file: str = "",
+                   key_file: str = "") -> None:
+        """Aim at `address` (a server whose port is known only once it listens: the process's
+        own, in `aifb up`); before the first call."""
+        if self._channel is not None:
+            raise RuntimeError("GrpcResolver.connect_to after its first call")
+        self.address = address
+        self._tls = (ca_file, cert_file, key_file)
 
     async def close(self) -> None:
         if self._channel is not None:

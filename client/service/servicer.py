@@ -18,7 +18,7 @@ from aifb.client.service.convert import (
 from aifb.client.service.manager import BenchmarkManager, CreateRequest
 from aifb.mesh.access import user_caller
 from aifb.mesh.errors import InvalidArgument
-from aifb.server.listing import MAX_PAGE_SIZE
+from aifb.mesh.paging import check_page_size
 from aifb.v1 import client_pb2 as C
 from aifb.v1 import client_pb2_grpc
 
@@ -62,8 +62,7 @@ class BenchmarkServicer(client_pb2_grpc.BenchmarkServiceServicer):
                              ) -> C.ListBenchmarksResponse:
         from aifb.client.service.listing import page
 
-        if request.page_size < 0 or request.page_size > MAX_PAGE_SIZE:
-            raise InvalidArgument(f"page_size must be 0..{MAX_PAGE_SIZE}", field="page_size")
+        check_page_size(request.page_size)
         items, token = page(self.manager.owned(user_caller()), page_size=request.page_size,
                             token=request.page_token, filter_text=request.filter)
         return C.ListBenchmarksResponse(benchmarks=[record_to_proto(r) for r in items],

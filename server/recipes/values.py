@@ -5,7 +5,7 @@ or a builtin (`workdir`, `service_id`). Substitution is one pass of plain text r
 into a single string (one argv element, one env value): a substituted value is never scanned
 again, and nothing here ever goes near a shell. A name missing from the lookup is left as its
 canonical token ``{{ name }}`` (exactly one space inside each brace pair): that is how a port
-chosen inside the job (an "auto port", declared value 0) reaches `aifb.server.jobrun`, which
+chosen inside the job (an "auto port", declared value 0) reaches `aifb.job.run`, which
 replaces that exact token with the port it picked.
 """
 

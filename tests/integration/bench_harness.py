@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from aifb.client.service.embedded import ThreadedMesh
+from aifb.cli.host.threaded import ThreadedMesh
 from aifb.mesh.channel import raise_for_rpc_error
 from aifb.mesh.errors import AifbError
 from aifb.v1 import client_pb2 as C

@@ -2,9 +2,10 @@
 `aifb up`: `aifb bench run --service` through it resolves the service through the server's
 ServerService on the caller's behalf and reports the same context as the embedded mesh does;
 another user's token, an unknown or stopped service, no server and a server that is down give
-one clear line naming the server. `GrpcResolver` itself against an in-process server: the same
-context as `ManagerResolver`, the caller's token forwarded, this service's own token borrowed
-for callers without one, and each failure as the mesh error that names the server."""
+one clear line naming the server. `GrpcResolver` itself against an in-process server: the
+service's record, recipe and batch script, the caller's token forwarded, this service's own
+token borrowed for callers without one, and each failure as the mesh error that names the
+server."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from aifb.client.service.remote_targets import GrpcResolver
-from aifb.client.service.targets import ManagerResolver, Target
+from aifb.client.service.targets import Target
 from aifb.mesh.auth import Principal, TokenStore
 from aifb.mesh.channel import auth_metadata, raise_for_rpc_error
 from aifb.mesh.errors import (
@@ -308,18 +309,22 @@ def _resolve_error(resolver: GrpcResolver, principal: Principal, service: str) -
     raise AssertionError(f"{service} resolved")
 
 
-def test_grpc_resolver_gives_the_same_target_as_the_in_process_resolver(
+def test_grpc_resolver_gives_the_services_record_recipe_and_batch_script(
         local_server: ThreadedServer) -> None:
     svc = _ready_nginx(local_server)
     owner = Principal(user=_owner(local_server), token=local_server.token)
-    app = local_server.app
-    assert app is not None
-    local = local_server.run(ManagerResolver(app.manager, app.manager.deployer).resolve(
-        owner, svc.name))
     remote = _resolve(GrpcResolver(local_server.address), owner, svc.name)
-    assert remote == local
+    url = svc.endpoint.url or f"http://{svc.endpoint.host}:{svc.endpoint.port}/"
+    assert (remote.url, remote.service, remote.trace_id) == (url, svc.name, svc.trace_id)
+    service = remote.context["service"]
+    assert (service["recipe"], service["parameters"], service["job_id"]) == (
+        "nginx", dict(svc.parameters), svc.job.job_id)
     assert remote.context["recipe"]["name"] == "nginx"
+    rendered = local_server.stub().RenderService(S.RenderServiceRequest(
+        recipe="nginx", parameters=dict(svc.parameters), resources=svc.resources), timeout=30)
+    assert remote.context["batch_script"] == rendered.batch_script
     assert remote.context["batch_script"].startswith("#!")
+    local = remote
     # A caller without a token (auth off at the benchmark service) borrows the service's own.
     anonymous = Principal(user=owner.user)
     borrowed = _resolve(GrpcResolver(local_server.address, token=local_server.token),

@@ -149,7 +149,7 @@ def test_from_recipe_to_scrape_target_through_the_manager(
 ])
 def test_the_in_job_sidecar_scrapes_where_the_job_environment_says(
         tmp_path: Path, env: dict[str, str], http: bool, url: str) -> None:
-    from aifb.server.sidecars import JobSidecars
+    from aifb.job.sidecars import JobSidecars
 
     sidecars = JobSidecars("services/a1", {"AIFB_SIDECARS": "monitor",
                                            "AIFB_SERVER": "127.0.0.1:1",

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from aifb.server.jobrun import choose_free_ports, fill_ports, parse_args
+from aifb.job.run import choose_free_ports, fill_ports, parse_args
 
 pytestmark = pytest.mark.unit
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.unit
 # JOBRUN_TEST_STALL_S makes the STARTING report take that long (a server that is down).
 DRIVER = """
 import json, os, sys, time
-from aifb.server.jobrun import main
+from aifb.job.run import main
 
 class FileReporter:
     def __init__(self, path):
@@ -236,3 +236,10 @@ def test_parse_args_splits_options_from_the_program_at_double_dash() -> None:
     opts = parse_args(["--service", "s", "--readiness", "tcp", "--ready-port", "5",
                        "--file", "a=b=c", "--", "prog", "--", "--service"])
     assert opts.argv == ["prog", "--", "--service"] and opts.files == {"a": "b=c"}
+
+
+def test_the_job_fills_in_the_placeholder_the_server_renders() -> None:
+    from aifb.job.run import placeholder
+    from aifb.server.recipes.values import token
+
+    assert placeholder("port") == token("port") == "{{ port }}"

@@ -72,7 +72,7 @@ def test_shipped_recipe_loads_resolves_and_renders_with_defaults(name: str) -> N
     assert spec.readiness.port > 0 and spec.auto_ports == ()
     assert "{{" not in " ".join(spec.command)
     script = render_batch_script(spec)
-    assert script.startswith("#!/bin/bash\n") and "-m aifb.server.jobrun" in script
+    assert script.startswith("#!/bin/bash\n") and "-m aifb.job.run" in script
     assert (spec.container is not None) == (recipe.runtime_kind == "apptainer")
 
 

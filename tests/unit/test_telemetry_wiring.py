@@ -18,17 +18,12 @@ from aifb.collector.config import CollectorConfig
 from aifb.collector.ingest import Ingest
 from aifb.collector.local_spans import StoreSpanExporter
 from aifb.collector.stats import Stats
+from aifb.job.sidecars import NoSidecars, own_output_file, start_job_sidecars
 from aifb.logger.config import LoggerConfig
 from aifb.mesh.config import load_config, section_config
 from aifb.mesh.errors import InvalidArgument
 from aifb.monitor.config import MonitorConfig
-from aifb.server.sidecars import (
-    NoSidecars,
-    own_output_file,
-    sidecar_environment,
-    sidecars_enabled,
-    start_job_sidecars,
-)
+from aifb.server.sidecars import sidecar_environment, sidecars_enabled
 from aifb.v1 import collector_pb2
 
 pytestmark = pytest.mark.unit

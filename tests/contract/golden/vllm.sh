@@ -15,7 +15,7 @@ export AIFB_REPORT_TOKEN=tok-123
 export AIFB_SERVER=login1:50051
 export AIFB_SERVICE=services/svc42
 export TRACEPARENT=00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01
-exec /opt/aifb/venv/bin/python -m aifb.server.jobrun \
+exec /opt/aifb/venv/bin/python -m aifb.job.run \
     --service svc42 \
     --workdir /home/alice/.aifb/jobs/svc42 \
     --readiness http \

@@ -1,8 +1,8 @@
-"""The embedded mesh with the BenchmarkService, on a background loop (`aifb demo`, tests).
+"""The embedded mesh on a background event loop (`aifb demo`, tests, benchmarks).
 
-`ThreadedMesh` is the server's `ThreadedServer` with the BenchmarkService mounted as an
-extension (service targets resolve through the same process's ServerService domain) and,
-optionally, the collector and its forwarders on the same port, so live run metrics flow.
+`ThreadedMesh` is the server's `ThreadedServer` with the BenchmarkService mounted on the same
+port (it resolves services through ServerService over loopback gRPC) and, optionally, the
+collector and its forwarders, so live run metrics flow.
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from aifb.client.service.app import benchmark_extension
+from aifb.cli.host.bench import EmbeddedBench, embedded_bench
+from aifb.cli.host.loopback import loopback
+from aifb.collector import CollectorConfig, start_collector
+from aifb.collector.app import CollectorApp
 from aifb.server.app import start_server_app
 from aifb.server.embedded import ThreadedServer
 from aifb.v1 import client_pb2_grpc
@@ -21,9 +24,10 @@ __all__ = ["ThreadedMesh"]
 
 @dataclass
 class ThreadedMesh(ThreadedServer):
-    # A started aifb.collector CollectorApp config (remote write etc.); None: no collector.
-    collector_config: Any = None
-    collector: Any = field(default=None, init=False)
+    # The collector's settings (remote write etc.); None: no collector.
+    collector_config: CollectorConfig | None = None
+    collector: CollectorApp | None = field(default=None, init=False)
+    bench: EmbeddedBench | None = field(default=None, init=False)
 
     def start(self) -> ThreadedMesh:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
@@ -32,17 +36,20 @@ class ThreadedMesh(ThreadedServer):
         sched = self.make_scheduler() if self.make_scheduler else None
         bindings: tuple[Any, ...] = ()
         if self.collector_config is not None:
-            from aifb.collector import start_collector
-
             self.collector = self.run(start_collector(self.collector_config, serve_http=False))
             bindings = self.collector.bindings
-        ext = benchmark_extension(self.config.mesh.home_path,
-                                  tracer_provider=self.tracer_provider,
-                                  collector_here=self.collector is not None)
+        home = self.config.mesh.home_path
+
+        async def build() -> EmbeddedBench:  # on the loop that serves it
+            return embedded_bench(home, tracer_provider=self.tracer_provider)
+
+        self.bench = self.run(build())
         self.app = self.run(start_server_app(self.config, listen=self.config.mesh.listen,
                                              scheduler=sched,
                                              tracer_provider=self.tracer_provider,
-                                             extra_bindings=bindings, extensions=(ext,)))
+                                             extra_bindings=(*bindings, *self.bench.bindings)))
+        self.bench.started(loopback(self.config.mesh, self.app.port, self.app.token_path),
+                           collector_here=self.collector is not None)
         return self
 
     def __enter__(self) -> ThreadedMesh:
@@ -52,6 +59,9 @@ class ThreadedMesh(ThreadedServer):
         return client_pb2_grpc.BenchmarkServiceStub(self.channel(token))
 
     def stop(self, grace: float = 0.5) -> None:
+        if self.bench is not None:
+            self.run(self.bench.stop())
+            self.bench = None
         if self.app is not None:
             self.run(self.app.stop(grace))
             self.app = None

@@ -1,6 +1,6 @@
 """The in-job entry point: start the service program, wait until it is ready, report, supervise.
 
-    python -m aifb.server.jobrun --service ID --workdir DIR --readiness tcp|http
+    python -m aifb.job.run --service ID --workdir DIR --readiness tcp|http
         --ready-port N|'{{ name }}' --ready-path /P --timeout SECONDS
         [--auto-port NAME]... [--log-file PATH]... [--file REL=TEXT]... -- PROGRAM ARGS...
 
@@ -43,16 +43,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aifb.server.recipes.values import token
-
 if TYPE_CHECKING:
     import httpx  # imported when an HTTP readiness check runs: every job pays the import
-from aifb.server.sidecars import start_job_sidecars
+from aifb.job.sidecars import start_job_sidecars
 
 __all__ = ["LoggingReporter", "Options", "Reporter", "choose_free_ports", "fill_ports", "main",
            "parse_args", "run"]
 
 log = logging.getLogger("aifb.jobrun")
+
+
+def placeholder(name: str) -> str:
+    """How the server's batch script leaves a value for the job to fill in: ``{{ name }}``
+    (the renderer's canonical token, `aifb.server.recipes.values.token`; a test keeps the two
+    equal)."""
+    return "{{ " + name + " }}"
 
 TAIL_LINES = 50
 _TAIL_BYTES = 64 * 1024
@@ -60,7 +65,7 @@ _REPORT_TIMEOUT = 20.0
 
 
 class Reporter(Protocol):
-    """Where the job's lifecycle goes (the server, through aifb.server.report_client)."""
+    """Where the job's lifecycle goes (the server, through aifb.job.report)."""
 
     def starting(self) -> None: ...
     def ready(self, host: str, port: int, startup_seconds: float) -> None: ...
@@ -107,9 +112,9 @@ def parse_args(argv: Sequence[str]) -> Options:
     """Options before the first `--`, the program's argv after it."""
     args = list(argv)
     if "--" not in args:
-        raise SystemExit("aifb.server.jobrun: missing '--' before the program's argv")
+        raise SystemExit("aifb.job.run: missing '--' before the program's argv")
     cut = args.index("--")
-    p = argparse.ArgumentParser(prog="python -m aifb.server.jobrun")
+    p = argparse.ArgumentParser(prog="python -m aifb.job.run")
     p.add_argument("--service", required=True)
     p.add_argument("--workdir", type=Path, default=Path.cwd())
     p.add_argument("--readiness", choices=["tcp", "http"], required=True)
@@ -149,7 +154,7 @@ def choose_free_ports(names: Sequence[str]) -> dict[str, int]:
 def fill_ports(text: str, ports: Mapping[str, int]) -> str:
     """Replace each auto-port token ``{{ name }}`` with its chosen port."""
     for name, port in ports.items():
-        text = text.replace(token(name), str(port))
+        text = text.replace(placeholder(name), str(port))
     return text
 
 
@@ -370,7 +375,7 @@ def _reporter_from_env() -> Reporter:
     if not os.environ.get("AIFB_SERVER"):
         return LoggingReporter()
     try:
-        from aifb.server.report_client import reporter_from_env
+        from aifb.job.report import reporter_from_env
     except ImportError as exc:
         log.warning("no report client (%s); only logging", exc)
         return LoggingReporter()
