@@ -6,7 +6,7 @@ Each part runs in its own process so its CPU is its own (one warm-up line goes t
 outside the measurement): a Loki push receiver (decodes the
 snappy block body and the `logproto.PushRequest`, checks every stream's labels and time order,
 counts lines; 400 for anything else), the collector forwarding to it, and the logger agent
-(`python -m aifb.logger.agent`) tailing one file of LINES lines of LINE_BYTES bytes written
+(`aifb logger serve`) tailing one file of LINES lines of LINE_BYTES bytes written
 beforehand. Measured in the same run:
   - end to end: lines and MiB per second of wall time until the receiver holds every line, and
     per core: MiB over the CPU seconds of the logger and collector processes (each also alone);
@@ -257,15 +257,18 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
                                       f"http://127.0.0.1:{r_port}"])
         procs.append(collector)
         wait_port(c_port)
-        config = tmp / "logger.yaml"
+        config = tmp / "config.yaml"
         config.write_text(
-            f"collector: 127.0.0.1:{c_port}\nnode: bench\nstate_dir: {tmp / 'state'}\n"
-            f"targets:\n  - {{service: services/bench, job_id: '1', stdout_path: '{log_file}'}}\n")
-        env = {**os.environ, "HOME": str(tmp), "AIFB_CONFIG": str(tmp / "none.yaml")}
+            f"logger:\n  node: bench\n  state_dir: {tmp / 'state'}\n  targets:\n"
+            f"    - {{service: services/bench, job_id: '1', stdout_path: '{log_file}'}}\n"
+            "mesh:\n  auth: false\n")
+        env = {**os.environ, "HOME": str(tmp), "AIFB_CONFIG": str(config)}
         count_url = f"http://127.0.0.1:{r_port}/count"
-        logger = subprocess.Popen([sys.executable, "-m", "aifb.logger.agent", "--config",
-                                   str(config)], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        # The node daemon users run: `aifb logger serve`, its file from the config, no server.
+        logger = subprocess.Popen([str(Path(sys.executable).with_name("aifb")), "logger",
+                                   "serve", "--listen", "", "--watch-server", "",
+                                   "--collector", f"127.0.0.1:{c_port}"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(logger)
         time.sleep(4.0)  # the logger starts, connects and follows the (empty) file
         # One line through the whole path first: connections, lazy imports and caches are

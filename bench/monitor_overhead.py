@@ -3,7 +3,7 @@
 Setup: 200 `sleep` processes in 4 fake services (50 each, under one shell per service), one
 prometheus_client exporter as the scrape target, and a collector that acknowledges every batch
 (each in its own process, so only the agents are measured). Measured in the same run:
-  - aifb:   `python -m aifb.monitor.agent` at 1 s, pushing to the collector
+  - aifb:   `aifb monitor serve` at 1 s, pushing to the collector
   - psutil: a plain psutil loop doing the same collection (host, process trees, scrape)
   - node_exporter: prometheus-node-exporter scraped once a second (host metrics only), when
     installed (`apt-get install prometheus-node-exporter`)
@@ -168,16 +168,20 @@ def main() -> None:
             time.sleep(0.05)
         sleeps = [c.pid for s in shells for c in psutil.Process(s.pid).children()]
         targets = "".join(
-            f"  - {{service: services/bench{i}, job_id: '{100 + i}', pid: {s.pid}"
+            f"    - {{service: services/bench{i}, job_id: '{100 + i}', pid: {s.pid}"
             + (f", metrics_url: '{url}'" if i == 0 else "") + "}\n"
             for i, s in enumerate(shells))
-        config = tmp / "monitor.yaml"
-        config.write_text(f"interval_seconds: 1.0\ncollector: 127.0.0.1:{collector_port}\n"
-                          f"node: bench\ngpu: true\ntargets:\n{targets}")
-        env = {**os.environ, "HOME": str(tmp), "AIFB_CONFIG": str(tmp / "none.yaml")}
+        config = tmp / "config.yaml"
+        config.write_text(f"monitor:\n  interval_seconds: 1.0\n  node: bench\n  gpu: true\n"
+                          f"  targets:\n{targets}")
+        env = {**os.environ, "HOME": str(tmp), "AIFB_CONFIG": str(config)}
+        aifb = str(Path(sys.executable).with_name("aifb"))
         agents: dict[str, subprocess.Popen[bytes]] = {
-            "aifb monitor agent": _spawn("-m", "aifb.monitor.agent", "--config", str(config),
-                                         env=env),
+            # The node daemon users run, its targets from the config, no server to watch.
+            "aifb monitor agent": subprocess.Popen(
+                [aifb, "monitor", "serve", "--listen", "", "--watch-server", "",
+                 "--collector", f"127.0.0.1:{collector_port}"], env=env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
             "plain psutil loop (peer)": _spawn(script, "--role", "peer", "--url", url, "--roots",
                                                ",".join(str(s.pid) for s in shells)),
         }

@@ -46,10 +46,11 @@ def _short_host() -> str:
     return socket.gethostname().split(".", 1)[0]
 
 
-async def serve_agent(config: Config, settings: AgentSettings, make_agent: Callable[..., Any],
+async def serve_agent(config: Config, settings: AgentSettings, build: Callable[..., Any],
                       *, kind: str, service: str, listen: str) -> None:
-    """Build the agent with `make_agent(settings, discovery=..., collector=...)`, start it,
-    serve its `binding()` on `listen` ('' for none) and run until SIGINT/SIGTERM."""
+    """Assemble the agent with `build(settings, discovery=..., collector=...)` (its `app`
+    module's `build_monitor` / `build_logger`), start it, serve its bindings on `listen` ('' for
+    none) and run until SIGINT/SIGTERM."""
     from aifb.mesh.agent_host import run_daemon
     from aifb.mesh.channel import load_token
     from aifb.mesh.discovery import ServiceDiscovery, channel_factory
@@ -60,14 +61,14 @@ async def serve_agent(config: Config, settings: AgentSettings, make_agent: Calla
     discovery = ServiceDiscovery(
         channel_factory(settings.server, token=token, ca_file=ca) if settings.server else None,
         node=settings.node_name, all_nodes=settings.all_nodes)
-    agent = make_agent(settings, discovery=discovery, collector=channel_factory(
+    app = build(settings, discovery=discovery, collector=channel_factory(
         settings.collector, token=token, ca_file=ca) if settings.collector else None)
-    await agent.start()
+    await app.start()
 
     def listening(port: int) -> None:
         where = f"{service} on port {port}" if port else f"no {service}"
         typer.echo(f"{kind} {settings.agent_name} is up ({where}; pushing to "
                    f"{settings.collector or 'nowhere'}). Ctrl-C stops it.", err=True)
 
-    await run_daemon(mesh, [agent.binding()], listen=listen, stop=agent.stop,
+    await run_daemon(mesh, app.bindings, listen=listen, stop=app.stop,
                      on_listening=listening)

@@ -20,8 +20,6 @@ from rich.text import Text
 
 from aifb.cli.context import CliState, handle_errors, state_of, to_dict
 from aifb.cli.params import parse_params
-from aifb.client.report.compare import compare as compare_docs
-from aifb.client.report.pages import summary_rows
 from aifb.client.service.options import parse_duration
 from aifb.mesh.channel import raise_for_rpc_error
 from aifb.mesh.errors import InvalidArgument
@@ -114,6 +112,8 @@ def _print_summary(state: CliState, doc: dict[str, Any], directory: str) -> None
                   show_header=False)
     table.add_column("figure", style="bold")
     table.add_column("value")
+    from aifb.client.report.pages import summary_rows
+
     for key, value in summary_rows(doc):
         table.add_row(key, Text(value))
     state.console.print(table)
@@ -260,6 +260,8 @@ def compare(
     state = state_of(ctx)
     with handle_errors(state):
         docs = [json.loads(_report(state, _name(r), "json").content) for r in (run_a, run_b)]
+        from aifb.client.report.compare import compare as compare_docs
+
         rows = compare_docs(docs[0], docs[1])
 
         def text() -> None:

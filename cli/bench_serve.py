@@ -9,7 +9,6 @@ import typer
 
 from aifb.cli.context import handle_errors, state_of
 from aifb.cli.serve_options import INSECURE, NO_AUTH, TLS_CERT, TLS_CLIENT_CA, TLS_KEY
-from aifb.client.service.standalone import DEFAULT_LISTEN
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["serve"]
@@ -20,6 +19,10 @@ def _address(value: str, flag: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidArgument(f"{flag} {value!r}: expected HOST:PORT", field=flag)
     return value
+
+
+# The BenchmarkService's own port (aifb.client.service.standalone's default too).
+DEFAULT_LISTEN = "127.0.0.1:50052"
 
 
 def serve(

@@ -14,10 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from aifb.cli.context import CliState, handle_errors, state_of
-from aifb.cli.host.threaded import ThreadedMesh
-from aifb.client.report.pages import summary_rows
 from aifb.mesh.errors import FailedPrecondition
-from aifb.server.embedded import embedded_config
 from aifb.v1 import client_pb2 as C
 from aifb.v1 import client_pb2_grpc, server_pb2_grpc
 from aifb.v1 import server_pb2 as S
@@ -34,6 +31,10 @@ def demo(
     keep: bool = typer.Option(False, help="Keep the demo's state directory."),
 ) -> None:
     """Deploy a real nginx through the embedded server, benchmark it, print the summary."""
+    # Here, not at the top: every `aifb` command imports this module.
+    from aifb.cli.host.threaded import ThreadedMesh
+    from aifb.server.embedded import embedded_config
+
     state = state_of(ctx)
     with handle_errors(state):
         home = Path(tempfile.mkdtemp(prefix="aifb-demo-"))
@@ -136,6 +137,8 @@ def _print(state: CliState, doc: dict[str, Any], reports: Path) -> None:
                   show_header=False)
     table.add_column("figure", style="bold")
     table.add_column("value")
+    from aifb.client.report.pages import summary_rows
+
     for key, value in summary_rows(doc):
         table.add_row(key, Text(value))
     state.console.print(table)

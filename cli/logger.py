@@ -28,7 +28,8 @@ def serve(
                                   help="Push log lines to this CollectorService."),
     server: str = typer.Option(None, "--watch-server", metavar="HOST:PORT",
                                help="Learn this node's jobs and their files from this "
-                               "ServerService; default: the --server address."),
+                               "ServerService; default: the --server address; '' for none "
+                               "(only the config's `logger.targets`)."),
     node: str = typer.Option(None, help="This node's name as SLURM knows it."),
     state_dir: str = typer.Option(None, help="Checkpoint and spool directory (default "
                                   "<home>/logger-<port>)."),
@@ -58,7 +59,8 @@ def serve(
         default_dir = (None if "state_dir" in config.logger else str(
             config.mesh.home_path / f"logger-{port if port.strip('0') else 'daemon'}"))
         logger = section_config(LoggerConfig, config, "logger", {
-            "collector": collector, "server": server or state.address, "node": node,
+            "collector": collector, "node": node,
+            "server": state.address if server is None else server,
             "state_dir": state_dir or default_dir, "all_nodes": all_nodes or None,
             **instance_defaults("logger", config.logger, node or config.logger.get("node", ""),
                                 listen)})
@@ -70,12 +72,12 @@ def serve(
 
 async def _serve(config: object, logger: object, listen: str) -> None:
     from aifb.cli.agent_daemon import serve_agent
-    from aifb.logger.agent import LoggerAgent
+    from aifb.logger.app import build_logger
     from aifb.logger.config import LoggerConfig
     from aifb.mesh.config import Config
 
     assert isinstance(config, Config) and isinstance(logger, LoggerConfig)
-    await serve_agent(config, logger, LoggerAgent, kind="logger", service="LoggerService",
+    await serve_agent(config, logger, build_logger, kind="logger", service="LoggerService",
                       listen=listen)
 
 

@@ -37,7 +37,8 @@ def serve(
                                   help="Push metrics to this CollectorService."),
     server: str = typer.Option(None, "--watch-server", metavar="HOST:PORT",
                                help="Learn this node's jobs from this ServerService "
-                               "(WatchServices); default: the --server address."),
+                               "(WatchServices); default: the --server address; '' for none "
+                               "(only the config's `monitor.targets`)."),
     node: str = typer.Option(None, help="This node's name as SLURM knows it (default: the "
                              "short host name)."),
     interval: float = typer.Option(None, help="Seconds between collections (default 5)."),
@@ -63,7 +64,8 @@ def serve(
         from aifb.cli.agent_daemon import instance_defaults
 
         monitor = section_config(MonitorConfig, config, "monitor", {
-            "collector": collector, "server": server or state.address, "node": node,
+            "collector": collector, "node": node,
+            "server": state.address if server is None else server,
             "interval_seconds": interval, "all_nodes": all_nodes or None,
             "local_state_dir": str(config.mesh.home_path / "local-jobs"),
             **instance_defaults("monitor", config.monitor, node or config.monitor.get("node", ""),
@@ -74,11 +76,11 @@ def serve(
 async def _serve(config: object, monitor: object, listen: str) -> None:
     from aifb.cli.agent_daemon import serve_agent
     from aifb.mesh.config import Config
-    from aifb.monitor.agent import MonitorAgent
+    from aifb.monitor.app import build_monitor
     from aifb.monitor.config import MonitorConfig
 
     assert isinstance(config, Config) and isinstance(monitor, MonitorConfig)
-    await serve_agent(config, monitor, MonitorAgent, kind="monitor", service="MonitorService",
+    await serve_agent(config, monitor, build_monitor, kind="monitor", service="MonitorService",
                       listen=listen)
 
 

@@ -1,7 +1,7 @@
 """The logger agent: tails each service's files, pushes LogBatches, checkpoints after the ack.
 
-Embedded: `LoggerAgent(config, collector=..., discovery=...)`, `await agent.start()`, mount
-`agent.binding()`. Sidecar or node daemon: `python -m aifb.logger.agent --collector HOST:PORT`.
+`aifb.logger.app.build_logger` assembles it with its LoggerService binding; `aifb up`, `aifb
+logger serve` and a job's sidecars run it (the process entry points are in `aifb.cli`).
 Exactly once across restarts: a batch is spooled (with the positions after it) before it is
 sent, the checkpoint moves only when the collector acknowledges it, and a restarted agent
 resends the spool with the same sequence numbers and resumes reading after it. Acknowledgements
@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -31,13 +31,9 @@ from aifb.logger.levels import LEVEL_NAMES
 from aifb.logger.tailer import Chunk, FileTailer, Position, Record, RecordBlock
 from aifb.logger.wire import LogBatchBuilder
 from aifb.mesh.discovery import ChannelFactory, ServiceDiscovery, Target
-from aifb.mesh.heap import keep_freed_memory
 from aifb.mesh.push import BatchSender, RawBatch
 
-if TYPE_CHECKING:
-    from aifb.mesh.server import ServiceBinding
-
-__all__ = ["LogSourceState", "LoggerAgent", "TailEvent", "main"]
+__all__ = ["LogSourceState", "LoggerAgent", "TailEvent"]
 
 log = logging.getLogger(__name__)
 
@@ -333,79 +329,3 @@ class LoggerAgent:
             await self.sender.close(flush_timeout)
         for src in self.sources.values():
             src.tailer.close()
-
-    def binding(self) -> ServiceBinding:
-        from aifb.logger.servicer import logger_binding
-
-        return logger_binding(self)
-
-
-async def _amain(config: LoggerConfig, listen: str) -> None:
-    import signal
-
-    from aifb.mesh.auth import Authenticator, TokenStore
-    from aifb.mesh.channel import load_token
-    from aifb.mesh.config import load_config
-    from aifb.mesh.discovery import channel_factory
-    from aifb.mesh.server import create_server, serve_until_signal
-
-    mesh = load_config().mesh
-    token = load_token(mesh.home_path)
-    discovery = ServiceDiscovery(
-        channel_factory(config.server, token=token) if config.server else None,
-        node=config.node_name, all_nodes=config.all_nodes)
-    agent = LoggerAgent(config, discovery=discovery, collector=channel_factory(
-        config.collector, token=token) if config.collector else None)
-    await agent.start()
-    if listen:
-        server = await create_server(mesh, [agent.binding()], listen=listen,
-                                     authenticator=Authenticator(TokenStore(mesh.home_path),
-                                                                 enabled=mesh.auth))
-        await serve_until_signal(server, mesh.shutdown_grace_seconds, on_stop=agent.stop)
-        return
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await agent.stop()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m aifb.logger.agent --collector H:P [--server H:P] [--service S --file PATH]`."""
-    import argparse
-
-    import yaml
-
-    from aifb.mesh.discovery import TargetSpec
-
-    p = argparse.ArgumentParser(prog="aifb-logger")
-    p.add_argument("--config", help="YAML file with LoggerConfig keys")
-    for flag in ("collector", "server", "node", "state-dir"):
-        p.add_argument(f"--{flag}", default=None)
-    p.add_argument("--all-nodes", action="store_true")
-    p.add_argument("--listen", default="", help="serve LoggerService here")
-    p.add_argument("--service", default="", help="follow this service's files (sidecar)")
-    p.add_argument("--job-id", default="")
-    p.add_argument("--stdout", default="")
-    p.add_argument("--stderr", default="")
-    p.add_argument("--file", action="append", default=[])
-    args = p.parse_args(argv)
-    data: dict[str, Any] = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
-    for key in ("collector", "server", "node", "state_dir"):
-        if getattr(args, key) is not None:
-            data[key] = getattr(args, key)
-    if args.all_nodes:
-        data["all_nodes"] = True
-    config = LoggerConfig.model_validate(data)
-    if args.service:
-        config.targets.append(TargetSpec(service=args.service, job_id=args.job_id,
-                                         stdout_path=args.stdout, stderr_path=args.stderr,
-                                         log_files=args.file))
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    keep_freed_memory()  # this process is the agent alone: see `aifb.mesh.heap`
-    asyncio.run(_amain(config, args.listen))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,24 +1,20 @@
-"""The monitor agent: collects every interval, pushes to the collector, serves MonitorService.
+"""The monitor agent: collects every interval and pushes to the collector.
 
-Embedded (one process, `aifb up`): build `MonitorAgent(config, collector=..., discovery=...)`,
-`await agent.start()`, and mount `agent.binding()` among the server's bindings. As a sidecar
-inside a job or as a node daemon: `python -m aifb.monitor.agent --collector HOST:PORT ...`.
+`aifb.monitor.app.build_monitor` assembles it with its MonitorService binding; `aifb up`, `aifb
+monitor serve` and a job's sidecars run it (the process entry points are in `aifb.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from aifb.mesh.discovery import ChannelFactory, ServiceDiscovery, TargetSpec, channel_factory
+from aifb.mesh.discovery import ChannelFactory, ServiceDiscovery
 from aifb.mesh.push import BatchSender
 from aifb.monitor.collect import NodeCollector
-from aifb.monitor.config import ConfigError, MonitorConfig
+from aifb.monitor.config import MonitorConfig
 from aifb.monitor.gpu import GpuCollector
 from aifb.monitor.host import HostCollector
 from aifb.monitor.procs import ProcessTreeCollector, RootResolver
@@ -26,10 +22,7 @@ from aifb.monitor.scrape import Scraper
 from aifb.monitor.slurm import SlurmJobCollector
 from aifb.v1 import monitor_pb2
 
-if TYPE_CHECKING:
-    from aifb.mesh.server import ServiceBinding
-
-__all__ = ["MonitorAgent", "main"]
+__all__ = ["MonitorAgent"]
 
 log = logging.getLogger(__name__)
 
@@ -125,86 +118,3 @@ class MonitorAgent:
         if self.sender is not None:
             await self.sender.close(flush_timeout)
         await self.collector.close()
-
-    def binding(self) -> ServiceBinding:
-        from aifb.monitor.servicer import monitor_binding
-
-        return monitor_binding(self)
-
-
-def _parse(argv: Sequence[str] | None) -> tuple[MonitorConfig, argparse.Namespace]:
-    p = argparse.ArgumentParser(prog="aifb-monitor", description=__doc__)
-    p.add_argument("--config", help="YAML file with MonitorConfig keys")
-    p.add_argument("--collector", default=None)
-    p.add_argument("--server", default=None)
-    p.add_argument("--node", default=None)
-    p.add_argument("--interval", type=float, default=None)
-    p.add_argument("--all-nodes", action="store_true")
-    p.add_argument("--listen", default="", help="serve MonitorService here (e.g. 127.0.0.1:0)")
-    p.add_argument("--service", default="", help="watch this service (sidecar)")
-    p.add_argument("--job-id", default="")
-    p.add_argument("--pid", type=int, default=None)
-    p.add_argument("--metrics-url", default="")
-    p.add_argument("--spool-dir", default=None)
-    args = p.parse_args(argv)
-    import yaml
-
-    data = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
-    for key, value in (("collector", args.collector), ("server", args.server),
-                       ("node", args.node), ("interval_seconds", args.interval),
-                       ("spool_dir", args.spool_dir)):
-        if value is not None:
-            data[key] = value
-    if args.all_nodes:
-        data["all_nodes"] = True
-    try:
-        config = MonitorConfig.model_validate(data)
-    except ConfigError as exc:
-        p.error(f"config: {'.'.join(map(str, exc.loc))}: {exc}")
-    if args.service:
-        config.targets.append(TargetSpec(service=args.service, job_id=args.job_id, pid=args.pid,
-                                         metrics_url=args.metrics_url))
-    return config, args
-
-
-async def _amain(config: MonitorConfig, listen: str) -> None:
-    from aifb.mesh.channel import load_token
-    from aifb.mesh.config_data import home_path, load_config_data
-
-    # The typed mesh config (pydantic) and the server (OpenTelemetry, reflection) are loaded
-    # only to serve MonitorService: a push-only agent stays small.
-    token = load_token(home_path(load_config_data()))
-    discovery = ServiceDiscovery(
-        channel_factory(config.server, token=token) if config.server else None,
-        node=config.node_name, all_nodes=config.all_nodes)
-    agent = MonitorAgent(config, discovery=discovery, collector=channel_factory(
-        config.collector, token=token) if config.collector else None)
-    await agent.start()
-    if listen:
-        from aifb.mesh.auth import Authenticator, TokenStore
-        from aifb.mesh.config import load_config
-        from aifb.mesh.server import create_server, serve_until_signal
-
-        mesh = load_config().mesh
-        store = TokenStore(mesh.home_path)
-        server = await create_server(mesh, [agent.binding()], listen=listen,
-                                     authenticator=Authenticator(store, enabled=mesh.auth))
-        await serve_until_signal(server, mesh.shutdown_grace_seconds, on_stop=agent.stop)
-    else:
-        stop = asyncio.Event()
-        import signal
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await agent.stop()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    config, args = _parse(argv)
-    asyncio.run(_amain(config, args.listen))
-
-
-if __name__ == "__main__":
-    main()

@@ -23,7 +23,7 @@ from aifb.collector.app import CollectorApp, start_collector
 from aifb.collector.config import CollectorConfig
 from aifb.collector.local_spans import StoreSpanExporter
 from aifb.collector.targets import check_targets
-from aifb.logger.agent import LoggerAgent
+from aifb.logger.app import LoggerApp, build_logger
 from aifb.logger.config import LoggerConfig
 from aifb.mesh.channel import open_channel
 from aifb.mesh.config import Config, section_config
@@ -31,7 +31,7 @@ from aifb.mesh.discovery import ServiceDiscovery
 from aifb.mesh.push import default_agent_id
 from aifb.mesh.server import ServiceBinding
 from aifb.mesh.tls import ClientTls
-from aifb.monitor.agent import MonitorAgent
+from aifb.monitor.app import MonitorApp, build_monitor
 from aifb.monitor.config import MonitorConfig
 
 __all__ = ["EmbeddedTelemetry", "start_embedded_telemetry"]
@@ -57,15 +57,15 @@ class _Loopback:
 @dataclass
 class EmbeddedTelemetry:
     collector: CollectorApp
-    monitor: MonitorAgent
-    logger: LoggerAgent
+    monitor: MonitorApp
+    logger: LoggerApp
     loopback: _Loopback = field(default_factory=_Loopback)
     started: bool = False
 
     @property
     def bindings(self) -> tuple[ServiceBinding, ...]:
         """Mount these with `start_server_app(extra_bindings=...)`."""
-        return (*self.collector.bindings, self.monitor.binding(), self.logger.binding())
+        return (*self.collector.bindings, *self.monitor.bindings, *self.logger.bindings)
 
     def span_exporter(self) -> SpanExporter:
         """Where the process's own spans go: straight into the collector's trace store."""
@@ -129,9 +129,9 @@ async def start_embedded_telemetry(
     app = await start_collector(collector_config)
     loopback = _Loopback()
     discover = loopback if follow_jobs else None
-    monitor = MonitorAgent(monitor_config, collector=loopback, discovery=ServiceDiscovery(
+    monitor = build_monitor(monitor_config, collector=loopback, discovery=ServiceDiscovery(
         discover, node=monitor_config.node_name, all_nodes=all_nodes))
-    logger = LoggerAgent(logger_config, collector=loopback, discovery=ServiceDiscovery(
+    logger = build_logger(logger_config, collector=loopback, discovery=ServiceDiscovery(
         discover, node=logger_config.node_name, all_nodes=all_nodes))
     log.info("embedded telemetry: collector (/metrics on %s), monitor every %.1fs, logger; "
              "agents %s", collector_config.metrics_listen or "off",

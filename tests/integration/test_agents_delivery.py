@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from aifb.logger.agent import LoggerAgent
+from aifb.logger.servicer import logger_binding
 from aifb.logger.config import LoggerConfig
 from aifb.mesh.auth import Authenticator
 from aifb.mesh.channel import open_channel
@@ -21,6 +22,7 @@ from aifb.mesh.push import Backoff, BatchSender, batch_items
 from aifb.mesh.server import create_server
 from aifb.monitor.agent import MonitorAgent
 from aifb.monitor.config import MonitorConfig
+from aifb.monitor.servicer import monitor_binding
 from aifb.v1 import logger_pb2, logger_pb2_grpc, monitor_pb2, monitor_pb2_grpc, telemetry_pb2
 from tests.unit.test_push import FakeCollector, run, wait_until
 
@@ -224,7 +226,7 @@ def test_monitor_and_logger_services_answer_over_grpc(tmp_path: Path) -> None:
         logger = LoggerAgent(logger_config(tmp_path / "state", log))
         await monitor.start()
         await logger.start()
-        mesh = await create_server(MeshConfig(), [monitor.binding(), logger.binding()],
+        mesh = await create_server(MeshConfig(), [monitor_binding(monitor), logger_binding(logger)],
                                    authenticator=Authenticator(None, enabled=False),
                                    listen="127.0.0.1:0")
         channel = open_channel(f"127.0.0.1:{mesh.port}")

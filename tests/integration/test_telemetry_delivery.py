@@ -34,7 +34,7 @@ import pytest
 
 from tests.fixtures.loki import LokiReceiver, LokiServer
 from tests.fixtures.prometheus import PrometheusServer, start_prometheus
-from tests.integration.cli_procs import Daemon, free_port, until
+from tests.integration.cli_procs import AIFB, Daemon, free_port, until
 
 pytestmark = pytest.mark.integration
 
@@ -113,16 +113,18 @@ class Rig:
     # -- the agents and the writer -----------------------------------------------------------
 
     def start_agents(self) -> None:
+        # `aifb logger serve` as a node daemon, its one file from the config, no server.
         config = self.tmp / "logger.yaml"
-        config.write_text(json.dumps({
-            "collector": f"127.0.0.1:{self.port}", "node": "fault-node",
-            "agent_id": "logger@fault-node", "state_dir": str(self.tmp / "logger-state"),
+        config.write_text(json.dumps({"logger": {
+            "node": "fault-node", "agent_id": "logger@fault-node",
+            "state_dir": str(self.tmp / "logger-state"),
             "targets": [{"service": "services/faults", "job_id": "1",
-                         "stdout_path": str(self.log_file)}]}))
+                         "stdout_path": str(self.log_file)}]}}))
         self.logger = subprocess.Popen(
-            [sys.executable, "-m", "aifb.logger.agent", "--config", str(config)],
-            env=self.env, cwd=self.tmp, stdout=subprocess.DEVNULL,
-            stderr=self._log("logger.log"), text=True)
+            [str(AIFB), "logger", "serve", "--listen", "", "--watch-server", "",
+             "--collector", f"127.0.0.1:{self.port}"],
+            env={**self.env, "AIFB_CONFIG": str(config)}, cwd=self.tmp,
+            stdout=subprocess.DEVNULL, stderr=self._log("logger.log"), text=True)
         self.numbered = subprocess.Popen(
             [sys.executable, "-m", "tests.integration.numbered_metrics", "--collector",
              f"127.0.0.1:{self.port}", "--run", self.tmp.name, "--count", str(SAMPLES),
