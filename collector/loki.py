@@ -23,8 +23,8 @@ import httpx
 from aifb.collector.config import CollectorConfig
 from aifb.collector.loki_wire import encode_push_request
 from aifb.collector.model import Labels, NotDelivered, Settled
-from aifb.collector.retry import Backoff
 from aifb.collector.stats import Stats
+from aifb.mesh.backoff import Backoff
 
 __all__ = ["PUSH_PATH", "LokiForwarder", "encode_json", "encode_protobuf",
            "encode_protobuf_columns", "render_labels"]
@@ -210,7 +210,8 @@ class LokiForwarder:
     async def _push(self, body: bytes, headers: dict[str, str], lines: int, streams: int,
                     stop: asyncio.Event | None) -> str:
         """'' when Loki took the lines; Loki's message when it refused them for good."""
-        backoff = Backoff(self.config.retry)
+        retry = self.config.retry
+        backoff = Backoff(retry.initial_seconds, retry.max_seconds, retry.multiplier)
         warned = False
         while True:
             start = time.perf_counter()
@@ -233,7 +234,7 @@ class LokiForwarder:
                                 streams, status, message)
                     return f"loki refused them (HTTP {status}): {message}"
                 log.debug("loki answered %d: %s", status, resp.text[:200])
-            if not warned and backoff.overdue():
+            if not warned and backoff.elapsed() > retry.max_elapsed_seconds:
                 warned = True
                 log.error("loki push to %s has failed for %.0fs; holding %d lines (agents are "
                           "held back) and retrying", self.url,

@@ -23,8 +23,8 @@ import httpx
 from aifb.collector.config import CollectorConfig
 from aifb.collector.model import NotDelivered, SeriesOut
 from aifb.collector.packed import PackedSeries, pack_series
-from aifb.collector.retry import Backoff
 from aifb.collector.stats import Stats
+from aifb.mesh.backoff import Backoff
 
 __all__ = [
     "REMOTE_WRITE_HEADERS",
@@ -171,7 +171,8 @@ class RemoteWriter:
     async def _post(self, body: bytes) -> tuple[int, str] | None:
         """POST with retries of 429, transient 5xx and connection errors until an answer that
         settles it; None: the collector is stopping."""
-        backoff = Backoff(self.config.retry)
+        retry = self.config.retry
+        backoff = Backoff(retry.initial_seconds, retry.max_seconds, retry.multiplier)
         warned = False
         while True:
             start = time.perf_counter()
@@ -189,7 +190,7 @@ class RemoteWriter:
                 if status != 429 and (status < 500 or _is_permanent(status, text)):
                     return status, text
                 log.debug("remote write answered %d: %s", status, text[:200])
-            if not warned and backoff.overdue():
+            if not warned and backoff.elapsed() > retry.max_elapsed_seconds:
                 warned = True
                 log.error("remote write to %s has failed for %.0fs; holding the samples "
                           "(agents are held back) and retrying", self.url,

@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 
 import grpc
 
+from aifb.mesh.backoff import Backoff
 from aifb.mesh.channel import open_channel
-from aifb.mesh.push import Backoff
 from aifb.v1 import server_pb2, server_pb2_grpc
 
 __all__ = ["ServiceDiscovery", "Target", "TargetSpec", "channel_factory", "expand_hostlist",

@@ -25,19 +25,19 @@ import contextlib
 import json
 import logging
 import os
-import random
 import struct
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, Literal
 
 import grpc
 
+from aifb.mesh.backoff import Backoff
 from aifb.mesh.private import private_dir
 from aifb.mesh.protowire import varint
 from aifb.v1 import collector_pb2, collector_pb2_grpc, telemetry_pb2
@@ -137,24 +137,6 @@ class PushStats:
     reconnects: int = 0
     buffered_batches: int = 0
     buffered_bytes: int = 0
-
-
-@dataclass
-class Backoff:
-    """Full-jitter exponential backoff: uniform(0, min(maximum, initial * 2**attempt))."""
-
-    initial: float = 0.2
-    maximum: float = 10.0
-    rng: random.Random = field(default_factory=random.Random)
-    attempt: int = 0
-
-    def next_delay(self) -> float:
-        cap = min(self.maximum, self.initial * (2 ** min(self.attempt, 30)))
-        self.attempt += 1
-        return self.rng.uniform(cap / 2, cap)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 @dataclass

@@ -20,7 +20,7 @@ from aifb.mesh.tls import check_tls, mesh_client_tls
 from aifb.server.deploy import Deployer, job_search_path
 from aifb.server.jobs import Scheduler
 from aifb.server.manager import ServiceManager
-from aifb.server.poller import Backoff, Poller
+from aifb.server.poller import Poller, PollInterval
 from aifb.server.registry import Registry
 from aifb.server.servicer import ServerServicer
 from aifb.server.sidecars import COLLECTOR_SERVICE, sidecar_environment
@@ -121,7 +121,7 @@ async def start_server_app(
         host = socket.getfqdn()
     manager.advertise_address = config.server.advertise_address or f"{host}:{mesh.port}"
     poller = Poller(sched, manager.active_job_ids, manager.apply_job_statuses,
-                    Backoff(config.server.poll_interval_seconds,
+                    PollInterval(config.server.poll_interval_seconds,
                             config.server.poll_max_interval_seconds))
     manager.wake_poller = poller.wake
     poller.start()

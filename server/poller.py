@@ -1,4 +1,5 @@
-"""One shared poller: one scheduler query per tick for all active jobs, with backoff."""
+"""One shared poller: one scheduler query per tick for all active jobs, slowing down while
+nothing changes."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from dataclasses import dataclass
 from aifb.mesh.errors import SchedulerUnavailable
 from aifb.server.jobs import JobStatus, Scheduler
 
-__all__ = ["Backoff", "Poller"]
+__all__ = ["PollInterval", "Poller"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Backoff:
+class PollInterval:
     """Interval policy: `fast` while something is in motion, growing x`factor` up to `slow`
     while nothing changes."""
 
@@ -48,12 +49,12 @@ class Poller:
         scheduler: Scheduler,
         active_jobs: Callable[[], Sequence[str]],
         apply: Callable[[dict[str, JobStatus], Sequence[str]], Awaitable[bool]],
-        backoff: Backoff,
+        interval: PollInterval,
     ) -> None:
         self.scheduler = scheduler
         self.active_jobs = active_jobs
         self.apply = apply
-        self.backoff = backoff
+        self.interval = interval
         self.ticks = 0
         self.queries = 0
         self.last_tick = 0.0
@@ -91,8 +92,8 @@ class Poller:
             # this, 50 CreateService calls in a row ran ~50 squeue calls and registry scans,
             # and the poller took most of the server's time during the burst.
             since = time.monotonic() - self.last_tick
-            if self.last_tick and since < self.backoff.fast:
-                await asyncio.sleep(self.backoff.fast - since)
+            if self.last_tick and since < self.interval.fast:
+                await asyncio.sleep(self.interval.fast - since)
             self._wake.clear()
             try:
                 busy = await self.tick()
@@ -102,9 +103,9 @@ class Poller:
             except Exception:
                 log.exception("poll tick failed")
                 busy = False
-            delay = self.backoff.next(busy=busy)
+            delay = self.interval.next(busy=busy)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
-                self.backoff.current = self.backoff.fast
+                self.interval.current = self.interval.fast
             except TimeoutError:
                 pass

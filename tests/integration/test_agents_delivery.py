@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from aifb.logger.agent import LoggerAgent
-from aifb.logger.servicer import logger_binding
 from aifb.logger.config import LoggerConfig
+from aifb.logger.servicer import logger_binding
 from aifb.mesh.auth import Authenticator
 from aifb.mesh.channel import open_channel
 from aifb.mesh.config import MeshConfig

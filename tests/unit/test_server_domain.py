@@ -13,7 +13,7 @@ from aifb.server.hub import Hub
 from aifb.server.jobs import JobSpec, JobStatus
 from aifb.server.listing import page, parse_filter
 from aifb.server.model import ServiceRecord
-from aifb.server.poller import Backoff, Poller
+from aifb.server.poller import Poller, PollInterval
 from aifb.server.states import ServiceState, check_transition, service_state_for_job
 
 pytestmark = pytest.mark.unit
@@ -110,7 +110,7 @@ def test_page_token_from_another_filter_is_rejected() -> None:
 
 
 def test_backoff_grows_while_idle_and_snaps_back_when_busy() -> None:
-    b = Backoff(fast=0.5, slow=5.0, factor=2.0)
+    b = PollInterval(fast=0.5, slow=5.0, factor=2.0)
     assert [b.next(busy=False) for _ in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
     assert b.next(busy=True) == 0.5
 
@@ -144,7 +144,7 @@ def test_one_scheduler_query_per_tick_whatever_the_number_of_jobs(n: int) -> Non
         applied.append(len(statuses))
         return False
 
-    poller = Poller(sched, lambda: [str(i) for i in range(n)], apply, Backoff(0.1, 1.0))
+    poller = Poller(sched, lambda: [str(i) for i in range(n)], apply, PollInterval(0.1, 1.0))
     for _ in range(3):
         asyncio.run(poller.tick())
     assert len(sched.queries) == 3
@@ -158,7 +158,7 @@ def test_no_query_when_nothing_is_active() -> None:
     async def apply(statuses: dict[str, JobStatus], asked: Sequence[str]) -> bool:
         return False
 
-    poller = Poller(sched, list, apply, Backoff(0.1, 1.0))
+    poller = Poller(sched, list, apply, PollInterval(0.1, 1.0))
     assert asyncio.run(poller.tick()) is False
     assert sched.queries == []
 
