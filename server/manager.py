@@ -23,6 +23,7 @@ from aifb.mesh.errors import (
     NotFound,
     PermissionDenied,
 )
+from aifb.mesh.labels import check_labels
 from aifb.mesh.names import parse_service_id
 from aifb.mesh.tracing import current_trace_id, traceparent_env
 from aifb.server.deploy import Deployer, Prepared, ResourceRequest, job_name_for
@@ -107,7 +108,7 @@ class ServiceManager:
             existing = self.registry.by_request_id(principal.user, request_id)
             if existing is not None:
                 return existing
-        _check_labels(labels)
+        check_labels(labels)
         with self.tracer.start_as_current_span("aifb.server.create_service") as span:
             sid = secrets.token_hex(6)
             token = secrets.token_urlsafe(24)
@@ -350,15 +351,3 @@ def _metrics_fields(prepared: Prepared) -> dict[str, Any]:
 # the output tail (the server keeps its last 4000 characters).
 REPORT_TEXT_LIMITS = {"message": 4096, "endpoint.host": 253, "endpoint.url": 2048,
                       "log_tail": 65536}
-
-
-def _check_labels(labels: Mapping[str, str]) -> None:
-    if len(labels) > 64:
-        raise InvalidArgument("at most 64 labels", field="labels")
-    for key, value in labels.items():
-        if not re.match(r"^[a-z][a-z0-9_.-]{0,62}$", key):
-            raise InvalidArgument(f"bad label key {key!r}: expected [a-z][a-z0-9_.-]{{0,62}}",
-                                  field=f"labels[{key!r}]")
-        if len(value) > 256 or any(ord(c) < 32 for c in value):
-            raise InvalidArgument(f"bad value for label {key!r}: at most 256 printable characters",
-                                  field=f"labels[{key!r}]")

@@ -35,6 +35,7 @@ from aifb.client.service.targets import ServiceResolver, Target, check_url
 from aifb.client.service.telemetry import TelemetrySink
 from aifb.mesh.auth import Principal
 from aifb.mesh.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from aifb.mesh.labels import check_labels
 from aifb.mesh.tracing import current_trace_id
 
 __all__ = ["BenchmarkManager", "CreateRequest", "parse_benchmark_id"]
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ID = re.compile(r"^[a-z0-9-]{1,64}$")
-_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 RESTART_REASON = "the benchmark service stopped while the run was in flight"
 SAMPLES_FILE = "samples.parquet"
 
@@ -89,19 +89,6 @@ def _typed_params(raw: Mapping[str, str]) -> dict[str, Any]:
                 pass
         out[key] = value
     return out
-
-
-def _check_labels(labels: Mapping[str, str]) -> None:
-    if len(labels) > 64:
-        raise InvalidArgument("at most 64 labels", field="labels")
-    for key, value in labels.items():
-        if not _LABEL_KEY.match(key):
-            raise InvalidArgument(f"bad label key {key!r}: expected a lower-case letter, then "
-                                  "up to 62 of a-z 0-9 _ . -",
-                                  field=f"labels.{key}")
-        if len(value) > 256 or any(ord(c) < 32 for c in value):
-            raise InvalidArgument(f"bad value for label {key!r}: at most 256 printable "
-                                  "characters", field=f"labels.{key}")
 
 
 class BenchmarkManager:
@@ -185,7 +172,7 @@ class BenchmarkManager:
             raise InvalidArgument("workload is required", field="workload")
         params = parse_params(kind, _typed_params(req.parameters)).model_dump()
         the_plan = plan(req.load)
-        _check_labels(req.labels)
+        check_labels(req.labels)
         if bool(req.service) == bool(req.url):
             raise InvalidArgument("give exactly one target: service or url",
                                   field="service" if req.service else "url")

@@ -60,3 +60,18 @@ def test_a_crafted_page_token_is_invalid_argument(token: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         _page(token)
     assert err.value.field == "page_token"
+
+
+@pytest.mark.parametrize(("labels", "field"), [
+    ({"Bad": "x"}, "labels.Bad"),
+    ({"ok": "x" * 257}, "labels.ok"),
+    ({"ok": "line\nbreak"}, "labels.ok"),
+    ({f"k{i}": "v" for i in range(65)}, "labels"),
+])
+def test_both_services_refuse_bad_labels_naming_the_same_field(labels: dict[str, str],
+                                                               field: str) -> None:
+    from aifb.mesh.labels import check_labels
+
+    with pytest.raises(InvalidArgument) as err:
+        check_labels(labels)
+    assert err.value.field == field
