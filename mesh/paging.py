@@ -6,14 +6,15 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from enum import Enum
 from typing import Protocol, TypeVar
 
 from aifb.mesh.bounds import check_text
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["MAX_FILTER_CHARS", "MAX_PAGE_SIZE", "MAX_PAGE_TOKEN_CHARS", "Keyed",
-           "check_filter_size", "check_page_size", "keyset_page"]
+           "check_filter_size", "check_page_size", "enum_term", "keyset_page", "parse_filter"]
 
 # The most items one List call returns (every List RPC of every service).
 MAX_PAGE_SIZE = 1000
@@ -92,3 +93,46 @@ def keyset_page(records: Iterable[R], *, size: int, token: str, filter_text: str
             return out, _encode(out[-1], filter_text)
         out.append(record)
     return out, ""
+
+
+Predicate = Callable[[R], bool]
+
+
+def parse_filter(text: str, terms: Mapping[str, Callable[[str], Predicate[R]]],
+                 labels: Callable[[R], Mapping[str, str]]) -> Predicate[R]:
+    """The List filters' grammar, for every service: space-separated KEY=VALUE terms that must
+    all hold; `terms` builds the predicate of each key a service knows, and `label.KEY=VALUE`
+    matches the record's `labels`. INVALID_ARGUMENT names `filter`."""
+    check_filter_size(text)
+    checks: list[Predicate[R]] = []
+    for term in text.split():
+        key, sep, value = term.partition("=")
+        if not sep or not value:
+            raise InvalidArgument(f"bad filter term {term!r}: expected KEY=VALUE", field="filter")
+        if key.startswith("label."):
+            checks.append(_label_is(labels, key.removeprefix("label."), value))
+        elif key in terms:
+            checks.append(terms[key](value))
+        else:
+            raise InvalidArgument(f"unknown filter key {key!r}: expected "
+                                  f"{', '.join(terms)} or label.KEY", field="filter")
+    return lambda r: all(c(r) for c in checks)
+
+
+def _label_is(labels: Callable[[R], Mapping[str, str]], key: str, value: str) -> Predicate[R]:
+    return lambda r: labels(r).get(key) == value
+
+
+E = TypeVar("E", bound=Enum)
+
+
+def enum_term(kind: type[E], prefix: str, get: Callable[[R], E]) -> Callable[[str], Predicate[R]]:
+    """A `state=NAME` term: NAME case-insensitive, with or without the proto's `prefix`."""
+    def build(value: str) -> Predicate[R]:
+        name = value.upper().removeprefix(prefix)
+        if name not in kind.__members__:
+            raise InvalidArgument(f"unknown state {value!r} in filter; valid: "
+                                  f"{', '.join(kind.__members__)}", field="filter")
+        wanted = kind[name]
+        return lambda r: get(r) is wanted
+    return build

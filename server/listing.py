@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from aifb.mesh.errors import InvalidArgument
-from aifb.mesh.paging import check_filter_size, check_page_size, keyset_page
+from aifb.mesh import paging
+from aifb.mesh.paging import check_page_size, keyset_page
 from aifb.server.model import ServiceRecord
 from aifb.server.states import ServiceState
 
@@ -15,42 +15,12 @@ __all__ = ["Page", "page", "parse_filter"]
 DEFAULT_PAGE_SIZE = 100
 
 
-def _state_is(state: ServiceState) -> Callable[[ServiceRecord], bool]:
-    return lambda r: r.state == state
-
-
-def _recipe_is(recipe: str) -> Callable[[ServiceRecord], bool]:
-    return lambda r: r.recipe == recipe
-
-
-def _label_is(key: str, value: str) -> Callable[[ServiceRecord], bool]:
-    return lambda r: r.labels.get(key) == value
-
-
 def parse_filter(text: str) -> Callable[[ServiceRecord], bool]:
     """'state=READY recipe=redis label.team=ml' -> predicate (all terms must hold)."""
-    check_filter_size(text)
-    checks: list[Callable[[ServiceRecord], bool]] = []
-    for term in text.split():
-        key, sep, value = term.partition("=")
-        if not sep or not value:
-            raise InvalidArgument(f"bad filter term {term!r}: expected KEY=VALUE", field="filter")
-        if key == "state":
-            name = value.upper().removeprefix("SERVICE_STATE_")
-            if name not in ServiceState.__members__:
-                valid = ", ".join(ServiceState.__members__)
-                raise InvalidArgument(f"unknown state {value!r} in filter; valid: {valid}",
-                                      field="filter")
-            checks.append(_state_is(ServiceState[name]))
-        elif key == "recipe":
-            checks.append(_recipe_is(value))
-        elif key.startswith("label."):
-            checks.append(_label_is(key[len("label."):], value))
-        else:
-            raise InvalidArgument(
-                f"unknown filter key {key!r}: expected state, recipe or label.KEY",
-                field="filter")
-    return lambda r: all(c(r) for c in checks)
+    return paging.parse_filter(text, {
+        "state": paging.enum_term(ServiceState, "SERVICE_STATE_", lambda r: r.state),
+        "recipe": lambda v: lambda r: r.recipe == v,
+    }, labels=lambda r: r.labels)
 
 
 @dataclass(frozen=True)
