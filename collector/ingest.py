@@ -136,6 +136,15 @@ def _message(reasons: list[str]) -> str:
     return text + (f"; and {len(reasons) - 5} more" if len(reasons) > 5 else "")
 
 
+def _resend(seqs: SequenceWindow, agent: _AgentWindow, sequence: int) -> Ack | None:
+    """The ack of a resend (one in flight waits for its delivery), None for a new batch."""
+    if sequence in agent.inflight:
+        return _echo(agent.inflight[sequence], sequence)
+    if seqs.is_duplicate(agent, sequence):
+        return _answered(PushOutcome(sequence, duplicate=True))
+    return None
+
+
 def _not_the_streams_agent(agent_id: str, expected: str) -> InvalidArgument:
     return InvalidArgument(f"batch agent_id {agent_id[:256]!r} is not the agent this stream "
                            f"named at its start ({expected!r})", field="batch.agent_id")
@@ -227,10 +236,17 @@ class Ingest:
         depth = sum(q.qsize() for q in self._metric_queues)
         return depth + (self._log_queue.qsize() if self.loki else 0)
 
-    def _refuse_if_closing(self) -> None:
+    def _admit(self, seqs: SequenceWindow, agent_id: str, who: Principal | None,
+               expect_agent: str) -> tuple[str, _AgentWindow]:
+        """The agent's window for a new batch: refused while stopping (UNAVAILABLE) or when it
+        names another agent than its stream did (INVALID_ARGUMENT)."""
         if self.closing:
             self.drain.refused_batches += 1
             raise Unavailable("the collector is stopping: resend to its successor")
+        if expect_agent and agent_id != expect_agent:
+            raise _not_the_streams_agent(agent_id, expect_agent)
+        key = _agent_key(agent_id, who)
+        return key, seqs.agent(key)
 
     async def _enqueue(self, queue: asyncio.Queue[Any], item: object) -> None:
         try:
@@ -338,19 +354,15 @@ class Ingest:
                               expect_agent: str) -> Ack:
         stats = self.stats
         stats.metric_batches_received += 1
-        self._refuse_if_closing()
-        if expect_agent and agent_id != expect_agent:
+        try:
+            key, agent = self._admit(self.metric_seqs, agent_id, who, expect_agent)
+        except InvalidArgument:
             stats.metric_batches_invalid += 1
-            raise _not_the_streams_agent(agent_id, expect_agent)
-        key = _agent_key(agent_id, who)
-        agent = self.metric_seqs.agent(key)
+            raise
         async with agent.lock:
-            if sequence in agent.inflight:
+            if (resent := _resend(self.metric_seqs, agent, sequence)) is not None:
                 stats.metric_batches_duplicate += 1
-                return _echo(agent.inflight[sequence], sequence)
-            if self.metric_seqs.is_duplicate(agent, sequence):
-                stats.metric_batches_duplicate += 1
-                return _answered(PushOutcome(sequence, duplicate=True))
+                return resent
             try:
                 ready = prepare()
                 if who is not None and who.is_job:
@@ -436,19 +448,15 @@ class Ingest:
                            expect_agent: str) -> Ack:
         stats = self.stats
         stats.log_batches_received += 1
-        self._refuse_if_closing()
-        if expect_agent and agent_id != expect_agent:
+        try:
+            key, agent = self._admit(self.log_seqs, agent_id, who, expect_agent)
+        except InvalidArgument:
             stats.log_batches_invalid += 1
-            raise _not_the_streams_agent(agent_id, expect_agent)
-        key = _agent_key(agent_id, who)
-        agent = self.log_seqs.agent(key)
+            raise
         async with agent.lock:
-            if sequence in agent.inflight:
+            if (resent := _resend(self.log_seqs, agent, sequence)) is not None:
                 stats.log_batches_duplicate += 1
-                return _echo(agent.inflight[sequence], sequence)
-            if self.log_seqs.is_duplicate(agent, sequence):
-                stats.log_batches_duplicate += 1
-                return _answered(PushOutcome(sequence, duplicate=True))
+                return resent
             try:
                 prepared = prepare()
                 job_may_push(who, (labels for labels, _, _ in prepared.streams))

@@ -11,14 +11,38 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 from aifb.mesh.auth import Authenticator, TokenStore
 from aifb.mesh.config import MeshConfig
 from aifb.mesh.server import MeshServer, ServiceBinding, create_server, serve_until_signal
 
-__all__ = ["run_daemon"]
+__all__ = ["AgentApp", "run_daemon"]
 
 log = logging.getLogger(__name__)
+
+
+class Agent(Protocol):
+    """What the monitor and logger agents have in common for hosting."""
+
+    async def start(self) -> None: ...
+    async def stop(self, flush_timeout: float = ...) -> None: ...
+
+
+@dataclass
+class AgentApp:
+    """An assembled agent (`aifb.monitor.app.build_monitor`, `aifb.logger.app.build_logger`):
+    start it, mount `bindings`, stop it (it flushes first)."""
+
+    agent: Agent
+    bindings: tuple[ServiceBinding, ...]
+
+    async def start(self) -> None:
+        await self.agent.start()
+
+    async def stop(self, flush_timeout: float = 2.0) -> None:
+        await self.agent.stop(flush_timeout)
 
 
 async def _wait_for_signal() -> None:

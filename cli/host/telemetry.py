@@ -23,15 +23,16 @@ from aifb.collector.app import CollectorApp, start_collector
 from aifb.collector.config import CollectorConfig
 from aifb.collector.local_spans import StoreSpanExporter
 from aifb.collector.targets import check_targets
-from aifb.logger.app import LoggerApp, build_logger
+from aifb.logger.app import build_logger
 from aifb.logger.config import LoggerConfig
+from aifb.mesh.agent_host import AgentApp
 from aifb.mesh.channel import open_channel
 from aifb.mesh.config import Config, section_config
 from aifb.mesh.discovery import ServiceDiscovery
 from aifb.mesh.push import default_agent_id
 from aifb.mesh.server import ServiceBinding
 from aifb.mesh.tls import ClientTls
-from aifb.monitor.app import MonitorApp, build_monitor
+from aifb.monitor.app import build_monitor
 from aifb.monitor.config import MonitorConfig
 
 __all__ = ["EmbeddedTelemetry", "start_embedded_telemetry"]
@@ -57,8 +58,8 @@ class _Loopback:
 @dataclass
 class EmbeddedTelemetry:
     collector: CollectorApp
-    monitor: MonitorApp
-    logger: LoggerApp
+    monitor: AgentApp
+    logger: AgentApp
     loopback: _Loopback = field(default_factory=_Loopback)
     started: bool = False
 

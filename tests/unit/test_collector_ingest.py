@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,6 +19,7 @@ from aifb.collector.model import MetricBatchIn, NotDelivered, SeriesIn
 from aifb.mesh.auth import Authenticator
 from aifb.mesh.config import MeshConfig
 from aifb.mesh.errors import InvalidArgument, ResourceExhausted, Unavailable
+from aifb.mesh.push import AGENT_ID_HEADER, AGENT_INSTANCE_HEADER
 from aifb.mesh.server import create_server
 from aifb.v1 import collector_pb2, collector_pb2_grpc, telemetry_pb2
 from aifb.wire import prompb_pb2
@@ -196,25 +198,86 @@ def _proto(agent: str, seq: int, name: str = "m") -> telemetry_pb2.MetricBatch:
                                    values=[1.0])])
 
 
+@contextlib.asynccontextmanager
+async def _served() -> AsyncIterator[grpc.aio.Channel]:
+    """A collector served on a loopback port (no auth) and a channel to it."""
+    app = await _collector()
+    mesh = await create_server(MeshConfig(listen="127.0.0.1:0"), app.bindings,
+                               authenticator=Authenticator(None, enabled=False),
+                               listen="127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.port}") as channel:
+            yield channel
+    finally:
+        await mesh.stop(0)
+        await app.stop()
+
+
+def _request(agent: str, seq: int) -> collector_pb2.PushMetricsRequest:
+    return collector_pb2.PushMetricsRequest(batch=_proto(agent, seq))
+
+
+def test_a_second_process_with_the_same_agent_id_is_refused_at_the_streams_start() -> None:
+    async def main() -> None:
+        async with _served() as channel:
+            stub = collector_pb2_grpc.CollectorServiceStub(channel)
+
+            def headers(instance: str) -> tuple[tuple[str, str], ...]:
+                return ((AGENT_ID_HEADER, "monitor@n1"), (AGENT_INSTANCE_HEADER, instance))
+
+            first_open = asyncio.Event()
+            release = asyncio.Event()
+
+            async def first_requests() -> AsyncIterator[collector_pb2.PushMetricsRequest]:
+                yield _request("monitor@n1", 1)
+                first_open.set()
+                await release.wait()
+
+            first = stub.PushMetrics(first_requests(), metadata=headers("process-a"))
+            assert (await first.read()).sequence == 1
+            await first_open.wait()
+            # Another process, same id: refused before any batch of it is read.
+            other = stub.PushMetrics(iter([_request("monitor@n1", 2)]),
+                                     metadata=headers("process-b"))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await other.read()
+            # The same process reconnecting (a second stream) is no collision.
+            again = [r async for r in stub.PushMetrics(
+                iter([_request("monitor@n1", 3)]), metadata=headers("process-a"))]
+            # A batch naming another agent than its stream did is refused.
+            wrong = stub.PushMetrics(iter([_request("monitor@n2", 4)]),
+                                     metadata=headers("process-a"))
+            with pytest.raises(grpc.aio.AioRpcError) as mismatch:
+                await wrong.read()
+            release.set()
+            first.cancel()
+            await asyncio.sleep(0.2)
+            # Once the first process's stream is gone, the id is free again.
+            after = [r async for r in stub.PushMetrics(
+                iter([_request("monitor@n1", 5)]), metadata=headers("process-b"))]
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "'monitor@n1' is already pushing metrics from another process" in (
+            refused.value.details() or "")
+        assert "AIFB_MONITOR__AGENT_ID" in (refused.value.details() or "")
+        assert [r.sequence for r in again] == [3]
+        assert mismatch.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'monitor@n2' is not the agent this stream named" in (mismatch.value.details() or "")
+        assert [r.sequence for r in after] == [5]
+
+    asyncio.run(main())
+
+
 def test_grpc_stream_acks_in_order_and_a_bad_batch_fails_only_its_own_stream() -> None:
     async def main() -> None:
-        app = await _collector()
-        mesh = await create_server(MeshConfig(listen="127.0.0.1:0"), app.bindings,
-                                   authenticator=Authenticator(None, enabled=False),
-                                   listen="127.0.0.1:0")
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.port}") as channel:
-                stub = collector_pb2_grpc.CollectorServiceStub(channel)
-                good = [r async for r in stub.PushMetrics(
-                    _requests([_proto("good", s) for s in (1, 2, 2, 3)]))]
-                bad_call = stub.PushMetrics(_requests([_proto("bad", 1), _proto("bad", 0)]))
-                with pytest.raises(grpc.aio.AioRpcError) as err:
-                    [r async for r in bad_call]
-                after = [r async for r in stub.PushMetrics(_requests([_proto("good", 4)]))]
-                stats = await stub.GetCollectorStats(collector_pb2.GetCollectorStatsRequest())
-        finally:
-            await mesh.stop(0)
-            await app.stop()
+        async with _served() as channel:
+            stub = collector_pb2_grpc.CollectorServiceStub(channel)
+            good = [r async for r in stub.PushMetrics(
+                _requests([_proto("good", s) for s in (1, 2, 2, 3)]))]
+            bad_call = stub.PushMetrics(_requests([_proto("bad", 1), _proto("bad", 0)]))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                [r async for r in bad_call]
+            after = [r async for r in stub.PushMetrics(_requests([_proto("good", 4)]))]
+            stats = await stub.GetCollectorStats(collector_pb2.GetCollectorStatsRequest())
         assert [(r.sequence, r.duplicate) for r in good] == [(1, False), (2, False), (2, True),
                                                             (3, False)]
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -249,27 +312,19 @@ def test_otlp_spans_come_back_by_trace_id_and_logs_are_queryable_locally() -> No
         labels={"service": "s1"}, timestamps_ns=[now, now + 1], lines=["hello", "world"])])
 
     async def main() -> None:
-        app = await _collector()
-        mesh = await create_server(MeshConfig(listen="127.0.0.1:0"), app.bindings,
-                                   authenticator=Authenticator(None, enabled=False),
-                                   listen="127.0.0.1:0")
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.port}") as channel:
-                await trace_service_pb2_grpc.TraceServiceStub(channel).Export(export)
-                stub = collector_pb2_grpc.CollectorServiceStub(channel)
-                trace = await stub.GetTrace(collector_pb2.GetTraceRequest(trace_id=trace_id.hex()))
-                with pytest.raises(grpc.aio.AioRpcError) as missing:
-                    await stub.GetTrace(collector_pb2.GetTraceRequest(trace_id="0" * 32))
+        async with _served() as channel:
+            await trace_service_pb2_grpc.TraceServiceStub(channel).Export(export)
+            stub = collector_pb2_grpc.CollectorServiceStub(channel)
+            trace = await stub.GetTrace(collector_pb2.GetTraceRequest(trace_id=trace_id.hex()))
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await stub.GetTrace(collector_pb2.GetTraceRequest(trace_id="0" * 32))
 
-                async def reqs() -> AsyncIterator[collector_pb2.PushLogsRequest]:
-                    yield collector_pb2.PushLogsRequest(batch=logs)
+            async def reqs() -> AsyncIterator[collector_pb2.PushLogsRequest]:
+                yield collector_pb2.PushLogsRequest(batch=logs)
 
-                acks = [a async for a in stub.PushLogs(reqs())]
-                found = await stub.QueryLogs(collector_pb2.QueryLogsRequest(
-                    labels={"service": "s1"}, contains="wor"))
-        finally:
-            await mesh.stop(0)
-            await app.stop()
+            acks = [a async for a in stub.PushLogs(reqs())]
+            found = await stub.QueryLogs(collector_pb2.QueryLogsRequest(
+                labels={"service": "s1"}, contains="wor"))
         assert [(s.name, s.service_name, s.status) for s in trace.spans] == [
             ("root", "aifb-server", "UNSET"), ("child", "aifb-server", "ERROR")]
         assert trace.spans[0].attributes == {"n": "3"}
