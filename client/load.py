@@ -2,7 +2,7 @@
 
     run = LoadRun(spec, workload)          # validates nothing more: LoadSpec already did
     run.start()                            # in a running event loop; returns at once
-    async for sample in run.progress():    # per-interval ProgressSample, replayed then live
+    async for sample in run.progress():    # per-interval Progress, replayed then live
         ...
     run.cancel("user asked")               # ends CANCELLED; stats of what completed are kept
     result = await run.wait()              # LoadResult: SUCCEEDED, FAILED (reason) or CANCELLED
@@ -29,7 +29,8 @@ from functools import partial
 from time import perf_counter_ns
 
 from aifb.client.pacer import Pacer
-from aifb.client.recorder import ProgressSample, Recorder
+from aifb.client.progress import Progress
+from aifb.client.recorder import Recorder
 from aifb.client.results import LoadResult, RunState
 from aifb.client.samples import RequestLog
 from aifb.client.schedule import arrival_offsets_ns
@@ -39,7 +40,7 @@ from aifb.client.workload import CallbackWorkload, Outcome, WarmWorkload, Worklo
 __all__ = ["LoadRun", "ProgressCallback", "StartHook", "run_load"]
 
 log = logging.getLogger(__name__)
-ProgressCallback = Callable[[ProgressSample], None]
+ProgressCallback = Callable[[Progress], None]
 # Called once after prepare(); returns the perf_counter_ns instant the run starts at (waited
 # for), so several engines (Spark partitions) share one start. Raising fails the run.
 StartHook = Callable[[], Awaitable[int]]
@@ -58,7 +59,7 @@ class LoadRun:
         self.workload = workload
         self.state = RunState.PENDING
         self.reason = ""
-        self.samples: list[ProgressSample] = []
+        self.samples: list[Progress] = []
         self._callbacks: list[ProgressCallback] = [on_progress] if on_progress else []
         self._changed = asyncio.Condition()
         self._stopping = False
@@ -84,7 +85,7 @@ class LoadRun:
             raise RuntimeError("start() the run first")
         return await asyncio.shield(self._task)
 
-    async def progress(self) -> AsyncIterator[ProgressSample]:
+    async def progress(self) -> AsyncIterator[Progress]:
         """Every sample so far, then each new one; ends when the run is terminal."""
         index = 0
         while True:
@@ -201,7 +202,7 @@ class LoadRun:
             self.state = state
             self._changed.notify_all()
 
-    def _emit(self, sample: ProgressSample) -> None:
+    def _emit(self, sample: Progress) -> None:
         self.samples.append(sample)
         for cb in self._callbacks:
             try:

@@ -13,36 +13,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from itertools import pairwise
 
+from aifb.client.progress import Progress
 from aifb.client.results import LoadResult, SecondStats
 from aifb.client.samples import RequestLog
 from aifb.client.workload import Outcome
 
-__all__ = ["LATE_NS", "ProgressSample", "Recorder"]
+__all__ = ["LATE_NS", "Recorder"]
 
 LATE_NS = 1_000_000  # a send more than 1 ms behind its schedule counts as late
-
-
-@dataclass(frozen=True, slots=True)
-class ProgressSample:
-    """Live progress for one interval (what WatchBenchmark streams)."""
-
-    second: int
-    elapsed_s: float
-    phase: str  # "warmup" | "measure" | "cooldown"
-    requests: int  # completed in this interval
-    errors: int
-    dropped: int
-    achieved_rate: float
-    target_rate: float
-    p50_us: int
-    p99_us: int
-    lag_p99_us: int
-    in_flight: int
-    total_completed: int
-    total_errors: int
 
 
 class Recorder:
@@ -150,7 +130,7 @@ class Recorder:
             self._next_iv = SecondStats(self._iv.second + 1)
             yield
 
-    def tick(self, now_ns: int, target_rate: float) -> ProgressSample:
+    def tick(self, now_ns: int, target_rate: float) -> Progress:
         """Close the current interval: append it to the series and describe it."""
         nxt, self._next_iv = self._next_iv, None
         if nxt is None or nxt.second != self._iv.second + 1:
@@ -162,13 +142,13 @@ class Recorder:
         self._iv_start_ns = now_ns
         self.result.series.append(iv)
         self.flush()  # keeps the pending value lists bounded to one interval
-        return ProgressSample(
+        return Progress(
             second=iv.second, elapsed_s=round((now_ns - self.start_ns) / 1e9, 3),
             phase=self.phase_at(now_ns - 1), requests=iv.completed, errors=iv.errors,
             dropped=iv.dropped, achieved_rate=round(iv.completed / span_s, 2),
-            target_rate=target_rate, p50_us=iv.latency.percentile_us(50),
-            p99_us=iv.latency.percentile_us(99), lag_p99_us=iv.lag.percentile_us(99),
-            in_flight=self.in_flight, total_completed=self.all_completed,
+            target_rate=target_rate, p50_s=iv.latency.percentile_us(50) / 1e6,
+            p99_s=iv.latency.percentile_us(99) / 1e6, lag_p99_s=iv.lag.percentile_us(99) / 1e6,
+            in_flight=self.in_flight, total_requests=self.all_completed,
             total_errors=self.all_errors)
 
     def flush(self) -> None:

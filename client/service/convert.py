@@ -85,7 +85,7 @@ def load_to_proto(o: LoadOptions) -> C.LoadProfile:
 
 
 def progress_to_proto(p: Progress) -> C.ProgressSample:
-    extra = {**p.extra, "total_requests": float(p.total_requests),
+    extra = {**p.extra, "dropped": float(p.dropped), "total_requests": float(p.total_requests),
              "total_errors": float(p.total_errors)}
     return C.ProgressSample(
         elapsed=_duration(p.elapsed_s), requests=p.requests, errors=p.errors,

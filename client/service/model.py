@@ -1,4 +1,5 @@
-"""The BenchmarkService's domain records: a run and one second of its progress (no gRPC here)."""
+"""The BenchmarkService's domain records: a run (and, from the engine, one second of its
+progress, `aifb.client.progress.Progress`); no gRPC here."""
 
 from __future__ import annotations
 
@@ -6,37 +7,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from aifb.client.progress import Progress
 from aifb.client.results import RunState
 from aifb.client.service.options import LoadOptions
 
 __all__ = ["BenchmarkRecord", "Progress"]
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """One interval of a run, as WatchBenchmark streams it and the collector receives it."""
-
-    second: int
-    elapsed_s: float
-    requests: int
-    errors: int
-    achieved_rate: float
-    target_rate: float
-    p50_s: float
-    p99_s: float
-    in_flight: int
-    lag_p99_s: float
-    total_requests: int
-    total_errors: int
-    phase: str = ""
-    extra: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Progress:
-        return cls(**data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,13 +22,13 @@ rows, which the Spark engine gathers into a `SampleSet` itself. Either lands in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aifb.client.process_engine import ProcessLoad
-from aifb.client.recorder import ProgressSample
 from aifb.client.registry import build_workload
 from aifb.client.results import LoadResult, RunState
 from aifb.client.service.model import Progress
@@ -36,7 +36,7 @@ from aifb.client.service.options import LoadOptions, Plan
 from aifb.client.spec import LoadSpec
 from aifb.client.sweep import SweepStep, run_sweep, sweep_samples
 
-__all__ = ["Phase", "RunOutcome", "Runner", "final_progress", "to_progress"]
+__all__ = ["Phase", "RunOutcome", "Runner", "final_progress"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +59,6 @@ class RunOutcome:
     partitions: list[LoadResult] = field(default_factory=list)
 
 
-def to_progress(sample: ProgressSample, second: int) -> Progress:
-    return Progress(second=second, elapsed_s=sample.elapsed_s, requests=sample.requests,
-                    errors=sample.errors, achieved_rate=sample.achieved_rate,
-                    target_rate=sample.target_rate, p50_s=sample.p50_us / 1e6,
-                    p99_s=sample.p99_us / 1e6, in_flight=sample.in_flight,
-                    lag_p99_s=sample.lag_p99_us / 1e6, total_requests=sample.total_completed,
-                    total_errors=sample.total_errors, phase=sample.phase,
-                    extra={"dropped": float(sample.dropped)})
-
-
 def final_progress(result: LoadResult, last: Progress | None) -> Progress:
     """The run's own figures (its measurement window, not its last second) in the shape of a
     progress sample, phase "final": what `aifb bench list` and the live gauges show once the
@@ -83,7 +73,7 @@ def final_progress(result: LoadResult, last: Progress | None) -> Progress:
         in_flight=0, lag_p99_s=lag.percentile_us(99) / 1e6,
         total_requests=last.total_requests if last else counters["completed"],
         total_errors=last.total_errors if last else counters["errors"], phase="final",
-        extra={"dropped": float(counters["dropped"])})
+        dropped=counters["dropped"])
 
 
 class Runner:
@@ -98,7 +88,7 @@ class Runner:
         self._second = 0
         self._offset_requests = 0
         self._offset_errors = 0
-        self._last: ProgressSample | None = None
+        self._last: Progress | None = None
         self._run: ProcessLoad | None = None  # the single run or the sweep step running now
         self._task: asyncio.Task[Any] | None = None
         self._steps: list[SweepStep] = []
@@ -109,17 +99,16 @@ class Runner:
         self._step_start_ns = 0
         self._phases: list[Phase] = []
 
-    def _progress(self, sample: ProgressSample) -> None:
+    def _progress(self, sample: Progress) -> None:
         if not self._load_start_ns:
             self._load_start_ns = time.time_ns() - round(sample.elapsed_s * 1e9)
         self._second += 1
         self._last = sample
-        p = to_progress(sample, self._second)
-        if self._offset_requests or self._offset_errors:  # totals run across sweep steps
-            p = Progress(**{**p.to_dict(),
-                            "total_requests": p.total_requests + self._offset_requests,
-                            "total_errors": p.total_errors + self._offset_errors})
-        self._on_progress(p)
+        # Seconds run on across sweep steps, and so do the totals.
+        self._on_progress(dataclasses.replace(
+            sample, second=self._second,
+            total_requests=sample.total_requests + self._offset_requests,
+            total_errors=sample.total_errors + self._offset_errors))
 
     def _step_done(self, step: SweepStep) -> None:
         now = time.time_ns()
@@ -131,7 +120,7 @@ class Runner:
         self._step_start_ns = now
         self._steps.append(step)
         if self._last is not None:
-            self._offset_requests += self._last.total_completed
+            self._offset_requests += self._last.total_requests
             self._offset_errors += self._last.total_errors
             self._last = None
 
@@ -144,16 +133,16 @@ class Runner:
         elif self._spark_load is not None:
             self._spark_load.cancel(reason)
 
-    def _relay(self) -> Callable[[ProgressSample], None]:
+    def _relay(self) -> Callable[[Progress], None]:
         """Progress arrives on the workers' hub thread: hand it to this loop."""
         loop = asyncio.get_running_loop()
 
-        def relay(sample: ProgressSample) -> None:
+        def relay(sample: Progress) -> None:
             loop.call_soon_threadsafe(self._progress, sample)
 
         return relay
 
-    async def _in_workers(self, load: LoadSpec, on_progress: Callable[[ProgressSample], None],
+    async def _in_workers(self, load: LoadSpec, on_progress: Callable[[Progress], None],
                           sample_limit: int, workers: int) -> LoadResult:
         run = self._run = ProcessLoad(load, self.workload, self.url, self.params,
                                       workers=workers, on_progress=on_progress,
@@ -249,7 +238,7 @@ class Runner:
             raise NotImplementedError("sweeps run on the in-process engine only")
         loop = asyncio.get_running_loop()
 
-        def relay(sample: ProgressSample) -> None:  # called on the driver's threads
+        def relay(sample: Progress) -> None:  # called on the driver's threads
             loop.call_soon_threadsafe(self._progress, sample)
 
         spark = self._spark_load = SparkLoad(

@@ -3,7 +3,7 @@
 Spark has no channel from a running Python task to the driver (accumulators arrive when a task
 ends), so the driver opens a small hub: a TCP listener on the driver's address with a random
 token. Each partition connects, says `hello <token> <partition>`, then sends one JSON
-`ProgressSample` per interval; the hub merges second k once every partition has sent it and calls
+`Progress` per interval; the hub merges second k once every partition has sent it and calls
 `on_progress` with the sum (counts and rates add; p50/p99/lag p99 are the worst partition's, an
 upper bound: the final result's percentiles are exact). `cancel()` writes `cancel` to every
 partition, whose engine then stops like an in-process run: CANCELLED, statistics kept.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import secrets
@@ -23,7 +22,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from aifb.client.recorder import ProgressSample
+from aifb.client.progress import Progress
 
 __all__ = ["ProgressHub", "ProgressLink", "merge_samples"]
 
@@ -31,26 +30,26 @@ log = logging.getLogger(__name__)
 _MAX_LINE = 65_536
 
 
-def merge_samples(samples: list[ProgressSample]) -> ProgressSample:
+def merge_samples(samples: list[Progress]) -> Progress:
     """One interval over all partitions: sums, and the worst partition's percentiles."""
     first = samples[0]
-    return ProgressSample(
+    return Progress(
         second=first.second, elapsed_s=max(s.elapsed_s for s in samples), phase=first.phase,
         requests=sum(s.requests for s in samples), errors=sum(s.errors for s in samples),
         dropped=sum(s.dropped for s in samples),
         achieved_rate=round(sum(s.achieved_rate for s in samples), 2),
         target_rate=round(sum(s.target_rate for s in samples), 3),
-        p50_us=max(s.p50_us for s in samples), p99_us=max(s.p99_us for s in samples),
-        lag_p99_us=max(s.lag_p99_us for s in samples),
+        p50_s=max(s.p50_s for s in samples), p99_s=max(s.p99_s for s in samples),
+        lag_p99_s=max(s.lag_p99_s for s in samples),
         in_flight=sum(s.in_flight for s in samples),
-        total_completed=sum(s.total_completed for s in samples),
+        total_requests=sum(s.total_requests for s in samples),
         total_errors=sum(s.total_errors for s in samples))
 
 
 class ProgressHub:
     """The driver's end: accepts partitions' links, merges their samples, broadcasts cancel."""
 
-    def __init__(self, partitions: int, on_progress: Callable[[ProgressSample], None],
+    def __init__(self, partitions: int, on_progress: Callable[[Progress], None],
                  host: str = "127.0.0.1") -> None:
         self.partitions = partitions
         self.token = secrets.token_hex(16)
@@ -62,7 +61,7 @@ class ProgressHub:
         self._sel.register(self._server, selectors.EVENT_READ)
         self._conns: dict[socket.socket, bytearray] = {}
         self._authed: dict[socket.socket, int] = {}
-        self._pending: dict[int, dict[int, ProgressSample]] = {}
+        self._pending: dict[int, dict[int, Progress]] = {}
         self._next = 0  # the next second to emit
         self._lock = threading.Lock()
         self._closing = False
@@ -157,7 +156,7 @@ class ProgressHub:
                 self._authed[conn] = int(words[2])
             return True
         try:
-            sample = ProgressSample(**json.loads(line))
+            sample = Progress.from_dict(json.loads(line))
         except (ValueError, TypeError) as exc:
             log.warning("progress hub: bad sample from partition %d: %s", part, exc)
             return False
@@ -200,11 +199,11 @@ class ProgressLink:
         sock.settimeout(0.5)
         return cls(sock)
 
-    def send(self, sample: ProgressSample) -> None:
+    def send(self, sample: Progress) -> None:
         if self._sock is None:
             return
         try:
-            self._sock.sendall(json.dumps(dataclasses.asdict(sample)).encode() + b"\n")
+            self._sock.sendall(json.dumps(sample.to_dict()).encode() + b"\n")
         except OSError as exc:
             log.warning("live progress lost: %s", exc)
             self.close()

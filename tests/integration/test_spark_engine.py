@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from aifb.client.histogram import LatencyHistogram
-from aifb.client.recorder import ProgressSample
+from aifb.client.progress import Progress
 from aifb.client.results import COUNTERS, HISTOGRAMS, LoadResult, RunState
 from aifb.client.spark_engine import SparkLoad, run_spark_load
 from aifb.client.spec import LoadSpec, Mode
@@ -43,14 +43,14 @@ def module_nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxServ
 class OpenRun:
     load: SparkLoad
     result: LoadResult
-    progress: list[ProgressSample]
+    progress: list[Progress]
     nginx_requests: int
 
 
 @pytest.fixture(scope="module")
 def open_run(spark_session: None, module_nginx: NginxServer) -> OpenRun:
     before = len(module_nginx.request_times_ms())
-    progress: list[ProgressSample] = []
+    progress: list[Progress] = []
     spec = LoadSpec(mode=Mode.OPEN, rate=400.0, duration_s=3.0, warmup_s=0.5, cooldown_s=0.5)
     load = SparkLoad(spec, "http", module_nginx.base_url, {"path": "/hello", "connections": 16},
                      master=MASTER, partitions=2, on_progress=progress.append)
@@ -201,7 +201,7 @@ def test_cancel_stops_every_partition_and_keeps_their_statistics(
         spark_session: None, module_nginx: NginxServer) -> None:
     load: SparkLoad
 
-    def on_progress(sample: ProgressSample) -> None:
+    def on_progress(sample: Progress) -> None:
         if sample.second == 0:
             threading.Thread(target=load.cancel, args=("test cancel",)).start()
 

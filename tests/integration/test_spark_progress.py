@@ -9,15 +9,17 @@ from collections.abc import Callable
 
 import pytest
 
-from aifb.client.recorder import ProgressSample
+from aifb.client.progress import Progress
 from aifb.client.spark.progress import ProgressHub, ProgressLink
 
 pytestmark = pytest.mark.integration
 
 
-def _sample(second: int, requests: int) -> ProgressSample:
-    return ProgressSample(second, second + 1.0, "measure", requests, 0, 0, float(requests),
-                          10.0, 100, 200, 5, 0, requests, 0)
+def _sample(second: int, requests: int) -> Progress:
+    return Progress(second=second, elapsed_s=second + 1.0, phase="measure", requests=requests,
+                    errors=0, achieved_rate=float(requests), target_rate=10.0, p50_s=0.0001,
+                    p99_s=0.0002, lag_p99_s=0.000005, in_flight=0, total_requests=requests,
+                    total_errors=0)
 
 
 def _wait_for(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -27,7 +29,7 @@ def _wait_for(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 
 def test_hub_merges_a_second_once_every_partition_sent_it_and_flushes_the_rest() -> None:
-    got: list[ProgressSample] = []
+    got: list[Progress] = []
     hub = ProgressHub(2, got.append)
     a, b = ProgressLink.connect(hub.link, 0), ProgressLink.connect(hub.link, 1)
     try:
@@ -46,7 +48,7 @@ def test_hub_merges_a_second_once_every_partition_sent_it_and_flushes_the_rest()
 
 
 def test_hub_refuses_a_connection_without_the_token() -> None:
-    got: list[ProgressSample] = []
+    got: list[Progress] = []
     hub = ProgressHub(1, got.append)
     try:
         with socket.create_connection(hub.address, timeout=2) as sock:

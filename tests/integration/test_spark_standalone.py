@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from aifb.client.recorder import ProgressSample
+from aifb.client.progress import Progress
 from aifb.client.results import COUNTERS, RunState
 from aifb.client.samples import SampleSet
 from aifb.client.spark_engine import SparkLoad
@@ -145,7 +145,7 @@ def module_nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxServ
 def test_a_standalone_cluster_runs_the_partitions_on_its_executors_and_merges_exactly(
         cluster: Cluster, module_nginx: NginxServer) -> None:
     before = len(module_nginx.request_times_ms())
-    progress: list[ProgressSample] = []
+    progress: list[Progress] = []
     spec = LoadSpec(mode=Mode.OPEN, rate=200.0, duration_s=3.0, warmup_s=0.5, cooldown_s=0.5)
     # No partitions given: the engine waits for the cluster's executors and uses their 2 slots
     # (before they register, Spark's defaultParallelism already says 2 and means nothing).

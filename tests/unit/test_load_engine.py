@@ -13,7 +13,8 @@ from aifb.client.histogram import LatencyHistogram
 from aifb.client.http_client import HttpConnection, HttpResponse
 from aifb.client.load import LoadRun, run_load
 from aifb.client.profiles import constant, ramp, steps
-from aifb.client.recorder import ProgressSample, Recorder
+from aifb.client.progress import Progress
+from aifb.client.recorder import Recorder
 from aifb.client.results import LoadResult, RunState, merge_results
 from aifb.client.schedule import Arrival, arrival_offsets_ns
 from aifb.client.spec import LoadSpec, Mode
@@ -133,7 +134,7 @@ def test_open_loop_excludes_warmup_and_cooldown_from_statistics() -> None:
 def test_closed_loop_warmup_requests_are_not_in_the_latency_histogram() -> None:
     slow_then_fast = FakeWorkload(latency_ns=50_000_000)  # 50 ms "latency" during warm-up
 
-    def speed_up(sample: ProgressSample) -> None:
+    def speed_up(sample: Progress) -> None:
         slow_then_fast.latency_ns = 0
 
     spec = LoadSpec(mode=Mode.CLOSED, users=2, duration_s=0.6, warmup_s=0.3, interval_s=0.25)
@@ -171,11 +172,11 @@ def test_request_count_bound_ends_the_run_succeeded_after_that_many_sends() -> N
 
 
 def test_cancel_ends_the_run_cancelled_and_progress_stream_ends() -> None:
-    async def scenario() -> tuple[LoadResult, list[ProgressSample]]:
+    async def scenario() -> tuple[LoadResult, list[Progress]]:
         run = LoadRun(LoadSpec(mode=Mode.OPEN, rate=200.0, duration_s=30.0, interval_s=0.1),
                       FakeWorkload())
         run.start()
-        seen: list[ProgressSample] = []
+        seen: list[Progress] = []
         async for sample in run.progress():
             seen.append(sample)
             if len(seen) == 3:

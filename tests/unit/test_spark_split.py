@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from aifb.client.profiles import ramp
-from aifb.client.recorder import ProgressSample
+from aifb.client.progress import Progress
 from aifb.client.schedule import Arrival, arrival_offsets_ns
 from aifb.client.spark.progress import merge_samples
 from aifb.client.spark.split import split_spec
@@ -72,10 +72,14 @@ def test_partitions_out_of_range_are_rejected(n: int) -> None:
 
 
 def test_progress_samples_merge_by_sum_and_worst_percentile() -> None:
-    a = ProgressSample(2, 3.0, "measure", 100, 1, 0, 100.0, 100.0, 500, 900, 40, 3, 300, 2)
-    b = ProgressSample(2, 3.001, "measure", 50, 0, 2, 50.0, 50.0, 700, 800, 60, 1, 140, 0)
+    a = Progress(second=2, elapsed_s=3.0, phase="measure", requests=100, errors=1, dropped=0,
+                 achieved_rate=100.0, target_rate=100.0, p50_s=0.0005, p99_s=0.0009,
+                 lag_p99_s=0.00004, in_flight=3, total_requests=300, total_errors=2)
+    b = Progress(second=2, elapsed_s=3.001, phase="measure", requests=50, errors=0, dropped=2,
+                 achieved_rate=50.0, target_rate=50.0, p50_s=0.0007, p99_s=0.0008,
+                 lag_p99_s=0.00006, in_flight=1, total_requests=140, total_errors=0)
     m = merge_samples([a, b])
     assert (m.second, m.elapsed_s, m.requests, m.errors, m.dropped) == (2, 3.001, 150, 1, 2)
     assert (m.achieved_rate, m.target_rate, m.in_flight) == (150.0, 150.0, 4)
-    assert (m.p50_us, m.p99_us, m.lag_p99_us) == (700, 900, 60)
-    assert (m.total_completed, m.total_errors) == (440, 2)
+    assert (m.p50_s, m.p99_s, m.lag_p99_s) == (0.0007, 0.0009, 0.00006)
+    assert (m.total_requests, m.total_errors) == (440, 2)
