@@ -138,18 +138,26 @@ class LoadResult:
                 "histograms": {k: h.summary() for k, h in self.histograms.items() if h.count}}
 
     def to_bytes(self) -> bytes:
-        doc = {"v": 1, "state": self.state.value, "reason": self.reason, "mode": self.mode,
+        """`to_dict` as compact JSON: how results travel between processes."""
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> LoadResult:
+        return cls.from_dict(json.loads(data))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole result as JSON-ready values (histograms in HDR's compressed text), as
+        result.json keeps it; `from_dict` reads it back exactly."""
+        return {"v": 1, "state": self.state.value, "reason": self.reason, "mode": self.mode,
                "workload": self.workload, "workers": self.workers, "users": self.users,
                "target_rate": self.target_rate, "measured_s": self.measured_s,
                "counters": self.counters, "errors_by_kind": self.errors_by_kind,
                "values": self.values, "extra": self.extra,
                "histograms": {k: h.encode().decode("ascii") for k, h in self.histograms.items()},
                "series": [s.to_dict() for s in self.series]}
-        return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> LoadResult:
-        d = json.loads(data)
+    def from_dict(cls, d: dict[str, Any]) -> LoadResult:
         if d.get("v") != 1:
             raise ValueError(f"unknown LoadResult encoding version {d.get('v')!r}")
         counters = dict.fromkeys(COUNTERS, 0)

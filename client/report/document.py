@@ -86,11 +86,11 @@ def _slo_results(record: BenchmarkRecord, result: LoadResult) -> list[dict[str, 
 def build_document(record: BenchmarkRecord, stored: dict[str, Any],
                    context: dict[str, Any]) -> dict[str, Any]:
     """The whole report of a terminal run."""
-    result = LoadResult.from_bytes(_bytes(stored["result"])) if stored.get("result") else (
+    result = LoadResult.from_dict(stored["result"]) if stored.get("result") else (
         LoadResult(state=record.state, reason=record.state_message))
     steps = []
     for step in stored.get("steps", []):
-        res = LoadResult.from_bytes(_bytes(step["result"]))
+        res = LoadResult.from_dict(step["result"])
         lat = res.histograms["latency"]
         steps.append({"name": step["name"], "target_rate": step["target_rate"],
                       "achieved_rate": round(res.achieved_rate, 4),
@@ -122,9 +122,3 @@ def build_document(record: BenchmarkRecord, stored: dict[str, Any],
         "batch_script": context.get("batch_script"),
         "node": context.get("facts", {}),
     }
-
-
-def _bytes(doc: Any) -> bytes:
-    import json
-
-    return json.dumps(doc).encode()

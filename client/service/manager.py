@@ -358,9 +358,9 @@ class BenchmarkManager:
                 self._final_figures(rid, result)
             with self.tracer.start_as_current_span("aifb.bench.store"):
                 stored: dict[str, Any] = {
-                    "result": json.loads(result.to_bytes()),
+                    "result": result.to_dict(),
                     "steps": [{"name": s.name, "target_rate": s.target_rate,
-                               "result": json.loads(s.result.to_bytes())}
+                               "result": s.result.to_dict()}
                               for s in outcome.steps],
                     "stop_reason": outcome.stop_reason}
                 if result.samples is not None:
