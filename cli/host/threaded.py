@@ -48,8 +48,13 @@ class ThreadedMesh(ThreadedServer):
                                              scheduler=sched,
                                              tracer_provider=self.tracer_provider,
                                              extra_bindings=(*bindings, *self.bench.bindings)))
-        self.bench.started(loopback(self.config.mesh, self.app.port, self.app.token_path),
-                           collector_here=self.collector is not None)
+        here = loopback(self.config.mesh, self.app.port, self.app.token_path)
+        bench = self.bench
+
+        async def attach() -> None:  # its metrics sender runs on the serving loop
+            bench.started(here, collector_here=self.collector is not None)
+
+        self.run(attach())
         return self
 
     def __enter__(self) -> ThreadedMesh:

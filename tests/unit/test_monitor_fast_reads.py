@@ -44,16 +44,22 @@ def test_proc_files_read_what_psutil_reads() -> None:
         assert (mem.total, mem.swap_total) == (vm.total, sw.total)
         assert abs(mem.cached - vm.cached) < 64 << 20
         assert abs(mem.available - vm.available) < 256 << 20
-        disks, ps_disks = files.disks(), psutil.disk_io_counters(perdisk=True) or {}
+        # Counters grow meanwhile: ours must lie between psutil's reads before and after.
+        ps_disks = psutil.disk_io_counters(perdisk=True) or {}
+        disks = files.disks()
+        ps_disks_after = psutil.disk_io_counters(perdisk=True) or {}
         assert set(disks) == set(ps_disks)
         for name, io in disks.items():
-            assert io.read_bytes >= ps_disks[name].read_bytes
-            assert io.busy_time >= ps_disks[name].busy_time
-        nics, ps_nics = files.nics(), psutil.net_io_counters(pernic=True)
+            assert ps_disks[name].read_bytes <= io.read_bytes <= ps_disks_after[name].read_bytes
+            assert ps_disks[name].busy_time <= io.busy_time <= ps_disks_after[name].busy_time
+        ps_nics = psutil.net_io_counters(pernic=True)
+        nics = files.nics()
+        ps_nics_after = psutil.net_io_counters(pernic=True)
         assert set(nics) == set(ps_nics)
         for name, counters in nics.items():
-            assert counters.bytes_recv >= ps_nics[name].bytes_recv
-            assert counters.packets_sent >= ps_nics[name].packets_sent
+            before, after = ps_nics[name], ps_nics_after[name]
+            assert before.bytes_recv <= counters.bytes_recv <= after.bytes_recv
+            assert before.packets_sent <= counters.packets_sent <= after.packets_sent
     finally:
         files.close()
 
