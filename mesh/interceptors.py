@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -190,7 +191,10 @@ class MeshInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     else:
                         await result
                 finally:
-                    current_principal.reset(token)
+                    # A stream closed from another task (the call cancelled, the server
+                    # stopping) ends in that task's context, where the token means nothing.
+                    with contextlib.suppress(ValueError):
+                        current_principal.reset(token)
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:

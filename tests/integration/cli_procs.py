@@ -79,4 +79,6 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise
+            time.sleep(0.2)  # the reader thread takes the last lines
+            raise AssertionError("did not exit within 30 s of SIGTERM; its log ends:\n"
+                                 + self.log(80)) from None
