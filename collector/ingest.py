@@ -259,6 +259,19 @@ class Ingest:
                     f"collector queue full for {self.config.enqueue_timeout_seconds:g}s "
                     "(forwarding is behind); retry later") from None
 
+    async def _hand_over(self, queue: asyncio.Queue[Any], item: object,
+                         delivery: asyncio.Future[Settled], agent: _AgentWindow, sequence: int,
+                         ack: Ack, settle: Callable[[asyncio.Future[Settled]], None]) -> None:
+        """Queue a batch for its forwarder; from then on it is in flight, and `settle` answers
+        its ack. Not queued (full, or the stream went away): its delivery is cancelled."""
+        try:
+            await self._enqueue(queue, item)
+        except BaseException:
+            delivery.cancel()
+            raise
+        agent.inflight[sequence] = ack
+        delivery.add_done_callback(settle)
+
     def _delivery(self, kind: str, items: int) -> asyncio.Future[Settled]:
         """A future settled when the forwarder is done with `items` samples or lines; they
         count as held until then. Cancelled: they were never queued."""
@@ -397,13 +410,8 @@ class Ingest:
                 return ack
             delivery = self._delivery("metrics", ready.packed.sample_count)
             shard = zlib.crc32(agent_id.encode()) % len(self._metric_queues)
-            try:
-                await self._enqueue(self._metric_queues[shard], (ready.packed, delivery))
-            except BaseException:
-                delivery.cancel()
-                raise
-            agent.inflight[sequence] = ack
-            delivery.add_done_callback(settle)
+            await self._hand_over(self._metric_queues[shard], (ready.packed, delivery),
+                                  delivery, agent, sequence, ack, settle)
         return ack
 
     # -- logs ------------------------------------------------------------------------------
@@ -494,14 +502,9 @@ class Ingest:
                 settle(None)
                 return ack
             delivery = self._delivery("logs", prepared.accepted)
-            try:
-                await self._enqueue(self._log_queue, (prepared.streams, delivery,
-                                                      prepared.accepted))
-            except BaseException:
-                delivery.cancel()
-                raise
-            agent.inflight[sequence] = ack
-            delivery.add_done_callback(settle)
+            await self._hand_over(self._log_queue, (prepared.streams, delivery,
+                                                     prepared.accepted),
+                                  delivery, agent, sequence, ack, settle)
         return ack
 
     # -- forwarding ------------------------------------------------------------------------

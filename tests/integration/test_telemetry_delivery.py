@@ -159,7 +159,8 @@ class Rig:
     def check_lines(self, timeout: float = 180) -> None:
         until(lambda: len(self.receiver.entries) >= LINES, f"{LINES:,} lines at Loki",
               timeout=timeout)
-        time.sleep(2)  # a late duplicate would arrive now
+        # Every line is in; a late resend would still be held by the collector: wait it out.
+        until(lambda: self.held() == 0, "the collector holding nothing", timeout=60)
         numbers = Counter(int(m.group(1)) for e in self.receiver.entries
                           if (m := _NUMBER.match(e.line)))
         lost = LINES - len(numbers)
