@@ -135,9 +135,9 @@ def _have(name: str) -> bool:
 
 
 async def _worker_aifb(url: str, conns: int, seconds: int) -> float:
-    from aifb.client.http_workload import HttpTarget, HttpWorkload
-    from aifb.client.load import run_load
-    from aifb.client.spec import LoadSpec
+    from aifb.client.engine.load import run_load
+    from aifb.client.engine.spec import LoadSpec
+    from aifb.client.workloads.http import HttpTarget, HttpWorkload
 
     wl = HttpWorkload(HttpTarget(url.rsplit("/", 1)[0], path="/hello", connections=conns))
     res = await run_load(LoadSpec(users=conns, duration_s=float(seconds), warmup_s=0.5), wl)

@@ -37,9 +37,9 @@ __all__ = ["main"]
 
 
 async def _aifb(url: str, rate: float, seconds: float) -> dict[str, float]:
-    from aifb.client.http_workload import HttpTarget, HttpWorkload
-    from aifb.client.load import run_load
-    from aifb.client.spec import LoadSpec
+    from aifb.client.engine.load import run_load
+    from aifb.client.engine.spec import LoadSpec
+    from aifb.client.workloads.http import HttpTarget, HttpWorkload
 
     wl = HttpWorkload(HttpTarget(url, path="/hello", connections=512))
     usage = _usage()

@@ -1,6 +1,6 @@
 """Streaming LLM clients compared: the openai-chat workload (fast client) vs aiohttp vs httpx.
 
-All three read the same SSE streams from the fake OpenAI server (`aifb.client.fake_llm`, pinned
+All three read the same SSE streams from the fake OpenAI server (`aifb.recipes.fake_llm`, pinned
 to CPU 1; the clients run in this process, pinned to CPU 0) with a known schedule: the first
 token `--ttft-ms` after the request, then one every `--itl-ms`. Each client runs `--streams`
 concurrent streams, `--rounds` requests each, and stamps every token chunk when it sees it
@@ -52,9 +52,9 @@ def _figures(itl: list[int], ttft: list[int], tokens: int, cpu: float, wall: flo
 
 
 async def _aifb(url: str, a: argparse.Namespace) -> Figures:
-    from aifb.client.load import run_load
-    from aifb.client.openai_workload import OpenAIParams, OpenAIWorkload
-    from aifb.client.spec import LoadSpec, Mode
+    from aifb.client.engine.load import run_load
+    from aifb.client.engine.spec import LoadSpec, Mode
+    from aifb.client.workloads.openai import OpenAIParams, OpenAIWorkload
 
     params = OpenAIParams.model_validate({"model": "fake-llm", "output_tokens": a.tokens,
                                           "input_tokens": 2, "num_prompts": 1,
@@ -143,7 +143,7 @@ def main() -> None:
     ap.add_argument("--itl-ms", type=float, default=5.0)
     a = ap.parse_args()
     pin = ["taskset", "-c", "1"] if (os.cpu_count() or 1) > 1 else []
-    server = subprocess.Popen([*pin, sys.executable, "-m", "aifb.client.fake_llm", "--port", "0",
+    server = subprocess.Popen([*pin, sys.executable, "-m", "aifb.recipes.fake_llm", "--port", "0",
                                "--ttft-ms", str(a.ttft_ms), "--itl-ms", str(a.itl_ms),
                                "--tokens", str(a.tokens)], stdout=subprocess.PIPE, text=True)
     try:

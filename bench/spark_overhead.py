@@ -50,7 +50,7 @@ WARMUP_S = 1.0
 
 
 def _spec(args: argparse.Namespace) -> Any:
-    from aifb.client.spec import LoadSpec, Mode
+    from aifb.client.engine.spec import LoadSpec, Mode
 
     if args.mode == "open":
         return LoadSpec(mode=Mode.OPEN, rate=args.rate, duration_s=args.seconds + WARMUP_S,
@@ -89,16 +89,16 @@ def _worker(engine: str, args: argparse.Namespace) -> dict[str, Any]:
     if not master:
         import uvloop
 
-        from aifb.client.load import run_load
-        from aifb.client.registry import build_workload
+        from aifb.client.engine.load import run_load
+        from aifb.client.workloads.registry import build_workload
 
         workload = build_workload("http", args.url, params)
         t0, cpu0 = time.perf_counter(), time.process_time()
         res = uvloop.run(run_load(spec, workload, on_progress=samples.append))
         return {**_summary(res), "session_s": 0.0, "wall_s": time.perf_counter() - t0,
                 "engine_cpu_s": time.process_time() - cpu0, "spark_cpu_s": 0.0}
-    from aifb.client.spark.session import get_session, stop_session
-    from aifb.client.spark_engine import SparkLoad
+    from aifb.client.scaleout.spark import SparkLoad
+    from aifb.client.scaleout.spark_session import get_session, stop_session
 
     t0 = time.perf_counter()
     session = get_session(master, "aifb-spark-overhead")

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from aifb.cli.context import CliState, handle_errors, state_of, to_dict
 from aifb.cli.params import parse_params
-from aifb.client.service.options import parse_duration
+from aifb.client.runs.options import parse_duration
 from aifb.mesh.channel import raise_for_rpc_error
 from aifb.mesh.errors import InvalidArgument
 from aifb.v1 import client_pb2 as C

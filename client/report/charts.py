@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from aifb.client.histogram import LatencyHistogram
+from aifb.client.engine.histogram import LatencyHistogram
 from aifb.client.report.svg import Line, line_chart
 
 __all__ = ["charts"]

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from aifb.client.histogram import PERCENTILES, LatencyHistogram
-from aifb.client.results import LoadResult
-from aifb.client.service.model import BenchmarkRecord
-from aifb.client.service.options import parse_slo
+from aifb.client.engine.histogram import PERCENTILES, LatencyHistogram
+from aifb.client.engine.results import LoadResult
+from aifb.client.runs.options import parse_slo
+from aifb.client.runs.record import BenchmarkRecord
 
 __all__ = ["SCHEMA_VERSION", "build_document", "histogram_figures", "series_rows"]
 

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aifb.client.samples import RequestLog, SamplePart, SampleSet, Tag
+from aifb.client.engine.samples import RequestLog, SamplePart, SampleSet, Tag
 
 __all__ = ["SAMPLE_COLUMNS", "TAG_COLUMNS", "samples_parquet", "series_parquet"]
 

@@ -10,7 +10,7 @@ from aifb.client.report.charts import charts
 from aifb.client.report.document import build_document
 from aifb.client.report.pages import to_html, to_markdown
 from aifb.client.report.parquet import series_parquet
-from aifb.client.service.model import BenchmarkRecord
+from aifb.client.runs.record import BenchmarkRecord
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["FORMATS", "render_report"]

@@ -7,10 +7,11 @@ import json
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from aifb.client.registry import WorkloadKind
-from aifb.client.results import RunState
-from aifb.client.service.model import BenchmarkRecord, Progress
-from aifb.client.service.options import DEFAULT_ERROR_BUDGET, LoadOptions
+from aifb.client.engine.progress import Progress
+from aifb.client.engine.results import RunState
+from aifb.client.runs.options import DEFAULT_ERROR_BUDGET, LoadOptions
+from aifb.client.runs.record import BenchmarkRecord
+from aifb.client.workloads.registry import WorkloadKind
 from aifb.mesh.errors import InvalidArgument
 from aifb.v1 import client_pb2 as C
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from aifb.client.results import RunState
-from aifb.client.service.model import BenchmarkRecord
+from aifb.client.engine.results import RunState
+from aifb.client.runs.record import BenchmarkRecord
 from aifb.mesh import paging
 from aifb.mesh.paging import keyset_page
 

@@ -23,16 +23,17 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
-from aifb.client.registry import get_kind, parse_params
+from aifb.client.engine.progress import Progress
+from aifb.client.engine.results import LoadResult, RunState
+from aifb.client.engine.samples import RequestLog, SampleSet
 from aifb.client.report.parquet import samples_parquet
-from aifb.client.results import LoadResult, RunState
-from aifb.client.samples import RequestLog, SampleSet
-from aifb.client.service.model import BenchmarkRecord, Progress
-from aifb.client.service.options import LoadOptions, plan
+from aifb.client.runs.options import LoadOptions, plan
+from aifb.client.runs.record import BenchmarkRecord
 from aifb.client.service.runner import Runner, RunOutcome, final_progress
 from aifb.client.service.store import RunStore
 from aifb.client.service.targets import ServiceResolver, Target, check_url
 from aifb.client.service.telemetry import TelemetrySink
+from aifb.client.workloads.registry import get_kind, parse_params
 from aifb.mesh.auth import Principal
 from aifb.mesh.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from aifb.mesh.labels import check_labels
@@ -184,7 +185,7 @@ class BenchmarkManager:
                                          "(no server): give a url")
             target = await self.resolver.resolve(principal, req.service)
         # The workload itself checks the URL against what it supports (e.g. http:// only).
-        from aifb.client.registry import build_workload
+        from aifb.client.workloads.registry import build_workload
 
         build_workload(req.workload, target.url, _typed_params(req.parameters))
         rid = secrets.token_hex(6)
@@ -315,7 +316,7 @@ class BenchmarkManager:
                                 partitions: list[LoadResult]) -> dict[str, Any]:
         """A Spark run's per-partition rows beside the merged ones (partition -1), under
         `<run>/spark/{series,summary}/<run>.parquet`, for Spark SQL or pandas."""
-        from aifb.client.spark.parquet import write_parquet
+        from aifb.client.report.parquet_dataset import write_parquet
 
         folder = self.store.run_dir(record.id) / "spark"
         try:

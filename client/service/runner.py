@@ -1,7 +1,7 @@
 """Execute one run's plan: the engine in worker processes, a sweep of it, or Spark executors.
 
 Load never runs on the caller's event loop (the control plane's, in `aifb up`): a single run and
-every sweep step run in `options.workers` worker processes (`aifb.client.process_engine`), whose
+every sweep step run in `options.workers` worker processes (`aifb.client.scaleout.processes`), whose
 progress is relayed to this loop; Spark runs on its executors.
 
 The runner knows time and engines, not records or gRPC. It reports every interval through
@@ -28,13 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aifb.client.process_engine import ProcessLoad
-from aifb.client.registry import build_workload
-from aifb.client.results import LoadResult, RunState
-from aifb.client.service.model import Progress
-from aifb.client.service.options import LoadOptions, Plan
-from aifb.client.spec import LoadSpec
-from aifb.client.sweep import SweepStep, run_sweep, sweep_samples
+from aifb.client.engine.progress import Progress
+from aifb.client.engine.results import LoadResult, RunState
+from aifb.client.engine.spec import LoadSpec
+from aifb.client.engine.sweep import SweepStep, run_sweep, sweep_samples
+from aifb.client.runs.options import LoadOptions, Plan
+from aifb.client.scaleout.processes import ProcessLoad
+from aifb.client.workloads.registry import build_workload
 
 __all__ = ["Phase", "RunOutcome", "Runner", "final_progress"]
 
@@ -231,7 +231,7 @@ class Runner:
         return main
 
     async def _spark(self) -> RunOutcome:
-        from aifb.client.spark_engine import SparkLoad  # lazily: pyspark and a JVM when asked
+        from aifb.client.scaleout.spark import SparkLoad  # lazily: pyspark and a JVM when asked
 
         load = self.plan.load
         if load is None:

@@ -7,7 +7,6 @@ from typing import Any
 
 import grpc
 
-from aifb.client.registry import all_kinds
 from aifb.client.report.render import FORMATS, render_report
 from aifb.client.service.convert import (
     load_from_proto,
@@ -16,6 +15,7 @@ from aifb.client.service.convert import (
     workload_to_proto,
 )
 from aifb.client.service.manager import BenchmarkManager, CreateRequest
+from aifb.client.workloads.registry import all_kinds
 from aifb.mesh.access import user_caller
 from aifb.mesh.errors import InvalidArgument
 from aifb.mesh.paging import check_page_size

@@ -16,8 +16,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from aifb.client.results import RunState
-from aifb.client.service.model import BenchmarkRecord
+from aifb.client.engine.results import RunState
+from aifb.client.runs.record import BenchmarkRecord
 from aifb.mesh.auth import write_private_file
 from aifb.mesh.errors import AlreadyExists
 from aifb.mesh.private import private_dir, private_sqlite_file

@@ -23,7 +23,8 @@ from collections.abc import Callable
 
 import grpc
 
-from aifb.client.service.model import BenchmarkRecord, Progress
+from aifb.client.engine.progress import Progress
+from aifb.client.runs.record import BenchmarkRecord
 from aifb.mesh.push import BatchSender
 from aifb.v1 import telemetry_pb2
 

@@ -15,6 +15,9 @@ from tests.contract.helpers import REPO, copy_tree, isolated_import_check, run
 pytestmark = pytest.mark.contract
 
 # Top-level names a wrong package-dir mapping would install straight into site-packages.
+# The folders setuptools maps onto the `aifb` import root (package-dir in pyproject.toml).
+PACKAGE_FOLDERS = ("mesh", "job", "server", "client", "monitor", "logger", "collector", "cli",
+                   "recipes")
 COMPONENT_FOLDERS = ("server", "client", "mesh", "monitor", "logger", "collector", "cli",
                      "recipes", "gen", "protos", "tests", "bench", "dashboards", "scripts")
 
@@ -125,9 +128,16 @@ def test_project_wheel_ships_everything_under_the_aifb_root_only(
                      "aifb/dataclasses/aifb/v1/__init__.py", "aifb/server/app.py",
                      "aifb/cli/main.py", "aifb/mesh/defaults.yaml"):
         assert expected in names
+    # pyproject.toml lists the packages one by one: a subpackage left out of that list would be
+    # missing from the wheel while every test (run from the repository) still passes.
+    in_repo = {f"aifb/{path.relative_to(REPO).as_posix()}"
+               for folder in PACKAGE_FOLDERS for path in (REPO / folder).rglob("*.py")
+               if "__pycache__" not in path.parts}
+    assert in_repo and in_repo - set(names) == set()
     with zipfile.ZipFile(wheel) as zf:
         entry_points = zf.read("aifb-0.1.0.dist-info/entry_points.txt").decode()
     assert "aifb = aifb.cli.main:main" in entry_points
+    assert "aifb-fake-llm = aifb.recipes.fake_llm:main" in entry_points
     installed = {p.name for p in target.iterdir()}
     assert not installed & set(COMPONENT_FOLDERS), installed
     assert installed <= {"aifb", "aifb-0.1.0.dist-info", "bin"}

@@ -20,10 +20,10 @@ import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from aifb.client.process_engine import ProcessLoad
-from aifb.client.results import RunState
-from aifb.client.samples import SampleSet
-from aifb.client.spec import LoadSpec, Mode
+from aifb.client.engine.results import RunState
+from aifb.client.engine.samples import SampleSet
+from aifb.client.engine.spec import LoadSpec, Mode
+from aifb.client.scaleout.processes import ProcessLoad
 from aifb.mesh.channel import open_sync_channel
 from tests.fixtures.nginx import NginxServer
 from tests.integration.test_cli_telemetry import Up, start_up

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from aifb.client.http_workload import HttpTarget, HttpWorkload
-from aifb.client.load import run_load
-from aifb.client.results import RunState
-from aifb.client.spec import LoadSpec, Mode
+from aifb.client.engine.load import run_load
+from aifb.client.engine.results import RunState
+from aifb.client.engine.spec import LoadSpec, Mode
+from aifb.client.workloads.http import HttpTarget, HttpWorkload
 from aifb.mesh.errors import InvalidArgument
 
 if TYPE_CHECKING:

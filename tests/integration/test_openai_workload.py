@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from aifb.client.load import run_load
-from aifb.client.registry import build_workload
-from aifb.client.results import LoadResult, RunState
-from aifb.client.spec import LoadSpec, Mode
+from aifb.client.engine.load import run_load
+from aifb.client.engine.results import LoadResult, RunState
+from aifb.client.engine.spec import LoadSpec, Mode
+from aifb.client.workloads.registry import build_workload
 from aifb.mesh.errors import InvalidArgument
 from tests.integration.flow import S, create, state_name, wait_for_state
 

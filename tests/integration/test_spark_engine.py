@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from aifb.client.histogram import LatencyHistogram
-from aifb.client.progress import Progress
-from aifb.client.results import COUNTERS, HISTOGRAMS, LoadResult, RunState
-from aifb.client.spark_engine import SparkLoad, run_spark_load
-from aifb.client.spec import LoadSpec, Mode
+from aifb.client.engine.histogram import LatencyHistogram
+from aifb.client.engine.progress import Progress
+from aifb.client.engine.results import COUNTERS, HISTOGRAMS, LoadResult, RunState
+from aifb.client.engine.spec import LoadSpec, Mode
+from aifb.client.scaleout.spark import SparkLoad, run_spark_load
 from aifb.mesh.errors import InvalidArgument, Unavailable
 from tests.fixtures.nginx import NginxServer, start_nginx
 from tests.fixtures.spark import SPARK_MASTER, require_spark
@@ -146,7 +146,7 @@ def test_parquet_holds_series_and_counters_per_partition_readable_by_spark_sql(
     import pyarrow.parquet as pq
     from pyspark.sql import SparkSession
 
-    from aifb.client.spark.parquet import write_parquet
+    from aifb.client.report.parquet_dataset import write_parquet
 
     paths = write_parquet(open_run.result, tmp_path, "run-1",
                           partitions=open_run.load.partition_results)

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from aifb.client.progress import Progress
-from aifb.client.spark.progress import ProgressHub, ProgressLink
+from aifb.client.engine.progress import Progress
+from aifb.client.scaleout.hub import ProgressHub, ProgressLink
 
 pytestmark = pytest.mark.integration
 

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 import pyarrow.parquet as pq
 import pytest
 
-from aifb.client.results import LoadResult, RunState
-from aifb.client.samples import SampleSet
-from aifb.client.spark_engine import SparkLoad
-from aifb.client.spec import LoadSpec, Mode
-from aifb.client.vectordb.base import IndexSettings, VectorDbError
-from aifb.client.vectordb.chroma import ChromaStore
-from aifb.client.vectordb.jsonhttp import JsonHttp
+from aifb.client.engine.results import LoadResult, RunState
+from aifb.client.engine.samples import SampleSet
+from aifb.client.engine.spec import LoadSpec, Mode
+from aifb.client.scaleout.spark import SparkLoad
+from aifb.client.workloads.vectordb.base import IndexSettings, VectorDbError
+from aifb.client.workloads.vectordb.chroma import ChromaStore
+from aifb.client.workloads.vectordb.jsonhttp import JsonHttp
 from aifb.v1 import client_pb2 as C
 from tests.fixtures.spark import SPARK_MASTER
 from tests.integration.bench_harness import bench_mesh, create, follow, seconds

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from aifb.client.progress import Progress
-from aifb.client.results import COUNTERS, RunState
-from aifb.client.samples import SampleSet
-from aifb.client.spark_engine import SparkLoad
-from aifb.client.spec import LoadSpec, Mode
+from aifb.client.engine.progress import Progress
+from aifb.client.engine.results import COUNTERS, RunState
+from aifb.client.engine.samples import SampleSet
+from aifb.client.engine.spec import LoadSpec, Mode
+from aifb.client.scaleout.spark import SparkLoad
 from tests.fixtures.nginx import NginxServer, find_nginx, start_nginx
 
 pytestmark = pytest.mark.integration
@@ -125,7 +125,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         _wait_for_worker(root / "master.log", procs)
         yield Cluster(master_url, root)
     finally:
-        from aifb.client.spark.session import stop_session
+        from aifb.client.scaleout.spark_session import stop_session
 
         stop_session()  # the application ends first, so the worker stops its executors
         for proc in reversed(procs):  # worker, then master

@@ -16,16 +16,16 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from aifb.client.load import run_load
-from aifb.client.registry import build_workload
-from aifb.client.results import LoadResult, RunState
-from aifb.client.spec import LoadSpec, Mode
-from aifb.client.vectordb.base import IndexSettings, Metric, VectorDbError
-from aifb.client.vectordb.chroma import ChromaStore
-from aifb.client.vectordb.jsonhttp import JsonHttp
-from aifb.client.vectordb.qdrant import QdrantStore
-from aifb.client.vectordb.vectors import exact_neighbours, random_vectors
-from aifb.client.vectordb_workload import VectorDbWorkload
+from aifb.client.engine.load import run_load
+from aifb.client.engine.results import LoadResult, RunState
+from aifb.client.engine.spec import LoadSpec, Mode
+from aifb.client.workloads.registry import build_workload
+from aifb.client.workloads.vectordb.base import IndexSettings, Metric, VectorDbError
+from aifb.client.workloads.vectordb.chroma import ChromaStore
+from aifb.client.workloads.vectordb.jsonhttp import JsonHttp
+from aifb.client.workloads.vectordb.qdrant import QdrantStore
+from aifb.client.workloads.vectordb.vectors import exact_neighbours, random_vectors
+from aifb.client.workloads.vectordb.workload import VectorDbWorkload
 from aifb.mesh.errors import InvalidArgument
 
 if TYPE_CHECKING:

@@ -12,23 +12,24 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from aifb.client.histogram import LatencyHistogram
+from aifb.client.engine.histogram import LatencyHistogram
+from aifb.client.engine.progress import Progress
+from aifb.client.engine.results import LoadResult, RunState, SecondStats
+from aifb.client.engine.samples import DEFAULT_SAMPLE_LIMIT, RequestLog
+from aifb.client.engine.schedule import Arrival
+from aifb.client.engine.spec import Mode
+from aifb.client.engine.workload import Outcome
 from aifb.client.report.charts import charts
 from aifb.client.report.compare import compare
 from aifb.client.report.document import build_document
 from aifb.client.report.pages import summary_rows, to_html, to_markdown
 from aifb.client.report.parquet import SAMPLE_COLUMNS, samples_parquet
-from aifb.client.results import LoadResult, RunState, SecondStats
-from aifb.client.samples import DEFAULT_SAMPLE_LIMIT, RequestLog
-from aifb.client.schedule import Arrival
+from aifb.client.runs.options import LoadOptions, parse_duration, parse_slo, plan
+from aifb.client.runs.record import BenchmarkRecord
 from aifb.client.service.listing import page, parse_filter
 from aifb.client.service.manager import RESTART_REASON, BenchmarkManager
-from aifb.client.service.model import BenchmarkRecord, Progress
-from aifb.client.service.options import LoadOptions, parse_duration, parse_slo, plan
 from aifb.client.service.store import RunStore
 from aifb.client.service.telemetry import progress_batch
-from aifb.client.spec import Mode
-from aifb.client.workload import Outcome
 from aifb.mesh.errors import InvalidArgument
 from aifb.v1 import telemetry_pb2
 

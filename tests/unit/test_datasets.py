@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aifb.client.datasets import LengthDist, count_words, load_prompts, synthetic_prompts
-from aifb.client.vectordb.vectors import exact_neighbours, load_vectors, recall_hits
+from aifb.client.workloads.datasets import LengthDist, count_words, load_prompts, synthetic_prompts
+from aifb.client.workloads.vectordb.vectors import exact_neighbours, load_vectors, recall_hits
 from aifb.mesh.errors import InvalidArgument
 
 pytestmark = pytest.mark.unit

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from aifb.client.fake_llm import FakeLlmConfig, serve
 from aifb.monitor.model import COUNTER, GAUGE
 from aifb.monitor.scrape import parse_exposition
+from aifb.recipes.fake_llm import FakeLlmConfig, serve
 
 pytestmark = pytest.mark.unit
 

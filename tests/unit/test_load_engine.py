@@ -9,17 +9,17 @@ from time import perf_counter_ns
 
 import pytest
 
-from aifb.client.histogram import LatencyHistogram
-from aifb.client.http_client import HttpConnection, HttpResponse
-from aifb.client.load import LoadRun, run_load
-from aifb.client.profiles import constant, ramp, steps
-from aifb.client.progress import Progress
-from aifb.client.recorder import Recorder
-from aifb.client.results import LoadResult, RunState, merge_results
-from aifb.client.schedule import Arrival, arrival_offsets_ns
-from aifb.client.spec import LoadSpec, Mode
-from aifb.client.sweep import SweepSpec, run_sweep
-from aifb.client.workload import Outcome, Workload
+from aifb.client.engine.histogram import LatencyHistogram
+from aifb.client.engine.load import LoadRun, run_load
+from aifb.client.engine.profiles import constant, ramp, steps
+from aifb.client.engine.progress import Progress
+from aifb.client.engine.recorder import Recorder
+from aifb.client.engine.results import LoadResult, RunState, merge_results
+from aifb.client.engine.schedule import Arrival, arrival_offsets_ns
+from aifb.client.engine.spec import LoadSpec, Mode
+from aifb.client.engine.sweep import SweepSpec, run_sweep
+from aifb.client.engine.workload import Outcome, Workload
+from aifb.client.workloads.http_client import HttpConnection, HttpResponse
 from aifb.mesh.errors import InvalidArgument
 
 pytestmark = pytest.mark.unit
@@ -347,8 +347,8 @@ def test_sweep_stops_at_the_first_slo_breach_with_the_reason() -> None:
 
 
 def test_a_tick_prepared_in_steps_gives_the_same_sample_as_one_in_one_go() -> None:
-    from aifb.client.recorder import Recorder
-    from aifb.client.workload import Outcome
+    from aifb.client.engine.recorder import Recorder
+    from aifb.client.engine.workload import Outcome
 
     def fill(rec: Recorder, second: int) -> None:
         base = second * 1_000_000_000

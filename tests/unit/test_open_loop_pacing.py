@@ -9,12 +9,12 @@ from time import perf_counter_ns
 import pytest
 from hdrh.histogram import HdrHistogram
 
-from aifb.client.histogram import HIGHEST_US, LatencyHistogram
-from aifb.client.http_client import HttpConnection, HttpError, HttpPool, HttpResponse
-from aifb.client.load import run_load
-from aifb.client.pacer import Pacer, precise_timer_available
-from aifb.client.spec import LoadSpec, Mode
-from aifb.client.workload import CallbackWorkload, Outcome, RequestSink, Workload
+from aifb.client.engine.histogram import HIGHEST_US, LatencyHistogram
+from aifb.client.engine.load import run_load
+from aifb.client.engine.pacer import Pacer, precise_timer_available
+from aifb.client.engine.spec import LoadSpec, Mode
+from aifb.client.engine.workload import CallbackWorkload, Outcome, RequestSink, Workload
+from aifb.client.workloads.http_client import HttpConnection, HttpError, HttpPool, HttpResponse
 
 pytestmark = pytest.mark.unit
 

@@ -12,15 +12,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from aifb.client.registry import build_workload
+from aifb.client.engine.samples import RequestLog, SamplePart, SampleSet, split_limit
+from aifb.client.engine.spec import LoadSpec
+from aifb.client.engine.sweep import SweepSpec, run_sweep, sweep_samples
+from aifb.client.engine.workload import Outcome
 from aifb.client.report.parquet import SAMPLE_COLUMNS, samples_parquet
-from aifb.client.samples import RequestLog, SamplePart, SampleSet, split_limit
-from aifb.client.service.options import LoadOptions, plan
-from aifb.client.spark.shared import SharedSetup
-from aifb.client.spec import LoadSpec
-from aifb.client.sweep import SweepSpec, run_sweep, sweep_samples
-from aifb.client.vectordb_workload import SharedVectors, VectorDbWorkload
-from aifb.client.workload import Outcome
+from aifb.client.runs.options import LoadOptions, plan
+from aifb.client.scaleout.shared import SharedSetup
+from aifb.client.workloads.registry import build_workload
+from aifb.client.workloads.vectordb.workload import SharedVectors, VectorDbWorkload
 from aifb.mesh.errors import InvalidArgument
 
 pytestmark = pytest.mark.unit

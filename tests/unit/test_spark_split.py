@@ -6,12 +6,12 @@ import itertools
 
 import pytest
 
-from aifb.client.profiles import ramp
-from aifb.client.progress import Progress
-from aifb.client.schedule import Arrival, arrival_offsets_ns
-from aifb.client.spark.progress import merge_samples
-from aifb.client.spark.split import split_spec
-from aifb.client.spec import LoadSpec, Mode
+from aifb.client.engine.profiles import ramp
+from aifb.client.engine.progress import Progress
+from aifb.client.engine.schedule import Arrival, arrival_offsets_ns
+from aifb.client.engine.spec import LoadSpec, Mode
+from aifb.client.scaleout.hub import merge_samples
+from aifb.client.scaleout.split import split_spec
 from aifb.mesh.errors import InvalidArgument
 
 pytestmark = pytest.mark.unit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aifb.client.sse import SseError, SseReader
+from aifb.client.workloads.sse import SseError, SseReader
 
 pytestmark = pytest.mark.unit
 

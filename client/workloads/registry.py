@@ -1,0 +1,112 @@
+"""The workload registry: every built-in (and plug-in) workload by name, with its parameter schema.
+
+A workload kind is a name, a one-line description, a pydantic model of its parameters (whose JSON
+Schema `ListWorkloads` publishes) and a `build(target_url, params)` factory. Building is cheap and
+picklable inputs only (a name, a URL, a dict), so Spark executors rebuild the same workload from
+the same three values.
+
+    kind = get_kind("http")
+    workload = build_workload("http", "http://127.0.0.1:8080", {"path": "/", "connections": 16})
+
+Built-in kinds live in the modules named in `_BUILTIN_MODULES`; each calls `register()` at import.
+Third-party kinds register through the `aifb.workloads` entry-point group (an entry point names a
+module, imported for its `register()` calls).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from aifb.client.engine.workload import Workload
+from aifb.mesh.errors import InvalidArgument
+
+__all__ = ["WorkloadKind", "all_kinds", "build_workload", "get_kind", "parse_params", "register"]
+
+log = logging.getLogger(__name__)
+
+# Modules whose import registers the built-in workloads (add new built-ins here).
+_BUILTIN_MODULES: tuple[str, ...] = (
+    "aifb.client.workloads.http",
+    "aifb.client.workloads.openai",
+    "aifb.client.workloads.vectordb.workload",
+)
+_ENTRY_POINT_GROUP = "aifb.workloads"
+
+_KINDS: dict[str, WorkloadKind] = {}
+_loaded = False
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadKind:
+    """One kind of workload: how to validate its parameters and build it against a target."""
+
+    name: str
+    description: str
+    params: type[BaseModel]
+    build: Callable[[str, Any], Workload]  # (target base URL, validated params model)
+
+    def schema_json(self) -> str:
+        """The parameters' JSON Schema (what ListWorkloads publishes)."""
+        return json.dumps(self.params.model_json_schema(), sort_keys=True)
+
+
+def register(kind: WorkloadKind) -> WorkloadKind:
+    """Add `kind`; a second kind with the same name replaces the first (plug-ins may override)."""
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    for ep in entry_points(group=_ENTRY_POINT_GROUP):
+        try:
+            importlib.import_module(ep.value.split(":", 1)[0])
+        except Exception:  # a broken plug-in must not take the built-ins down
+            log.exception("workload plug-in %s could not be loaded", ep.name)
+
+
+def all_kinds() -> list[WorkloadKind]:
+    """Every registered kind, sorted by name."""
+    _load()
+    return [_KINDS[name] for name in sorted(_KINDS)]
+
+
+def get_kind(name: str) -> WorkloadKind:
+    """The kind called `name`; InvalidArgument naming the known kinds otherwise."""
+    _load()
+    try:
+        return _KINDS[name]
+    except KeyError:
+        known = ", ".join(sorted(_KINDS)) or "none"
+        raise InvalidArgument(f"unknown workload {name!r} (known: {known})",
+                              field="workload") from None
+
+
+def parse_params(kind: WorkloadKind, params: dict[str, Any]) -> BaseModel:
+    """Validate `params` against the kind's model; the first problem names its key."""
+    try:
+        return kind.params.model_validate(params)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "params"
+        raise InvalidArgument(f"workload {kind.name!r}: parameter {key}: {err['msg']}",
+                              field=f"params.{key}") from None
+
+
+def build_workload(name: str, target_url: str, params: dict[str, Any] | None = None) -> Workload:
+    """Validate and build workload `name` against `target_url`."""
+    kind = get_kind(name)
+    return kind.build(target_url, parse_params(kind, params or {}))
