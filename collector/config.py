@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from aifb.mesh.config import Section
 
 __all__ = ["CollectorConfig", "RetryConfig"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class RetryConfig(_Section):
+class RetryConfig(Section):
     """Jittered exponential backoff for 429, retryable 5xx and connection errors."""
 
     initial_seconds: float = Field(default=0.2, gt=0)
@@ -24,7 +22,7 @@ class RetryConfig(_Section):
     max_elapsed_seconds: float = Field(default=300.0, gt=0)
 
 
-class CollectorConfig(_Section):
+class CollectorConfig(Section):
     """Everything `start_collector` needs. Empty URLs mean "keep locally, forward nowhere"."""
 
     # Prometheus remote-write endpoint, e.g. http://127.0.0.1:9090/api/v1/write.

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import socket
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from aifb.mesh.config import Section
 from aifb.mesh.discovery import TargetSpec
 
 __all__ = ["LoggerConfig"]
 
 
-class LoggerConfig(BaseModel):
+class LoggerConfig(Section):
     """Defaults suit a node daemon; a sidecar sets `targets` to its own job's files."""
 
-    model_config = ConfigDict(extra="forbid")
     node: str = ""
     # Stable id for the collector's de-duplication; empty: "logger@<node>".
     agent_id: str = ""

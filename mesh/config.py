@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aifb.mesh.config_data import load_config_data
 from aifb.mesh.errors import InvalidArgument
 
-__all__ = ["Config", "MeshConfig", "ServerConfig", "is_loopback", "load_config", "section_config"]
+__all__ = ["Config", "MeshConfig", "Section", "ServerConfig", "is_loopback", "load_config",
+           "section_config"]
 
 
 class _Model(Protocol):
@@ -25,11 +26,15 @@ class _Model(Protocol):
 M = TypeVar("M", bound=_Model)
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """The base of every component's pydantic config section: unknown keys are errors, and so
+    is a bad value set later. (The monitor's is a plain dataclass with the same behaviour and
+    `model_validate`, to keep pydantic out of its small agent.)"""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class MeshConfig(_Section):
+class MeshConfig(Section):
     listen: str = "127.0.0.1:50051"
     home: str = "~/.aifb"
     auth: bool = True
@@ -54,7 +59,7 @@ class MeshConfig(_Section):
         return bool(self.tls_cert and self.tls_key)
 
 
-class ServerConfig(_Section):
+class ServerConfig(Section):
     scheduler: Literal["auto", "local", "slurm", "slurmrest"] = "auto"
     slurmrest_url: str = ""
     slurmrest_user: str = ""
@@ -70,7 +75,7 @@ class ServerConfig(_Section):
     sidecar_collector: str = ""
 
 
-class Config(_Section):
+class Config(Section):
     mesh: MeshConfig = Field(default_factory=MeshConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     # The telemetry components' sections stay plain mappings here, so that `mesh` (which every

@@ -240,15 +240,9 @@ class LoadRun:
             k += 1
 
     def _check_budget(self, rec: Recorder) -> None:
-        spec = self.spec
-        if spec.max_errors and rec.all_errors > spec.max_errors:
-            self._stop(RunState.FAILED, f"error budget exceeded: {rec.all_errors} errors > "
-                       f"max_errors {spec.max_errors} ({_top_errors(rec)})")
-        elif (spec.max_error_ratio < 1.0 and rec.all_completed >= spec.min_requests_for_ratio
-              and rec.all_errors / rec.all_completed > spec.max_error_ratio):
-            self._stop(RunState.FAILED, f"error budget exceeded: error ratio "
-                       f"{rec.all_errors / rec.all_completed:.4f} > {spec.max_error_ratio} "
-                       f"after {rec.all_completed} requests ({_top_errors(rec)})")
+        reason = self.spec.budget.exceeded(rec.all_errors, rec.all_completed, rec.errors_by_kind)
+        if reason is not None:
+            self._stop(RunState.FAILED, reason)
 
     def _next_seq(self) -> int | None:
         seq = self._seq
@@ -271,7 +265,7 @@ class LoadRun:
         out = await self._call(seq)
         rec.in_flight -= 1
         rec.done(intended, out, out.end_ns or perf_counter_ns())
-        if not out.ok and self.spec.max_errors and rec.all_errors > self.spec.max_errors:
+        if not out.ok and self.spec.budget.count_spent(rec.all_errors):
             self._check_budget(rec)
 
     async def _open_loop(self, rec: Recorder) -> None:
@@ -349,7 +343,7 @@ class LoadRun:
                 rec.in_flight -= 1
                 rec.done(now, out, out.end_ns or perf_counter_ns())
                 if not out.ok:
-                    if spec.max_errors and rec.all_errors > spec.max_errors:
+                    if spec.budget.count_spent(rec.all_errors):
                         self._check_budget(rec)
                     await asyncio.sleep(0)  # a failure may come back without any I/O wait
 
@@ -408,10 +402,8 @@ class _Sink:
         rec = self.rec
         rec.in_flight -= 1
         rec.done(intended_ns, outcome, outcome.end_ns or perf_counter_ns())
-        if not outcome.ok:
-            max_errors = self.run.spec.max_errors
-            if max_errors and rec.all_errors > max_errors:
-                self.run._check_budget(rec)
+        if not outcome.ok and self.run.spec.budget.count_spent(rec.all_errors):
+            self.run._check_budget(rec)
         if rec.in_flight == 0 and self.idle is not None and not self.idle.done():
             self.idle.set_result(None)
 
@@ -442,10 +434,6 @@ def _gc_quiet_exit() -> None:
     if _gc_depth == 0:
         gc.set_threshold(*_gc_saved)
         gc.unfreeze()
-
-
-def _top_errors(rec: Recorder) -> str:
-    return ", ".join(f"{k}: {n}" for k, n in rec.errors_by_kind.most_common(3))
 
 
 async def run_load(spec: LoadSpec, workload: Workload, *,

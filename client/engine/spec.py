@@ -6,11 +6,14 @@ import enum
 import math
 from dataclasses import dataclass
 
+from aifb.client.engine.budget import ErrorBudget
 from aifb.client.engine.profiles import Profile, constant
 from aifb.client.engine.schedule import Arrival
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["LoadSpec", "Mode"]
+
+NO_BUDGET = ErrorBudget()
 
 
 class Mode(enum.StrEnum):
@@ -24,8 +27,8 @@ class LoadSpec:
 
     The run lasts `duration_s`; statistics cover requests intended to be sent between
     `warmup_s` and `duration_s - cooldown_s`. It ends early, SUCCEEDED, after `max_requests`
-    sends; FAILED when errors exceed `max_errors` (count) or `max_error_ratio` (once
-    `min_requests_for_ratio` requests completed). Open loop never queues more than
+    sends; FAILED when errors spend the error `budget` (`aifb.client.engine.budget`). Open loop
+    never queues more than
     `max_in_flight` requests: one due beyond that is counted as dropped, never silently skipped.
     """
 
@@ -39,9 +42,7 @@ class LoadSpec:
     warmup_s: float = 0.0
     cooldown_s: float = 0.0
     max_requests: int = 0  # 0 = no bound
-    max_errors: int = 0  # 0 = no count budget
-    max_error_ratio: float = 1.0  # 1.0 = no ratio budget
-    min_requests_for_ratio: int = 100
+    budget: ErrorBudget = NO_BUDGET
     max_in_flight: int = 10_000
     drain_s: float = 10.0  # how long in-flight requests may finish after the end
     interval_s: float = 1.0  # progress interval
@@ -58,15 +59,13 @@ class LoadSpec:
         self._check_number("warmup_s", self.warmup_s, low=0.0)
         self._check_number("cooldown_s", self.cooldown_s, low=0.0)
         self._check_number("burstiness", self.burstiness, low=0.0, strict=True)
-        self._check_number("max_error_ratio", self.max_error_ratio, low=0.0)
         self._check_number("drain_s", self.drain_s, low=0.0)
         self._check_number("interval_s", self.interval_s, low=0.01)
         if self.warmup_s + self.cooldown_s >= self.total_s:
             raise InvalidArgument("warm-up plus cool-down must leave a measurement window",
                                   field="warmup_s")
-        for name in ("max_requests", "max_errors", "min_requests_for_ratio"):
-            if getattr(self, name) < 0:
-                raise InvalidArgument(f"{name} must be >= 0", field=name)
+        if self.max_requests < 0:
+            raise InvalidArgument("max_requests must be >= 0", field="max_requests")
         if self.max_in_flight < 1:
             raise InvalidArgument("max_in_flight must be >= 1", field="max_in_flight")
         if self.profile is None:

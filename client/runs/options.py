@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from aifb.client.engine.budget import ErrorBudget
 from aifb.client.engine.profiles import Profile, Stage, ramp
 from aifb.client.engine.samples import DEFAULT_SAMPLE_LIMIT, MAX_SAMPLE_LIMIT
 from aifb.client.engine.schedule import Arrival
@@ -151,6 +152,13 @@ class Plan:
     slos: list[Slo]
 
     @property
+    def budget(self) -> ErrorBudget:
+        """The run's error budget (every step of a sweep has the same)."""
+        spec = self.load if self.load is not None else self.sweep.step if self.sweep else None
+        assert spec is not None
+        return spec.budget
+
+    @property
     def total_s(self) -> float:
         if self.load is not None:
             return self.load.total_s
@@ -205,14 +213,13 @@ def _check(o: LoadOptions) -> None:
 
 
 def _base(o: LoadOptions, **kw: Any) -> LoadSpec:
-    budget = o.error_budget
     try:
         return LoadSpec(duration_s=o.duration_s, warmup_s=o.warmup_s, cooldown_s=o.cooldown_s,
                         max_requests=o.max_requests, burstiness=o.burstiness,
-                        max_error_ratio=budget if budget < 1 else 1.0, **kw)
+                        budget=ErrorBudget(max_ratio=o.error_budget), **kw)
     except InvalidArgument as exc:
         fld = exc.field.removesuffix("_s")
-        fld = {"users": "concurrency", "max_error_ratio": "error_budget"}.get(fld, fld)
+        fld = {"users": "concurrency", "budget.max_ratio": "error_budget"}.get(fld, fld)
         raise InvalidArgument(f"load: {exc.message}", field=f"load.{fld}") from None
 
 

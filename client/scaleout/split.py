@@ -8,7 +8,8 @@ different seed per partition (the superposition of n independent Poisson process
 Poisson process at r). Closed loop: `users` is split as evenly as possible, the remainder spread
 one each over the first partitions; a closed-loop profile is scaled by 1/n (exact when its
 levels are multiples of n). Count bounds (`max_requests`, `max_errors`, `max_in_flight`) are
-split the same way, so each partition enforces its share.
+split the same way (the error budget's count, `budget.max_errors`, too), so each partition
+enforces its share.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def split_spec(spec: LoadSpec, partitions: int) -> list[PartitionPlan]:
     if spec.mode is Mode.CLOSED and spec.profile is None:
         n = min(n, spec.users)
     requests = _split_bound(spec.max_requests, n)
-    errors = _split_bound(spec.max_errors, n)
+    errors = _split_bound(spec.budget.max_errors, n)
     in_flight = [max(share, 1) for share in _shares(spec.max_in_flight, n)]
     users = _shares(spec.users, n) if spec.mode is Mode.CLOSED else [spec.users] * n
     profile = _scaled(spec.profile, 1.0 / n) if spec.profile is not None else None
@@ -73,7 +74,8 @@ def split_spec(spec: LoadSpec, partitions: int) -> list[PartitionPlan]:
     for i in range(n):
         part = dataclasses.replace(
             spec, users=users[i], rate=spec.rate / n if spec.mode is Mode.OPEN else spec.rate,
-            profile=profile, max_requests=requests[i], max_errors=errors[i],
+            profile=profile, max_requests=requests[i],
+            budget=dataclasses.replace(spec.budget, max_errors=errors[i]),
             max_in_flight=in_flight[i],
             seed=None if spec.seed is None else spec.seed * MAX_PARTITIONS + i)
         plans.append(PartitionPlan(i, part, round(i * stagger_s * 1e9)))

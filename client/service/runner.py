@@ -165,7 +165,7 @@ class Runner:
             assert self.plan.load is not None
             outcome = RunOutcome(await self._in_workers(
                 self.plan.load, self._relay(), self.options.sample_limit, self.options.workers))
-        _check_budget(outcome.result, self.options.error_budget)
+        self.plan.budget.judge(outcome.result)
         outcome.phases = self._phases if self.plan.sweep is not None else self._load_phases()
         return outcome
 
@@ -252,12 +252,3 @@ class Runner:
         return RunOutcome(result, partitions=list(spark.partition_results))
 
 
-def _check_budget(result: LoadResult, budget: float) -> None:
-    if result.state is not RunState.SUCCEEDED or budget >= 1.0:
-        return
-    if result.counters["completed"] and result.error_ratio > budget:
-        top = ", ".join(f"{k}: {n}" for k, n in sorted(
-            result.errors_by_kind.items(), key=lambda kv: -kv[1])[:3])
-        result.state = RunState.FAILED
-        result.reason = (f"error budget exceeded: error ratio {result.error_ratio:.4f} > "
-                         f"{budget:g} after {result.counters['completed']} requests ({top})")

@@ -66,7 +66,7 @@ def test_bad_load_options_name_their_field(options: LoadOptions, field: str) -> 
 def test_load_options_become_the_engine_plan_they_describe() -> None:
     closed = plan(LoadOptions(concurrency=8, duration_s=30))
     assert closed.load is not None and closed.load.mode is Mode.CLOSED
-    assert closed.load.users == 8 and closed.load.max_error_ratio == 0.05
+    assert closed.load.users == 8 and closed.load.budget.max_ratio == 0.05
     open_ = plan(LoadOptions(rate=100, duration_s=5))  # a rate alone means constant open loop
     assert open_.load is not None and open_.load.mode is Mode.OPEN and open_.load.rate == 100
     poisson = plan(LoadOptions(mode="poisson", rate=10, burstiness=2))

@@ -9,6 +9,7 @@ from time import perf_counter_ns
 
 import pytest
 
+from aifb.client.engine.budget import ErrorBudget
 from aifb.client.engine.histogram import LatencyHistogram
 from aifb.client.engine.load import LoadRun, run_load
 from aifb.client.engine.profiles import constant, ramp, steps
@@ -145,8 +146,8 @@ def test_closed_loop_warmup_requests_are_not_in_the_latency_histogram() -> None:
 
 
 def test_error_budget_exceeded_ends_the_run_failed_with_the_reason() -> None:
-    spec = LoadSpec(mode=Mode.OPEN, rate=500.0, duration_s=20.0, max_error_ratio=0.05,
-                    min_requests_for_ratio=50, interval_s=0.1)
+    spec = LoadSpec(mode=Mode.OPEN, rate=500.0, duration_s=20.0, interval_s=0.1,
+                    budget=ErrorBudget(max_ratio=0.05, min_requests=50))
     started = perf_counter_ns()
     res = asyncio.run(run_load(spec, FakeWorkload(fail=True)))
     assert res.state is RunState.FAILED
@@ -156,7 +157,8 @@ def test_error_budget_exceeded_ends_the_run_failed_with_the_reason() -> None:
 
 
 def test_error_count_budget_fails_the_run_as_soon_as_it_is_exceeded() -> None:
-    spec = LoadSpec(mode=Mode.CLOSED, users=1, duration_s=20.0, max_errors=10)
+    spec = LoadSpec(mode=Mode.CLOSED, users=1, duration_s=20.0,
+                    budget=ErrorBudget(max_errors=10))
     res = asyncio.run(run_load(spec, FakeWorkload(fail=True)))
     assert res.state is RunState.FAILED and "max_errors 10" in res.reason
     assert res.counters["errors"] == 11

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from aifb.client.engine.budget import ErrorBudget
 from aifb.client.engine.profiles import ramp
 from aifb.client.engine.progress import Progress
 from aifb.client.engine.schedule import Arrival, arrival_offsets_ns
@@ -47,12 +48,19 @@ def test_closed_loop_users_split_with_the_remainder_spread_first() -> None:
 
 
 def test_bounds_split_and_zero_means_unbounded_everywhere() -> None:
-    plans = split_spec(LoadSpec(users=4, max_requests=10, max_errors=0, max_in_flight=5), 3)
+    plans = split_spec(LoadSpec(users=4, max_requests=10, max_in_flight=5), 3)
     assert [p.spec.max_requests for p in plans] == [4, 3, 3]
-    assert [p.spec.max_errors for p in plans] == [0, 0, 0]
+    assert [p.spec.budget.max_errors for p in plans] == [0, 0, 0]
     assert [p.spec.max_in_flight for p in plans] == [2, 2, 1]
     assert [p.spec.max_requests for p in split_spec(LoadSpec(users=4, max_requests=1), 2)] == [
         1, 1]
+
+
+def test_the_error_budgets_count_is_shared_and_its_ratio_kept_by_every_partition() -> None:
+    spec = LoadSpec(users=4, budget=ErrorBudget(max_errors=10, max_ratio=0.02, min_requests=7))
+    budgets = [p.spec.budget for p in split_spec(spec, 3)]
+    assert [b.max_errors for b in budgets] == [4, 3, 3]
+    assert {(b.max_ratio, b.min_requests) for b in budgets} == {(0.02, 7)}
 
 
 def test_a_rate_profile_is_scaled_so_the_shares_add_up() -> None:

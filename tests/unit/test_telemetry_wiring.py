@@ -56,15 +56,35 @@ def test_environment_and_flags_override_the_collector_section(tmp_path: Path) ->
         "http://loki:3100", 64, "")
 
 
+_MODELS: dict[str, type[CollectorConfig] | type[MonitorConfig] | type[LoggerConfig]] = {
+    "collector": CollectorConfig, "monitor": MonitorConfig, "logger": LoggerConfig}
+
+
 @pytest.mark.parametrize(("environ", "where"), [
     ({"AIFB_COLLECTOR__NO_SUCH_KEY": "1"}, "collector.no_such_key"),
     ({"AIFB_COLLECTOR__FORWARD_WORKERS": "0"}, "collector.forward_workers"),
     ({"AIFB_COLLECTOR__LOKI_FORMAT": "xml"}, "collector.loki_format"),
+    ({"AIFB_MONITOR__NO_SUCH_KEY": "1"}, "monitor.no_such_key"),
+    ({"AIFB_MONITOR__WINDOW": "0"}, "monitor.window"),
+    ({"AIFB_MONITOR__GPU": "perhaps"}, "monitor.gpu"),
+    ({"AIFB_LOGGER__NO_SUCH_KEY": "1"}, "logger.no_such_key"),
+    ({"AIFB_LOGGER__WINDOW": "0"}, "logger.window"),
+    ({"AIFB_LOGGER__ALL_NODES": "perhaps"}, "logger.all_nodes"),
 ])
-def test_a_bad_collector_setting_names_its_key(tmp_path: Path, environ: dict[str, str],
-                                                where: str) -> None:
-    with pytest.raises(InvalidArgument, match=f"config: {where}:"):
-        section_config(CollectorConfig, _config(tmp_path, **environ), "collector")
+def test_a_bad_setting_names_its_key_the_same_way_in_every_component(
+        tmp_path: Path, environ: dict[str, str], where: str) -> None:
+    section = where.split(".", 1)[0]
+    with pytest.raises(InvalidArgument, match=f"config: {where}:") as exc:
+        section_config(_MODELS[section], _config(tmp_path, **environ), section)
+    assert exc.value.field == where
+
+
+@pytest.mark.parametrize("model", [CollectorConfig, LoggerConfig])
+def test_a_bad_value_set_after_validation_is_refused_too(
+        model: type[CollectorConfig] | type[LoggerConfig]) -> None:
+    config = model()
+    with pytest.raises(ValueError, match=r"window|forward_workers"):
+        setattr(config, "window" if model is LoggerConfig else "forward_workers", 0)
 
 
 def test_bad_sidecars_setting_is_refused_with_its_key(tmp_path: Path) -> None:
