@@ -22,7 +22,7 @@ import contextlib
 import logging
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aifb.collector.agents import AgentRegistry
@@ -42,6 +42,7 @@ from aifb.collector.model import (
 from aifb.collector.packed import PackedSeries, pack_series
 from aifb.collector.raw_metrics import RawMetrics, read_raw_batch
 from aifb.collector.remote_write import RemoteWriter
+from aifb.collector.sequences import Ack, AgentWindow, SequenceWindow, observed, resend
 from aifb.collector.stats import Stats
 from aifb.collector.stores import LatestStore, LogStore, TraceStore
 from aifb.collector.validate import PreparedLogs, Validator
@@ -49,65 +50,9 @@ from aifb.mesh.access import job_may_push, operator_name
 from aifb.mesh.auth import Principal
 from aifb.mesh.errors import InvalidArgument, PermissionDenied, ResourceExhausted, Unavailable
 
-__all__ = ["Ingest", "SequenceWindow"]
+__all__ = ["Ack", "Ingest", "SequenceWindow"]
 
 log = logging.getLogger(__name__)
-
-Ack = asyncio.Future[PushOutcome]
-
-
-@dataclass
-class _AgentWindow:
-    highest: int = 0
-    seen: set[int] = field(default_factory=set)
-    # Accepted, not yet settled: a resend of one of these waits for the same delivery.
-    inflight: dict[int, Ack] = field(default_factory=dict)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def idle(self) -> bool:
-        return not self.inflight and not self.lock.locked()
-
-
-class SequenceWindow:
-    """Which sequence numbers each agent has had delivered (the last `size` of them), and
-    which are in flight.
-
-    A number already delivered, or older than the window, is a duplicate (a resend)."""
-
-    def __init__(self, size: int, max_agents: int = 50_000) -> None:
-        self.size = size
-        self.max_agents = max_agents
-        self.agents: dict[str, _AgentWindow] = {}
-
-    def agent(self, agent_id: str) -> _AgentWindow:
-        found = self.agents.get(agent_id)
-        if found is None:
-            found = self.agents[agent_id] = _AgentWindow()
-            if len(self.agents) > self.max_agents:  # the longest-known agent that is idle
-                oldest = next((k for k, w in self.agents.items() if w.idle()), None)
-                if oldest is not None and oldest != agent_id:
-                    del self.agents[oldest]
-        return found
-
-    def forget_if_unused(self, agent_id: str) -> None:
-        """Drop the window of an agent none of whose batches was accepted (a refused batch
-        must not leave state behind: hostile ids would grow the map without end)."""
-        window = self.agents.get(agent_id)
-        if window is not None and window.highest == 0 and not window.seen \
-                and not window.inflight:
-            del self.agents[agent_id]
-
-    def is_duplicate(self, agent: _AgentWindow, sequence: int) -> bool:
-        # 0 is no sequence number: never a resend, so validation refuses it (INVALID_ARGUMENT).
-        return sequence > 0 and (sequence in agent.seen or sequence <= agent.highest - self.size)
-
-    def mark(self, agent: _AgentWindow, sequence: int) -> None:
-        agent.seen.add(sequence)
-        agent.highest = max(agent.highest, sequence)
-        if len(agent.seen) > 2 * self.size:
-            floor = agent.highest - self.size
-            agent.seen = {s for s in agent.seen if s > floor}
-
 
 @dataclass(slots=True)
 class _Ready:
@@ -136,49 +81,9 @@ def _message(reasons: list[str]) -> str:
     return text + (f"; and {len(reasons) - 5} more" if len(reasons) > 5 else "")
 
 
-def _resend(seqs: SequenceWindow, agent: _AgentWindow, sequence: int) -> Ack | None:
-    """The ack of a resend (one in flight waits for its delivery), None for a new batch."""
-    if sequence in agent.inflight:
-        return _echo(agent.inflight[sequence], sequence)
-    if seqs.is_duplicate(agent, sequence):
-        return _answered(PushOutcome(sequence, duplicate=True))
-    return None
-
-
 def _not_the_streams_agent(agent_id: str, expected: str) -> InvalidArgument:
     return InvalidArgument(f"batch agent_id {agent_id[:256]!r} is not the agent this stream "
                            f"named at its start ({expected!r})", field="batch.agent_id")
-
-
-def _observed(future: asyncio.Future[Any]) -> None:
-    """Mark a settled future's exception as seen (its stream may be gone)."""
-    if not future.cancelled():
-        future.exception()
-
-
-def _answered(outcome: PushOutcome) -> Ack:
-    ack: Ack = asyncio.get_running_loop().create_future()
-    ack.set_result(outcome)
-    return ack
-
-
-def _echo(original: Ack, sequence: int) -> Ack:
-    """The ack of a resend of a batch still in flight: "duplicate" once the original is
-    delivered, the original's error if it is not."""
-    ack: Ack = asyncio.get_running_loop().create_future()
-
-    def settle(done: Ack) -> None:
-        if ack.done():
-            return
-        exc = done.exception() if not done.cancelled() else NotDelivered("cancelled")
-        if exc is not None:
-            ack.set_exception(exc)
-        else:
-            ack.set_result(PushOutcome(sequence, duplicate=True))
-
-    original.add_done_callback(settle)
-    ack.add_done_callback(_observed)
-    return ack
 
 
 @dataclass
@@ -237,7 +142,7 @@ class Ingest:
         return depth + (self._log_queue.qsize() if self.loki else 0)
 
     def _admit(self, seqs: SequenceWindow, agent_id: str, who: Principal | None,
-               expect_agent: str) -> tuple[str, _AgentWindow]:
+               expect_agent: str) -> tuple[str, AgentWindow]:
         """The agent's window for a new batch: refused while stopping (UNAVAILABLE) or when it
         names another agent than its stream did (INVALID_ARGUMENT)."""
         if self.closing:
@@ -260,7 +165,7 @@ class Ingest:
                     "(forwarding is behind); retry later") from None
 
     async def _hand_over(self, queue: asyncio.Queue[Any], item: object,
-                         delivery: asyncio.Future[Settled], agent: _AgentWindow, sequence: int,
+                         delivery: asyncio.Future[Settled], agent: AgentWindow, sequence: int,
                          ack: Ack, settle: Callable[[asyncio.Future[Settled]], None]) -> None:
         """Queue a batch for its forwarder; from then on it is in flight, and `settle` answers
         its ack. Not queued (full, or the stream went away): its delivery is cancelled."""
@@ -373,7 +278,7 @@ class Ingest:
             stats.metric_batches_invalid += 1
             raise
         async with agent.lock:
-            if (resent := _resend(self.metric_seqs, agent, sequence)) is not None:
+            if (resent := resend(self.metric_seqs, agent, sequence)) is not None:
                 stats.metric_batches_duplicate += 1
                 return resent
             try:
@@ -389,7 +294,7 @@ class Ingest:
             stats.metric_samples_rejected += ready.rejected
             stats.metric_samples_clamped += ready.clamped
             ack: Ack = asyncio.get_running_loop().create_future()
-            ack.add_done_callback(_observed)
+            ack.add_done_callback(observed)
 
             def settle(delivery: asyncio.Future[Settled] | None) -> None:
                 agent.inflight.pop(sequence, None)
@@ -462,7 +367,7 @@ class Ingest:
             stats.log_batches_invalid += 1
             raise
         async with agent.lock:
-            if (resent := _resend(self.log_seqs, agent, sequence)) is not None:
+            if (resent := resend(self.log_seqs, agent, sequence)) is not None:
                 stats.log_batches_duplicate += 1
                 return resent
             try:
@@ -477,7 +382,7 @@ class Ingest:
             stats.log_lines_rejected += prepared.rejected
             owner = who.user if who is not None else operator_name()
             ack: Ack = asyncio.get_running_loop().create_future()
-            ack.add_done_callback(_observed)
+            ack.add_done_callback(observed)
 
             def settle(delivery: asyncio.Future[Settled] | None) -> None:
                 agent.inflight.pop(sequence, None)

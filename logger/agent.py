@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from aifb.logger.wire import LogBatchBuilder
 from aifb.mesh.discovery import ChannelFactory, ServiceDiscovery, Target
 from aifb.mesh.push import BatchSender, RawBatch
 
-__all__ = ["LogSourceState", "LoggerAgent", "TailEvent"]
+__all__ = ["LogSourceState", "LoggerAgent", "SourceStatus", "TailEvent"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,18 @@ class TailEvent:
     labels: dict[str, str]
     time_ns: int
     text: str
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """One followed file as ListLogSources shows it."""
+
+    path: str
+    labels: dict[str, str]
+    offset: int  # acknowledged (checkpointed) position
+    size_bytes: int
+    rotations: int
+    truncations: int
 
 
 @dataclass
@@ -290,6 +302,28 @@ class LoggerAgent:
                   if _matches(e.labels, matcher)]
         events.sort(key=lambda e: e.time_ns)
         return events[-count:] if count > 0 else []
+
+    def statuses(self) -> list[SourceStatus]:
+        out = []
+        for src in list(self.sources.values()):
+            pos = self.checkpoint.positions.get(src.path)
+            out.append(SourceStatus(src.path, src.labels, pos.offset if pos else 0,
+                                    src.tailer.size(), src.tailer.rotations,
+                                    src.tailer.truncations))
+        return out
+
+    async def tail(self, matcher: Mapping[str, str], initial: int, *, follow: bool
+                   ) -> AsyncIterator[TailEvent]:
+        """The newest `initial` records that match, then (with `follow`) each new one."""
+        sub = self.subscribe(matcher) if follow else None
+        try:
+            for event in self.recent(matcher, initial):
+                yield event
+            while sub is not None:
+                yield await sub.queue.get()
+        finally:
+            if sub is not None:
+                self.unsubscribe(sub)
 
     def subscribe(self, matcher: Mapping[str, str]) -> _Subscriber:
         sub = _Subscriber(dict(matcher))

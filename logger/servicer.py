@@ -36,14 +36,11 @@ class LoggerServicer(logger_pb2_grpc.LoggerServiceServicer):
     async def ListLogSources(self, request: logger_pb2.ListLogSourcesRequest, context: Ctx
                              ) -> logger_pb2.ListLogSourcesResponse:
         operator_caller("the logger's sources")
-        sources = []
-        for src in list(self.agent.sources.values()):
-            pos = self.agent.checkpoint.positions.get(src.path)
-            sources.append(logger_pb2.LogSource(
-                path=src.path, labels=src.labels, offset=pos.offset if pos else 0,
-                size_bytes=src.tailer.size(), rotations=src.tailer.rotations,
-                truncations=src.tailer.truncations))
-        return logger_pb2.ListLogSourcesResponse(sources=sources)
+        return logger_pb2.ListLogSourcesResponse(sources=[
+            logger_pb2.LogSource(path=s.path, labels=s.labels, offset=s.offset,
+                                 size_bytes=s.size_bytes, rotations=s.rotations,
+                                 truncations=s.truncations)
+            for s in self.agent.statuses()])
 
     async def TailLogs(self, request: logger_pb2.TailLogsRequest, context: Ctx
                        ) -> AsyncIterator[logger_pb2.TailLogsResponse]:
@@ -52,19 +49,9 @@ class LoggerServicer(logger_pb2_grpc.LoggerServiceServicer):
         if not 0 <= request.initial_lines <= _MAX_INITIAL:
             raise InvalidArgument(f"initial_lines must be 0..{_MAX_INITIAL}",
                                   field="initial_lines")
-        matcher = dict(request.labels)
-        sub = self.agent.subscribe(matcher) if request.follow else None
-        try:
-            for event in self.agent.recent(matcher, request.initial_lines):
-                yield _response(event)
-            if sub is None:
-                return
-            while True:
-                event = await sub.queue.get()
-                yield _response(event)
-        finally:
-            if sub is not None:
-                self.agent.unsubscribe(sub)
+        async for event in self.agent.tail(dict(request.labels), request.initial_lines,
+                                           follow=request.follow):
+            yield _response(event)
 
 
 def logger_binding(agent: LoggerAgent) -> ServiceBinding:

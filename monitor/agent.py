@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aifb.mesh.discovery import ChannelFactory, ServiceDiscovery
@@ -85,6 +86,23 @@ class MonitorAgent:
                 await asyncio.wait_for(
                     self._new_snapshot.wait_for(lambda: self.latest is not after), timeout)
             return self.latest
+
+    async def snapshots(self, interval_s: float = 0.0) -> AsyncIterator[monitor_pb2.Snapshot]:
+        """Snapshots without end: with `interval_s`, a fresh collection that often; without,
+        the latest one now, then each the agent publishes (WatchSnapshots)."""
+        if interval_s:
+            while True:
+                yield await self.collect_now()
+                await asyncio.sleep(interval_s)
+        last = self.latest
+        if last is None:
+            last = await self.collect_now()
+        yield last
+        while True:
+            nxt = await self.wait_snapshot(last, 60.0)
+            if nxt is not None and nxt is not last:
+                last = nxt
+                yield nxt
 
     async def start(self) -> None:
         self.discovery.start()

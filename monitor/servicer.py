@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -43,22 +42,9 @@ class MonitorServicer(monitor_pb2_grpc.MonitorServiceServicer):
         operator_caller("the node's snapshots")
         if request.interval_ms and request.interval_ms < 200:
             raise InvalidArgument("interval_ms must be 0 or at least 200", field="interval_ms")
-        if request.interval_ms:
-            while True:
-                snapshot = await self.agent.collect_now()
-                yield monitor_pb2.WatchSnapshotsResponse(
-                    snapshot=_shape(snapshot, request.include_metrics))
-                await asyncio.sleep(request.interval_ms / 1000)
-        last = self.agent.latest
-        if last is None:
-            last = await self.agent.collect_now()
-        yield monitor_pb2.WatchSnapshotsResponse(snapshot=_shape(last, request.include_metrics))
-        while True:
-            nxt = await self.agent.wait_snapshot(last, 60.0)
-            if nxt is not None and nxt is not last:
-                last = nxt
-                yield monitor_pb2.WatchSnapshotsResponse(
-                    snapshot=_shape(nxt, request.include_metrics))
+        async for snapshot in self.agent.snapshots(request.interval_ms / 1000):
+            yield monitor_pb2.WatchSnapshotsResponse(
+                snapshot=_shape(snapshot, request.include_metrics))
 
 
 def monitor_binding(agent: MonitorAgent) -> ServiceBinding:

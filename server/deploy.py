@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aifb.mesh.config import Config
+from aifb.mesh.errors import InvalidArgument
 from aifb.server.batch import render_batch_script
 from aifb.server.jobs import JobSpec
-from aifb.server.recipes.catalog import RecipeCatalog
+from aifb.server.recipes.catalog import RecipeCatalog, runnable_here
 from aifb.server.recipes.resolve import MetricsTarget, build_job_spec, resolve
+from aifb.server.recipes.schema import Recipe
 
 __all__ = ["Deployer", "Prepared", "ResourceRequest", "job_name_for", "job_search_path"]
 
@@ -71,6 +73,16 @@ class Deployer:
         """Where a job finds `program`: the jobs' own PATH, so that what `runnable_here` calls
         runnable is what a job can start."""
         return shutil.which(program, path=self.environment.get("PATH"))
+
+    def recipes(self) -> list[tuple[Recipe, tuple[bool, str]]]:
+        """Every recipe, with whether its programs are found where jobs look (and why not)."""
+        return [(r, runnable_here(r, self.which)) for r in self.catalog.list()]
+
+    def recipe(self, name: str) -> tuple[Recipe, tuple[bool, str]]:
+        if not name:
+            raise InvalidArgument("name is required", field="name")
+        recipe = self.catalog.get(name)
+        return recipe, runnable_here(recipe, self.which)
 
     @classmethod
     def from_config(cls, config: Config, *, python: str) -> Deployer:

@@ -7,7 +7,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from aifb.mesh.tracing import current_trace_id, traceparent_env
 from aifb.server.deploy import Deployer, Prepared, ResourceRequest, job_name_for
 from aifb.server.hub import Hub
 from aifb.server.jobs import JobStatus, Scheduler
+from aifb.server.listing import Page, page, parse_filter
+from aifb.server.logs import ServiceLogs, read_logs
 from aifb.server.model import ServiceRecord
 from aifb.server.registry import Registry
 from aifb.server.states import ServiceState, check_transition, service_state_for_job
@@ -83,6 +85,66 @@ class ServiceManager:
 
     def owned(self, principal: Principal) -> list[ServiceRecord]:
         return list(self.registry.owned_by(principal.user))
+
+    def page(self, principal: Principal, *, page_size: int, token: str,
+             filter_text: str) -> Page:
+        """One page of the caller's services (ListServices)."""
+        return page(self.owned(principal), page_size=page_size, token=token,
+                    filter_text=filter_text)
+
+    def logs(self, principal: Principal, name: str, tail_bytes: int) -> ServiceLogs:
+        """The end of the caller's service's stdout and stderr (GetServiceLogs)."""
+        return read_logs(self.get(principal, name), tail_bytes)
+
+    def render(self, recipe: str, params: Mapping[str, str],
+               resources: ResourceRequest) -> Prepared:
+        """The batch script a create would submit (RenderService); nothing is submitted."""
+        return self.deployer.render(recipe, params, resources, jobs_dir=self.home / "jobs")
+
+    async def watch(self, principal: Principal, name: str) -> AsyncIterator[ServiceRecord]:
+        """The caller's service now, then each new revision until it is terminal."""
+        sid = parse_service_id(name)
+        sub = self.hub.subscribe(lambda r: r.id == sid)
+        try:
+            current = self.get(principal, sid)
+            yield current
+            last = current.revision
+            if current.terminal:
+                return
+            async for record in self.hub.iterate(sub):
+                if record.revision <= last:
+                    continue  # already sent (published between subscribe and snapshot)
+                last = record.revision
+                yield record
+                if record.terminal:
+                    return
+        finally:
+            self.hub.unsubscribe(sub)
+
+    async def watch_all(self, principal: Principal, filter_text: str, *,
+                        snapshot: bool) -> AsyncIterator[ServiceRecord]:
+        """Every new revision of the caller's services that pass `filter_text`; with
+        `snapshot`, first each such service as it is now."""
+        accept = parse_filter(filter_text)
+
+        def mine(record: ServiceRecord) -> bool:
+            return record.owner == principal.user and accept(record)
+
+        sub = self.hub.subscribe(mine)
+        try:
+            seen: dict[str, int] = {}
+            if snapshot:
+                for record in self.owned(principal):
+                    if accept(record):
+                        seen[record.id] = record.revision
+                        yield record
+            async for record in self.hub.iterate(sub):
+                if record.revision <= seen.get(record.id, 0):
+                    continue
+                seen[record.id] = record.revision
+                yield record
+        finally:
+            self.hub.unsubscribe(sub)
 
     def active_job_ids(self) -> list[str]:
         return [r.job_id for r in self.registry.polled() if r.job_id]

@@ -18,6 +18,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
@@ -27,8 +28,10 @@ from aifb.client.engine.progress import Progress
 from aifb.client.engine.results import LoadResult, RunState
 from aifb.client.engine.samples import RequestLog, SampleSet
 from aifb.client.report.parquet import samples_parquet
+from aifb.client.report.render import FORMATS, render_report
 from aifb.client.runs.options import LoadOptions, plan
 from aifb.client.runs.record import BenchmarkRecord
+from aifb.client.service.listing import page
 from aifb.client.service.runner import Runner, RunOutcome, final_progress
 from aifb.client.service.store import RunStore
 from aifb.client.service.targets import ServiceResolver, Target, check_url
@@ -37,9 +40,10 @@ from aifb.client.workloads.registry import get_kind, parse_params
 from aifb.mesh.auth import Principal
 from aifb.mesh.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from aifb.mesh.labels import check_labels
+from aifb.mesh.paging import check_page_size
 from aifb.mesh.tracing import current_trace_id
 
-__all__ = ["BenchmarkManager", "CreateRequest", "parse_benchmark_id"]
+__all__ = ["BenchmarkManager", "CreateRequest", "Report", "parse_benchmark_id"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,12 @@ class CreateRequest:
     load: LoadOptions = field(default_factory=LoadOptions)
     labels: dict[str, str] = field(default_factory=dict)
     request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    content: bytes
+    directory: Path  # where it was written, with its plots
 
 
 @dataclass
@@ -146,14 +156,28 @@ class BenchmarkManager:
             out.append(active.record if active is not None else record)
         return out
 
-    def result(self, principal: Principal, name: str) -> tuple[BenchmarkRecord, dict[str, Any]]:
-        """The record and its stored result document (FailedPrecondition while it runs)."""
+    def page(self, principal: Principal, *, page_size: int, token: str, filter_text: str
+             ) -> tuple[list[BenchmarkRecord], str]:
+        """One page of the caller's runs and the next page's token (ListBenchmarks)."""
+        check_page_size(page_size)
+        return page(self.owned(principal), page_size=page_size, token=token,
+                    filter_text=filter_text)
+
+    def report(self, principal: Principal, name: str, fmt: str) -> Report:
+        """A finished run's report in `fmt` (json, md, html, parquet), also written to the run's
+        folder with its plots (FailedPrecondition while it runs)."""
+        if fmt not in FORMATS:
+            raise InvalidArgument(f"unknown report format {fmt!r} (known: {', '.join(FORMATS)})",
+                                  field="format")
         record = self.get(principal, name)
         if not record.terminal:
             raise FailedPrecondition(f"benchmark {record.id} is {record.state.value}: the "
                                      "report is written when it ends")
-        doc = self.store.read_json(record.id, "result.json") or {}
-        return record, doc
+        directory = self.store.run_dir(record.id)
+        content = render_report(record, self.store.read_json(record.id, "result.json") or {},
+                                self.store.read_json(record.id, "context.json") or {}, fmt,
+                                directory)
+        return Report(content, directory)
 
     # ---- commands --------------------------------------------------------------------------
     async def create(self, principal: Principal, req: CreateRequest) -> BenchmarkRecord:

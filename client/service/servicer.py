@@ -7,7 +7,6 @@ from typing import Any
 
 import grpc
 
-from aifb.client.report.render import FORMATS, render_report
 from aifb.client.service.convert import (
     load_from_proto,
     progress_to_proto,
@@ -18,7 +17,6 @@ from aifb.client.service.manager import BenchmarkManager, CreateRequest
 from aifb.client.workloads.registry import all_kinds
 from aifb.mesh.access import user_caller
 from aifb.mesh.errors import InvalidArgument
-from aifb.mesh.paging import check_page_size
 from aifb.v1 import client_pb2 as C
 from aifb.v1 import client_pb2_grpc
 
@@ -28,8 +26,6 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 _FORMATS = {C.REPORT_FORMAT_UNSPECIFIED: "json", C.REPORT_FORMAT_JSON: "json",
             C.REPORT_FORMAT_MARKDOWN: "md", C.REPORT_FORMAT_HTML: "html",
             C.REPORT_FORMAT_PARQUET: "parquet"}
-
-
 
 
 class BenchmarkServicer(client_pb2_grpc.BenchmarkServiceServicer):
@@ -60,11 +56,8 @@ class BenchmarkServicer(client_pb2_grpc.BenchmarkServiceServicer):
 
     async def ListBenchmarks(self, request: C.ListBenchmarksRequest, context: Ctx
                              ) -> C.ListBenchmarksResponse:
-        from aifb.client.service.listing import page
-
-        check_page_size(request.page_size)
-        items, token = page(self.manager.owned(user_caller()), page_size=request.page_size,
-                            token=request.page_token, filter_text=request.filter)
+        items, token = self.manager.page(user_caller(), page_size=request.page_size,
+                                         token=request.page_token, filter_text=request.filter)
         return C.ListBenchmarksResponse(benchmarks=[record_to_proto(r) for r in items],
                                         next_page_token=token)
 
@@ -84,11 +77,9 @@ class BenchmarkServicer(client_pb2_grpc.BenchmarkServiceServicer):
     async def GetBenchmarkReport(self, request: C.GetBenchmarkReportRequest, context: Ctx
                                  ) -> C.GetBenchmarkReportResponse:
         fmt = _FORMATS.get(request.format)
-        if fmt is None or fmt not in FORMATS:
+        if fmt is None:
             raise InvalidArgument(f"unknown report format {request.format}", field="format")
-        record, doc = self.manager.result(user_caller(), request.name)
-        directory = self.manager.store.run_dir(record.id)
-        content = render_report(record, doc, self.manager.store.read_json(
-            record.id, "context.json") or {}, fmt, directory)
+        report = self.manager.report(user_caller(), request.name, fmt)
         return C.GetBenchmarkReportResponse(format=request.format or C.REPORT_FORMAT_JSON,
-                                            content=content, directory=str(directory))
+                                            content=report.content,
+                                            directory=str(report.directory))
