@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from aifb.mesh.errors import InvalidArgument
 from aifb.server.hub import Hub
 from aifb.server.jobs import JobSpec, JobStatus
 from aifb.server.listing import page, parse_filter
+from aifb.server.logs import MAX_LOG_TAIL, read_logs
 from aifb.server.model import ServiceRecord
 from aifb.server.poller import Poller, PollInterval
 from aifb.server.states import ServiceState, check_transition, service_state_for_job
@@ -107,6 +109,32 @@ def test_page_token_from_another_filter_is_rejected() -> None:
         page(records, page_size=2, token=token, filter_text="recipe=redis")
     with pytest.raises(InvalidArgument, match="page_size"):
         page(records, page_size=5000, token="", filter_text="")
+
+
+def test_logs_are_the_last_bytes_of_each_file_and_say_when_cut(tmp_path: Path) -> None:
+    out, err = tmp_path / "out.log", tmp_path / "err.log"
+    out.write_bytes(b"a" * 10 + b"tail\xff")  # an invalid byte is replaced, not an error
+    err.write_text("short")
+    record = ServiceRecord(id="s1", owner="u", recipe="redis", state=S.READY, stdout_path=str(out),
+                           stderr_path=str(err))
+    logs = read_logs(record, 5)
+    assert (logs.stdout, logs.stderr, logs.truncated) == ("tail\ufffd", "short", True)
+    whole = read_logs(record, 0)  # 0: the default tail, which holds both whole
+    assert (whole.stdout, whole.truncated) == ("a" * 10 + "tail\ufffd", False)
+    one_file = ServiceRecord(id="s2", owner="u", recipe="redis", state=S.READY,
+                             stdout_path=str(err), stderr_path=str(err))
+    assert read_logs(one_file, 0).stderr == ""  # one file: shown once
+    gone = ServiceRecord(id="s3", owner="u", recipe="redis", state=S.READY,
+                         stdout_path=str(tmp_path / "never-written"))
+    none = ServiceRecord(id="s4", owner="u", recipe="r", state=S.READY)
+    assert read_logs(gone, 0) == read_logs(none, 0)
+
+
+@pytest.mark.parametrize("tail_bytes", [-1, MAX_LOG_TAIL + 1])
+def test_a_log_tail_out_of_bounds_is_refused_naming_the_field(tail_bytes: int) -> None:
+    with pytest.raises(InvalidArgument) as exc:
+        read_logs(ServiceRecord(id="s1", owner="u", recipe="redis", state=S.READY), tail_bytes)
+    assert exc.value.field == "tail_bytes"
 
 
 def test_backoff_grows_while_idle_and_snaps_back_when_busy() -> None:
