@@ -12,7 +12,17 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import typer
 
-from aifb.cli import bench, collector, logger, monitor, recipes, services, tokens, trace
+from aifb.cli import (
+    bench,
+    collector,
+    experiment,
+    logger,
+    monitor,
+    recipes,
+    services,
+    tokens,
+    trace,
+)
 from aifb.cli.bench_serve import serve as bench_serve
 from aifb.cli.context import CliState, Output
 from aifb.cli.demo import demo
@@ -32,6 +42,7 @@ app.add_typer(recipes.app, name="recipes")
 app.add_typer(tokens.app, name="tokens")
 bench.app.command("serve")(bench_serve)  # the BenchmarkService on its own
 app.add_typer(bench.app, name="bench")
+app.add_typer(experiment.app, name="experiment")
 app.add_typer(collector.app, name="collector")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(logger.app, name="logger")

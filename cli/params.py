@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from aifb.server.recipes.values import ValueProblem
-from aifb.server.recipes.values import parse_memory_mib as _memory_mib
-from aifb.server.recipes.values import parse_time_minutes as _time_minutes
+from aifb.mesh.units import ValueProblem
+from aifb.mesh.units import parse_memory_mib as _memory_mib
+from aifb.mesh.units import parse_time_minutes as _time_minutes
 from aifb.v1 import common_pb2
 
 __all__ = ["parse_params", "resources_from_options"]

@@ -90,6 +90,7 @@ def up(
 
 async def _run(config: Config, collector: dict[str, Any], *, telemetry: bool) -> None:
     from aifb.cli.host.bench import embedded_bench
+    from aifb.cli.host.experiment import embedded_experiment
     from aifb.cli.host.loopback import loopback
     from aifb.mesh.heap import return_freed_memory, trim_when_grown
     from aifb.mesh.tracing import make_tracer_provider
@@ -114,11 +115,16 @@ async def _run(config: Config, collector: dict[str, Any], *, telemetry: bool) ->
     # The BenchmarkService beside ServerService: it resolves services through ServerService
     # on this port, and its live metrics go to the collector here.
     bench = embedded_bench(config.mesh.home_path, tracer_provider=provider)
+    # The ExperimentService: it deploys and benchmarks through the two services above, on
+    # this port, as any client would.
+    experiments = embedded_experiment(config.mesh.home_path, tracer_provider=provider)
     try:
         app = await start_server_app(
             config, scheduler=sched, tracer_provider=provider,
-            extra_bindings=(*(embedded.bindings if embedded else ()), *bench.bindings))
+            extra_bindings=(*(embedded.bindings if embedded else ()), *bench.bindings,
+                            *experiments.bindings))
     except BaseException:
+        await experiments.stop()
         await bench.stop()
         if embedded is not None:
             await embedded.stop()
@@ -128,6 +134,7 @@ async def _run(config: Config, collector: dict[str, Any], *, telemetry: bool) ->
     address = f"{host}:{app.port}"
     here = loopback(config.mesh, app.port, app.token_path)
     bench.started(here, collector_here=embedded is not None)
+    experiments.started(here)
     if embedded is not None:
         await embedded.start_agents(here.address, here.token, here.tls)
     metrics = ""
@@ -141,7 +148,9 @@ async def _run(config: Config, collector: dict[str, Any], *, telemetry: bool) ->
         # server's grace period is not spent waiting on them.
         if embedded is not None:
             await embedded.stop_agents()
-        # Likewise the BenchmarkService (its metrics stream, its runs).
+        # The experiments next (they stop without recording anything: the next start resumes
+        # them), then the BenchmarkService (its metrics stream, its runs).
+        await experiments.stop()
         await bench.stop()
         app.manager.hub.close()
 
@@ -152,6 +161,7 @@ async def _run(config: Config, collector: dict[str, Any], *, telemetry: bool) ->
         await serve_until_signal(app.mesh, config.mesh.shutdown_grace_seconds, on_stop=on_stop)
     finally:
         trimmer.cancel()
+        await experiments.stop()
         await bench.stop()
         await app.stop(0)
         if embedded is not None:

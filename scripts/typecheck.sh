@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 root=.typecheck/aifb
 rm -rf .typecheck && mkdir -p "$root"
 pkgs=()
-for d in mesh job server client monitor logger collector cli recipes; do
+for d in mesh job server client monitor logger collector experiment cli recipes; do
   ln -s "../../$d" "$root/$d"; pkgs+=(-p "aifb.$d")
 done
 ln -s ../../gen/python/aifb/v1 "$root/v1"

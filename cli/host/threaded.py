@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aifb.cli.host.bench import EmbeddedBench, embedded_bench
+from aifb.cli.host.experiment import EmbeddedExperiment, embedded_experiment
 from aifb.cli.host.loopback import loopback
 from aifb.collector import CollectorConfig, start_collector
 from aifb.collector.app import CollectorApp
@@ -28,6 +29,7 @@ class ThreadedMesh(ThreadedServer):
     collector_config: CollectorConfig | None = None
     collector: CollectorApp | None = field(default=None, init=False)
     bench: EmbeddedBench | None = field(default=None, init=False)
+    experiments: EmbeddedExperiment | None = field(default=None, init=False)
 
     def start(self) -> ThreadedMesh:
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True,
@@ -40,19 +42,22 @@ class ThreadedMesh(ThreadedServer):
             bindings = self.collector.bindings
         home = self.config.mesh.home_path
 
-        async def build() -> EmbeddedBench:  # on the loop that serves it
-            return embedded_bench(home, tracer_provider=self.tracer_provider)
+        async def build() -> tuple[EmbeddedBench, EmbeddedExperiment]:  # on the serving loop
+            return (embedded_bench(home, tracer_provider=self.tracer_provider),
+                    embedded_experiment(home, tracer_provider=self.tracer_provider))
 
-        self.bench = self.run(build())
+        self.bench, self.experiments = self.run(build())
         self.app = self.run(start_server_app(self.config, listen=self.config.mesh.listen,
                                              scheduler=sched,
                                              tracer_provider=self.tracer_provider,
-                                             extra_bindings=(*bindings, *self.bench.bindings)))
+                                             extra_bindings=(*bindings, *self.bench.bindings,
+                                                             *self.experiments.bindings)))
         here = loopback(self.config.mesh, self.app.port, self.app.token_path)
-        bench = self.bench
+        bench, experiments = self.bench, self.experiments
 
         async def attach() -> None:  # its metrics sender runs on the serving loop
             bench.started(here, collector_here=self.collector is not None)
+            experiments.started(here)
 
         self.run(attach())
         return self
@@ -64,6 +69,9 @@ class ThreadedMesh(ThreadedServer):
         return client_pb2_grpc.BenchmarkServiceStub(self.channel(token))
 
     def stop(self, grace: float = 0.5) -> None:
+        if self.experiments is not None:
+            self.run(self.experiments.stop())
+            self.experiments = None
         if self.bench is not None:
             self.run(self.bench.stop())
             self.bench = None

@@ -97,8 +97,9 @@ def progress_to_proto(p: Progress) -> C.ProgressSample:
 
 def record_to_proto(r: BenchmarkRecord) -> C.Benchmark:
     msg = C.Benchmark(
-        name=r.name, state=STATE_TO_PROTO[r.state], owner=r.owner, workload=r.workload,
-        resolved_url=r.resolved_url, parameters=r.parameters, load=load_to_proto(r.load),
+        name=r.name if r.id else "", state=STATE_TO_PROTO[r.state], owner=r.owner,
+        workload=r.workload, resolved_url=r.resolved_url, parameters=r.parameters,
+        load=load_to_proto(r.load),
         labels=r.labels, state_message=r.state_message, trace_id=r.trace_id,
         create_time=_timestamp(r.create_time), start_time=_timestamp(r.start_time),
         end_time=_timestamp(r.end_time))

@@ -71,6 +71,7 @@ class CreateRequest:
     load: LoadOptions = field(default_factory=LoadOptions)
     labels: dict[str, str] = field(default_factory=dict)
     request_id: str = ""
+    validate_only: bool = False  # check everything a create checks, start nothing
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,8 @@ class BenchmarkManager:
             if not _REQUEST_ID.match(req.request_id):
                 raise InvalidArgument("request_id must be 1-64 letters, digits, _ or -",
                                       field="request_id")
-            existing = self.store.by_request_id(principal.user, req.request_id)
+            existing = (None if req.validate_only
+                        else self.store.by_request_id(principal.user, req.request_id))
             if existing is not None:
                 return self.get(principal, existing.id)
         kind = get_kind(req.workload) if req.workload else None
@@ -201,6 +203,16 @@ class BenchmarkManager:
         if bool(req.service) == bool(req.url):
             raise InvalidArgument("give exactly one target: service or url",
                                   field="service" if req.service else "url")
+        if req.validate_only:
+            from aifb.client.workloads.registry import build_workload
+
+            if req.url:
+                build_workload(req.workload, check_url(req.url), _typed_params(req.parameters))
+            return BenchmarkRecord(
+                id="", owner=principal.user, workload=req.workload, service=req.service,
+                url=req.url, parameters=dict(req.parameters), load=req.load,
+                labels=dict(req.labels), state_message="valid: nothing was started (validate "
+                "only)")
         if req.url:
             target = Target(url=check_url(req.url))
         else:

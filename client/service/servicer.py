@@ -45,7 +45,8 @@ class BenchmarkServicer(client_pb2_grpc.BenchmarkServiceServicer):
             workload=request.workload, service=request.service if target == "service" else "",
             url=request.url if target == "url" else "", parameters=dict(request.parameters),
             load=load_from_proto(request.load, present=request.HasField("load")),
-            labels=dict(request.labels), request_id=request.request_id)
+            labels=dict(request.labels), request_id=request.request_id,
+            validate_only=request.validate_only)
         record = await self.manager.create(principal, req)
         return C.CreateBenchmarkResponse(benchmark=record_to_proto(record))
 

@@ -14,12 +14,12 @@ from tests.contract.helpers import REPO, copy_tree, isolated_import_check, run
 
 pytestmark = pytest.mark.contract
 
-# Top-level names a wrong package-dir mapping would install straight into site-packages.
 # The folders setuptools maps onto the `aifb` import root (package-dir in pyproject.toml).
-PACKAGE_FOLDERS = ("mesh", "job", "server", "client", "monitor", "logger", "collector", "cli",
-                   "recipes")
-COMPONENT_FOLDERS = ("server", "client", "mesh", "monitor", "logger", "collector", "cli",
-                     "recipes", "gen", "protos", "tests", "bench", "dashboards", "scripts")
+PACKAGE_FOLDERS = ("mesh", "job", "server", "client", "monitor", "logger", "collector",
+                   "experiment", "cli", "recipes")
+# Top-level names a wrong package-dir mapping would install straight into site-packages.
+COMPONENT_FOLDERS = (*PACKAGE_FOLDERS, "gen", "protos", "tests", "bench", "dashboards",
+                     "scripts")
 
 
 def _gen_env() -> dict[str, str]:
