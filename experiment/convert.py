@@ -12,8 +12,8 @@ from typing import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from aifb.experiment.expand import configurations
 from aifb.experiment.model import ExperimentRecord, ExperimentState, TrialState
-from aifb.experiment.plan import Plan
 from aifb.experiment.study import Study
 from aifb.mesh.errors import InvalidArgument
 from aifb.v1 import client_pb2 as C
@@ -96,7 +96,7 @@ def study_to_proto(study: Study) -> E.Study:
     return msg
 
 
-def _load_dict(p: C.LoadProfile) -> dict[str, Any]:
+def _load_dict(p: C.LoadProfile, at: str) -> dict[str, Any]:
     engines = {v: k for k, v in _ENGINES.items()}
     out: dict[str, Any] = {
         "arrival": "poisson" if p.mode == C.LOAD_MODE_POISSON else "constant",
@@ -108,21 +108,24 @@ def _load_dict(p: C.LoadProfile) -> dict[str, Any]:
         if p.HasField(name):
             out[name] = _seconds(getattr(p, name))
     if p.engine and p.engine not in engines:
-        raise InvalidArgument(f"unknown load.engine {p.engine}", field="load.engine")
+        raise InvalidArgument(f"{at}.engine: unknown engine {p.engine}", field=f"{at}.engine")
     return out
 
 
 def study_from_proto(msg: E.Study) -> Study:
     """The study model, checked by the same rules as a file; errors name `study.<field>`."""
-    services = [{"name": g.name, "recipe": g.recipe,
+    # An empty name is absent, so the model names the grid (workload) after its recipe
+    # (workload), as the proto documents.
+    services = [{**({"name": g.name} if g.name else {}), "recipe": g.recipe,
                  "parameters": {a.name: list(a.values) for a in g.parameters},
                  "resources": {a.name: list(a.values) for a in g.resources},
                  "zip": [{a.name: list(a.values) for a in z.axes} for z in g.zip],
                  "exclude": [dict(x.values) for x in g.exclude]} for g in msg.services]
     workloads = []
-    for w in msg.workloads:
-        item: dict[str, Any] = {"name": w.name, "workload": w.workload,
-                                "parameters": dict(w.parameters), "load": _load_dict(w.load)}
+    for i, w in enumerate(msg.workloads):
+        item: dict[str, Any] = {**({"name": w.name} if w.name else {}), "workload": w.workload,
+                                "parameters": dict(w.parameters),
+                                "load": _load_dict(w.load, f"study.workloads[{i}].load")}
         which = w.WhichOneof("levels")
         if which == "rates":
             item["rates"] = list(w.rates.rates)
@@ -163,7 +166,7 @@ def _figures(figures: dict[str, float], slo_met: bool | None) -> E.TrialFigures:
 
 def experiment_to_proto(record: ExperimentRecord) -> E.Experiment:
     study = Study.from_dict(record.study)
-    configs = Plan(study).configurations
+    configs = configurations(study)
     msg = E.Experiment(
         name=record.name, state=_STATES[record.state], state_message=record.state_message,
         owner=record.owner, study=study_to_proto(study), labels=record.labels,

@@ -141,10 +141,12 @@ class Plan:
             load=load_profile(workload, step.level, trial.level))
 
     def validation_requests(self) -> list[tuple[int, C.CreateBenchmarkRequest]]:
-        """One request per workload and level kind, to check before anything is deployed."""
+        """One request for the first and one for the last level of each workload (the same
+        one, once, when it has one level), to check before anything is deployed."""
         out = []
         for index, workload in enumerate(self.study.workloads):
-            for level in levels(workload)[:1] + levels(workload)[-1:]:
+            shown = levels(workload)
+            for level in dict.fromkeys((shown[0], shown[-1])):
                 out.append((index, C.CreateBenchmarkRequest(
                     workload=workload.workload, service=_VALIDATION_TARGET,
                     parameters=dict(workload.parameters),

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from aifb.experiment.charts import pareto_front, rate_latency_chart
+from aifb.experiment.expand import Configuration, configurations
 from aifb.experiment.figures import headline
 from aifb.experiment.model import ExperimentRecord, TrialState
 from aifb.experiment.pages import to_html, to_markdown
 from aifb.experiment.stats import Summary, compare, summarize
+from aifb.experiment.study import Study
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["FORMATS", "build_document", "render_report"]
@@ -125,6 +127,7 @@ def build_document(record: ExperimentRecord) -> dict[str, Any]:
     groups = _groups(record)
     metric, minimize = _objective(record)
     figure = _metric_name(metric)
+    configs = configurations(Study.from_dict(record.study))
     return {
         "schema_version": SCHEMA_VERSION,
         "experiment": {"name": record.name, "state": record.state.value,
@@ -136,7 +139,7 @@ def build_document(record: ExperimentRecord) -> dict[str, Any]:
                        "end_time": record.end_time},
         "objective": {"metric": figure, "minimize": minimize},
         "study": record.study,
-        "configurations": [_configuration(record, i) for i in range(len(record.configurations))],
+        "configurations": [_configuration(record, c) for c in configs],
         "trials": [{**t.to_dict(), "name": f"{record.name}/trials/{t.n}"}
                    for t in record.trials],
         "groups": groups,
@@ -147,13 +150,9 @@ def build_document(record: ExperimentRecord) -> dict[str, Any]:
     }
 
 
-def _configuration(record: ExperimentRecord, index: int) -> dict[str, Any]:
-    from aifb.experiment.plan import Plan
-    from aifb.experiment.study import Study
-
-    config = Plan(Study.from_dict(record.study)).configurations[index]
-    run = record.configurations[index]
-    return {"index": index, "grid": config.service, "recipe": config.recipe,
+def _configuration(record: ExperimentRecord, config: Configuration) -> dict[str, Any]:
+    run = record.configurations[config.index]
+    return {"index": config.index, "grid": config.service, "recipe": config.recipe,
             "key": config.key(), "parameters": dict(config.parameters),
             "resources": dict(config.resources), "service": run.service,
             "failure": run.failure}
