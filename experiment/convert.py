@@ -109,6 +109,10 @@ def _load_dict(p: C.LoadProfile, at: str) -> dict[str, Any]:
             out[name] = _seconds(getattr(p, name))
     if p.engine and p.engine not in engines:
         raise InvalidArgument(f"{at}.engine: unknown engine {p.engine}", field=f"{at}.engine")
+    if p.mode not in (C.LOAD_MODE_UNSPECIFIED, C.LOAD_MODE_CONSTANT, C.LOAD_MODE_POISSON):
+        raise InvalidArgument(f"{at}.mode: a study workload's load is constant or poisson "
+                              "arrivals (its levels set the rest), got mode "
+                              f"{p.mode}", field=f"{at}.mode")
     return out
 
 
@@ -146,6 +150,9 @@ def study_from_proto(msg: E.Study) -> Study:
     objective = {"maximize": "achieved_rate"}
     if msg.objective.metric:
         objective = {"minimize" if msg.objective.minimize else "maximize": msg.objective.metric}
+    if msg.on_failure not in (E.ON_FAILURE_UNSPECIFIED, *_ON_FAILURE.values()):
+        raise InvalidArgument(f"study.on_failure: unknown value {msg.on_failure}",
+                              field="study.on_failure")
     on_failure = {v: k for k, v in _ON_FAILURE.items()}.get(msg.on_failure, "continue")
     data = {"name": msg.name, "description": msg.description, "services": services,
             "workloads": workloads, "repeats": msg.repeats or 1, "seed": msg.seed,

@@ -240,6 +240,16 @@ class Load(Strict):
         """How long one trial at one level runs: warmup + duration + cooldown."""
         return self.warmup + self.duration + self.cooldown
 
+    @model_validator(mode="after")
+    def _budget(self) -> Load:
+        if self.error_budget == 0:
+            # The wire (proto3) cannot tell 0 from unset: the BenchmarkService would read it
+            # as its 5 % default. Say so rather than run with a budget nobody asked for.
+            raise problem("0 cannot be sent (it reads as the service's 5 % default); give "
+                          "a small ratio such as 0.0001 for (almost) no errors",
+                          "error_budget")
+        return self
+
 
 class Sweep(Strict):
     """The BenchmarkService's saturation sweep (closed loop up to `max_concurrency`): one trial."""

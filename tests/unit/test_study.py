@@ -478,3 +478,12 @@ def test_aliases_expand_but_an_alias_bomb_is_refused() -> None:
     with pytest.raises(InvalidArgument, match=r"more than 200000 values \(once aliases are "
                                               r"expanded\)"):
         load_yaml("\n".join(lines) + "\n", file="t.yaml")
+
+
+def test_an_error_budget_of_zero_is_refused_rather_than_read_as_the_default() -> None:
+    text = ("name: z\nservices:\n  - recipe: nginx\nworkloads:\n  - workload: http\n"
+            "    load: {error_budget: 0}\n    rates: [10]\n")
+    with pytest.raises(InvalidArgument) as exc:
+        load_study(text, file="z.yaml")
+    assert exc.value.field == "workloads[0].load.error_budget"
+    assert "z.yaml:6:" in exc.value.message and "0.0001" in exc.value.message
