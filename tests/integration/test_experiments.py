@@ -310,3 +310,30 @@ def test_a_bad_study_is_refused_naming_what_is_wrong_and_nothing_is_submitted(
     assert up.json("experiment", "list") == []
     assert up.json("services", "list") == []
     assert up.json("bench", "list") == []
+
+
+SPARK = """
+name: on-spark
+services:
+  - recipe: nginx
+    parameters: {workers: 1, port: 0}
+workloads:
+  - workload: http
+    load: {duration: 2s, engine: spark, spark_master: "local[2]"}
+    rates: [60]
+"""
+
+
+@pytest.mark.parametrize("scheduler", ["local"], indirect=True)
+def test_a_study_can_run_its_load_on_spark_as_bench_run_can(up: Up, tmp_path: Path) -> None:
+    pytest.importorskip("pyspark", reason="the spark extra is not installed")
+    run = up.cli("--output", "json", "experiment", "run", str(_study(tmp_path, SPARK)),
+                 "--watch", timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (trial,) = json.loads(run.stdout)["trials"]
+    assert trial["state"] == "TRIAL_STATE_SUCCEEDED"
+    doc = json.loads(up.cli("bench", "report",
+                            trial["benchmark"].removeprefix("benchmarks/")).stdout)
+    assert doc["configuration"]["load"]["engine"] == "spark"
+    assert doc["figures"]["workers"] == 2  # two Spark partitions, merged on the driver
+    assert doc["figures"]["counters"]["completed"] == 120
