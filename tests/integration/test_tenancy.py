@@ -27,6 +27,8 @@ from aifb.mesh.push import AGENT_ID_HEADER, AGENT_INSTANCE_HEADER
 from aifb.v1 import (
     collector_pb2,
     collector_pb2_grpc,
+    experiment_pb2,
+    experiment_pb2_grpc,
     logger_pb2,
     logger_pb2_grpc,
     monitor_pb2,
@@ -176,6 +178,43 @@ def test_bob_cannot_read_the_operators_trace(mesh: Mesh) -> None:
         with pytest.raises(grpc.RpcError) as err:
             collector_pb2_grpc.CollectorServiceStub(bob).GetTrace(request, timeout=30)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_bob_sees_and_controls_none_of_the_operators_experiments(mesh: Mesh) -> None:
+    from aifb.experiment.convert import study_to_proto
+    from aifb.experiment.study import load_study
+
+    study = load_study("name: mine\nservices:\n  - recipe: sleeper\nworkloads:\n"
+                       "  - workload: http\n    load: {duration: 1s}\n    rates: [5]\n",
+                       file="mine.yaml")
+    with mesh.channel(mesh.operator) as op, mesh.channel(mesh.bob) as bob:
+        mine = experiment_pb2_grpc.ExperimentServiceStub(op)
+        theirs = experiment_pb2_grpc.ExperimentServiceStub(bob)
+        x = mine.CreateExperiment(experiment_pb2.CreateExperimentRequest(
+            study=study_to_proto(study)), timeout=60).experiment
+        try:
+            for call, request in (
+                    (theirs.GetExperiment, experiment_pb2.GetExperimentRequest(name=x.name)),
+                    (theirs.CancelExperiment,
+                     experiment_pb2.CancelExperimentRequest(name=x.name)),
+                    (theirs.GetExperimentReport,
+                     experiment_pb2.GetExperimentReportRequest(name=x.name))):
+                with pytest.raises(grpc.RpcError) as err:
+                    call(request, timeout=30)
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND, call
+            with pytest.raises(grpc.RpcError) as err:
+                next(iter(theirs.WatchExperiment(
+                    experiment_pb2.WatchExperimentRequest(name=x.name), timeout=30)))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            listed = theirs.ListExperiments(experiment_pb2.ListExperimentsRequest(), timeout=30)
+            assert list(listed.experiments) == []
+            got = mine.GetExperiment(experiment_pb2.GetExperimentRequest(name=x.name),
+                                     timeout=30).experiment
+            # Bob's cancel did nothing.
+            assert got.state != experiment_pb2.EXPERIMENT_STATE_CANCELLED
+        finally:
+            mine.CancelExperiment(experiment_pb2.CancelExperimentRequest(name=x.name),
+                                  timeout=60)
 
 
 @pytest.mark.parametrize("view", ["ListLogSources", "TailLogs", "GetSnapshot",
