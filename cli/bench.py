@@ -133,9 +133,7 @@ def _finish(state: CliState, final: C.Benchmark) -> None:
         out = {"benchmark": to_dict(final), "report": doc, "directory": resp.directory}
         state.emit(out, lambda: _print_summary(state, doc, resp.directory))
     if final.state != C.BENCHMARK_STATE_SUCCEEDED:
-        state.err.print(f"[bold red]{final.name} {state_text(final.state)}[/]: "
-                        f"{escape(final.state_message)}", soft_wrap=True)
-        raise typer.Exit(1)
+        state.fail(final.name, state_text(final.state), final.state_message)
 
 
 @app.command()
@@ -291,15 +289,8 @@ def list_(
     """List your runs (all pages)."""
     state = state_of(ctx)
     with handle_errors(state):
-        runs: list[C.Benchmark] = []
-        token = ""
-        while True:
-            resp = state.call(_stub(state).ListBenchmarks, C.ListBenchmarksRequest(
-                filter=filter_, page_token=token))
-            runs.extend(resp.benchmarks)
-            token = resp.next_page_token
-            if not token:
-                break
+        runs: list[C.Benchmark] = state.all_pages(
+            _stub(state).ListBenchmarks, C.ListBenchmarksRequest(filter=filter_), "benchmarks")
 
         def text() -> None:
             table = Table(box=None, header_style="bold")

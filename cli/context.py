@@ -86,6 +86,22 @@ class CliState:
         except grpc.RpcError as exc:
             raise_for_rpc_error(exc)
 
+    def fail(self, name: str, state: str, message: str) -> NoReturn:
+        """A resource that did not end well: one red line on stderr, exit status 1."""
+        self.err.print(f"[bold red]{name} {state}[/]: {escape(message)}", soft_wrap=True)
+        raise typer.Exit(1)
+
+    def all_pages(self, fn: Callable[..., Any], request: Any, field: str) -> list[Any]:
+        """Every item of a paged List call: `request` is sent again with each next page's
+        token until the last page; `field` names the response's repeated items."""
+        items: list[Any] = []
+        while True:
+            resp = self.call(fn, request)
+            items.extend(getattr(resp, field))
+            if not resp.next_page_token:
+                return items
+            request.page_token = resp.next_page_token
+
     def emit(self, message: Message | list[Message] | dict[str, Any],
              text: Callable[[], None]) -> None:
         """Print JSON (for scripts) or the human form."""

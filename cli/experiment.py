@@ -123,9 +123,7 @@ def _follow(state: CliState, name: str) -> E.Experiment:
 def _finish(state: CliState, final: E.Experiment) -> None:
     state.emit(final, lambda: state.console.print(_table(final)))
     if final.state != E.EXPERIMENT_STATE_SUCCEEDED:
-        state.err.print(f"[bold red]{final.name} {state_text(final.state)}[/]: "
-                        f"{escape(final.state_message)}", soft_wrap=True)
-        raise typer.Exit(1)
+        state.fail(final.name, state_text(final.state), final.state_message)
 
 
 @app.command()
@@ -188,15 +186,9 @@ def list_(
     """List your experiments (all pages)."""
     state = state_of(ctx)
     with handle_errors(state):
-        items: list[E.Experiment] = []
-        token = ""
-        while True:
-            resp = state.call(_stub(state).ListExperiments, E.ListExperimentsRequest(
-                filter=filter_, page_token=token))
-            items.extend(resp.experiments)
-            token = resp.next_page_token
-            if not token:
-                break
+        items: list[E.Experiment] = state.all_pages(
+            _stub(state).ListExperiments, E.ListExperimentsRequest(filter=filter_),
+            "experiments")
 
         def text() -> None:
             table = Table(box=None, header_style="bold")

@@ -144,15 +144,9 @@ def list_(
     """List your services (all pages)."""
     state = state_of(ctx)
     with handle_errors(state):
-        services: list[server_pb2.Service] = []
-        token = ""
-        while True:
-            resp = state.call(state.server_stub().ListServices, server_pb2.ListServicesRequest(
-                filter=filter_, page_size=page_size, page_token=token))
-            services.extend(resp.services)
-            token = resp.next_page_token
-            if not token:
-                break
+        services: list[server_pb2.Service] = state.all_pages(
+            state.server_stub().ListServices,
+            server_pb2.ListServicesRequest(filter=filter_, page_size=page_size), "services")
         state.emit(list(services), lambda: state.console.print(service_table(services)))
 
 

@@ -23,6 +23,7 @@ from aifb.experiment.model import ExperimentRecord, TrialState
 from aifb.experiment.pages import to_html, to_markdown
 from aifb.experiment.stats import Summary, compare, summarize
 from aifb.experiment.study import Study
+from aifb.mesh.auth import write_private_file
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["FORMATS", "build_document", "render_report"]
@@ -196,15 +197,8 @@ def render_report(record: ExperimentRecord, fmt: str, directory: Path) -> bytes:
     else:
         chart = rate_latency_chart(doc)
         if chart:
-            _write(directory / "rate-latency.svg", chart.encode())
+            write_private_file(directory / "rate-latency.svg", chart.encode())
         text = to_markdown(doc, bool(chart)) if fmt == "md" else to_html(doc, chart)
         data = text.encode()
-    _write(directory / _FILES[fmt], data)
+    write_private_file(directory / _FILES[fmt], data)
     return data
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o600)
-    tmp.replace(path)

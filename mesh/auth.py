@@ -54,13 +54,14 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def write_private_file(path: Path, text: str) -> None:
-    """Write `text` to `path` created with mode 0600 (never briefly world-readable)."""
+def write_private_file(path: Path, data: str | bytes) -> None:
+    """Write `data` (text as UTF-8) to `path` created with mode 0600 (never briefly
+    world-readable), replacing it atomically."""
     private_dir(path.parent)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
     os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 

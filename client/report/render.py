@@ -11,6 +11,7 @@ from aifb.client.report.document import build_document
 from aifb.client.report.pages import to_html, to_markdown
 from aifb.client.report.parquet import series_parquet
 from aifb.client.runs.record import BenchmarkRecord
+from aifb.mesh.auth import write_private_file
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["FORMATS", "render_report"]
@@ -18,13 +19,6 @@ __all__ = ["FORMATS", "render_report"]
 FORMATS = ("json", "md", "html", "parquet")
 _FILES = {"json": "report.json", "md": "report.md", "html": "report.html",
           "parquet": "series.parquet"}
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o600)
-    tmp.replace(path)
 
 
 def render_report(record: BenchmarkRecord, stored: dict[str, Any], context: dict[str, Any],
@@ -41,8 +35,8 @@ def render_report(record: BenchmarkRecord, stored: dict[str, Any], context: dict
     else:
         svgs = charts(doc)
         for name, svg in svgs.items():
-            _write(directory / name, svg.encode())
+            write_private_file(directory / name, svg.encode())
         text = to_markdown(doc, list(svgs)) if fmt == "md" else to_html(doc, svgs)
         data = text.encode()
-    _write(directory / _FILES[fmt], data)
+    write_private_file(directory / _FILES[fmt], data)
     return data

@@ -11,7 +11,6 @@ reports rendered from them. A restarted service reads them back;
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -103,11 +102,7 @@ class RunStore:
     def write_bytes(self, run_id: str, name: str, data: bytes) -> Path:
         """`data` to the run's folder as `name`, created with mode 0600, replaced atomically."""
         path = self.run_dir(run_id) / name
-        tmp = path.with_name(name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        write_private_file(path, data)
         return path
 
     def read_json(self, run_id: str, name: str) -> Any:

@@ -1,7 +1,8 @@
 """The Grafana dashboards against a real pipeline run: every PromQL expression in every
-dashboard (benchmark.json has its own test) is evaluated by the real Prometheus and must
-return data, GPU ones must come back empty on a node without a GPU; LogQL is checked for
-structure and must select the streams the collector pushed; the JSON has what Grafana needs.
+dashboard (benchmark.json and experiment.json have their own tests) is evaluated by the real
+Prometheus and must return data, GPU ones must come back empty on a node without a GPU; LogQL
+is checked for structure and must select the streams the collector pushed; the JSON has what
+Grafana needs.
 
 The run: the metrics-page service under the real SLURM, monitor and logger agents discovering
 it, the collector remote-writing to Prometheus and pushing to the strict Loki receiver, and
@@ -52,7 +53,7 @@ from tests.integration.telemetry_pipeline import (
 
 pytestmark = pytest.mark.integration
 
-OTHERS = ("benchmark.json",)  # written and tested elsewhere
+OTHERS = ("benchmark.json", "experiment.json")  # written and tested elsewhere
 FILES = dashboard_files(exclude=OTHERS)
 PROVISIONING = DASHBOARD_DIR / "provisioning"
 # The labels the logger agent puts on every stream (logger/agent.py).

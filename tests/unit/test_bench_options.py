@@ -145,6 +145,22 @@ def test_a_progress_sample_becomes_one_batch_labelled_with_the_run() -> None:
                and list(s.timestamps_ms) == [1000] for s in batch.series)
 
 
+def test_an_experiment_trials_series_carry_its_experiment_and_trial_and_no_other_label() -> None:
+    p = Progress(second=1, elapsed_s=1.0, requests=5, errors=0, achieved_rate=5.0,
+                 target_rate=5.0, p50_s=0.001, p99_s=0.002, in_flight=0, lag_p99_s=0.0,
+                 total_requests=5, total_errors=0)
+    plain = progress_batch(_record(1, labels={"team": "x"}), p, now_ms=1000)
+    trial = progress_batch(_record(1, labels={"team": "x", "experiment": "e1", "trial": "3"}),
+                           p, now_ms=1000)
+    # A plain run keeps exactly today's labels: its own labels never become metric labels.
+    assert {frozenset(s.labels) for s in plain.series} == {
+        frozenset({"run", "workload"}), frozenset({"run", "workload", "quantile"})}
+    assert len(trial.series) == len(plain.series)
+    for bare, labelled in zip(plain.series, trial.series, strict=True):
+        assert labelled.name == bare.name
+        assert dict(labelled.labels) == {**bare.labels, "experiment": "e1", "trial": "3"}
+
+
 def _result() -> LoadResult:
     res = LoadResult(state=RunState.SUCCEEDED, mode="open", workload="http", target_rate=100,
                      measured_s=2.0)
