@@ -77,6 +77,22 @@ class LatestStore:
         for i, (key, ts, value) in enumerate(zip(keys, timestamps, values, strict=True)):
             self._put(key, labels[i], value, ts, series[i].type, series[i].help)
 
+    def matching(self, labels: Mapping[str, str], names: frozenset[str], limit: int
+                 ) -> tuple[list[tuple[Labels, LatestValue]], bool]:
+        """The kept series whose labels include `labels` (and whose `__name__` is in `names`,
+        when given): at most `limit`, and whether more matched."""
+        wanted = tuple(labels.items())
+        out: list[tuple[Labels, LatestValue]] = []
+        for series, value in self.snapshot():
+            have = dict(series)
+            if names and have.get("__name__") not in names:
+                continue
+            if all(have.get(k) == v for k, v in wanted):
+                if len(out) == limit:
+                    return out, True
+                out.append((series, value))
+        return out, False
+
     def snapshot(self) -> list[tuple[Labels, LatestValue]]:
         """A copy safe to read from another thread (each dict.copy runs under the GIL, whole;
         values are copied first, and a series' meta is stored before its first value)."""

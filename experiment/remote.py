@@ -55,6 +55,9 @@ class Remote:
                                          key_file=key_file, interceptors=tracing)
         return self._channel
 
+    def channel(self) -> grpc.aio.Channel:
+        return self._open()
+
     @property
     def server(self) -> Any:  # the generated stubs are untyped
         return server_pb2_grpc.ServerServiceStub(self._open())

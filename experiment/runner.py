@@ -37,6 +37,7 @@ from aifb.experiment.model import (
 from aifb.experiment.plan import Plan, Step
 from aifb.experiment.remote import Remote
 from aifb.experiment.search import RateSearch
+from aifb.experiment.usage import UsageProbe, per_unit
 from aifb.mesh.errors import AifbError, DeadlineExceeded, NotFound
 from aifb.v1 import client_pb2 as C
 from aifb.v1 import server_pb2 as S
@@ -327,13 +328,22 @@ class ExperimentRun:
                          search: bool = False) -> Trial:
         trial = await self._set_trial(trial.evolve(
             state=TrialState.BENCHMARKING, start_time=trial.start_time or time.time()))
+        probe = UsageProbe(self.remote, service)
+        sampling = asyncio.create_task(probe.run(), name=f"usage {service}")
         try:
             state, message, bench = await self._benchmark(service, trial, step)
+            await probe.sample()  # the last value of the window
             trial = self._trial(trial.n)
             figures, slo_met = await self._figures(bench)
+            figures.update(per_unit(probe.figures(), figures,
+                                    self.plan.configurations[trial.configuration]))
         except AifbError as exc:
             trial = self._trial(trial.n)
             state, message, figures, slo_met = C.BENCHMARK_STATE_FAILED, str(exc), {}, False
+        finally:
+            sampling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampling
         final = (TrialState.SUCCEEDED if state == C.BENCHMARK_STATE_SUCCEEDED
                  else TrialState.CANCELLED if state == C.BENCHMARK_STATE_CANCELLED
                  else TrialState.FAILED)

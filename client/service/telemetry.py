@@ -5,6 +5,11 @@ handed to the mesh's `BatchSender`, which numbers, buffers and resends it until 
 acknowledges: a collector restart during a run loses nothing the buffer holds. Without a
 collector address the sink is a no-op, so a run never fails because telemetry has nowhere to go.
 
+Every series is labelled `run`, `workload` and, when the target was a service, `service`. A
+run an experiment started (its record's labels hold `experiment` and `trial`) also carries those
+two labels, and no other of its record's labels: their values are bounded by the experiment's
+own trials (dashboards/experiment.json groups by them).
+
     aifb_bench_requests_total{run, workload}            counter (completed, errors included)
     aifb_bench_errors_total{run, workload}              counter
     aifb_bench_requests_per_second{run, workload}       gauge, achieved in the last second
@@ -34,15 +39,20 @@ log = logging.getLogger(__name__)
 
 GAUGE = telemetry_pb2.METRIC_TYPE_GAUGE
 COUNTER = telemetry_pb2.METRIC_TYPE_COUNTER
+# The record labels that become metric labels (set by the ExperimentService on each trial's run).
+EXPERIMENT_LABELS = ("experiment", "trial")
 
 
 def progress_batch(record: BenchmarkRecord, p: Progress, *, now_ms: int | None = None
                    ) -> telemetry_pb2.MetricBatch:
-    """The metrics of one progress sample (the run's labels once per series)."""
+    """The metrics of one progress sample (the run's labels once per series; an experiment's
+    trial adds `experiment` and `trial`)."""
     ts = now_ms if now_ms is not None else int(time.time() * 1000)
     base = {"run": record.id, "workload": record.workload}
     if record.service:
         base["service"] = record.service
+    if all(record.labels.get(key) for key in EXPERIMENT_LABELS):
+        base.update({key: record.labels[key] for key in EXPERIMENT_LABELS})
 
     def series(name: str, kind: telemetry_pb2.MetricType, value: float, help_: str,
                **extra: str) -> telemetry_pb2.MetricSeries:

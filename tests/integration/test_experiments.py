@@ -23,10 +23,11 @@ TERMINAL = {"EXPERIMENT_STATE_SUCCEEDED", "EXPERIMENT_STATE_FAILED",
             "EXPERIMENT_STATE_CANCELLED"}
 
 
-def _start(tmp: Path, port: int, scheduler: str) -> Up:
+def _start(tmp: Path, port: int, scheduler: str, *, telemetry: bool = False) -> Up:
     env = cli_env(tmp)
     daemon = Daemon.start(["up", "--listen", f"127.0.0.1:{port}", "--metrics-listen", "",
-                           "--scheduler", scheduler, "--no-telemetry"],
+                           "--scheduler", scheduler,
+                           *(() if telemetry else ("--no-telemetry",))],
                           env=env, cwd=tmp, ready_text="aifb is up on")
     return Up(daemon, f"127.0.0.1:{port}", "", env, tmp)
 
@@ -337,3 +338,32 @@ def test_a_study_can_run_its_load_on_spark_as_bench_run_can(up: Up, tmp_path: Pa
     assert doc["configuration"]["load"]["engine"] == "spark"
     assert doc["figures"]["workers"] == 2  # two Spark partitions, merged on the driver
     assert doc["figures"]["counters"]["completed"] == 120
+
+
+USAGE = """
+name: usage
+services:
+  - recipe: nginx
+    parameters: {workers: 1, port: 0}
+workloads:
+  - workload: http
+    load: {duration: 6s}
+    rates: [400]
+"""
+
+
+def test_each_trial_records_what_its_service_used_from_the_collector(tmp_path: Path) -> None:
+    up = _start(tmp_path, free_port(), "local", telemetry=True)
+    try:
+        run = up.cli("--output", "json", "experiment", "run", str(_study(tmp_path, USAGE)),
+                     "--watch", timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        (trial,) = json.loads(run.stdout)["trials"]
+        extra = trial["figures"]["extra"]
+        # nginx serving 400 req/s uses some CPU, far from all of it, and some memory.
+        assert 0.0 < extra["cpu_cores"] < 2.0, extra
+        assert extra["memory_rss_bytes"] > 1_000_000, extra
+        assert extra["achieved_rate_per_cpu_core"] == pytest.approx(
+            trial["figures"]["achieved_rate"] / extra["cpu_cores"])
+    finally:
+        _cleanup(up)

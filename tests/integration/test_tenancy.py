@@ -218,7 +218,7 @@ def test_bob_sees_and_controls_none_of_the_operators_experiments(mesh: Mesh) -> 
 
 
 @pytest.mark.parametrize("view", ["ListLogSources", "TailLogs", "GetSnapshot",
-                                  "WatchSnapshots", "GetCollectorStats"])
+                                  "WatchSnapshots", "GetCollectorStats", "QueryMetrics"])
 def test_node_wide_views_answer_the_operator_only(mesh: Mesh, view: str) -> None:
     def call(channel: grpc.Channel) -> object:
         return {
@@ -232,6 +232,9 @@ def test_node_wide_views_answer_the_operator_only(mesh: Mesh, view: str) -> None
                 channel).WatchSnapshots(monitor_pb2.WatchSnapshotsRequest(), timeout=30),
             "GetCollectorStats": lambda: collector_pb2_grpc.CollectorServiceStub(
                 channel).GetCollectorStats(collector_pb2.GetCollectorStatsRequest(), timeout=30),
+            "QueryMetrics": lambda: collector_pb2_grpc.CollectorServiceStub(
+                channel).QueryMetrics(collector_pb2.QueryMetricsRequest(
+                    labels={"service": mesh.job_service}), timeout=30),
         }[view]
 
     with mesh.channel(mesh.operator) as op, mesh.channel(mesh.bob) as bob, \

@@ -26,13 +26,17 @@ from aifb.v1 import telemetry_pb2 as aifb_dot_v1_dot_telemetry__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61ifb/v1/collector.proto\x12\x07\x61ifb.v1\x1a\x17\x61ifb/v1/telemetry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"9\n\x12PushMetricsRequest\x12#\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x14.aifb.v1.MetricBatch\"\x85\x01\n\x13PushMetricsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x18\n\x10\x61\x63\x63\x65pted_samples\x18\x03 \x01(\x03\x12\x18\n\x10rejected_samples\x18\x04 \x01(\x03\x12\x15\n\rerror_message\x18\x05 \x01(\t\"3\n\x0fPushLogsRequest\x12 \n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x11.aifb.v1.LogBatch\"~\n\x10PushLogsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x16\n\x0e\x61\x63\x63\x65pted_lines\x18\x03 \x01(\x03\x12\x16\n\x0erejected_lines\x18\x04 \x01(\x03\x12\x15\n\rerror_message\x18\x05 \x01(\t\"\xf7\x01\n\x10QueryLogsRequest\x12\x35\n\x06labels\x18\x01 \x03(\x0b\x32%.aifb.v1.QueryLogsRequest.LabelsEntry\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x10\n\x08\x63ontains\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa0\x01\n\x08LogEntry\x12-\n\x06labels\x18\x01 \x03(\x0b\x32\x1d.aifb.v1.LogEntry.LabelsEntry\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04line\x18\x03 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x11QueryLogsResponse\x12\"\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x11.aifb.v1.LogEntry\"\x1a\n\x18GetCollectorStatsRequest\"\xf6\x03\n\x0e\x43ollectorStats\x12\x1f\n\x17metric_samples_received\x18\x01 \x01(\x03\x12 \n\x18metric_samples_forwarded\x18\x02 \x01(\x03\x12\x1f\n\x17metric_samples_rejected\x18\x03 \x01(\x03\x12 \n\x18metric_batches_duplicate\x18\x04 \x01(\x03\x12\x1a\n\x12log_lines_received\x18\x05 \x01(\x03\x12\x1b\n\x13log_lines_forwarded\x18\x06 \x01(\x03\x12\x1a\n\x12log_lines_rejected\x18\x07 \x01(\x03\x12\x1d\n\x15log_batches_duplicate\x18\x08 \x01(\x03\x12\x13\n\x0bqueue_depth\x18\t \x01(\x03\x12\x16\n\x0espans_received\x18\n \x01(\x03\x12M\n\x14\x61gents_last_sequence\x18\x0b \x03(\x0b\x32/.aifb.v1.CollectorStats.AgentsLastSequenceEntry\x12\x1b\n\x13metric_samples_held\x18\x0c \x01(\x03\x12\x16\n\x0elog_lines_held\x18\r \x01(\x03\x1a\x39\n\x17\x41gentsLastSequenceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"C\n\x19GetCollectorStatsResponse\x12&\n\x05stats\x18\x01 \x01(\x0b\x32\x17.aifb.v1.CollectorStats\"#\n\x0fGetTraceRequest\x12\x10\n\x08trace_id\x18\x01 \x01(\t\"\xb9\x02\n\x04Span\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x0f\n\x07span_id\x18\x02 \x01(\t\x12\x16\n\x0eparent_span_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x14\n\x0cservice_name\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\nattributes\x18\x08 \x03(\x0b\x32\x1d.aifb.v1.Span.AttributesEntry\x12\x0e\n\x06status\x18\t \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"0\n\x10GetTraceResponse\x12\x1c\n\x05spans\x18\x01 \x03(\x0b\x32\r.aifb.v1.Span2\x86\x03\n\x10\x43ollectorService\x12L\n\x0bPushMetrics\x12\x1b.aifb.v1.PushMetricsRequest\x1a\x1c.aifb.v1.PushMetricsResponse(\x01\x30\x01\x12\x43\n\x08PushLogs\x12\x18.aifb.v1.PushLogsRequest\x1a\x19.aifb.v1.PushLogsResponse(\x01\x30\x01\x12\x42\n\tQueryLogs\x12\x19.aifb.v1.QueryLogsRequest\x1a\x1a.aifb.v1.QueryLogsResponse\x12Z\n\x11GetCollectorStats\x12!.aifb.v1.GetCollectorStatsRequest\x1a\".aifb.v1.GetCollectorStatsResponse\x12?\n\x08GetTrace\x12\x18.aifb.v1.GetTraceRequest\x1a\x19.aifb.v1.GetTraceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61ifb/v1/collector.proto\x12\x07\x61ifb.v1\x1a\x17\x61ifb/v1/telemetry.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x01\n\x13QueryMetricsRequest\x12\x38\n\x06labels\x18\x01 \x03(\x0b\x32(.aifb.v1.QueryMetricsRequest.LabelsEntry\x12\r\n\x05names\x18\x02 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb7\x01\n\x0cMetricSample\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x06labels\x18\x02 \x03(\x0b\x32!.aifb.v1.MetricSample.LabelsEntry\x12\r\n\x05value\x18\x03 \x01(\x01\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x14QueryMetricsResponse\x12&\n\x07samples\x18\x01 \x03(\x0b\x32\x15.aifb.v1.MetricSample\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"9\n\x12PushMetricsRequest\x12#\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x14.aifb.v1.MetricBatch\"\x85\x01\n\x13PushMetricsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x18\n\x10\x61\x63\x63\x65pted_samples\x18\x03 \x01(\x03\x12\x18\n\x10rejected_samples\x18\x04 \x01(\x03\x12\x15\n\rerror_message\x18\x05 \x01(\t\"3\n\x0fPushLogsRequest\x12 \n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x11.aifb.v1.LogBatch\"~\n\x10PushLogsResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x16\n\x0e\x61\x63\x63\x65pted_lines\x18\x03 \x01(\x03\x12\x16\n\x0erejected_lines\x18\x04 \x01(\x03\x12\x15\n\rerror_message\x18\x05 \x01(\t\"\xf7\x01\n\x10QueryLogsRequest\x12\x35\n\x06labels\x18\x01 \x03(\x0b\x32%.aifb.v1.QueryLogsRequest.LabelsEntry\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x10\n\x08\x63ontains\x18\x05 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa0\x01\n\x08LogEntry\x12-\n\x06labels\x18\x01 \x03(\x0b\x32\x1d.aifb.v1.LogEntry.LabelsEntry\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04line\x18\x03 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x11QueryLogsResponse\x12\"\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x11.aifb.v1.LogEntry\"\x1a\n\x18GetCollectorStatsRequest\"\xf6\x03\n\x0e\x43ollectorStats\x12\x1f\n\x17metric_samples_received\x18\x01 \x01(\x03\x12 \n\x18metric_samples_forwarded\x18\x02 \x01(\x03\x12\x1f\n\x17metric_samples_rejected\x18\x03 \x01(\x03\x12 \n\x18metric_batches_duplicate\x18\x04 \x01(\x03\x12\x1a\n\x12log_lines_received\x18\x05 \x01(\x03\x12\x1b\n\x13log_lines_forwarded\x18\x06 \x01(\x03\x12\x1a\n\x12log_lines_rejected\x18\x07 \x01(\x03\x12\x1d\n\x15log_batches_duplicate\x18\x08 \x01(\x03\x12\x13\n\x0bqueue_depth\x18\t \x01(\x03\x12\x16\n\x0espans_received\x18\n \x01(\x03\x12M\n\x14\x61gents_last_sequence\x18\x0b \x03(\x0b\x32/.aifb.v1.CollectorStats.AgentsLastSequenceEntry\x12\x1b\n\x13metric_samples_held\x18\x0c \x01(\x03\x12\x16\n\x0elog_lines_held\x18\r \x01(\x03\x1a\x39\n\x17\x41gentsLastSequenceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"C\n\x19GetCollectorStatsResponse\x12&\n\x05stats\x18\x01 \x01(\x0b\x32\x17.aifb.v1.CollectorStats\"#\n\x0fGetTraceRequest\x12\x10\n\x08trace_id\x18\x01 \x01(\t\"\xb9\x02\n\x04Span\x12\x10\n\x08trace_id\x18\x01 \x01(\t\x12\x0f\n\x07span_id\x18\x02 \x01(\t\x12\x16\n\x0eparent_span_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x14\n\x0cservice_name\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\nattributes\x18\x08 \x03(\x0b\x32\x1d.aifb.v1.Span.AttributesEntry\x12\x0e\n\x06status\x18\t \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"0\n\x10GetTraceResponse\x12\x1c\n\x05spans\x18\x01 \x03(\x0b\x32\r.aifb.v1.Span2\xd3\x03\n\x10\x43ollectorService\x12L\n\x0bPushMetrics\x12\x1b.aifb.v1.PushMetricsRequest\x1a\x1c.aifb.v1.PushMetricsResponse(\x01\x30\x01\x12\x43\n\x08PushLogs\x12\x18.aifb.v1.PushLogsRequest\x1a\x19.aifb.v1.PushLogsResponse(\x01\x30\x01\x12\x42\n\tQueryLogs\x12\x19.aifb.v1.QueryLogsRequest\x1a\x1a.aifb.v1.QueryLogsResponse\x12Z\n\x11GetCollectorStats\x12!.aifb.v1.GetCollectorStatsRequest\x1a\".aifb.v1.GetCollectorStatsResponse\x12?\n\x08GetTrace\x12\x18.aifb.v1.GetTraceRequest\x1a\x19.aifb.v1.GetTraceResponse\x12K\n\x0cQueryMetrics\x12\x1c.aifb.v1.QueryMetricsRequest\x1a\x1d.aifb.v1.QueryMetricsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aifb.v1.collector_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_QUERYMETRICSREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_QUERYMETRICSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_METRICSAMPLE_LABELSENTRY']._loaded_options = None
+  _globals['_METRICSAMPLE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_QUERYLOGSREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_QUERYLOGSREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LOGENTRY_LABELSENTRY']._loaded_options = None
@@ -41,40 +45,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COLLECTORSTATS_AGENTSLASTSEQUENCEENTRY']._serialized_options = b'8\001'
   _globals['_SPAN_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_SPAN_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_PUSHMETRICSREQUEST']._serialized_start=94
-  _globals['_PUSHMETRICSREQUEST']._serialized_end=151
-  _globals['_PUSHMETRICSRESPONSE']._serialized_start=154
-  _globals['_PUSHMETRICSRESPONSE']._serialized_end=287
-  _globals['_PUSHLOGSREQUEST']._serialized_start=289
-  _globals['_PUSHLOGSREQUEST']._serialized_end=340
-  _globals['_PUSHLOGSRESPONSE']._serialized_start=342
-  _globals['_PUSHLOGSRESPONSE']._serialized_end=468
-  _globals['_QUERYLOGSREQUEST']._serialized_start=471
-  _globals['_QUERYLOGSREQUEST']._serialized_end=718
-  _globals['_QUERYLOGSREQUEST_LABELSENTRY']._serialized_start=673
-  _globals['_QUERYLOGSREQUEST_LABELSENTRY']._serialized_end=718
-  _globals['_LOGENTRY']._serialized_start=721
-  _globals['_LOGENTRY']._serialized_end=881
-  _globals['_LOGENTRY_LABELSENTRY']._serialized_start=673
-  _globals['_LOGENTRY_LABELSENTRY']._serialized_end=718
-  _globals['_QUERYLOGSRESPONSE']._serialized_start=883
-  _globals['_QUERYLOGSRESPONSE']._serialized_end=938
-  _globals['_GETCOLLECTORSTATSREQUEST']._serialized_start=940
-  _globals['_GETCOLLECTORSTATSREQUEST']._serialized_end=966
-  _globals['_COLLECTORSTATS']._serialized_start=969
-  _globals['_COLLECTORSTATS']._serialized_end=1471
-  _globals['_COLLECTORSTATS_AGENTSLASTSEQUENCEENTRY']._serialized_start=1414
-  _globals['_COLLECTORSTATS_AGENTSLASTSEQUENCEENTRY']._serialized_end=1471
-  _globals['_GETCOLLECTORSTATSRESPONSE']._serialized_start=1473
-  _globals['_GETCOLLECTORSTATSRESPONSE']._serialized_end=1540
-  _globals['_GETTRACEREQUEST']._serialized_start=1542
-  _globals['_GETTRACEREQUEST']._serialized_end=1577
-  _globals['_SPAN']._serialized_start=1580
-  _globals['_SPAN']._serialized_end=1893
-  _globals['_SPAN_ATTRIBUTESENTRY']._serialized_start=1844
-  _globals['_SPAN_ATTRIBUTESENTRY']._serialized_end=1893
-  _globals['_GETTRACERESPONSE']._serialized_start=1895
-  _globals['_GETTRACERESPONSE']._serialized_end=1943
-  _globals['_COLLECTORSERVICE']._serialized_start=1946
-  _globals['_COLLECTORSERVICE']._serialized_end=2336
+  _globals['_QUERYMETRICSREQUEST']._serialized_start=95
+  _globals['_QUERYMETRICSREQUEST']._serialized_end=236
+  _globals['_QUERYMETRICSREQUEST_LABELSENTRY']._serialized_start=191
+  _globals['_QUERYMETRICSREQUEST_LABELSENTRY']._serialized_end=236
+  _globals['_METRICSAMPLE']._serialized_start=239
+  _globals['_METRICSAMPLE']._serialized_end=422
+  _globals['_METRICSAMPLE_LABELSENTRY']._serialized_start=191
+  _globals['_METRICSAMPLE_LABELSENTRY']._serialized_end=236
+  _globals['_QUERYMETRICSRESPONSE']._serialized_start=424
+  _globals['_QUERYMETRICSRESPONSE']._serialized_end=505
+  _globals['_PUSHMETRICSREQUEST']._serialized_start=507
+  _globals['_PUSHMETRICSREQUEST']._serialized_end=564
+  _globals['_PUSHMETRICSRESPONSE']._serialized_start=567
+  _globals['_PUSHMETRICSRESPONSE']._serialized_end=700
+  _globals['_PUSHLOGSREQUEST']._serialized_start=702
+  _globals['_PUSHLOGSREQUEST']._serialized_end=753
+  _globals['_PUSHLOGSRESPONSE']._serialized_start=755
+  _globals['_PUSHLOGSRESPONSE']._serialized_end=881
+  _globals['_QUERYLOGSREQUEST']._serialized_start=884
+  _globals['_QUERYLOGSREQUEST']._serialized_end=1131
+  _globals['_QUERYLOGSREQUEST_LABELSENTRY']._serialized_start=191
+  _globals['_QUERYLOGSREQUEST_LABELSENTRY']._serialized_end=236
+  _globals['_LOGENTRY']._serialized_start=1134
+  _globals['_LOGENTRY']._serialized_end=1294
+  _globals['_LOGENTRY_LABELSENTRY']._serialized_start=191
+  _globals['_LOGENTRY_LABELSENTRY']._serialized_end=236
+  _globals['_QUERYLOGSRESPONSE']._serialized_start=1296
+  _globals['_QUERYLOGSRESPONSE']._serialized_end=1351
+  _globals['_GETCOLLECTORSTATSREQUEST']._serialized_start=1353
+  _globals['_GETCOLLECTORSTATSREQUEST']._serialized_end=1379
+  _globals['_COLLECTORSTATS']._serialized_start=1382
+  _globals['_COLLECTORSTATS']._serialized_end=1884
+  _globals['_COLLECTORSTATS_AGENTSLASTSEQUENCEENTRY']._serialized_start=1827
+  _globals['_COLLECTORSTATS_AGENTSLASTSEQUENCEENTRY']._serialized_end=1884
+  _globals['_GETCOLLECTORSTATSRESPONSE']._serialized_start=1886
+  _globals['_GETCOLLECTORSTATSRESPONSE']._serialized_end=1953
+  _globals['_GETTRACEREQUEST']._serialized_start=1955
+  _globals['_GETTRACEREQUEST']._serialized_end=1990
+  _globals['_SPAN']._serialized_start=1993
+  _globals['_SPAN']._serialized_end=2306
+  _globals['_SPAN_ATTRIBUTESENTRY']._serialized_start=2257
+  _globals['_SPAN_ATTRIBUTESENTRY']._serialized_end=2306
+  _globals['_GETTRACERESPONSE']._serialized_start=2308
+  _globals['_GETTRACERESPONSE']._serialized_end=2356
+  _globals['_COLLECTORSERVICE']._serialized_start=2359
+  _globals['_COLLECTORSERVICE']._serialized_end=2826
 # @@protoc_insertion_point(module_scope)

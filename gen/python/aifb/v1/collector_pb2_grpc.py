@@ -61,6 +61,11 @@ class CollectorServiceStub:
                 request_serializer=aifb_dot_v1_dot_collector__pb2.GetTraceRequest.SerializeToString,
                 response_deserializer=aifb_dot_v1_dot_collector__pb2.GetTraceResponse.FromString,
                 _registered_method=True)
+        self.QueryMetrics = channel.unary_unary(
+                '/aifb.v1.CollectorService/QueryMetrics',
+                request_serializer=aifb_dot_v1_dot_collector__pb2.QueryMetricsRequest.SerializeToString,
+                response_deserializer=aifb_dot_v1_dot_collector__pb2.QueryMetricsResponse.FromString,
+                _registered_method=True)
 
 
 class CollectorServiceServicer:
@@ -104,6 +109,15 @@ class CollectorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryMetrics(self, request, context):
+        """The newest value of each series the collector holds (what /metrics serves) whose labels
+        include `labels`, and whose name is one of `names` when given. The operator's view: the
+        ExperimentService reads what the services it deployed used during each trial.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +145,11 @@ def add_CollectorServiceServicer_to_server(servicer, server):
                     servicer.GetTrace,
                     request_deserializer=aifb_dot_v1_dot_collector__pb2.GetTraceRequest.FromString,
                     response_serializer=aifb_dot_v1_dot_collector__pb2.GetTraceResponse.SerializeToString,
+            ),
+            'QueryMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryMetrics,
+                    request_deserializer=aifb_dot_v1_dot_collector__pb2.QueryMetricsRequest.FromString,
+                    response_serializer=aifb_dot_v1_dot_collector__pb2.QueryMetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +289,33 @@ class CollectorService:
             '/aifb.v1.CollectorService/GetTrace',
             aifb_dot_v1_dot_collector__pb2.GetTraceRequest.SerializeToString,
             aifb_dot_v1_dot_collector__pb2.GetTraceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aifb.v1.CollectorService/QueryMetrics',
+            aifb_dot_v1_dot_collector__pb2.QueryMetricsRequest.SerializeToString,
+            aifb_dot_v1_dot_collector__pb2.QueryMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

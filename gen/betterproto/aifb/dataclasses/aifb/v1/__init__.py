@@ -72,6 +72,7 @@ __all__ = (
     "LogStream",
     "LoggerServiceStub",
     "MetricBatch",
+    "MetricSample",
     "MetricSeries",
     "MetricType",
     "MetricsEndpoint",
@@ -86,6 +87,8 @@ __all__ = (
     "PushMetricsResponse",
     "QueryLogsRequest",
     "QueryLogsResponse",
+    "QueryMetricsRequest",
+    "QueryMetricsResponse",
     "RateLevels",
     "RateSearch",
     "Recipe",
@@ -1671,6 +1674,26 @@ default_message_pool.register_message("aifb.v1", "MetricBatch", MetricBatch)
 
 
 @dataclass(eq=False, repr=False)
+class MetricSample(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    labels: "dict[str, str]" = betterproto2.field(
+        2,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+
+    value: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
+
+    time: "datetime.datetime | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+
+
+default_message_pool.register_message("aifb.v1", "MetricSample", MetricSample)
+
+
+@dataclass(eq=False, repr=False)
 class MetricsEndpoint(betterproto2.Message):
     """
     A service's own Prometheus endpoint (what the telemetry agents scrape).
@@ -1917,6 +1940,39 @@ class QueryLogsResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("aifb.v1", "QueryLogsResponse", QueryLogsResponse)
+
+
+@dataclass(eq=False, repr=False)
+class QueryMetricsRequest(betterproto2.Message):
+    labels: "dict[str, str]" = betterproto2.field(
+        1,
+        betterproto2.TYPE_MAP,
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_STRING),
+    )
+    """
+    Exact matches, all of which must hold; at least one.
+    """
+
+    names: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Metric names (at most 64); empty: any.
+    """
+
+
+default_message_pool.register_message("aifb.v1", "QueryMetricsRequest", QueryMetricsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class QueryMetricsResponse(betterproto2.Message):
+    samples: "list[MetricSample]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    truncated: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    More series matched than one answer holds (10,000).
+    """
+
+
+default_message_pool.register_message("aifb.v1", "QueryMetricsResponse", QueryMetricsResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -2991,6 +3047,19 @@ class CollectorServiceStub:
             "/aifb.v1.CollectorService/GetTrace",
             GetTraceRequest.SerializeToString,
             GetTraceResponse.FromString,
+        )(message)
+
+    def query_metrics(self, message: "QueryMetricsRequest") -> "QueryMetricsResponse":
+        """
+        The newest value of each series the collector holds (what /metrics serves) whose labels
+        include `labels`, and whose name is one of `names` when given. The operator's view: the
+        ExperimentService reads what the services it deployed used during each trial.
+        """
+
+        return self._channel.unary_unary(
+            "/aifb.v1.CollectorService/QueryMetrics",
+            QueryMetricsRequest.SerializeToString,
+            QueryMetricsResponse.FromString,
         )(message)
 
 
