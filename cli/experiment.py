@@ -85,11 +85,28 @@ def _table(x: E.Experiment) -> Table:
     return table
 
 
-def _watch(state: CliState, name: str) -> Iterator[E.WatchExperimentResponse]:
-    try:
-        yield from _stub(state).WatchExperiment(E.WatchExperimentRequest(name=name))
-    except grpc.RpcError as exc:
-        raise_for_rpc_error(exc)
+def _watch(state: CliState, name: str, reconnect_s: float = 300.0
+           ) -> Iterator[E.WatchExperimentResponse]:
+    """The experiment's stream until it ends. An experiment outlives its server's restarts, and
+    so does a watch: when the server goes away mid-stream, it is asked again (each second, for
+    up to `reconnect_s`), and the stream resumes from the experiment's state then."""
+    lost_at: float | None = None
+    while True:
+        try:
+            for msg in _stub(state).WatchExperiment(E.WatchExperimentRequest(name=name)):
+                lost_at = None
+                yield msg
+            return
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise_for_rpc_error(exc)
+            now = time.monotonic()
+            if lost_at is None:
+                lost_at = now
+                state.err.print(f"lost the server ({exc.details()}); reconnecting...")
+            elif now - lost_at > reconnect_s:
+                raise_for_rpc_error(exc)
+            time.sleep(1.0)
 
 
 def _follow(state: CliState, name: str) -> E.Experiment:

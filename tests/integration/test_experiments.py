@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.cli_procs import Daemon, free_port, until
+from tests.integration.cli_procs import AIFB, Daemon, free_port, until
 from tests.integration.test_cli_telemetry import Up, cli_env
 
 pytestmark = pytest.mark.integration
@@ -183,10 +184,19 @@ def test_sigkill_of_the_server_mid_experiment_resumes_it_without_reruns_or_orpha
 
         until(two_done_one_running, "two trials done and a third running", timeout=180)
         before = {t["name"]: t for t in _get(up, name)["trials"]}
+        watcher = subprocess.Popen(  # a watch from before the crash, to its end
+            [str(AIFB), "--server", up.address, "--output", "json", "experiment", "watch",
+             name], env=up.env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        time.sleep(1.0)
         up.daemon.proc.kill()
         up.daemon.proc.wait(30)
         up = _start(tmp_path, port, scheduler)
         x = _wait_terminal(up, name)
+        out, err = watcher.communicate(timeout=120)
+        assert watcher.returncode == 0, err[-2000:]
+        assert "reconnecting" in err
+        assert json.loads(out)["state"] == "EXPERIMENT_STATE_SUCCEEDED"
         assert x["state"] == "EXPERIMENT_STATE_SUCCEEDED", x["state_message"]
         assert {t["state"] for t in x["trials"]} == {"TRIAL_STATE_SUCCEEDED"}
         for t in x["trials"]:  # a trial that had ended kept its benchmark: not run again
