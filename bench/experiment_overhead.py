@@ -23,9 +23,11 @@ Both sides are measured from the same server-side timestamps:
     process starts and the first request follows, the same on both sides: the time of the
     first request itself is only in the run's trace, not in the API) and `end_time`, from
     `aifb bench list --output json`;
-  - total: the client's wall clock from the first command's start to the last one's exit.
-Printed: READY -> first benchmark start, the gaps between one benchmark's end and the next
-one's start on the same deployment (mean, max), the runs themselves, the total and the
+  - total: the client's wall clock from the first command's start to the last one's exit
+    (the client's time.time() also brackets the server's stamps: the same host, one clock).
+Printed: first command -> READY, READY -> first benchmark start, the gaps between one
+benchmark's end and the next one's start on the same deployment (mean, max), the runs
+themselves, last benchmark end -> last command's exit, the total (these add up to it) and the
 overhead per trial = (total - sum of the runs' start->end) / trials, each as experiment |
 shell loop | ratio (median [min-max] over --repeat), then whether the experiment is not slower
 (total) and adds < 1 s per trial (its overhead per trial). It is not a test and asserts
@@ -210,9 +212,11 @@ class ReadyTimes:
 
 @dataclass
 class Round:
+    to_ready: float  # the first command's start (client clock) -> READY (server clock)
     ready_to_first: float
     gaps: list[float]
     runs: list[float]  # each benchmark's start -> end
+    after_last: float  # the last benchmark's end (server clock) -> the last command's exit
     total: float
 
     @property
@@ -220,11 +224,14 @@ class Round:
         return (self.total - sum(self.runs)) / len(self.runs)
 
 
-def measure(ready: float, benchmarks: list[dict[str, Any]], total: float) -> Round:
+def measure(ready: float, benchmarks: list[dict[str, Any]], began: float, ended: float,
+            total: float) -> Round:
+    """`began`, `ended`: the client's time.time() (the server's clock: the same host)."""
     times = sorted((stamp(b["start_time"]), stamp(b["end_time"])) for b in benchmarks)
-    return Round(ready_to_first=times[0][0] - ready,
+    return Round(to_ready=ready - began, ready_to_first=times[0][0] - ready,
                  gaps=[b[0] - a[1] for a, b in itertools.pairwise(times)],
-                 runs=[end - start for start, end in times], total=total)
+                 runs=[end - start for start, end in times], after_last=ended - times[-1][1],
+                 total=total)
 
 
 STUDY = """name: {name}
@@ -247,39 +254,41 @@ def experiment_round(up: Up, watch: ReadyTimes, levels: list[float], duration: s
     study.write_text(STUDY.format(name=name, duration=duration,
                                   rates=", ".join(f"{r:g}" for r in levels)))
     limit = 180 + len(levels) * (seconds(duration) + 60)
-    t0 = time.perf_counter()
+    began, t0 = time.time(), time.perf_counter()
     x = json.loads(up.cli("--output", "json", "experiment", "run", str(study), "--watch",
                           timeout=limit).stdout)
-    total = time.perf_counter() - t0
+    total, ended = time.perf_counter() - t0, time.time()
     if x["state"] != "EXPERIMENT_STATE_SUCCEEDED":
         raise RuntimeError(f"{x['name']} {x['state']}: {x.get('state_message', '')}")
     service = x["configurations"][0]["service"]
     eid = x["name"].removeprefix("experiments/")
     benchmarks = up.json("bench", "list", "--filter", f"label.experiment={eid}")
     assert len(benchmarks) == len(levels), benchmarks
-    return measure(watch.of(service), benchmarks, total)
+    return measure(watch.of(service), benchmarks, began, ended, total)
 
 
 def loop_round(up: Up, watch: ReadyTimes, levels: list[float], duration: str) -> Round:
     limit = seconds(duration) + 120
-    t0 = time.perf_counter()
+    began, t0 = time.time(), time.perf_counter()
     svc = up.json("services", "create", "nginx", "--param", "port=0", "--wait", timeout=180)
     sid = svc["name"].removeprefix("services/")
     for rate in levels:
         up.cli("--output", "json", "bench", "run", "--service", sid, "--workload", "http",
                "--rate", f"{rate:g}", "--duration", duration, timeout=limit)
     up.cli("services", "delete", sid)
-    total = time.perf_counter() - t0
+    total, ended = time.perf_counter() - t0, time.time()
     benchmarks = [b for b in up.json("bench", "list") if b.get("service") == svc["name"]]
     assert len(benchmarks) == len(levels), benchmarks
-    return measure(watch.of(svc["name"]), benchmarks, total)
+    return measure(watch.of(svc["name"]), benchmarks, began, ended, total)
 
 
 ROWS: list[tuple[str, Any]] = [
+    ("first command start -> READY (s)", lambda r: r.to_ready),
     ("READY -> first benchmark start (s)", lambda r: r.ready_to_first),
     ("gap between trials, mean (s)", lambda r: statistics.fmean(r.gaps) if r.gaps else 0.0),
     ("gap between trials, max (s)", lambda r: max(r.gaps, default=0.0)),
     ("benchmark run start -> end, mean (s)", lambda r: statistics.fmean(r.runs)),
+    ("last benchmark end -> last exit (s)", lambda r: r.after_last),
     ("total, client wall clock (s)", lambda r: r.total),
     ("overhead per trial (s)", lambda r: r.overhead_per_trial),
 ]
