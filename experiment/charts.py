@@ -26,12 +26,14 @@ def _points(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def pareto_front(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The points (configuration, level) that no other beats on both rate and p99."""
+    """Per workload (different workloads' requests are not comparable), the points
+    (configuration, level) that no other point of that workload beats on both rate and p99."""
     points = _points(groups)
     front = [p for p in points
-             if not any(q["rate"] >= p["rate"] and q["p99"] <= p["p99"]
-                        and (q["rate"] > p["rate"] or q["p99"] < p["p99"]) for q in points)]
-    return sorted(front, key=lambda p: p["rate"])
+             if not any(q["workload"] == p["workload"] and q["rate"] >= p["rate"]
+                        and q["p99"] <= p["p99"] and (q["rate"] > p["rate"] or q["p99"] < p["p99"])
+                        for q in points)]
+    return sorted(front, key=lambda p: (p["workload"], p["rate"]))
 
 
 def rate_latency_chart(doc: dict[str, Any]) -> str:
@@ -78,9 +80,11 @@ def rate_latency_chart(doc: dict[str, Any]) -> str:
         parts.append(f'<text x="{_W - _PAD + 4}" y="{_PAD + 14 * n}" fill="{colour}">'
                      f'{label}</text>')
     front = pareto_front(doc["groups"])
-    if len(front) > 1:
-        coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in map(xy, front))
-        parts.append(f'<polyline points="{coords}" fill="none" stroke="#000" '
-                     f'stroke-dasharray="4 3"/>')
+    for workload in sorted({p["workload"] for p in front}):
+        line = [p for p in front if p["workload"] == workload]
+        if len(line) > 1:
+            coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in map(xy, line))
+            parts.append(f'<polyline points="{coords}" fill="none" stroke="#000" '
+                         f'stroke-dasharray="4 3"/>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

@@ -1,8 +1,8 @@
 """Two experiments' reports side by side, and the CI gate of `aifb experiment compare
 --fail-on`.
 
-Groups are matched by what they measured, not by index: the configuration's key (recipe
-parameters and resources), the workload and the level. For each figure both have, the row
+Groups are matched by what they measured, not by index: the configuration (its recipe with
+every parameter and resource), the workload and the level. For each figure both have, the row
 gives both means, b / a and whether the difference is within the noise (Welch, 95 %). A
 threshold names a figure by its report name or a short alias (`p99` is `latency_p99_seconds`,
 `p50`, `ttft_p99`, `tpot_p99`, `rate` is `achieved_rate`); it is judged on every matched group
@@ -35,9 +35,17 @@ def _level(g: dict[str, Any]) -> str:
                                                                                         kind)
 
 
+def _identity(config: dict[str, Any]) -> str:
+    """What was deployed, whatever else the study varied: the recipe with every parameter and
+    resource (a configuration's `key` names only the axes its own grid varies)."""
+    values = {**config["parameters"], **{f"resources.{k}": v
+                                          for k, v in config["resources"].items()}}
+    return " ".join([config["recipe"], *(f"{k}={v}" for k, v in sorted(values.items()))])
+
+
 def _groups(doc: dict[str, Any]) -> dict[tuple[str, str, str, float], dict[str, Any]]:
-    keys = {c["index"]: c["key"] for c in doc["configurations"]}
-    return {(keys.get(g["configuration"], str(g["configuration"])), g["workload"],
+    ids = {c["index"]: _identity(c) for c in doc["configurations"]}
+    return {(ids.get(g["configuration"], str(g["configuration"])), g["workload"],
              g["level_kind"], g["level"]): g for g in doc["groups"]}
 
 
@@ -46,19 +54,20 @@ def compare_documents(a: dict[str, Any], b: dict[str, Any], thresholds: list[Thr
     """(rows, breaches): one row per matched group and figure; one line per breached
     threshold (or threshold that could not be judged)."""
     ga, gb = _groups(a), _groups(b)
+    shown = {_identity(c): c["key"] for c in a["configurations"]}  # how a's tables name them
     rows: list[dict[str, Any]] = []
     breaches: list[str] = []
     for key in sorted(set(ga) & set(gb)):
         fa, fb = ga[key]["figures"], gb[key]["figures"]
         for figure in [f for f in a["figures"] if f in fa and f in fb]:
             c = compare(_summary(fa[figure]), _summary(fb[figure]))
-            rows.append({"configuration": key[0], "workload": key[1],
+            rows.append({"configuration": shown.get(key[0], key[0]), "workload": key[1],
                          "level": _level(ga[key]), "figure": figure,
                          "a": fa[figure]["mean"], "b": fb[figure]["mean"], "ratio": c.ratio,
                          "within_noise": c.within_noise})
         for t in thresholds:
             figure = ALIASES.get(t.figure, t.figure)
-            where = f"{key[0]} / {key[1]} / {_level(ga[key])}"
+            where = f"{shown.get(key[0], key[0])} / {key[1]} / {_level(ga[key])}"
             if figure not in fa or figure not in fb:
                 breaches.append(f"{where}: {t} cannot be judged: {figure} is missing")
                 continue

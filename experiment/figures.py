@@ -18,11 +18,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["HEADLINE", "figures_from_report", "headline"]
+__all__ = ["HEADLINE", "USAGE", "figures_from_report", "headline"]
 
 # What the tables show first, in this order, when the trials have them.
 HEADLINE = ("achieved_rate", "error_ratio", "latency_p50_seconds", "latency_p99_seconds",
             "ttft_p99_seconds", "tpot_p99_seconds", "output_tokens_per_second")
+# What the service used during the trial (`aifb.experiment.usage`).
+USAGE = ("cpu_cores", "memory_rss_bytes", "gpu_memory_bytes", "achieved_rate_per_cpu_core",
+         "output_tokens_per_second_per_cpu_core", "achieved_rate_per_gpu",
+         "output_tokens_per_second_per_gpu")
 _PERCENTILES = {"p50": "p50", "p90": "p90", "p99": "p99", "mean": "mean"}
 
 

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 _ID = re.compile(r"^[0-9a-f]{12}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _RESTARTED = "resumed after the experiment service restarted"
+_KEPT = 256  # progress messages kept for watchers
 
 
 def _with_trial(trial: Trial) -> Callable[[ExperimentRecord], ExperimentRecord]:
@@ -77,7 +78,10 @@ class _Live:
     record: ExperimentRecord
     run: ExperimentRun | None = None
     task: asyncio.Task[None] | None = None
+    # The newest progress messages; `sent` counts every one ever added, so each watcher keeps
+    # its own position (a watcher that falls more than _KEPT behind skips the oldest).
     progress: list[tuple[str, C.ProgressSample]] = field(default_factory=list)
+    sent: int = 0
     cancel_reason: str = ""
 
 
@@ -142,11 +146,11 @@ class ExperimentManager:
         live = self._live.get(parse_experiment_id(name))
         record = self.get(principal, name)
         yield record, "", None
-        index = len(live.progress) if live is not None else 0
+        seen = live.sent if live is not None else 0
         revision = record.revision
         while not record.terminal and live is not None:
-            def news(x: _Live = live, i: int = index, rev: int = revision) -> bool:
-                return self._closed or len(x.progress) > i or x.record.revision != rev
+            def news(x: _Live = live, n: int = seen, rev: int = revision) -> bool:
+                return self._closed or x.sent > n or x.record.revision != rev
 
             async with self._changed:
                 await self._changed.wait_for(news)
@@ -154,11 +158,10 @@ class ExperimentManager:
             if record.revision != revision:
                 revision = record.revision
                 yield record, "", None
-            for trial, progress in live.progress[index:]:
-                index += 1
+            fresh = live.progress[max(0, len(live.progress) - (live.sent - seen)):]
+            seen = live.sent
+            for trial, progress in fresh:
                 yield record, trial, progress
-            del live.progress[:max(0, index - 64)]
-            index = min(index, 64)
             if self._closed and not record.terminal:
                 return
 
@@ -250,6 +253,8 @@ class ExperimentManager:
         if live is None:
             return
         live.progress.append((trial, progress))
+        live.sent += 1
+        del live.progress[:-_KEPT]
         asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:
@@ -301,20 +306,19 @@ class ExperimentManager:
         assert live.run is not None
         run = live.run
         for trial in live.record.trials:
-            if trial.benchmark and not trial.state.terminal:
+            if trial.benchmark and not trial.finished:
                 await run.cancel_benchmark(trial.benchmark)
         for trial in list(live.record.trials):
-            if not trial.state.terminal:
+            if not trial.finished:
                 state = (TrialState.CANCELLED if trial.state is TrialState.BENCHMARKING
                          else TrialState.SKIPPED)
                 ended = trial.evolve(state=state, state_message=reason, end_time=time.time())
                 await self._commit(eid, _with_trial(ended), [ended])
         for config in live.record.configurations:
-            if config.service and not config.torn_down:
-                try:
-                    await run.teardown(config)
-                except AifbError as exc:
-                    log.warning("experiment %s: %s not deleted: %s", eid, config.service, exc)
+            try:  # every deployment; a trial left TEARING_DOWN takes back its end state
+                await run.teardown(config)
+            except AifbError as exc:
+                log.warning("experiment %s: %s not deleted: %s", eid, config.service, exc)
 
     def run_dir(self, eid: str) -> Path:
         return self.store.run_dir(eid)

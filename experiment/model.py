@@ -64,6 +64,14 @@ class Trial:
     slo_met: bool | None = None
     start_time: float = 0.0
     end_time: float = 0.0
+    # While TEARING_DOWN (the last trial of a configuration, its deployment being deleted):
+    # the state it ended in, which it takes back once the deployment is gone.
+    ended_as: str = ""
+
+    @property
+    def finished(self) -> bool:
+        """Its benchmark is over: terminal, or only waiting for its deployment's deletion."""
+        return self.state.terminal or self.state is TrialState.TEARING_DOWN
 
     def evolve(self, **changes: Any) -> Trial:
         return dataclasses.replace(self, **changes)

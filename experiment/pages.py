@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from aifb.experiment.figures import HEADLINE
+from aifb.experiment.figures import HEADLINE, USAGE
 
 __all__ = ["to_html", "to_markdown"]
 
@@ -38,25 +38,36 @@ def _tables(doc: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]
              ("failed: " + c["failure"].splitlines()[0]) if c["failure"] else "ok"]
             for c in doc["configurations"]]
     tables.append(("Configurations", ["#", "configuration", "service", "deployment"], rows))
-    figures = [f for f in doc["figures"] if f in HEADLINE][:_SHOWN] or doc["figures"][:_SHOWN]
-    if doc["groups"]:
-        header = ["configuration", "workload", "level", "n", *figures, "SLO"]
+    headline = [f for f in doc["figures"] if f in HEADLINE]
+    usage = [f for f in doc["figures"] if f in USAGE]
+    others = [f for f in doc["figures"] if f not in HEADLINE and f not in USAGE]
+    for title, figures in (("Figures", headline or others[:_SHOWN]),
+                           ("Resource use (from the collector)", usage),
+                           ("Workload figures", others[:_SHOWN] if headline else [])):
+        if not doc["groups"] or not figures:
+            continue
+        header = ["configuration", "workload", "level", "n", *figures]
         rows = []
         for g in doc["groups"]:
             row = [keys.get(g["configuration"], str(g["configuration"])), g["workload"],
                    _level(g), str(g["succeeded"])]
             row += [_cell(f, g["figures"][f]) if f in g["figures"] else "-" for f in figures]
-            row.append({True: "met", False: "missed", None: "-"}[g["slo_met"]])
             rows.append(row)
-        tables.append(("Figures (mean ± 95 % confidence half-width over repeats)", header,
+        if title == "Figures":
+            header.append("SLO")
+            for row, g in zip(rows, doc["groups"], strict=True):
+                row.append({True: "met", False: "missed", None: "-"}[g["slo_met"]])
+        tables.append((f"{title} (mean ± 95 % confidence half-width over repeats)", header,
                        rows))
     if doc["searches"]:
         rows = []
         for s in doc["searches"]:
             best = s["best_rate"]
             reasons = "; ".join(r["reason"] for r in s["repeats"] if r["reason"])
+            finished = all(r["done"] for r in s["repeats"])
             rows.append([keys.get(s["configuration"], str(s["configuration"])), s["workload"],
-                         _cell("best_rate", best) if best else "none met the SLO",
+                         _cell("best_rate", best) if best
+                         else ("none met the SLO" if finished else "not finished"),
                          str(len(s["repeats"])), reasons])
         tables.append(("Highest rate meeting the SLO", ["configuration", "workload",
                                                         "best rate (req/s)", "repeats",

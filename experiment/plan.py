@@ -26,6 +26,8 @@ __all__ = ["Limits", "Plan", "Step", "load_profile"]
 # (validate_only: the service is not resolved, only the request's own rules are checked).
 _VALIDATION_TARGET = "services/000000000000"
 _ENGINES = {"inprocess": C.LOAD_ENGINE_INPROCESS, "spark": C.LOAD_ENGINE_SPARK}
+# What one load engine may be asked for (aifb.client.runs.options.MAX_RATE_PER_ENGINE).
+MAX_RATE_PER_ENGINE = 100_000.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,18 @@ def load_profile(workload: Workload, level: Level, rate: float = 0.0) -> C.LoadP
     return profile
 
 
+def search_ceiling(workload: Workload) -> float:
+    """The highest rate a search tries: its `max`, else start x 1024 within what the load's
+    engines can send (the BenchmarkService's bound: 100,000 req/s per worker or partition)."""
+    search = workload.search
+    assert search is not None
+    if search.max is not None:
+        return search.max
+    load = workload.load
+    engines = max(load.partitions, 1) if load.engine == "spark" else load.workers
+    return min(search.max_rate, MAX_RATE_PER_ENGINE * engines)
+
+
 class Plan:
     def __init__(self, study: Study) -> None:
         self.study = study
@@ -116,9 +130,9 @@ class Plan:
     def _search_factory(workload: Workload) -> Callable[[], RateSearch]:
         search = workload.search
         assert search is not None
-        return lambda: RateSearch(start=search.start, low=search.min_rate,
-                                  high=search.max_rate, tolerance=search.tolerance,
-                                  max_trials=search.max_trials)
+        high = search_ceiling(workload)
+        return lambda: RateSearch(start=search.start, low=search.min_rate, high=high,
+                                  tolerance=search.tolerance, max_trials=search.max_trials)
 
     def initial_trials(self) -> list[Trial]:
         """Every fixed-level trial, PENDING, numbered in the order they run."""
@@ -147,10 +161,14 @@ class Plan:
         for index, workload in enumerate(self.study.workloads):
             shown = levels(workload)
             for level in dict.fromkeys((shown[0], shown[-1])):
-                out.append((index, C.CreateBenchmarkRequest(
-                    workload=workload.workload, service=_VALIDATION_TARGET,
-                    parameters=dict(workload.parameters),
-                    load=load_profile(workload, level))))
+                rates = [0.0]  # the level's own
+                if workload.search is not None:  # the lowest and highest rate it may try
+                    rates = [workload.search.min_rate, search_ceiling(workload)]
+                for rate in rates:
+                    out.append((index, C.CreateBenchmarkRequest(
+                        workload=workload.workload, service=_VALIDATION_TARGET,
+                        parameters=dict(workload.parameters),
+                        load=load_profile(workload, level, rate))))
         return out
 
     def trial_timeout_s(self, trial: Trial) -> float:

@@ -32,14 +32,6 @@ SCHEMA_VERSION = 1
 FORMATS = ("json", "md", "html", "parquet")
 _FILES = {"json": "report.json", "md": "report.md", "html": "report.html",
           "parquet": "trials.parquet"}
-# Figures where less is better; the rest are "more is better".
-_LOWER_IS_BETTER_SUFFIXES = ("_seconds", "error_ratio")
-
-
-def lower_is_better(figure: str) -> bool:
-    return figure.endswith(_LOWER_IS_BETTER_SUFFIXES)
-
-
 def _summary(s: Summary) -> dict[str, Any]:
     return {"n": s.n, "mean": s.mean, "stdev": s.stdev, "ci_low": s.ci_low,
             "ci_high": s.ci_high, "ci_known": s.ci_known}
@@ -78,6 +70,12 @@ def _searches(record: ExperimentRecord) -> list[dict[str, Any]]:
                                  "failed_rate": s.failed_rate, "converged": s.converged,
                                  "reason": s.reason, "done": s.done} for s in runs]})
     return out
+
+
+def _search_groups(searches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"configuration": s["configuration"], "workload": s["workload"],
+             "level_kind": "search", "level": 0.0, "figures": {"best_rate": s["best_rate"]}}
+            for s in searches if s["best_rate"] is not None]
 
 
 def _objective(record: ExperimentRecord) -> tuple[str, bool]:
@@ -126,6 +124,7 @@ def _as_summary(d: dict[str, Any]) -> Summary:
 
 def build_document(record: ExperimentRecord) -> dict[str, Any]:
     groups = _groups(record)
+    searches = _searches(record)
     metric, minimize = _objective(record)
     figure = _metric_name(metric)
     configs = configurations(Study.from_dict(record.study))
@@ -145,8 +144,10 @@ def build_document(record: ExperimentRecord) -> dict[str, Any]:
                    for t in record.trials],
         "groups": groups,
         "figures": headline({k for g in groups for k in g["figures"]}),
-        "searches": _searches(record),
-        "comparisons": _comparisons(groups, figure, minimize),
+        "searches": searches,
+        # The searches' best rates compare like any figure (objective: maximize best_rate).
+        "comparisons": [c for c in _comparisons(groups + _search_groups(searches), figure,
+                                                minimize) if c["others"]],
         "pareto": pareto_front(groups),
     }
 

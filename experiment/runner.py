@@ -119,7 +119,12 @@ class ExperimentRun:
 
         async def one(config: Configuration) -> None:
             async with slots:
-                if not self.aborted:
+                if self.aborted:
+                    await self._skip_rest(config, "the experiment was aborted: " + self.aborted)
+                elif self._budget.spent() and not self.record.configurations[config.index].service:
+                    await self._skip_rest(config, "the experiment's time budget was spent "
+                                                  "before this configuration's turn")
+                else:
                     await self._configuration(config)
 
         tasks = [asyncio.create_task(one(c), name=f"experiment {self.id} config {c.index}")
@@ -131,11 +136,17 @@ class ExperimentRun:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         if self.aborted:
+            for trial in list(self.record.trials):  # configurations that never got a turn
+                if not trial.finished:
+                    await self._set_trial(trial.evolve(
+                        state=TrialState.SKIPPED, end_time=time.time(),
+                        state_message="the experiment was aborted: " + self.aborted))
             raise Aborted(self.aborted)
 
     async def _configuration(self, config: Configuration) -> None:
         run = self.record.configurations[config.index]
         if run.torn_down and self._done(config):
+            await self._restore_ended(config)
             return
         if self._done(config):  # trials ended before a crash, teardown did not: finish it
             await self._teardown(run)
@@ -174,7 +185,7 @@ class ExperimentRun:
         await self._teardown(self.record.configurations[config.index], last)
 
     def _done(self, config: Configuration) -> bool:
-        return (all(t.state.terminal for t in self.record.trials
+        return (all(t.finished for t in self.record.trials
                     if t.configuration == config.index)
                 and all(s.done for s in self.record.searches
                         if s.configuration == config.index)
@@ -187,11 +198,11 @@ class ExperimentRun:
 
     def _next_pending(self, config: Configuration) -> Trial | None:
         return next((t for t in self.record.trials
-                     if t.configuration == config.index and not t.state.terminal), None)
+                     if t.configuration == config.index and not t.finished), None)
 
     async def _skip_rest(self, config: Configuration, reason: str) -> None:
         for trial in list(self.record.trials):
-            if trial.configuration == config.index and not trial.state.terminal:
+            if trial.configuration == config.index and not trial.finished:
                 await self._set_trial(trial.evolve(state=TrialState.SKIPPED,
                                                    state_message=reason, end_time=time.time()))
 
@@ -252,12 +263,15 @@ class ExperimentRun:
         await self._teardown(run)
 
     async def _teardown(self, run: ConfigurationRun, last: Trial | None = None) -> None:
+        """Delete the deployment; the configuration's last trial shows TEARING_DOWN meanwhile
+        (remembering how it ended) and takes its end state back once the deletion is done."""
         if run.torn_down:
+            await self._restore_ended(self.plan.configurations[run.index])
             return
-        final = None
-        if last is not None:
-            final = self._trial(last.n)
-            await self._set_trial(final.evolve(state=TrialState.TEARING_DOWN))
+        if last is not None and self._trial(last.n).state.terminal:
+            ended = self._trial(last.n)
+            await self._set_trial(ended.evolve(state=TrialState.TEARING_DOWN,
+                                               ended_as=ended.state.value))
         if run.service:
             try:
                 await self.remote.call(self.remote.server.DeleteService,
@@ -267,19 +281,22 @@ class ExperimentRun:
             except AifbError as exc:
                 log.warning("experiment %s: could not delete %s: %s", self.id, run.service,
                             exc)
-                if final is not None:
-                    await self._set_trial(final)
                 return  # not torn down: a restart (or cancel) tries again
         await self._set_configuration(self.record.configurations[run.index].evolve(
             torn_down=True))
-        if final is not None:
-            await self._set_trial(final)
+        await self._restore_ended(self.plan.configurations[run.index])
+
+    async def _restore_ended(self, config: Configuration) -> None:
+        for trial in list(self.record.trials):
+            if trial.configuration == config.index and trial.state is TrialState.TEARING_DOWN:
+                await self._set_trial(trial.evolve(state=TrialState(trial.ended_as),
+                                                   ended_as=""))
 
     # -- trials ----------------------------------------------------------------------------
     async def _step(self, service: str, step: Step) -> Trial | None:
         """The fixed-level trials of one step (all repeats of one level)."""
         trial = self._trial(step.trial)
-        if trial.state.terminal:
+        if trial.finished:
             return None
         return await self._run_trial(service, trial, step)
 
@@ -297,7 +314,7 @@ class ExperimentRun:
         last: Trial | None = None
         # A trial of this search left unfinished by a crash: finish it first.
         pending = [t for t in self.record.trials if (t.configuration, t.workload, t.repeat) == key
-                   and t.level_kind == "search" and not t.state.terminal]
+                   and t.level_kind == "search" and not t.finished]
         while True:
             if self.aborted or self._budget.spent():
                 return last

@@ -51,9 +51,11 @@ _TERMINAL = tuple(s.value for s in ExperimentState if s.terminal)
 
 
 def _head(record: ExperimentRecord) -> str:
+    """The record without its trials. Not sorted: the study's axes are kept in the order they
+    were written, which is what numbers its configurations."""
     data = record.to_dict()
     data["trials"] = []
-    return json.dumps(data, sort_keys=True)
+    return json.dumps(data)
 
 
 class ExperimentStore:
@@ -62,6 +64,8 @@ class ExperimentStore:
         path = private_sqlite_file(root / "experiments.db")
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # A deleted credential is overwritten, not left in a free page (see `update`).
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -96,8 +100,10 @@ class ExperimentStore:
             self._db.executemany(
                 "INSERT OR REPLACE INTO trials(experiment, n, trial) VALUES (?, ?, ?)",
                 [(record.id, t.n, json.dumps(t.to_dict(), sort_keys=True)) for t in trials])
-            if record.terminal:
-                self._db.execute("DELETE FROM credentials WHERE experiment = ?", (record.id,))
+            ended = record.terminal and self._db.execute(
+                "DELETE FROM credentials WHERE experiment = ?", (record.id,)).rowcount
+        if ended:  # and out of the write-ahead log too
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _load(self, head: str) -> ExperimentRecord:
         data = json.loads(head)

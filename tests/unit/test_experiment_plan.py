@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from aifb.experiment.expand import Level
-from aifb.experiment.plan import Plan, load_profile
+from aifb.experiment.plan import Plan, load_profile, search_ceiling
 from aifb.experiment.study import Study, load_study
 from aifb.v1 import client_pb2 as C
 
@@ -196,13 +196,26 @@ def test_resources_turn_memory_and_time_into_the_resources_message() -> None:
 
 def test_validation_requests_check_the_first_and_last_level_of_each_workload_once() -> None:
     requests = Plan(_study()).validation_requests()
+    # A search is checked at the lowest and the highest rate it may try (start / 1024, and
+    # start x 1024 within one engine's 100,000 req/s).
     assert [(i, r.load.mode, r.load.rate, r.load.concurrency) for i, r in requests] == [
         (0, C.LOAD_MODE_CONSTANT, 100.0, 0), (0, C.LOAD_MODE_CONSTANT, 200.0, 0),
-        (1, C.LOAD_MODE_CONSTANT, 40.0, 0),
+        (1, C.LOAD_MODE_CONSTANT, 40.0 / 1024, 0), (1, C.LOAD_MODE_CONSTANT, 40.0 * 1024, 0),
         (2, C.LOAD_MODE_CLOSED, 0.0, 4), (2, C.LOAD_MODE_CLOSED, 0.0, 16)]
     assert {r.service for _, r in requests} == {"services/000000000000"}
     assert dict(requests[0][1].parameters) == {"path": "/"}
     assert dict(requests[2][1].load.slo) == {"p99": "50ms", "errors": "1%"}
+
+
+def test_a_search_without_max_stops_at_what_its_engines_can_send() -> None:
+    def ceiling(load: str) -> float:
+        study = _one_workload("  - {workload: http, load: " + load + ", search: {slo: {p99: "
+                              "50ms}, start: 500}}\n")
+        return search_ceiling(study.workloads[0])
+
+    assert ceiling("{}") == 100_000.0  # not 500 x 1024
+    assert ceiling("{workers: 4}") == 400_000.0
+    assert ceiling("{engine: spark, partitions: 8}") == 512_000.0  # start x 1024 is lower
 
 
 def test_trial_timeout_is_three_trial_lengths_plus_a_minute_by_default() -> None:

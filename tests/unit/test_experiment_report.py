@@ -335,7 +335,7 @@ def test_compare_without_common_groups_says_there_is_nothing_to_compare() -> Non
     a = build_document(_record())
     b = build_document(_record())
     for c in b["configurations"]:
-        c["key"] += " cpus=2"
+        c["resources"]["cpus"] = "2"
     rows, breaches = compare_documents(a, b, [parse_threshold("rate<-5%")])
     assert rows == []
     assert breaches == ["the two experiments have no configuration, workload and level in "

@@ -213,3 +213,32 @@ def test_an_unknown_state_or_filter_key_is_invalid_argument_naming_filter() -> N
         with pytest.raises(InvalidArgument) as err:
             page(_listed(), page_size=0, token="", filter_text=text)
         assert err.value.field == "filter"
+
+
+def test_a_stored_study_keeps_its_axes_in_the_order_written(store: ExperimentStore) -> None:
+    """Axes not in alphabetical order: configuration n must be the same point after a read
+    (sorting the stored JSON once renumbered them, and reports put figures on the wrong
+    parameters)."""
+    from aifb.experiment.expand import configurations
+    from aifb.experiment.study import Study, load_study
+
+    study = load_study("name: order\nservices:\n  - recipe: nginx\n    parameters:\n"
+                       "      workers: [1, 2]\n      worker_connections: [16, 64]\n"
+                       "workloads:\n  - workload: http\n    rates: [10]\n", file="o.yaml")
+    written = [c.parameters for c in configurations(study)]
+    assert written[1] == {"workers": "1", "worker_connections": "64"}
+    record = ExperimentRecord(id="e0000000000a", owner="alice", study=study.to_dict())
+    store.insert(record, "")
+    back = store.get("e0000000000a")
+    assert back is not None
+    assert [c.parameters for c in configurations(Study.from_dict(back.study))] == written
+
+
+def test_an_ended_experiments_token_is_gone_from_the_database_files(tmp_path: Path) -> None:
+    store = ExperimentStore(tmp_path / "x")
+    record = _record("e0000000000b")
+    store.insert(record, "secret-token-0123456789")
+    store.update(record.evolve(state=ExperimentState.SUCCEEDED))
+    store.close()
+    for path in (tmp_path / "x").iterdir():
+        assert b"secret-token-0123456789" not in path.read_bytes(), path.name

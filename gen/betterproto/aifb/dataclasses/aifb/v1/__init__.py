@@ -195,12 +195,13 @@ class ExperimentState(betterproto2.Enum):
 
     SUCCEEDED = 3
     """
-    Every trial ended (some may have failed when on_failure is continue).
+    Every trial ended (some may have failed or been skipped when on_failure is continue; the
+    state message counts those that succeeded).
     """
 
     FAILED = 4
     """
-    Aborted by a failure (on_failure: abort), or nothing could run.
+    Aborted by a failure (on_failure: abort), or stopped by an error of its own.
     """
 
     CANCELLED = 5
@@ -569,7 +570,7 @@ class TrialState(betterproto2.Enum):
 
     DEPLOYING = 2
     """
-    Its configuration is being deployed (or waits for a deployment slot).
+    Its configuration is being deployed (the configuration's first trial).
     """
 
     BENCHMARKING = 3
@@ -2720,7 +2721,8 @@ class TrialFigures(betterproto2.Message):
     )
     """
     Workload figures (ttft_p99_seconds, output_tokens_per_second, recall_at_k, ...) and what the
-    service used during the trial (cpu_cores, memory_bytes, gpu_utilization, gpu_power_watts).
+    service used during the trial, from the collector (cpu_cores, memory_rss_bytes,
+    gpu_memory_bytes, achieved_rate_per_cpu_core, output_tokens_per_second_per_gpu, ...).
     """
 
 
