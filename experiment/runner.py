@@ -59,6 +59,7 @@ _TERMINAL_BENCH = (C.BENCHMARK_STATE_SUCCEEDED, C.BENCHMARK_STATE_FAILED,
 
 
 _MAX_ATTEMPTS = 3
+_DELETE_ATTEMPTS = 4  # over about 14 s
 # How the benchmark service marks a run it lost: stopped mid-run (found at its restart), or
 # cancelled because it was shutting down.
 _LOST = ("stopped while the run was in flight", "is shutting down")
@@ -95,7 +96,18 @@ class ExperimentRun:
         started = record.start_time or time.time()
         self._budget = _Budget(time.monotonic() + (budget - (time.time() - started))
                                if budget else float("inf"))
-        self.aborted = ""
+        self.aborted = self._failed_before() if plan.abort_on_failure else ""
+
+    def _failed_before(self) -> str:
+        """A failure a previous process recorded: on_failure: abort holds across a restart."""
+        for run in self.record.configurations:
+            if run.failure:
+                return (f"configuration {run.index} failed to deploy: "
+                        f"{run.failure.splitlines()[0]}")
+        for t in self.record.trials:
+            if t.level_kind != "search" and TrialState.FAILED in (t.state, t.ended_as):
+                return f"trial {t.n} failed: {t.state_message}"
+        return ""
 
     # -- records ---------------------------------------------------------------------------
     async def _set_trial(self, trial: Trial) -> Trial:
@@ -119,7 +131,7 @@ class ExperimentRun:
 
         async def one(config: Configuration) -> None:
             async with slots:
-                if self.aborted:
+                if self.aborted and not self.record.configurations[config.index].service:
                     await self._skip_rest(config, "the experiment was aborted: " + self.aborted)
                 elif self._budget.spent() and not self.record.configurations[config.index].service:
                     await self._skip_rest(config, "the experiment's time budget was spent "
@@ -155,9 +167,13 @@ class ExperimentRun:
             await self._skip_rest(config, f"configuration {config.index} failed to deploy")
             await self._teardown(run)
             return
+        if self.aborted:  # deployed before a restart, aborted since: delete it
+            await self._skip_rest(config, "the experiment was aborted: " + self.aborted)
+            await self._teardown(run)
+            return
         first = self._next_pending(config)
         try:
-            if first is not None:
+            if first is not None and first.state is TrialState.PENDING:
                 await self._set_trial(first.evolve(state=TrialState.DEPLOYING,
                                                    start_time=first.start_time or time.time()))
             service = await self._deploy(config)
@@ -273,15 +289,19 @@ class ExperimentRun:
             await self._set_trial(ended.evolve(state=TrialState.TEARING_DOWN,
                                                ended_as=ended.state.value))
         if run.service:
-            try:
-                await self.remote.call(self.remote.server.DeleteService,
-                                       S.DeleteServiceRequest(name=run.service), self.token)
-            except NotFound:
-                pass  # already gone (deleted by hand, or never fully created)
-            except AifbError as exc:
-                log.warning("experiment %s: could not delete %s: %s", self.id, run.service,
-                            exc)
-                return  # not torn down: a restart (or cancel) tries again
+            for attempt in range(_DELETE_ATTEMPTS):
+                try:
+                    await self.remote.call(self.remote.server.DeleteService,
+                                           S.DeleteServiceRequest(name=run.service), self.token)
+                    break
+                except NotFound:
+                    break  # already gone (deleted by hand, or never fully created)
+                except AifbError as exc:
+                    log.warning("experiment %s: could not delete %s (attempt %d): %s",
+                                self.id, run.service, attempt + 1, exc)
+                    if attempt + 1 == _DELETE_ATTEMPTS:
+                        raise  # the experiment fails; its wind-down tries once more
+                    await asyncio.sleep(2.0 * 2 ** attempt)
         await self._set_configuration(self.record.configurations[run.index].evolve(
             torn_down=True))
         await self._restore_ended(self.plan.configurations[run.index])
@@ -311,6 +331,15 @@ class ExperimentRun:
         if found.done:
             return None
         search = RateSearch.from_dict(found.state)
+        # A trial that ended after the search's last stored state (a crash between the two
+        # commits) is recorded now, in order, instead of being run again.
+        for done in sorted((t for t in self.record.trials
+                            if (t.configuration, t.workload, t.repeat) == key
+                            and t.level_kind == "search" and t.finished
+                            and t.search_step > len(search.trials)),
+                           key=lambda t: t.search_step):
+            if search.next_rate() == done.level:
+                search.record(done.level, bool(done.slo_met))
         last: Trial | None = None
         # A trial of this search left unfinished by a crash: finish it first.
         pending = [t for t in self.record.trials if (t.configuration, t.workload, t.repeat) == key
@@ -404,20 +433,24 @@ class ExperimentRun:
         timeout = self.plan.trial_timeout_s(trial)
         try:
             async with asyncio.timeout(timeout):
-                async for msg in self.remote.stream(self.remote.bench.WatchBenchmark,
-                                                    C.WatchBenchmarkRequest(name=name),
-                                                    self.token):
-                    if msg.HasField("progress"):
-                        self._progress(trial_name, msg.progress)
-                    if msg.benchmark.state in _TERMINAL_BENCH:
-                        return (msg.benchmark.state, msg.benchmark.state_message, name)
+                while True:  # a stream that ends before the benchmark does is opened again
+                    async for msg in self.remote.stream(self.remote.bench.WatchBenchmark,
+                                                        C.WatchBenchmarkRequest(name=name),
+                                                        self.token):
+                        if msg.HasField("progress"):
+                            self._progress(trial_name, msg.progress)
+                        if msg.benchmark.state in _TERMINAL_BENCH:
+                            return (msg.benchmark.state, msg.benchmark.state_message, name)
+                    got: C.GetBenchmarkResponse = await self.remote.call(
+                        self.remote.bench.GetBenchmark, C.GetBenchmarkRequest(name=name),
+                        self.token)
+                    if got.benchmark.state in _TERMINAL_BENCH:
+                        return got.benchmark.state, got.benchmark.state_message, name
+                    await asyncio.sleep(1.0)
         except TimeoutError:
             await self.cancel_benchmark(name)
             return (C.BENCHMARK_STATE_FAILED,
                     f"the benchmark did not end within the trial timeout ({timeout:g} s)", name)
-        got: C.GetBenchmarkResponse = await self.remote.call(
-            self.remote.bench.GetBenchmark, C.GetBenchmarkRequest(name=name), self.token)
-        return got.benchmark.state, got.benchmark.state_message, name
 
     async def cancel_benchmark(self, name: str) -> None:
         with contextlib.suppress(AifbError):
