@@ -170,6 +170,8 @@ def run(
                                  "column, a Spark run a partition column)."),
     max_samples: int = typer.Option(0, help="With --samples: keep at most this many rows "
                                     "(0: 1,000,000)."),
+    seed: int | None = typer.Option(None, help="Seed of the load's random choices (Poisson "
+                                    "arrivals): the same seed, the same schedule."),
     request_id: str = typer.Option("", help="Idempotency key (default: a new random one)."),
     detach: bool = typer.Option(False, "--detach", help="Print the run's name and return."),
 ) -> None:
@@ -195,7 +197,7 @@ def run(
             error_budget=error_budget, slo=parse_params(slo, "--slo"),
             engine=C.LOAD_ENGINE_SPARK if engine == "spark" else C.LOAD_ENGINE_INPROCESS,
             spark_master=spark_master, partitions=partitions, record_samples=samples,
-            max_samples=max_samples, workers=workers)
+            max_samples=max_samples, workers=workers, seed=seed)
         req = C.CreateBenchmarkRequest(workload=workload, parameters=params, load=load,
                                        labels=parse_params(label, "--label"),
                                        request_id=request_id or uuid.uuid4().hex)

@@ -191,7 +191,7 @@ def experiment_to_proto(record: ExperimentRecord) -> E.Experiment:
             search_step=t.search_step, state=_TRIAL_STATES[t.state],
             state_message=t.state_message, benchmark=t.benchmark,
             figures=_figures(t.figures, t.slo_met), start_time=_timestamp(t.start_time),
-            end_time=_timestamp(t.end_time)))
+            end_time=_timestamp(t.end_time), samples=t.samples))
     for s in record.searches:
         msg.searches.append(E.SearchOutcome(
             configuration=s.configuration, workload=s.workload, repeat=s.repeat,

@@ -22,11 +22,13 @@ __all__ = ["HEADLINE", "USAGE", "figures_from_report", "headline"]
 
 # What the tables show first, in this order, when the trials have them.
 HEADLINE = ("achieved_rate", "error_ratio", "latency_p50_seconds", "latency_p99_seconds",
-            "ttft_p99_seconds", "tpot_p99_seconds", "output_tokens_per_second")
+            "ttft_p50_seconds", "ttft_p99_seconds", "itl_p99_seconds", "tpot_p99_seconds",
+            "output_tokens_per_second")
 # What the service used during the trial (`aifb.experiment.usage`).
-USAGE = ("cpu_cores", "memory_rss_bytes", "gpu_memory_bytes", "achieved_rate_per_cpu_core",
-         "output_tokens_per_second_per_cpu_core", "achieved_rate_per_gpu",
-         "output_tokens_per_second_per_gpu")
+USAGE = ("cpu_cores", "memory_rss_bytes", "gpu_memory_bytes", "gpu_utilization",
+         "gpu_power_watts", "achieved_rate_per_cpu_core", "output_tokens_per_second_per_cpu_core",
+         "achieved_rate_per_gpu", "output_tokens_per_second_per_gpu", "achieved_rate_per_watt",
+         "output_tokens_per_second_per_watt")
 _PERCENTILES = {"p50": "p50", "p90": "p90", "p99": "p99", "mean": "mean"}
 
 

@@ -62,6 +62,7 @@ class Trial:
     attempt: int = 0  # a benchmark lost to a restart is run again as attempt + 1
     figures: dict[str, float] = field(default_factory=dict)
     slo_met: bool | None = None
+    samples: str = ""  # its benchmark's per-request rows (samples.parquet), when recorded
     start_time: float = 0.0
     end_time: float = 0.0
     # While TEARING_DOWN (the last trial of a configuration, its deployment being deleted):

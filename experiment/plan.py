@@ -60,9 +60,11 @@ def _duration(seconds: float) -> Duration:
     return d
 
 
-def load_profile(workload: Workload, level: Level, rate: float = 0.0) -> C.LoadProfile:
+def load_profile(workload: Workload, level: Level, rate: float = 0.0,
+                 seed: int | None = None) -> C.LoadProfile:
     """The BenchmarkService's load for one trial: the workload's shared load, at `level` (a
-    search trial: at `rate`, with the search's SLOs added to the workload's)."""
+    search trial: at `rate`, with the search's SLOs added to the workload's), its random
+    choices seeded by `seed`."""
     load = workload.load
     poisson = load.arrival == "poisson"
     profile = C.LoadProfile(
@@ -70,7 +72,8 @@ def load_profile(workload: Workload, level: Level, rate: float = 0.0) -> C.LoadP
         cooldown=_duration(load.cooldown), error_budget=load.error_budget or 0.0,
         burstiness=load.burstiness, max_requests=load.max_requests, slo=dict(load.slo),
         engine=_ENGINES[load.engine], spark_master=load.spark_master or "",
-        partitions=load.partitions, record_samples=load.record_samples, workers=load.workers)
+        partitions=load.partitions, record_samples=load.record_samples, workers=load.workers,
+        seed=seed)
     open_loop = C.LOAD_MODE_POISSON if poisson else C.LOAD_MODE_CONSTANT
     if level.kind == "rate":
         profile.mode, profile.rate = open_loop, level.value
@@ -152,7 +155,9 @@ class Plan:
         workload = step.workload
         return C.CreateBenchmarkRequest(
             workload=workload.workload, service=service, parameters=dict(workload.parameters),
-            load=load_profile(workload, step.level, trial.level))
+            # Each trial its own seed, derived from the study's: the same every time it runs.
+            load=load_profile(workload, step.level, trial.level,
+                              seed=(self.study.seed * 1_000_003 + trial.n) % (2**61 - 1)))
 
     def validation_requests(self) -> list[tuple[int, C.CreateBenchmarkRequest]]:
         """One request for the first and one for the last level of each workload (the same

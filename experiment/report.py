@@ -167,14 +167,14 @@ def _parquet(doc: dict[str, Any]) -> bytes:
     names = sorted({k for t in doc["trials"] for k in t["figures"]})
     rows: dict[str, list[Any]] = {c: [] for c in (
         "experiment", "trial", "configuration", "configuration_key", "workload", "level_kind",
-        "level", "repeat", "search_step", "state", "benchmark", "slo_met", *names)}
+        "level", "repeat", "search_step", "state", "benchmark", "slo_met", "samples", *names)}
     keys = {c["index"]: c["key"] for c in doc["configurations"]}
     for t in doc["trials"]:
         rows["experiment"].append(doc["experiment"]["name"])
         rows["trial"].append(t["n"])
         rows["configuration_key"].append(keys.get(t["configuration"], ""))
         for c in ("configuration", "workload", "level_kind", "level", "repeat", "search_step",
-                  "state", "benchmark", "slo_met"):
+                  "state", "benchmark", "slo_met", "samples"):
             rows[c].append(t[c])
         for name in names:
             rows[name].append(t["figures"].get(name))

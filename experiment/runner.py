@@ -380,12 +380,13 @@ class ExperimentRun:
             state, message, bench = await self._benchmark(service, trial, step)
             await probe.sample()  # the last value of the window
             trial = self._trial(trial.n)
-            figures, slo_met = await self._figures(bench)
+            figures, slo_met, samples = await self._figures(bench)
             figures.update(per_unit(probe.figures(), figures,
                                     self.plan.configurations[trial.configuration]))
         except AifbError as exc:
             trial = self._trial(trial.n)
             state, message, figures, slo_met = C.BENCHMARK_STATE_FAILED, str(exc), {}, False
+            samples = ""
         finally:
             sampling.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -394,7 +395,7 @@ class ExperimentRun:
                  else TrialState.CANCELLED if state == C.BENCHMARK_STATE_CANCELLED
                  else TrialState.FAILED)
         trial = await self._set_trial(trial.evolve(
-            state=final, state_message=message, figures=figures,
+            state=final, state_message=message, figures=figures, samples=samples,
             slo_met=slo_met if final is TrialState.SUCCEEDED else False, end_time=time.time()))
         if final is TrialState.FAILED and not search:
             self._fail(f"trial {trial.n} failed: {message}")
@@ -457,9 +458,15 @@ class ExperimentRun:
             await self.remote.call(self.remote.bench.CancelBenchmark,
                                    C.CancelBenchmarkRequest(name=name), self.token)
 
-    async def _figures(self, bench: str) -> tuple[dict[str, float], bool]:
+    async def _figures(self, bench: str) -> tuple[dict[str, float], bool, str]:
+        """The run's figures and SLO verdict, and where its per-request rows are (when the
+        workload recorded them: `load.record_samples`)."""
         report: C.GetBenchmarkReportResponse = await self.remote.call(
             self.remote.bench.GetBenchmarkReport,
             C.GetBenchmarkReportRequest(name=bench, format=C.REPORT_FORMAT_JSON), self.token)
         doc: dict[str, Any] = json.loads(report.content)
-        return figures_from_report(doc)
+        figures, met = figures_from_report(doc)
+        rows = doc.get("samples") or {}
+        samples = (f"{report.directory.rstrip('/')}/{rows['file']}"
+                   if report.directory and rows.get("file") else "")
+        return figures, met, samples

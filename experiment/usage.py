@@ -9,7 +9,10 @@ it turns them into figures for the window:
 - `cpu_cores`: CPU seconds used / seconds elapsed, between the first and last samples the
   agent took inside the window (the counter's own timestamps, so the agent's interval does not
   skew it);
-- `memory_rss_bytes`, `gpu_memory_bytes`: the highest value seen.
+- `memory_rss_bytes`, `gpu_memory_bytes`: the highest value seen;
+- `gpu_utilization`, `gpu_power_watts` (where NVML exists): the mean over the samples of the
+  GPUs the service's processes use (NVML has no per-process figures: a GPU's own, as the
+  monitor attributes it); with them, throughput per watt.
 
 QueryMetrics is the operator's view: the probe calls with this service's own token (the one the
 experiment service was started with), and reads only the series of the services it deployed.
@@ -36,7 +39,9 @@ log = logging.getLogger(__name__)
 CPU = "aifb_service_cpu_seconds_total"
 RSS = "aifb_service_memory_rss_bytes"
 GPU_MEMORY = "aifb_gpu_service_memory_used_bytes"
-_NAMES = (CPU, RSS, GPU_MEMORY)
+GPU_UTIL = "aifb_gpu_service_utilization_ratio"
+GPU_POWER = "aifb_gpu_service_power_watts"
+_NAMES = (CPU, RSS, GPU_MEMORY, GPU_UTIL, GPU_POWER)
 _warned = False
 
 
@@ -47,6 +52,8 @@ class UsageProbe:
     every_s: float = 2.0
     cpu: list[tuple[float, float]] = field(default_factory=list)  # (time s, seconds), per job
     peaks: dict[str, float] = field(default_factory=dict)
+    gpu_util: list[float] = field(default_factory=list)  # mean over the service's GPUs, each
+    gpu_power: list[float] = field(default_factory=list)  # sum over the service's GPUs, each
 
     async def sample(self) -> None:
         global _warned
@@ -71,6 +78,12 @@ class UsageProbe:
             values = [s.value for s in resp.samples if s.name == name]
             if values:
                 self.peaks[key] = max(self.peaks.get(key, 0.0), sum(values))
+        util = [s.value for s in resp.samples if s.name == GPU_UTIL]
+        if util:
+            self.gpu_util.append(sum(util) / len(util))
+        power = [s.value for s in resp.samples if s.name == GPU_POWER]
+        if power:
+            self.gpu_power.append(sum(power))
 
     async def run(self) -> None:
         """Sample until cancelled."""
@@ -80,6 +93,10 @@ class UsageProbe:
 
     def figures(self) -> dict[str, float]:
         out = dict(self.peaks)
+        if self.gpu_util:
+            out["gpu_utilization"] = sum(self.gpu_util) / len(self.gpu_util)
+        if self.gpu_power:
+            out["gpu_power_watts"] = sum(self.gpu_power) / len(self.gpu_power)
         if len(self.cpu) >= 2:
             (t0, c0), (t1, c1) = self.cpu[0], self.cpu[-1]
             if t1 > t0 and c1 >= c0:
@@ -100,4 +117,6 @@ def per_unit(usage: dict[str, float], figures: dict[str, float], config: Configu
             out[f"{name}_per_cpu_core"] = figures[name] / usage["cpu_cores"]
         if gpus > 0:
             out[f"{name}_per_gpu"] = figures[name] / gpus
+        if usage.get("gpu_power_watts", 0.0) > 0:
+            out[f"{name}_per_watt"] = figures[name] / usage["gpu_power_watts"]
     return out

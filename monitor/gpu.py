@@ -146,7 +146,13 @@ class GpuCollector:
             if owner is not None and isinstance(used, int):
                 per_job[owner] = per_job.get(owner, 0) + used
         for (service, job_id), used in per_job.items():
-            out.add("aifb_gpu_service_memory_used_bytes", used,
-                    {**lab, "service": service, "job_id": job_id},
+            job_lab = {**lab, "service": service, "job_id": job_id}
+            out.add("aifb_gpu_service_memory_used_bytes", used, job_lab,
                     help="Device memory used by the service's processes.")
+            # NVML has no per-process power or utilisation: the GPU's own figures, on each GPU
+            # the service's processes use (a GPU two services share counts for both).
+            out.add("aifb_gpu_service_utilization_ratio", reading.utilization_ratio, job_lab,
+                    help="Utilisation of a GPU the service's processes use.")
+            out.add("aifb_gpu_service_power_watts", reading.power_watts, job_lab,
+                    help="Power draw of a GPU the service's processes use.")
             self.job_memory[(service, job_id)] = self.job_memory.get((service, job_id), 0) + used

@@ -122,6 +122,7 @@ class LoadOptions:
     record_samples: bool = False
     max_samples: int = 0  # rows kept at most over the whole run (0: DEFAULT_SAMPLE_LIMIT)
     workers: int = 1  # in-process engine: worker processes sharing the load
+    seed: int | None = None  # the schedule's random choices; None: new ones each run
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -215,7 +216,7 @@ def _check(o: LoadOptions) -> None:
 def _base(o: LoadOptions, **kw: Any) -> LoadSpec:
     try:
         return LoadSpec(duration_s=o.duration_s, warmup_s=o.warmup_s, cooldown_s=o.cooldown_s,
-                        max_requests=o.max_requests, burstiness=o.burstiness,
+                        max_requests=o.max_requests, burstiness=o.burstiness, seed=o.seed,
                         budget=ErrorBudget(max_ratio=o.error_budget), **kw)
     except InvalidArgument as exc:
         fld = exc.field.removesuffix("_s")

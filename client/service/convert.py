@@ -69,7 +69,8 @@ def load_from_proto(msg: C.LoadProfile, *, present: bool) -> LoadOptions:
         cooldown_s=_seconds(msg.cooldown, "load.cooldown"), error_budget=budget,
         slo=dict(msg.slo), engine=_ENGINES[msg.engine], spark_master=msg.spark_master,
         partitions=msg.partitions, record_samples=msg.record_samples,
-        max_samples=msg.max_samples, workers=msg.workers or 1)
+        max_samples=msg.max_samples, workers=msg.workers or 1,
+        seed=msg.seed if msg.HasField("seed") else None)
 
 
 def load_to_proto(o: LoadOptions) -> C.LoadProfile:
@@ -82,7 +83,7 @@ def load_to_proto(o: LoadOptions) -> C.LoadProfile:
         error_budget=o.error_budget, slo=o.slo,
         engine=C.LOAD_ENGINE_SPARK if o.engine == "spark" else C.LOAD_ENGINE_INPROCESS,
         spark_master=o.spark_master, partitions=o.partitions, record_samples=o.record_samples,
-        max_samples=o.max_samples, workers=o.workers)
+        max_samples=o.max_samples, workers=o.workers, seed=o.seed)
 
 
 def progress_to_proto(p: Progress) -> C.ProgressSample:

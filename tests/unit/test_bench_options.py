@@ -333,3 +333,17 @@ def test_a_finished_runs_figures_are_its_window_not_its_last_partial_second() ->
     gauges = {s.name: s.values[0] for s in progress_batch(
         BenchmarkRecord(id="r1", owner="me", workload="http"), final).series}
     assert gauges["aifb_bench_requests_per_second"] == 5.0
+
+
+def test_a_seed_reaches_the_engine_and_survives_the_wire_and_none_stays_none() -> None:
+    from aifb.client.service.convert import load_from_proto, load_to_proto
+
+    seeded = LoadOptions(mode="poisson", rate=50, seed=7)
+    assert plan(seeded).load is not None and plan(seeded).load.seed == 7  # type: ignore[union-attr]
+    wire = load_to_proto(seeded)
+    assert wire.HasField("seed") and wire.seed == 7
+    assert load_from_proto(wire, present=True).seed == 7
+    assert not load_to_proto(LoadOptions(rate=50)).HasField("seed")
+    assert load_from_proto(load_to_proto(LoadOptions(rate=50)), present=True).seed is None
+    zero = load_from_proto(load_to_proto(LoadOptions(rate=50, seed=0)), present=True)
+    assert zero.seed == 0  # optional on the wire: 0 is a seed, not "none"

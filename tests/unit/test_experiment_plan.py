@@ -245,3 +245,15 @@ def test_limits_and_abort_come_from_the_study() -> None:
     assert plan.abort_on_failure is True
     default = Plan(_one_workload("  - {workload: http, rates: [1]}\n"))
     assert (default.limits.budget_s, default.abort_on_failure) == (0.0, False)
+
+
+def test_each_trial_gets_its_own_seed_and_the_same_one_every_time_the_study_runs() -> None:
+    plan, again = Plan(_study()), Plan(_study())
+    seeds = [plan.benchmark_request(step, plan.initial_trials()[step.trial], "services/x")
+             .load.seed for c in plan.configurations for step in plan.steps(c.index)
+             if step.trial >= 0]
+    assert len(set(seeds)) == len(seeds)
+    assert seeds == [again.benchmark_request(step, again.initial_trials()[step.trial],
+                                             "services/x").load.seed
+                     for c in again.configurations for step in again.steps(c.index)
+                     if step.trial >= 0]

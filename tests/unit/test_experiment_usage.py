@@ -12,7 +12,7 @@ from aifb.collector.model import SeriesOut
 from aifb.collector.stores import LatestStore
 from aifb.experiment.expand import Configuration
 from aifb.experiment.remote import Remote
-from aifb.experiment.usage import CPU, RSS, UsageProbe, per_unit
+from aifb.experiment.usage import CPU, GPU_POWER, GPU_UTIL, RSS, UsageProbe, per_unit
 from aifb.v1 import collector_pb2 as L
 
 pytestmark = pytest.mark.unit
@@ -83,3 +83,25 @@ def test_throughput_per_cpu_core_and_per_gpu_asked_for() -> None:
     assert out["achieved_rate_per_cpu_core"] == 200.0
     assert out["output_tokens_per_second_per_gpu"] == 2000.0
     assert per_unit({}, {"achieved_rate": 100.0}, Configuration(0, "n", "nginx")) == {}
+
+
+def test_gpu_utilisation_and_power_are_means_over_samples_and_give_throughput_per_watt() -> None:
+    def answer(util: list[float], watts: list[float]) -> L.QueryMetricsResponse:
+        return L.QueryMetricsResponse(samples=[
+            *(L.MetricSample(name=GPU_UTIL, value=u) for u in util),
+            *(L.MetricSample(name=GPU_POWER, value=w) for w in watts)])
+
+    # Two GPUs: utilisation is their mean, power their sum; then the mean over samples.
+    probe = UsageProbe(_Collector([answer([0.5, 0.7], [200.0, 250.0]),
+                                   answer([0.9, 0.9], [300.0, 350.0])]), "services/llm")
+
+    async def two() -> None:
+        await probe.sample()
+        await probe.sample()
+
+    asyncio.run(two())
+    usage = probe.figures()
+    assert usage["gpu_utilization"] == pytest.approx(0.75)
+    assert usage["gpu_power_watts"] == pytest.approx(550.0)
+    out = per_unit(usage, {"output_tokens_per_second": 1100.0}, Configuration(0, "llm", "x"))
+    assert out["output_tokens_per_second_per_watt"] == pytest.approx(2.0)

@@ -231,6 +231,9 @@ def test_gpu_metrics_from_nvml_in_base_units_mapped_to_jobs_and_init_once() -> N
     assert values[("aifb_gpu_sm_clock_hertz", "")] == 1980e6
     assert values[("aifb_gpu_pcie_transmit_bytes_per_second", "")] == 1024000.0
     assert values[("aifb_gpu_service_memory_used_bytes", "services/llm")] == 1 << 30
+    # The GPU's own utilisation and power, on the GPU the service's process uses.
+    assert values[("aifb_gpu_service_utilization_ratio", "services/llm")] == 0.75
+    assert values[("aifb_gpu_service_power_watts", "services/llm")] == 350.0
     assert not any(s.name == "aifb_gpu_ecc_errors_total" for s in out.samples)  # unsupported
     assert gpus.status == ""
     assert gpus.readings[0].name == "NVIDIA H200"

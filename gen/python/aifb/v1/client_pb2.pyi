@@ -66,7 +66,7 @@ REPORT_FORMAT_HTML: ReportFormat
 REPORT_FORMAT_PARQUET: ReportFormat
 
 class LoadProfile(_message.Message):
-    __slots__ = ("mode", "concurrency", "rate", "start_rate", "step_rate", "step_duration", "burstiness", "duration", "max_requests", "warmup", "cooldown", "error_budget", "slo", "engine", "spark_master", "partitions", "record_samples", "max_samples", "workers")
+    __slots__ = ("mode", "concurrency", "rate", "start_rate", "step_rate", "step_duration", "burstiness", "duration", "max_requests", "warmup", "cooldown", "error_budget", "slo", "engine", "spark_master", "partitions", "record_samples", "max_samples", "workers", "seed")
     class SloEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class LoadProfile(_message.Message):
     RECORD_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     mode: LoadMode
     concurrency: int
     rate: float
@@ -112,7 +113,8 @@ class LoadProfile(_message.Message):
     record_samples: bool
     max_samples: int
     workers: int
-    def __init__(self, mode: _Optional[_Union[LoadMode, str]] = ..., concurrency: _Optional[int] = ..., rate: _Optional[float] = ..., start_rate: _Optional[float] = ..., step_rate: _Optional[float] = ..., step_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., burstiness: _Optional[float] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_requests: _Optional[int] = ..., warmup: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cooldown: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., error_budget: _Optional[float] = ..., slo: _Optional[_Mapping[str, str]] = ..., engine: _Optional[_Union[LoadEngine, str]] = ..., spark_master: _Optional[str] = ..., partitions: _Optional[int] = ..., record_samples: _Optional[bool] = ..., max_samples: _Optional[int] = ..., workers: _Optional[int] = ...) -> None: ...
+    seed: int
+    def __init__(self, mode: _Optional[_Union[LoadMode, str]] = ..., concurrency: _Optional[int] = ..., rate: _Optional[float] = ..., start_rate: _Optional[float] = ..., step_rate: _Optional[float] = ..., step_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., burstiness: _Optional[float] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_requests: _Optional[int] = ..., warmup: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cooldown: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., error_budget: _Optional[float] = ..., slo: _Optional[_Mapping[str, str]] = ..., engine: _Optional[_Union[LoadEngine, str]] = ..., spark_master: _Optional[str] = ..., partitions: _Optional[int] = ..., record_samples: _Optional[bool] = ..., max_samples: _Optional[int] = ..., workers: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class ProgressSample(_message.Message):
     __slots__ = ("elapsed", "requests", "errors", "achieved_rate", "target_rate", "latency_p50_seconds", "latency_p99_seconds", "in_flight", "schedule_lag_p99_seconds", "extra")

@@ -270,7 +270,7 @@ class TrialFigures(_message.Message):
     def __init__(self, achieved_rate: _Optional[float] = ..., ok_rate: _Optional[float] = ..., error_ratio: _Optional[float] = ..., latency_p50_seconds: _Optional[float] = ..., latency_p99_seconds: _Optional[float] = ..., slo_met: _Optional[bool] = ..., extra: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Trial(_message.Message):
-    __slots__ = ("name", "configuration", "workload", "level_kind", "level", "repeat", "search_step", "state", "state_message", "benchmark", "figures", "start_time", "end_time")
+    __slots__ = ("name", "configuration", "workload", "level_kind", "level", "repeat", "search_step", "state", "state_message", "benchmark", "figures", "start_time", "end_time", "samples")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONFIGURATION_FIELD_NUMBER: _ClassVar[int]
     WORKLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +284,7 @@ class Trial(_message.Message):
     FIGURES_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
     name: str
     configuration: int
     workload: str
@@ -297,7 +298,8 @@ class Trial(_message.Message):
     figures: TrialFigures
     start_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., configuration: _Optional[int] = ..., workload: _Optional[str] = ..., level_kind: _Optional[str] = ..., level: _Optional[float] = ..., repeat: _Optional[int] = ..., search_step: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., state_message: _Optional[str] = ..., benchmark: _Optional[str] = ..., figures: _Optional[_Union[TrialFigures, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    samples: str
+    def __init__(self, name: _Optional[str] = ..., configuration: _Optional[int] = ..., workload: _Optional[str] = ..., level_kind: _Optional[str] = ..., level: _Optional[float] = ..., repeat: _Optional[int] = ..., search_step: _Optional[int] = ..., state: _Optional[_Union[TrialState, str]] = ..., state_message: _Optional[str] = ..., benchmark: _Optional[str] = ..., figures: _Optional[_Union[TrialFigures, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., samples: _Optional[str] = ...) -> None: ...
 
 class SearchOutcome(_message.Message):
     __slots__ = ("configuration", "workload", "repeat", "best_rate", "failed_rate", "converged", "reason")

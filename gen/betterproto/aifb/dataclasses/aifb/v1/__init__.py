@@ -1547,6 +1547,12 @@ class LoadProfile(betterproto2.Message):
     slow its health checks, streams or job reports. A sweep's steps use one each.
     """
 
+    seed: "int | None" = betterproto2.field(20, betterproto2.TYPE_INT64, optional=True)
+    """
+    Seeds the load's random choices (Poisson and gamma arrival times, split per worker or
+    partition): the same seed gives the same schedule. Absent: a new schedule each run.
+    """
+
 
 default_message_pool.register_message("aifb.v1", "LoadProfile", LoadProfile)
 
@@ -2692,6 +2698,12 @@ class Trial(betterproto2.Message):
     end_time: "datetime.datetime | None" = betterproto2.field(
         13, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
+
+    samples: "str" = betterproto2.field(14, betterproto2.TYPE_STRING)
+    """
+    Where its benchmark's per-request rows are (samples.parquet), when the workload's load
+    records them (record_samples).
+    """
 
 
 default_message_pool.register_message("aifb.v1", "Trial", Trial)
