@@ -20,22 +20,11 @@ from pathlib import Path
 
 from aifb.experiment.model import ExperimentRecord, ExperimentState, Trial
 from aifb.mesh.errors import AlreadyExists
-from aifb.mesh.private import private_dir, private_sqlite_file
+from aifb.mesh.private import owned_records_schema, private_dir, private_sqlite_file
 
 __all__ = ["ExperimentStore"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS experiments (
-  id TEXT PRIMARY KEY,
-  owner TEXT NOT NULL,
-  request_id TEXT NOT NULL DEFAULT '',
-  state TEXT NOT NULL,
-  create_time REAL NOT NULL,
-  record TEXT NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS experiments_request
-  ON experiments(owner, request_id) WHERE request_id != '';
-CREATE INDEX IF NOT EXISTS experiments_owner ON experiments(owner, create_time, id);
+_SCHEMA = owned_records_schema("experiments") + """
 CREATE TABLE IF NOT EXISTS trials (
   experiment TEXT NOT NULL,
   n INTEGER NOT NULL,

@@ -7,7 +7,7 @@ import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["private_dir", "private_sqlite_file"]
+__all__ = ["owned_records_schema", "private_dir", "private_sqlite_file"]
 
 
 def private_dir(path: Path) -> Path:
@@ -35,3 +35,22 @@ def private_sqlite_file(path: Path) -> Path:
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
     path.chmod(0o600)
     return path
+
+
+def owned_records_schema(table: str) -> str:
+    """The SQLite table the components keep their owned resources in (benchmark runs,
+    experiments): one JSON document per row, with the columns the queries need indexed:
+    an owner's list in creation order, and an owner's idempotency key (unique when given)."""
+    return f"""
+CREATE TABLE IF NOT EXISTS {table} (
+  id TEXT PRIMARY KEY,
+  owner TEXT NOT NULL,
+  request_id TEXT NOT NULL DEFAULT '',
+  state TEXT NOT NULL,
+  create_time REAL NOT NULL,
+  record TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS {table}_request
+  ON {table}(owner, request_id) WHERE request_id != '';
+CREATE INDEX IF NOT EXISTS {table}_owner ON {table}(owner, create_time, id);
+"""

@@ -19,23 +19,11 @@ from aifb.client.engine.results import RunState
 from aifb.client.runs.record import BenchmarkRecord
 from aifb.mesh.auth import write_private_file
 from aifb.mesh.errors import AlreadyExists
-from aifb.mesh.private import private_dir, private_sqlite_file
+from aifb.mesh.private import owned_records_schema, private_dir, private_sqlite_file
 
 __all__ = ["RunStore"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS benchmarks (
-  id TEXT PRIMARY KEY,
-  owner TEXT NOT NULL,
-  request_id TEXT NOT NULL DEFAULT '',
-  state TEXT NOT NULL,
-  create_time REAL NOT NULL,
-  record TEXT NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS benchmarks_request
-  ON benchmarks(owner, request_id) WHERE request_id != '';
-CREATE INDEX IF NOT EXISTS benchmarks_owner ON benchmarks(owner, create_time, id);
-"""
+_SCHEMA = owned_records_schema("benchmarks")
 _TERMINAL = tuple(s.value for s in RunState if s.terminal)
 
 
