@@ -85,6 +85,18 @@ def _table(x: E.Experiment) -> Table:
     return table
 
 
+def _in_file(exc: InvalidArgument, study: Path) -> InvalidArgument:
+    """A refusal from the services (an unknown recipe parameter, a workload the benchmark
+    service does not take) pointed at the study file's line, as the file's own errors are."""
+    from aifb.mesh.yamlfile import load_yaml_file, path_loc
+
+    where = exc.field.removeprefix("study.")
+    pos = load_yaml_file(study).where(path_loc(where)) if where else None
+    if pos is None:
+        return exc
+    return InvalidArgument(f"{study}:{pos[0]}:{pos[1]}: {exc.message}", field=exc.field)
+
+
 def _watch(state: CliState, name: str, reconnect_s: float = 300.0
            ) -> Iterator[E.WatchExperimentResponse]:
     """The experiment's stream until it ends. An experiment outlives its server's restarts, and
@@ -166,7 +178,10 @@ def run(
             study=study_to_proto(model),
             labels={**model.labels, **parse_params(label, "--label")},
             request_id=request_id or uuid.uuid4().hex)
-        x = state.call(_stub(state).CreateExperiment, request).experiment
+        try:
+            x = state.call(_stub(state).CreateExperiment, request).experiment
+        except InvalidArgument as exc:
+            raise _in_file(exc, study) from None
         if not watch_:
             state.emit(x, lambda: state.console.print(
                 f"{x.name} started: {len(x.configurations)} configurations, "

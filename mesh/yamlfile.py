@@ -49,6 +49,7 @@ __all__ = [
     "describe",
     "load_yaml",
     "load_yaml_file",
+    "path_loc",
     "path_text",
     "problem",
     "short_repr",
@@ -79,6 +80,18 @@ def path_text(loc: Loc) -> str:
     for elem in loc:
         out += f"[{elem}]" if isinstance(elem, int) else f".{elem}"
     return out.lstrip(".")
+
+
+def path_loc(text: str) -> tuple[str | int, ...]:
+    """The inverse of `path_text`: "workloads[0].rates[1]" -> ("workloads", 0, "rates", 1)."""
+    loc: list[str | int] = []
+    for part in text.split("."):
+        name, _, rest = part.partition("[")
+        if name:
+            loc.append(name)
+        for index in rest.rstrip("]").split("][") if rest else ():
+            loc.append(int(index) if index.isdigit() else index)
+    return tuple(loc)
 
 
 def problem(message: str, *at: str | int) -> PydanticCustomError:

@@ -317,6 +317,8 @@ def test_a_bad_study_is_refused_naming_what_is_wrong_and_nothing_is_submitted(
     out = up.cli("experiment", "run", str(path))
     assert out.returncode != 0
     assert words in out.stderr, out.stderr
+    # The file's line, whether the CLI's own check or a service refused it.
+    assert f"{path}:" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
     assert up.json("experiment", "list") == []
     assert up.json("services", "list") == []

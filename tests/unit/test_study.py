@@ -487,3 +487,11 @@ def test_an_error_budget_of_zero_is_refused_rather_than_read_as_the_default() ->
         load_study(text, file="z.yaml")
     assert exc.value.field == "workloads[0].load.error_budget"
     assert "z.yaml:6:" in exc.value.message and "0.0001" in exc.value.message
+
+
+def test_a_field_path_and_its_location_convert_both_ways() -> None:
+    from aifb.mesh.yamlfile import path_loc, path_text
+
+    for loc in [("workloads", 0, "rates", 1), ("services", 2, "parameters", "workers"), ()]:
+        assert path_loc(path_text(loc)) == loc
+    assert path_loc("services[0].zip[1][0]") == ("services", 0, "zip", 1, 0)
