@@ -698,3 +698,16 @@ def test_a_search_trial_that_ended_after_the_searchs_last_stored_state_is_not_ru
     assert [t.level for t in resumed.record.trials] == [t.level for t in first.record.trials]
     assert f"{EID}-t1-a0" not in _bench_request_ids(again)  # the second rate was not re-run
     assert resumed.record.searches[0].best_rate == first.record.searches[0].best_rate
+
+
+def test_a_search_rate_the_generator_could_not_send_is_not_met() -> None:
+    class Short(_Benchmarks):  # the load reaches 90 % of any rate above 1,500 req/s
+        @staticmethod
+        def figures(rate: float) -> dict[str, Any]:
+            achieved = rate if rate <= 1500.0 else rate * 0.9
+            return {**_Benchmarks.figures(rate), "achieved_rate": achieved}
+
+    mesh = _Mesh(benchmarks=Short(slo_met=lambda rate: True))  # the SLO alone: met everywhere
+    done = _run(mesh, Plan(load_study(SEARCH, file="peak.yaml")))
+    [search] = done.record.searches
+    assert search.best_rate is not None and search.best_rate <= 1500.0 < search.failed_rate
