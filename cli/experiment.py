@@ -78,8 +78,8 @@ def _table(x: E.Experiment) -> Table:
                       f"{f.latency_p99_seconds * 1000:.2f}" if done else "",
                       ("met" if f.slo_met else "missed") if done else "",
                       Text(t.state_message.splitlines()[0] if t.state_message else ""))
-    for s in x.searches:
-        table.caption = (table.caption or "") + (
+    for s in x.searches:  # (a caption is markup: a key holds the user's values, e.g. "[/]")
+        table.caption = (table.caption or "") + escape(
             f"\nsearch {keys.get(s.configuration, s.configuration)} / {s.workload} "
             f"repeat {s.repeat}: best {s.best_rate:g} req/s ({s.reason})")
     return table
@@ -115,7 +115,8 @@ def _watch(state: CliState, name: str, reconnect_s: float = 300.0
             now = time.monotonic()
             if lost_at is None:
                 lost_at = now
-                state.err.print(f"lost the server ({exc.details()}); reconnecting...")
+                state.err.print(f"lost the server ({escape(exc.details() or '')}); "
+                                "reconnecting...")
             elif now - lost_at > reconnect_s:
                 raise_for_rpc_error(exc)
             time.sleep(1.0)
@@ -126,7 +127,10 @@ def _follow(state: CliState, name: str) -> E.Experiment:
     final: E.Experiment | None = None
     if state.output.value == "json":
         for msg in _watch(state, name):
-            final = msg.experiment
+            if msg.HasField("experiment"):  # a progress message leaves it out
+                final = msg.experiment
+            if final is None:
+                continue
             line: dict[str, Any] = {"state": state_text(final.state),
                                     "trials": _counts(final)}
             if msg.trial:
@@ -138,7 +142,10 @@ def _follow(state: CliState, name: str) -> E.Experiment:
 
     with Live(console=state.err, refresh_per_second=4, transient=False) as live:
         for msg in _watch(state, name):
-            final = msg.experiment
+            if msg.HasField("experiment"):  # a progress message leaves it out
+                final = msg.experiment
+            if final is None:
+                continue
             table = _table(final)
             if msg.trial and msg.HasField("progress"):
                 p = msg.progress
@@ -271,13 +278,17 @@ def report(
     configuration, rate searches, plots (html)."""
     state = state_of(ctx)
     with handle_errors(state):
+        if format_ == "parquet" and not output_path:  # (before the server renders it)
+            raise InvalidArgument("parquet is binary: give --out FILE", field="--out")
         content = _report(state, _name(experiment), format_)
         if output_path:
             path = Path(output_path).expanduser()
-            path.write_bytes(content)
-            state.err.print(f"wrote {path} ({len(content)} bytes)")
-        elif format_ == "parquet":
-            raise InvalidArgument("parquet is binary: give --out FILE", field="--out")
+            try:
+                path.write_bytes(content)
+            except OSError as exc:  # one line and exit 1, as every other error
+                raise InvalidArgument(f"--out {path}: {exc.strerror or exc}",
+                                      field="--out") from None
+            state.err.print(f"wrote {escape(str(path))} ({len(content)} bytes)")
         else:
             sys.stdout.write(content.decode())
 

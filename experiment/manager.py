@@ -38,10 +38,12 @@ from aifb.experiment.study import Study
 from aifb.mesh.auth import Principal
 from aifb.mesh.errors import (
     AifbError,
+    AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Unavailable,
 )
 from aifb.mesh.labels import check_labels
 from aifb.mesh.paging import check_page_size
@@ -65,7 +67,7 @@ def _with_trial(trial: Trial) -> Callable[[ExperimentRecord], ExperimentRecord]:
 
 def parse_experiment_id(name: str) -> str:
     eid = name.removeprefix("experiments/")
-    if not _ID.match(eid):
+    if not _ID.fullmatch(eid):
         raise InvalidArgument(f"bad experiment name {name[:80]!r}: expected experiments/<id> "
                               "(12 hex digits)", field="name")
     return eid
@@ -83,6 +85,9 @@ class _Live:
     progress: list[tuple[str, C.ProgressSample]] = field(default_factory=list)
     sent: int = 0
     cancel_reason: str = ""
+    # The run is over (it returned, failed or was cancelled) and the task only records how it
+    # ended: a cancel must not interrupt that.
+    finishing: bool = False
 
 
 class ExperimentManager:
@@ -91,6 +96,7 @@ class ExperimentManager:
         self.remote = remote
         self._live: dict[str, _Live] = {}
         self._changed = asyncio.Condition()
+        self._reporting = asyncio.Lock()
         self._closed = False
 
     # ---- startup and shutdown --------------------------------------------------------------
@@ -135,20 +141,30 @@ class ExperimentManager:
         return page(self.owned(principal), page_size=page_size, token=token,
                     filter_text=filter_text)
 
-    def report(self, principal: Principal, name: str, fmt: str) -> bytes:
+    async def report(self, principal: Principal, name: str, fmt: str) -> bytes:
         record = self.get(principal, name)
-        return render_report(record, fmt, self.store.run_dir(record.id))
+        directory = self.store.run_dir(record.id)
+        # Off the loop: 10,000 trials take a second or two, which every other RPC would wait.
+        # One at a time: they write their files through the same temporary names.
+        async with self._reporting:
+            return await asyncio.to_thread(render_report, record, fmt, directory)
 
     async def watch(self, principal: Principal, name: str
                     ) -> AsyncIterator[tuple[ExperimentRecord, str, C.ProgressSample | None]]:
         """The snapshot, then (record, trial, progress) per change and per second of the
-        running benchmarks, until the experiment is terminal (or the service shuts down)."""
+        running benchmarks, until the experiment is terminal. A stream that this process
+        cannot carry on (it stops; the experiment resumes at the next start) ends UNAVAILABLE,
+        not OK, so that clients watch again (`aifb experiment watch` does)."""
         live = self._live.get(parse_experiment_id(name))
         record = self.get(principal, name)
         yield record, "", None
         seen = live.sent if live is not None else 0
         revision = record.revision
-        while not record.terminal and live is not None:
+        while not record.terminal:
+            if live is None or self._closed:
+                raise Unavailable(f"{record.name} is not running in this process (the "
+                                  "experiment service is stopping or starting): watch again")
+
             def news(x: _Live = live, n: int = seen, rev: int = revision) -> bool:
                 return self._closed or x.sent > n or x.record.revision != rev
 
@@ -162,8 +178,6 @@ class ExperimentManager:
             seen = live.sent
             for trial, progress in fresh:
                 yield record, trial, progress
-            if self._closed and not record.terminal:
-                return
 
     # ---- commands --------------------------------------------------------------------------
     async def create(self, principal: Principal, study: Study, labels: dict[str, str],
@@ -173,7 +187,7 @@ class ExperimentManager:
         if self._closed:
             raise FailedPrecondition("the experiment service is shutting down")
         if request_id:
-            if not _REQUEST_ID.match(request_id):
+            if not _REQUEST_ID.fullmatch(request_id):
                 raise InvalidArgument("request_id must be 1-64 letters, digits, _ or -",
                                       field="request_id")
             existing = self.store.by_request_id(principal.user, request_id)
@@ -182,6 +196,8 @@ class ExperimentManager:
         check_labels(labels)
         plan = Plan(study)
         await self._validate(principal, plan)
+        if self._closed:  # it stopped while the study was checked: start nothing now
+            raise FailedPrecondition("the experiment service is shutting down")
         eid = secrets.token_hex(6)
         record = ExperimentRecord(
             id=eid, owner=principal.user, study=study.to_dict(), labels=dict(labels),
@@ -190,7 +206,13 @@ class ExperimentManager:
             request_id=request_id, trace_id=current_trace_id(),
             state_message=f"{len(plan.configurations)} configurations, "
                           f"{plan.trial_count} trials at most")
-        self.store.insert(record, principal.token)
+        try:
+            self.store.insert(record, principal.token)
+        except AlreadyExists:  # the same request_id, created meanwhile by a concurrent call
+            existing = self.store.by_request_id(principal.user, request_id) if request_id else None
+            if existing is None:
+                raise
+            return self.get(principal, existing.id)
         self._start(record, principal.token)
         return record
 
@@ -200,8 +222,13 @@ class ExperimentManager:
             return record
         live = self._live.get(record.id)
         if live is not None and live.task is not None:
-            live.cancel_reason = f"cancelled by {principal.user}"
-            live.task.cancel()
+            # Once: a second cancel (or one while the run records its end) would cut the
+            # wind-down short. Stored first, so that a shutdown cannot turn it into a resume.
+            if not live.cancel_reason and not live.finishing:
+                reason = live.cancel_reason = f"cancelled by {principal.user}"
+                self._apply(record.id, lambda r: r.evolve(cancel_reason=reason), [])
+                live.task.cancel()
+                await self._notify()
             await asyncio.wait({live.task}, timeout=20)  # the CLI waits 30 s
         return self.get(principal, name)
 
@@ -232,21 +259,26 @@ class ExperimentManager:
     # ---- running ---------------------------------------------------------------------------
     def _start(self, record: ExperimentRecord, token: str, *, resumed: bool = False) -> None:
         plan = Plan(Study.from_dict(record.study))
-        live = self._live[record.id] = _Live(record)
+        live = self._live[record.id] = _Live(record, cancel_reason=record.cancel_reason)
         live.run = ExperimentRun(record, plan, self.remote, token,
                                  lambda change, trials: self._commit(record.id, change, trials),
                                  lambda trial, p: self._on_progress(record.id, trial, p))
         live.task = asyncio.get_running_loop().create_task(
             self._execute(record.id, resumed), name=f"experiment {record.id}")
 
-    async def _commit(self, eid: str, change: Callable[[ExperimentRecord], ExperimentRecord],
-                      trials: Sequence[Trial]) -> ExperimentRecord:
+    def _apply(self, eid: str, change: Callable[[ExperimentRecord], ExperimentRecord],
+               trials: Sequence[Trial]) -> ExperimentRecord:
         live = self._live[eid]
         live.record = change(live.record)
         # The trials as they are in the record now (a change may touch more than it names).
         self.store.update(live.record, *[live.record.trials[t.n] for t in trials])
-        await self._notify()
         return live.record
+
+    async def _commit(self, eid: str, change: Callable[[ExperimentRecord], ExperimentRecord],
+                      trials: Sequence[Trial]) -> ExperimentRecord:
+        record = self._apply(eid, change, trials)
+        await self._notify()
+        return record
 
     def _on_progress(self, eid: str, trial: str, progress: C.ProgressSample) -> None:
         live = self._live.get(eid)
@@ -267,20 +299,32 @@ class ExperimentManager:
     async def _execute(self, eid: str, resumed: bool) -> None:
         live = self._live[eid]
         assert live.run is not None
-        if live.record.state is ExperimentState.PENDING:
-            await self._set(eid, state=ExperimentState.RUNNING, start_time=time.time(),
-                            state_message="running")
-        elif resumed:
-            await self._set(eid, state_message=_RESTARTED)
         try:
-            await live.run.run()
-        except asyncio.CancelledError:
-            if not live.cancel_reason:  # the service is stopping: resume at the next start
-                self._live.pop(eid, None)
-                raise
-            await self._wind_down(eid, live.cancel_reason)
-            await self._set(eid, state=ExperimentState.CANCELLED,
-                            state_message=live.cancel_reason, end_time=time.time())
+            if not live.cancel_reason:  # (else a cancel that a shutdown cut short: finish it)
+                try:
+                    if live.record.state is ExperimentState.PENDING:
+                        await self._set(eid, state=ExperimentState.RUNNING,
+                                        start_time=time.time(), state_message="running")
+                    elif resumed:
+                        await self._set(eid, state_message=_RESTARTED)
+                    await live.run.run()
+                except asyncio.CancelledError:
+                    if not live.cancel_reason:  # the service is stopping: resume at next start
+                        self._live.pop(eid, None)
+                        raise
+                finally:
+                    live.finishing = True  # from here on, only its end is recorded
+            live.finishing = True
+            if live.cancel_reason:  # (a shutdown that cuts this short leaves it stored)
+                await self._wind_down(eid, live.cancel_reason)
+                await self._set(eid, state=ExperimentState.CANCELLED,
+                                state_message=live.cancel_reason, end_time=time.time())
+            else:
+                record = live.record
+                done = sum(t.state is TrialState.SUCCEEDED for t in record.trials)
+                await self._set(eid, state=ExperimentState.SUCCEEDED, end_time=time.time(),
+                                state_message=f"{done} of {len(record.trials)} trials "
+                                              "succeeded")
         except Aborted as exc:
             await self._set(eid, state=ExperimentState.FAILED,
                             state_message=f"aborted (on_failure: abort): {exc}",
@@ -290,11 +334,6 @@ class ExperimentManager:
             await self._wind_down(eid, f"the experiment failed: {exc}")
             await self._set(eid, state=ExperimentState.FAILED,
                             state_message=f"{type(exc).__name__}: {exc}", end_time=time.time())
-        else:
-            record = live.record
-            done = sum(t.state is TrialState.SUCCEEDED for t in record.trials)
-            await self._set(eid, state=ExperimentState.SUCCEEDED, end_time=time.time(),
-                            state_message=f"{done} of {len(record.trials)} trials succeeded")
         finally:
             if eid in self._live and self._live[eid].record.terminal:
                 self._live.pop(eid, None)

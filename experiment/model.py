@@ -140,6 +140,9 @@ class ExperimentRecord:
     trace_id: str = ""
     request_id: str = ""
     revision: int = 1
+    # Set when a cancel is asked for, before the run is stopped: a cancel that a shutdown cuts
+    # short is finished at the next start instead of the run being resumed.
+    cancel_reason: str = ""
 
     @property
     def name(self) -> str:
@@ -180,7 +183,8 @@ class ExperimentRecord:
                 "searches": [dataclasses.asdict(s) for s in self.searches],
                 "create_time": self.create_time, "start_time": self.start_time,
                 "end_time": self.end_time, "trace_id": self.trace_id,
-                "request_id": self.request_id, "revision": self.revision}
+                "request_id": self.request_id, "revision": self.revision,
+                "cancel_reason": self.cancel_reason}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExperimentRecord:
@@ -193,4 +197,5 @@ class ExperimentRecord:
             searches=tuple(SearchRun(**s) for s in data["searches"]),
             create_time=data["create_time"], start_time=data["start_time"],
             end_time=data["end_time"], trace_id=data["trace_id"],
-            request_id=data["request_id"], revision=data["revision"])
+            request_id=data["request_id"], revision=data["revision"],
+            cancel_reason=data.get("cancel_reason", ""))

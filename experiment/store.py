@@ -14,6 +14,7 @@ file the CLI reads.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from pathlib import Path
@@ -40,11 +41,10 @@ _TERMINAL = tuple(s.value for s in ExperimentState if s.terminal)
 
 
 def _head(record: ExperimentRecord) -> str:
-    """The record without its trials. Not sorted: the study's axes are kept in the order they
+    """The record without its trials (not even serialized: a change of one trial of 10,000
+    would cost them all, 0.4 s a commit). Not sorted: the study's axes are kept in the order they
     were written, which is what numbers its configurations."""
-    data = record.to_dict()
-    data["trials"] = []
-    return json.dumps(data)
+    return json.dumps(dataclasses.replace(record, trials=()).to_dict())
 
 
 class ExperimentStore:

@@ -18,6 +18,7 @@ Bounds: one service grid is at most 1024 configurations (before `exclude`), the 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -48,6 +49,8 @@ from aifb.mesh.yamlfile import YamlDoc, describe, load_yaml, load_yaml_file, pat
 
 __all__ = [
     "MAX_CONFIGURATIONS",
+    "MAX_GRIDS",
+    "MAX_GRID_ENTRIES",
     "MAX_TRIALS",
     "METRICS",
     "GridAxis",
@@ -66,6 +69,9 @@ __all__ = [
 MAX_CONFIGURATIONS = 1024  # one service grid, before `exclude`
 MAX_TRIALS = 10_000
 MAX_GRIDS = 64
+# What one grid may list (a client may send 16 MiB of them: the grid's product and its
+# excluded points are computed once per configuration and exclude rule).
+MAX_GRID_ENTRIES = {"parameters": 64, "zip": 64, "exclude": MAX_CONFIGURATIONS}
 METRICS = ("achieved_rate", "ok_rate", "latency_p50", "latency_p99", "ttft_p99", "tpot_p99",
            "output_tokens_per_second", "error_ratio", "best_rate")
 _GRID_NAME = r"^[a-z][a-z0-9_-]{0,62}$"
@@ -140,6 +146,11 @@ class ServiceGrid(Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_name(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, limit in MAX_GRID_ENTRIES.items():
+                value = data.get(key)
+                if isinstance(value, dict | list) and len(value) > limit:
+                    raise problem(f"at most {limit} entries, got {len(value)}", key)
         return _named_after(data, "recipe")
 
     def axes(self) -> list[GridAxis]:
@@ -163,15 +174,25 @@ class ServiceGrid(Strict):
     def points(self) -> list[tuple[str, ...]]:
         """Every configuration's values (aligned with `keys()`), in product order, without the
         excluded ones."""
+        return list(self._points)
+
+    @functools.cached_property
+    def _points(self) -> tuple[tuple[str, ...], ...]:  # (computed once: the grid is frozen)
         index = {key: i for i, key in enumerate(self.keys())}
-        rules = [[(index[(_section(k), k)], v) for k, v in entry.items()]
-                 for entry in self.exclude]
-        out: list[tuple[str, ...]] = []
-        for combo in itertools.product(*(axis.values for axis in self.axes())):
-            point = tuple(v for level in combo for v in level)
-            if not any(all(point[i] == v for i, v in rule) for rule in rules):
-                out.append(point)
-        return out
+        product = [tuple(v for level in combo for v in level)
+                   for combo in itertools.product(*(axis.values for axis in self.axes()))]
+        # Which points hold each (axis, value), as bits: a rule is the AND of its values'.
+        holds: dict[tuple[int, str], int] = {}
+        for n, point in enumerate(product):
+            for i, value in enumerate(point):
+                holds[(i, value)] = holds.get((i, value), 0) | 1 << n
+        excluded = 0
+        for entry in self.exclude:
+            matched = (1 << len(product)) - 1
+            for key, value in entry.items():
+                matched &= holds.get((index[(_section(key), key)], value), 0)
+            excluded |= matched
+        return tuple(p for n, p in enumerate(product) if not excluded >> n & 1)
 
     @model_validator(mode="after")
     def _grid(self) -> ServiceGrid:
@@ -287,6 +308,9 @@ class Search(Strict):
             raise problem(f"must be <= start ({self.start:g}), got {self.min:g}", "min")
         if self.max is not None and self.max < self.start:
             raise problem(f"must be >= start ({self.start:g}), got {self.max:g}", "max")
+        if self.min_rate <= 0:  # start / 1024 underflows: the search could not run
+            raise problem(f"too small for the default min (start / 1024), got {self.start:g}: "
+                          "give min", "start")
         return self
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_AXIS_VALUES",
     "MAX_CONCURRENCY",
     "MAX_DURATION_S",
+    "MAX_ENTRIES",
     "MAX_LEVELS",
     "MAX_RATE",
     "RESOURCE_NAMES",
@@ -192,6 +193,8 @@ def zip_groups(value: object) -> list[dict[str, list[str]]]:
         if not isinstance(group, dict) or not group:
             raise problem("expected a mapping of axes that move together, such as "
                           f"{{threads: [1, 2], cpus: [1, 2]}}, {_got(group)}", g)
+        if len(group) > MAX_ENTRIES:
+            raise problem(f"at most {MAX_ENTRIES} axes, got {len(group)}", g)
         axes: dict[str, list[str]] = {}
         for key, raw in group.items():
             if not isinstance(key, str) or not PARAM_NAME.match(key):
@@ -217,6 +220,8 @@ def exclude_entries(value: object) -> list[dict[str, str]]:
     for e, entry in enumerate(value):
         if not isinstance(entry, dict) or not entry:
             raise problem(f"expected a mapping of axis names to values, {_got(entry)}", e)
+        if len(entry) > MAX_ENTRIES:
+            raise problem(f"at most {MAX_ENTRIES} axes, got {len(entry)}", e)
         point: dict[str, str] = {}
         for key, raw in entry.items():
             if not isinstance(key, str):

@@ -58,6 +58,11 @@ def load_token(home: Path, environ: Mapping[str, str] | None = None) -> str | No
     return read_token_file(path) if path.exists() else None
 
 
+# What a client accepts in one answer: gRPC's default of 4 MiB is less than an experiment of a
+# few thousand trials with LLM figures (GetExperiment, a report); requests stay bounded by the
+# server's own limit.
+MAX_ANSWER_BYTES = 64 << 20
+
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
@@ -119,6 +124,7 @@ def open_channel(
     options: list[tuple[str, Any]] = (
         [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)] if retries
         else [("grpc.enable_retries", 0)])
+    options.append(("grpc.max_receive_message_length", MAX_ANSWER_BYTES))
     if ca_file:
         creds = _channel_credentials(ca_file, cert_file, key_file)
         return grpc.aio.secure_channel(address, creds, options=options, interceptors=chain)
@@ -151,7 +157,8 @@ class _SyncMetadata(grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
 def open_sync_channel(address: str, *, token: str | None = None, ca_file: str = "",
                       cert_file: str = "", key_file: str = "") -> grpc.Channel:
     """A blocking channel with the same token and retry behaviour (for sync stubs)."""
-    options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
+    options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
+               ("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]
     if ca_file:
         channel = grpc.secure_channel(address, _channel_credentials(ca_file, cert_file, key_file),
                                       options=options)

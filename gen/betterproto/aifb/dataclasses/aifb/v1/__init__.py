@@ -2774,6 +2774,12 @@ default_message_pool.register_message("aifb.v1", "WatchExperimentRequest", Watch
 
 @dataclass(eq=False, repr=False)
 class WatchExperimentResponse(betterproto2.Message):
+    """
+    Either the experiment (the first message, then after each change), or one second of a running
+    trial's benchmark (`trial` and `progress`, without the experiment, which has not changed since
+    the last message that carried it: an experiment of thousands of trials is megabytes).
+    """
+
     experiment: "Experiment | None" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
