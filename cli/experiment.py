@@ -266,7 +266,8 @@ def _report(state: CliState, name: str, fmt: str) -> bytes:
     return resp.content
 
 
-@app.command()
+@app.command(help="The comparative report: figures over repeats with 95 % intervals, the "
+                  "best configuration, rate searches, plots (html).")
 def report(
     ctx: typer.Context,
     experiment: str = typer.Argument(..., help="Experiment id."),
@@ -274,8 +275,6 @@ def report(
     output_path: str = typer.Option("", "--out", "-o", help="Write here (default: stdout; "
                                     "parquet needs --out)."),
 ) -> None:
-    """The comparative report: figures over repeats with 95 % intervals, the best
-    configuration, rate searches, plots (html)."""
     state = state_of(ctx)
     with handle_errors(state):
         if format_ == "parquet" and not output_path:  # (before the server renders it)
@@ -293,7 +292,8 @@ def report(
             sys.stdout.write(content.decode())
 
 
-@app.command()
+@app.command(help="Two experiments side by side, group by group (same deployment, workload "
+                  "and level); with --fail-on, a regression gate for CI.")
 def compare(
     ctx: typer.Context,
     experiment_a: str = typer.Argument(..., help="The baseline experiment."),
@@ -301,8 +301,6 @@ def compare(
     fail_on: str = typer.Option("", "--fail-on", help="Exit 1 when a figure worsens beyond "
                                 "a threshold, e.g. 'p99>+10%,achieved_rate<-5%'."),
 ) -> None:
-    """Two experiments' figures side by side, group by group (same configuration key,
-    workload and level); with --fail-on, a regression gate for CI."""
     state = state_of(ctx)
     with handle_errors(state):
         from aifb.experiment.stats import parse_thresholds
