@@ -213,7 +213,7 @@ class ExperimentManager:
             if existing is None:
                 raise
             return self.get(principal, existing.id)
-        self._start(record, principal.token)
+        self._start(record, principal.token, plan)
         return record
 
     async def cancel(self, principal: Principal, name: str) -> ExperimentRecord:
@@ -257,8 +257,11 @@ class ExperimentManager:
                                       field=f"{where}.{exc.field}".rstrip(".")) from None
 
     # ---- running ---------------------------------------------------------------------------
-    def _start(self, record: ExperimentRecord, token: str, *, resumed: bool = False) -> None:
-        plan = Plan(Study.from_dict(record.study))
+    def _start(self, record: ExperimentRecord, token: str, plan: Plan | None = None, *,
+               resumed: bool = False) -> None:
+        """Run it in a task of its own (`plan`: the one `create` made; a resumed experiment's is
+        made again from its stored study)."""
+        plan = plan or Plan(Study.from_dict(record.study))
         live = self._live[record.id] = _Live(record, cancel_reason=record.cancel_reason)
         live.run = ExperimentRun(record, plan, self.remote, token,
                                  lambda change, trials: self._commit(record.id, change, trials),

@@ -12,6 +12,7 @@ from aifb.experiment.manager import ExperimentManager
 from aifb.experiment.model import ExperimentRecord
 from aifb.mesh.access import user_caller
 from aifb.mesh.errors import InvalidArgument
+from aifb.mesh.memo import ConvertedOnce
 from aifb.v1 import client_pb2 as C
 from aifb.v1 import experiment_pb2 as E
 from aifb.v1 import experiment_pb2_grpc
@@ -24,31 +25,13 @@ _FORMATS = {C.REPORT_FORMAT_UNSPECIFIED: "json", C.REPORT_FORMAT_JSON: "json",
             C.REPORT_FORMAT_PARQUET: "parquet"}
 
 
-class _Converted:
-    """Each watched experiment's latest record as a message, converted once however many
-    streams send it (10,000 trials: 0.15 s a conversion, on the loop). A few entries only:
-    each may be megabytes."""
-
-    MAX_ENTRIES = 16
-
-    def __init__(self) -> None:
-        self._last: dict[str, tuple[ExperimentRecord, E.Experiment]] = {}
-
-    def get(self, record: ExperimentRecord) -> E.Experiment:
-        cached = self._last.get(record.id)
-        if cached is not None and cached[0] is record:
-            return cached[1]
-        if len(self._last) >= self.MAX_ENTRIES:
-            self._last.clear()
-        message = experiment_to_proto(record)
-        self._last[record.id] = (record, message)
-        return message
-
-
 class ExperimentServicer(experiment_pb2_grpc.ExperimentServiceServicer):
     def __init__(self, manager: ExperimentManager) -> None:
         self.manager = manager
-        self._converted = _Converted()
+        # Each watched experiment's record converted once for all its streams; a few entries
+        # only, each may be megabytes.
+        self._converted: ConvertedOnce[ExperimentRecord, E.Experiment] = ConvertedOnce(
+            experiment_to_proto, key=lambda r: r.id, max_entries=16)
 
     async def CreateExperiment(self, request: E.CreateExperimentRequest, context: Ctx
                                ) -> E.CreateExperimentResponse:

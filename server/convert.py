@@ -12,7 +12,7 @@ from aifb.server.states import ServiceState
 from aifb.v1 import common_pb2, server_pb2
 
 __all__ = [
-    "WatchResponses", "metrics_to_proto", "recipe_to_proto", "resource_request_from_proto",
+    "metrics_to_proto", "recipe_to_proto", "resource_request_from_proto",
     "resources_to_proto", "service_to_proto",
 ]
 
@@ -102,26 +102,3 @@ def recipe_to_proto(recipe: Recipe, *, runnable: tuple[bool, str]) -> server_pb2
         parameters=params, default_resources=resources_to_proto(recipe.resources.defaults()),
         max_resources=max_res, source_yaml=recipe.source_yaml, runnable_here=runnable[0],
         not_runnable_reason=runnable[1])
-
-
-class WatchResponses:
-    """WatchService's response for a record, converted once however many streams send it.
-
-    The hub hands the same immutable record to every watcher; with 1,000 watchers, converting
-    it once per stream was most of a state change's CPU. One entry per service (its latest
-    record), cleared past 10,000 services."""
-
-    MAX_ENTRIES = 10_000
-
-    def __init__(self) -> None:
-        self._last: dict[str, tuple[ServiceRecord, server_pb2.WatchServiceResponse]] = {}
-
-    def get(self, record: ServiceRecord) -> server_pb2.WatchServiceResponse:
-        cached = self._last.get(record.id)
-        if cached is not None and cached[0] is record:
-            return cached[1]
-        if len(self._last) >= self.MAX_ENTRIES:
-            self._last.clear()
-        response = server_pb2.WatchServiceResponse(service=service_to_proto(record))
-        self._last[record.id] = (record, response)
-        return response

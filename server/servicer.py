@@ -10,8 +10,8 @@ import grpc
 from aifb.mesh.access import user_caller
 from aifb.mesh.auth import current_principal
 from aifb.mesh.errors import InvalidArgument
+from aifb.mesh.memo import ConvertedOnce
 from aifb.server.convert import (
-    WatchResponses,
     recipe_to_proto,
     resource_request_from_proto,
     resources_to_proto,
@@ -19,6 +19,7 @@ from aifb.server.convert import (
 )
 from aifb.server.deploy import Deployer
 from aifb.server.manager import EventKind, ServiceManager
+from aifb.server.model import ServiceRecord
 from aifb.v1 import server_pb2, server_pb2_grpc
 
 __all__ = ["ServerServicer"]
@@ -36,7 +37,10 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
     def __init__(self, manager: ServiceManager, deployer: Deployer) -> None:
         self.manager = manager
         self.deployer = deployer
-        self._watch_responses = WatchResponses()
+        # Each record converted once for all its watchers (one entry per service).
+        self._watch_responses: ConvertedOnce[ServiceRecord, server_pb2.WatchServiceResponse] = (
+            ConvertedOnce(lambda r: server_pb2.WatchServiceResponse(service=service_to_proto(r)),
+                          key=lambda r: r.id, max_entries=10_000))
 
     async def ListRecipes(self, request: server_pb2.ListRecipesRequest, context: Ctx
                           ) -> server_pb2.ListRecipesResponse:

@@ -36,7 +36,7 @@ from aifb.client.service.runner import Runner, RunOutcome, final_progress
 from aifb.client.service.store import RunStore
 from aifb.client.service.targets import ServiceResolver, Target, check_url
 from aifb.client.service.telemetry import TelemetrySink
-from aifb.client.workloads.registry import get_kind, parse_params
+from aifb.client.workloads.registry import build_workload, get_kind, parse_params
 from aifb.mesh.auth import Principal
 from aifb.mesh.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from aifb.mesh.labels import check_labels
@@ -204,8 +204,6 @@ class BenchmarkManager:
             raise InvalidArgument("give exactly one target: service or url",
                                   field="service" if req.service else "url")
         if req.validate_only:
-            from aifb.client.workloads.registry import build_workload
-
             if req.url:
                 build_workload(req.workload, check_url(req.url), _typed_params(req.parameters))
             return BenchmarkRecord(
@@ -221,8 +219,6 @@ class BenchmarkManager:
                                          "(no server): give a url")
             target = await self.resolver.resolve(principal, req.service)
         # The workload itself checks the URL against what it supports (e.g. http:// only).
-        from aifb.client.workloads.registry import build_workload
-
         build_workload(req.workload, target.url, _typed_params(req.parameters))
         rid = secrets.token_hex(6)
         record = BenchmarkRecord(

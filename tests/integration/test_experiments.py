@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -188,12 +187,15 @@ def test_sigkill_of_the_server_mid_experiment_resumes_it_without_reruns_or_orpha
             [str(AIFB), "--server", up.address, "--output", "json", "experiment", "watch",
              name], env=up.env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
-        time.sleep(1.0)
+        assert watcher.stderr is not None
+        first = watcher.stderr.readline()  # its snapshot: the watch is open before the kill
+        assert '"state": "RUNNING"' in first, first
         up.daemon.proc.kill()
         up.daemon.proc.wait(30)
         up = _start(tmp_path, port, scheduler)
         x = _wait_terminal(up, name)
         out, err = watcher.communicate(timeout=120)
+        err = first + err
         assert watcher.returncode == 0, err[-2000:]
         assert "reconnecting" in err
         assert json.loads(out)["state"] == "EXPERIMENT_STATE_SUCCEEDED"

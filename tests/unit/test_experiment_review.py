@@ -74,6 +74,7 @@ class _Mesh(Remote):
         self.render_gate: asyncio.Event | None = None
         self.delete_gate: asyncio.Event | None = None
         self.deleting = False
+        self.rendering = False
         self.deleted: list[str] = []
         self.benchmarks = 0
 
@@ -92,6 +93,7 @@ class _Mesh(Remote):
                    timeout: float = 30.0) -> Any:
         if method == "RenderService":
             await asyncio.sleep(0)
+            self.rendering = True
             if self.render_gate is not None:
                 await self.render_gate.wait()
             return S.RenderServiceResponse()
@@ -131,6 +133,13 @@ class _Mesh(Remote):
         await asyncio.Event().wait()  # runs until cancelled
 
 
+async def _settle() -> None:
+    """Let every task that can run go as far as it can (the fakes do no I/O: a few loop turns
+    take each to its next wait)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
 async def _until(check: Callable[[], bool], seconds: float = 5.0) -> None:
     async with asyncio.timeout(seconds):
         while not check():
@@ -157,7 +166,7 @@ def test_a_second_cancel_during_the_wind_down_still_ends_cancelled_with_nothing_
         first = asyncio.create_task(manager.cancel(ALICE, x.name))
         await _until(lambda: mesh.deleting)
         second = asyncio.create_task(manager.cancel(ALICE, x.name))  # the user asks again
-        await asyncio.sleep(0.05)
+        await _settle()
         mesh.delete_gate.set()
         await asyncio.gather(first, second)
         await _until(lambda: manager.get(ALICE, x.name).terminal, 2)
@@ -177,7 +186,7 @@ def test_a_cancel_while_the_run_records_that_it_started_ends_cancelled(tmp_path:
         await manager._changed.acquire()
         await asyncio.sleep(0)
         cancel = asyncio.create_task(manager.cancel(ALICE, x.name))
-        await asyncio.sleep(0.01)
+        await _settle()
         manager._changed.release()
         await cancel
         await _until(lambda: manager.get(ALICE, x.name).terminal, 2)
@@ -227,7 +236,7 @@ def test_a_create_still_validating_when_the_service_stops_starts_nothing(
         mesh.render_gate = asyncio.Event()
         create = asyncio.create_task(manager.create(ALICE, load_study(STUDY, file="s.yaml"),
                                                     {}, ""))
-        await asyncio.sleep(0.01)
+        await _until(lambda: mesh.rendering)
         await manager.close()
         mesh.render_gate.set()
         with pytest.raises(FailedPrecondition):
@@ -247,7 +256,7 @@ def test_a_watch_cut_by_shutdown_ends_unavailable_so_that_clients_watch_again(
         record, _, _ = await anext(stream)
         assert not record.terminal
         following = asyncio.create_task(anext(stream))
-        await asyncio.sleep(0.01)
+        await _settle()
         await manager.close()  # the experiment goes on at the next start: not an end (OK)
         with pytest.raises(Unavailable):
             async with asyncio.timeout(2):
