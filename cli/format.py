@@ -37,10 +37,10 @@ def when(service: server_pb2.Service) -> str:
 
 def service_table(services: list[server_pb2.Service]) -> Table:
     table = Table(box=None, header_style="bold")
-    for col in ("ID", "RECIPE", "STATE", "JOB", "ENDPOINT", "UPDATED"):
+    for col in ("ID", "RECIPE", "STATE", "JOB", "ENDPOINT", "RESTARTS", "UPDATED"):
         table.add_column(col)
     for s in services:
         table.add_row(s.name.removeprefix("services/"), s.recipe, styled_state(s.state),
                       f"{s.job.scheduler}:{s.job.job_id}" if s.job.job_id else "",
-                      endpoint_text(s), when(s))
+                      endpoint_text(s), str(s.restarts), when(s))
     return table

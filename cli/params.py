@@ -1,4 +1,4 @@
-"""Parsing of repeated KEY=VALUE options and resource flags into request fields."""
+"""Parsing of repeated KEY=VALUE options, resource and restart flags into request fields."""
 
 from __future__ import annotations
 
@@ -7,9 +7,29 @@ import typer
 from aifb.mesh.units import ValueProblem
 from aifb.mesh.units import parse_memory_mib as _memory_mib
 from aifb.mesh.units import parse_time_minutes as _time_minutes
-from aifb.v1 import common_pb2
+from aifb.v1 import common_pb2, server_pb2
 
-__all__ = ["parse_params", "resources_from_options"]
+__all__ = ["parse_params", "resources_from_options", "restart_from_options"]
+
+RESTART_KINDS = {"never": server_pb2.RESTART_POLICY_KIND_NEVER,
+                 "on-failure": server_pb2.RESTART_POLICY_KIND_ON_FAILURE,
+                 "always": server_pb2.RESTART_POLICY_KIND_ALWAYS}
+
+
+def restart_from_options(policy: str, max_restarts: int | None,
+                         backoff: float | None) -> server_pb2.RestartPolicy:
+    """--restart / --max-restarts / --restart-backoff; what is not given keeps the recipe's."""
+    msg = server_pb2.RestartPolicy()
+    if policy:
+        if policy not in RESTART_KINDS:
+            raise typer.BadParameter(f"got {policy!r}, expected one of "
+                                     f"{', '.join(RESTART_KINDS)}", param_hint="--restart")
+        msg.kind = RESTART_KINDS[policy]
+    if max_restarts is not None:
+        msg.max_restarts = max_restarts
+    if backoff is not None:
+        msg.backoff.FromNanoseconds(round(backoff * 1e9))
+    return msg
 
 
 def parse_params(items: list[str], option: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ import typer
 
 from aifb.cli.context import CliState, handle_errors, state_of, to_dict
 from aifb.cli.format import endpoint_text, service_table, state_name, styled_state, when
-from aifb.cli.params import parse_params, resources_from_options
+from aifb.cli.params import parse_params, resources_from_options, restart_from_options
 from aifb.mesh.channel import raise_for_rpc_error
 from aifb.mesh.errors import Unavailable
 from aifb.v1 import server_pb2
@@ -81,6 +81,16 @@ def create(
     partition: str = typer.Option("", help="SLURM partition."),
     account: str = typer.Option("", help="SLURM account."),
     request_id: str = typer.Option("", help="Idempotency key (default: a new random one)."),
+    restart: str = typer.Option(
+        "", "--restart", metavar="POLICY",
+        help="never | on-failure | always: start the program again inside the job when it "
+             "exits or fails its liveness check (default: the recipe's)."),
+    max_restarts: int | None = typer.Option(
+        None, min=0, max=10000,
+        help="Restarts allowed before the service is FAILED (default: the recipe's)."),
+    restart_backoff: float | None = typer.Option(
+        None, min=0, max=3600,
+        help="Seconds before the first restart, doubling each time (default: the recipe's)."),
     wait: bool = typer.Option(False, "--wait", help="Wait until READY (or failed)."),
     wait_timeout: float = typer.Option(600.0, min=0.1, max=7 * 24 * 3600.0,
                                        help="Seconds --wait waits at most."),
@@ -92,7 +102,8 @@ def create(
             recipe=recipe, parameters=parse_params(param, "--param"),
             labels=parse_params(label, "--label"),
             resources=resources_from_options(cpus, memory, gpus, time_limit, partition, account),
-            request_id=request_id or uuid.uuid4().hex)
+            request_id=request_id or uuid.uuid4().hex,
+            restart_policy=restart_from_options(restart, max_restarts, restart_backoff))
         service = state.call(state.server_stub().CreateService, req).service
         if not wait:
             state.emit(service, lambda: state.console.print(
@@ -129,6 +140,10 @@ def get(ctx: typer.Context, service: str = typer.Argument(..., help="Service id.
 
         def text() -> None:
             state.console.print(service_table([s]))
+            if s.restarts:
+                state.console.print(f"\nrestarts: {s.restarts} of at most "
+                                    f"{s.restart_policy.max_restarts}; last: "
+                                    f"{s.last_restart_reason}", markup=False)
             if s.state_message:
                 state.console.print(f"\n{s.state_message}", markup=False)
 

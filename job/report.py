@@ -1,4 +1,4 @@
-"""The in-job side of ReportServiceEvent: reports STARTING, READY and EXITED to the server."""
+"""The in-job side of ReportServiceEvent: reports STARTING, READY, RESTARTING and EXITED."""
 
 from __future__ import annotations
 
@@ -28,6 +28,9 @@ class LogReporter:
 
     def ready(self, host: str, port: int, startup_seconds: float) -> None:
         log.info("service ready at %s:%d after %.1fs", host, port, startup_seconds)
+
+    def restarting(self, restarts: int, reason: str) -> None:
+        log.info("service restart %d: %s", restarts, reason)
 
     def exited(self, exit_code: int, log_tail: str, message: str) -> None:
         log.info("service exited with %d: %s", exit_code, message)
@@ -80,6 +83,11 @@ class GrpcReporter:
             kind=server_pb2.SERVICE_EVENT_KIND_READY,
             endpoint=common_pb2.Endpoint(host=host, port=port, url=url),
             startup_duration=duration), "ready")
+
+    def restarting(self, restarts: int, reason: str) -> None:
+        self._send(server_pb2.ReportServiceEventRequest(
+            kind=server_pb2.SERVICE_EVENT_KIND_RESTARTING, restarts=restarts,
+            message=reason[:4096]), "restarting")
 
     def exited(self, exit_code: int, log_tail: str, message: str) -> None:
         self._send(server_pb2.ReportServiceEventRequest(

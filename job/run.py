@@ -1,16 +1,20 @@
 """The in-job entry point: start the service program, wait until it is ready, report, supervise.
 
-    python -m aifb.job.run --service ID --workdir DIR --readiness tcp|http
-        --ready-port N|'{{ name }}' --ready-path /P --timeout SECONDS
+    python -m aifb.job.run --service ID --workdir DIR --readiness tcp|http|exec
+        --ready-port N|'{{ name }}' --ready-path /P --timeout SECONDS [--ready-status N]
+        [--ready-exec JSON] [--ready-interval S] [--ready-probe-timeout S]
+        [--liveness JSON] [--restart JSON]
         [--auto-port NAME]... [--log-file PATH]... [--file REL=TEXT]... -- PROGRAM ARGS...
 
 Auto ports: for each `--auto-port NAME` a free TCP port is chosen (bind 0.0.0.0:0, read it,
 close) and the exact token ``{{ NAME }}`` the renderer left in place is replaced by it in the
-program's argv, in every environment value, in `--ready-port` and in each `--file` text. Files
+program's argv, in every environment value, in `--ready-port`, in the probes' ports and commands
+and in each `--file` text. Files
 are written under the workdir (mode 0600) before the program starts. The program runs without a
 shell, in the workdir, with its stdout and stderr piped through this process, which copies
 every chunk straight to its own stdout/stderr (the SLURM output files) and keeps the last 64 KiB
-for the log tail of the EXITED report.
+for the log tail of the EXITED report. Health checks, restarts and their backoff are
+`aifb.job.supervise`'s; the probes are `aifb.job.probes`'.
 
 Reporting goes through a `Reporter` (synchronous methods), called in order from one worker
 thread that the job never waits for until it ends: the program starts while STARTING is still on
@@ -20,8 +24,9 @@ the job waits at most 20 s for the reports still queued, EXITED last; failures t
 logged, never fatal (the server learns a job's end from the scheduler anyway). Exit codes:
 the program's own (128+N when a signal N ended it); 124 when it was not ready in time; 143/130
 when this process was stopped by SIGTERM/SIGINT (forwarded to the program, which gets
-`--stop-timeout` seconds before SIGKILL); 127 when it could not be started. The EXITED report
-carries the same code.
+`--stop-timeout` seconds before SIGKILL); 127 when it could not be started; 1 when the liveness
+check failed. With a restart policy these are the last run's. The EXITED report carries the
+same code.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -36,16 +42,14 @@ import signal
 import socket
 import sys
 import threading
-import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
-if TYPE_CHECKING:
-    import httpx  # imported when an HTTP readiness check runs: every job pays the import
+from aifb.job.probes import LivenessOptions, Probe, RestartOptions, parse_liveness, parse_restart
 from aifb.job.sidecars import start_job_sidecars
+from aifb.job.supervise import TAIL_LINES, Reporter, Supervisor
 
 __all__ = ["LoggingReporter", "Options", "Reporter", "choose_free_ports", "fill_ports", "main",
            "parse_args", "run"]
@@ -59,17 +63,8 @@ def placeholder(name: str) -> str:
     equal)."""
     return "{{ " + name + " }}"
 
-TAIL_LINES = 50
 _TAIL_BYTES = 64 * 1024
 _REPORT_TIMEOUT = 20.0
-
-
-class Reporter(Protocol):
-    """Where the job's lifecycle goes (the server, through aifb.job.report)."""
-
-    def starting(self) -> None: ...
-    def ready(self, host: str, port: int, startup_seconds: float) -> None: ...
-    def exited(self, exit_code: int, log_tail: str, message: str) -> None: ...
 
 
 class LoggingReporter:
@@ -80,6 +75,9 @@ class LoggingReporter:
 
     def ready(self, host: str, port: int, startup_seconds: float) -> None:
         log.info("ready at %s:%d after %.2fs", host, port, startup_seconds)
+
+    def restarting(self, restarts: int, reason: str) -> None:
+        log.info("restart %d: %s", restarts, reason)
 
     def exited(self, exit_code: int, log_tail: str, message: str) -> None:
         log.info("exited with %d: %s", exit_code, message)
@@ -99,6 +97,12 @@ class Options:
     files: dict[str, str] = field(default_factory=dict)
     stop_timeout: float = 20.0
     ready_host: str = "127.0.0.1"
+    ready_status: int = 0
+    ready_exec: tuple[str, ...] = ()
+    ready_interval: float = 1.0
+    ready_probe_timeout: float = 2.0
+    liveness: LivenessOptions | None = None
+    restart: RestartOptions = field(default_factory=RestartOptions)
 
 
 def _file_arg(text: str) -> tuple[str, str]:
@@ -106,6 +110,25 @@ def _file_arg(text: str) -> tuple[str, str]:
     if not sep or not rel:
         raise argparse.ArgumentTypeError("expected REL=TEXT")
     return rel, content
+
+
+def _json_argv(text: str) -> tuple[str, ...]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not (isinstance(value, list) and value and all(isinstance(a, str) and a for a in value)):
+        raise argparse.ArgumentTypeError("expected a JSON list of non-empty strings")
+    return tuple(value)
+
+
+def _checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
 
 
 def parse_args(argv: Sequence[str]) -> Options:
@@ -117,11 +140,17 @@ def parse_args(argv: Sequence[str]) -> Options:
     p = argparse.ArgumentParser(prog="python -m aifb.job.run")
     p.add_argument("--service", required=True)
     p.add_argument("--workdir", type=Path, default=Path.cwd())
-    p.add_argument("--readiness", choices=["tcp", "http"], required=True)
+    p.add_argument("--readiness", choices=["tcp", "http", "exec"], required=True)
     p.add_argument("--ready-port", required=True)
     p.add_argument("--ready-path", default="/")
     p.add_argument("--ready-host", default="127.0.0.1")
     p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--ready-status", type=int, default=0)
+    p.add_argument("--ready-exec", type=_json_argv, default=())
+    p.add_argument("--ready-interval", type=float, default=1.0)
+    p.add_argument("--ready-probe-timeout", type=float, default=2.0)
+    p.add_argument("--liveness", type=_checked(parse_liveness), default=None)
+    p.add_argument("--restart", type=_checked(parse_restart), default=RestartOptions())
     p.add_argument("--stop-timeout", type=float, default=20.0)
     p.add_argument("--auto-port", action="append", default=[])
     p.add_argument("--log-file", action="append", default=[])
@@ -129,10 +158,17 @@ def parse_args(argv: Sequence[str]) -> Options:
     ns = p.parse_args(args[:cut])
     if not args[cut + 1:]:
         p.error("no program given after '--'")
+    if ns.readiness == "exec" and not ns.ready_exec:
+        p.error("--readiness exec needs --ready-exec")
+    if not (0.05 <= ns.ready_interval <= 3600 and 0 < ns.ready_probe_timeout <= 86400):
+        p.error("--ready-interval must be 0.05..3600 and --ready-probe-timeout positive")
     return Options(service=ns.service, workdir=ns.workdir, readiness=ns.readiness,
                    ready_port=ns.ready_port, argv=args[cut + 1:], ready_path=ns.ready_path,
                    timeout=ns.timeout, auto_ports=ns.auto_port, log_files=ns.log_file,
-                   files=dict(ns.file), stop_timeout=ns.stop_timeout, ready_host=ns.ready_host)
+                   files=dict(ns.file), stop_timeout=ns.stop_timeout, ready_host=ns.ready_host,
+                   ready_status=ns.ready_status, ready_exec=ns.ready_exec,
+                   ready_interval=ns.ready_interval, ready_probe_timeout=ns.ready_probe_timeout,
+                   liveness=ns.liveness, restart=ns.restart)
 
 
 def choose_free_ports(names: Sequence[str]) -> dict[str, int]:
@@ -156,69 +192,6 @@ def fill_ports(text: str, ports: Mapping[str, int]) -> str:
     for name, port in ports.items():
         text = text.replace(placeholder(name), str(port))
     return text
-
-
-class _Tail:
-    """The last bytes of the program's output (stdout and stderr, in arrival order)."""
-
-    def __init__(self) -> None:
-        self.chunks: deque[bytes] = deque()
-        self.size = 0
-
-    def add(self, chunk: bytes) -> None:
-        self.chunks.append(chunk)
-        self.size += len(chunk)
-        while self.size - len(self.chunks[0]) >= _TAIL_BYTES:
-            self.size -= len(self.chunks.popleft())
-
-    def text(self, lines: int = TAIL_LINES) -> str:
-        data = b"".join(self.chunks)[-_TAIL_BYTES:].decode("utf-8", errors="replace")
-        return "\n".join(data.splitlines()[-lines:])
-
-
-async def _pump(stream: asyncio.StreamReader | None, fd: int, tail: _Tail) -> None:
-    if stream is None:
-        return
-    while chunk := await stream.read(65536):
-        tail.add(chunk)
-        view = memoryview(chunk)
-        with contextlib.suppress(OSError):  # our own output closed: keep draining the pipe
-            while view:
-                view = view[os.write(fd, view):]
-
-
-async def _probe(opts: Options, port: int, client: httpx.AsyncClient | None) -> bool:
-    if opts.readiness == "http" and client is not None:
-        import httpx  # already loaded by _wait_ready: a dictionary lookup
-
-        try:
-            resp = await client.get(f"http://{opts.ready_host}:{port}{opts.ready_path}")
-        except (OSError, TimeoutError, httpx.HTTPError):
-            return False
-        return 200 <= resp.status_code < 300
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(opts.ready_host, port), 2.0)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
-async def _wait_ready(opts: Options, port: int) -> None:
-    delay = 0.05
-    if opts.readiness != "http":
-        while not await _probe(opts, port, None):
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
-        return
-    import httpx
-
-    async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
-        while not await _probe(opts, port, client):
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
 
 
 class _Reports:
@@ -251,10 +224,6 @@ class _Reports:
                         "from the scheduler", timeout)
 
 
-def _exit_code(returncode: int) -> int:
-    return 128 - returncode if returncode < 0 else returncode
-
-
 def _advertise_host() -> str:
     return os.environ.get("AIFB_ADVERTISE_HOST") or socket.getfqdn() or socket.gethostname()
 
@@ -280,37 +249,47 @@ def _file_tail(paths: Sequence[str]) -> str:
     return ""
 
 
-async def _stop(proc: asyncio.subprocess.Process, signum: int, grace: float) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
-        try:
-            await asyncio.wait_for(proc.wait(), grace)
-        except TimeoutError:
-            log.warning("program ignored signal %d for %.0fs; killing it", signum, grace)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+def _probe_port(field: str, text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{field} {text!r} is neither a port nor an --auto-port token")
+    return int(text)
+
+
+def _probes(opts: Options, ports: Mapping[str, int], env: Mapping[str, str]
+            ) -> tuple[Probe, tuple[Probe, LivenessOptions] | None]:
+    """The readiness and liveness probes with the chosen ports filled in (ValueError)."""
+    ready = Probe(kind=opts.readiness, host=opts.ready_host,
+                  port=_probe_port("--ready-port", fill_ports(opts.ready_port, ports)),
+                  path=opts.ready_path, status=opts.ready_status,
+                  command=tuple(fill_ports(a, ports) for a in opts.ready_exec),
+                  timeout=opts.ready_probe_timeout, cwd=opts.workdir, env=env)
+    lv = opts.liveness
+    if lv is None:
+        return ready, None
+    port = fill_ports(lv.port, ports)
+    live = Probe(kind=lv.kind, host=opts.ready_host,
+                 port=_probe_port("--liveness port", port) if port else 0, path=lv.path,
+                 status=lv.status, command=tuple(fill_ports(a, ports) for a in lv.command),
+                 timeout=lv.timeout, cwd=opts.workdir, env=env)
+    return ready, (live, lv)
 
 
 async def run(opts: Options, reporter: Reporter,
               environ: Mapping[str, str] | None = None) -> int:
     """Run the program under supervision; returns the exit code for this process."""
-    started = time.monotonic()
     ports = choose_free_ports(opts.auto_ports)
     env = {k: fill_ports(v, ports) for k, v in (os.environ if environ is None else environ).items()}
     argv = [fill_ports(a, ports) for a in opts.argv]
-    port_text = fill_ports(opts.ready_port, ports)
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        log.error("--ready-port %r is neither a port nor an --auto-port token", opts.ready_port)
+    try:
+        ready, live = _probes(opts, ports, env)
+    except ValueError as exc:
+        log.error("%s", exc)
         return 2
-    port = int(port_text)
     _write_files(opts.workdir, {k: fill_ports(v, ports) for k, v in opts.files.items()})
     log_files = [fill_ports(p, ports) for p in opts.log_files]
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     stop_signal: list[int] = []
-
 
     def on_signal(signum: int) -> None:
         stop_signal.append(signum)
@@ -320,52 +299,16 @@ async def run(opts: Options, reporter: Reporter,
         loop.add_signal_handler(signum, on_signal, signum)
     reports = _Reports()
     reports.send(reporter.starting)
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, cwd=opts.workdir)
-    except OSError as exc:
-        reports.send(reporter.exited, 127, "", f"cannot start {argv[0]!r}: {exc}")
-        await reports.drain()
-        return 127
     # Telemetry agents for this job when the server asked for them (AIFB_SIDECARS).
     sidecars = await start_job_sidecars(opts.service, env, opts.workdir, log_files)
-    tail = _Tail()
-    pumps = [asyncio.create_task(_pump(proc.stdout, 1, tail)),
-             asyncio.create_task(_pump(proc.stderr, 2, tail))]
-    exited = asyncio.create_task(proc.wait())
-    stopped = asyncio.create_task(stop.wait())
-    ready = asyncio.create_task(_wait_ready(opts, port))
-    waiting = {exited, stopped, ready}
-    done, _ = await asyncio.wait(waiting, timeout=opts.timeout,
-                                 return_when=asyncio.FIRST_COMPLETED)
-    phase = "before it was ready"
-    if ready in done and exited not in done:
-        seconds = time.monotonic() - started
-        reports.send(reporter.ready, _advertise_host(), port, seconds)
-        sidecars.ready(port, http=opts.readiness == "http")
-        phase = ""
-        done, _ = await asyncio.wait({exited, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    ready.cancel()
-    if stopped in done:
-        await _stop(proc, stop_signal[0], opts.stop_timeout)
-        name = signal.Signals(stop_signal[0]).name
-        job_code = 128 + stop_signal[0]
-        message = f"stopped by {name} (program exit code {_exit_code(proc.returncode or 0)})"
-    elif exited in done:
-        code = _exit_code(exited.result())
-        message = f"exited with code {code}" + (f" {phase}" if phase else "")
-        job_code = code if not phase else (code or 1)
-    else:
-        await _stop(proc, signal.SIGTERM, opts.stop_timeout)
-        job_code = 124
-        message = (f"not ready within {opts.timeout:g}s ({opts.readiness} check on port {port}"
-                   f"{opts.ready_path if opts.readiness == 'http' else ''}); program stopped")
-    stopped.cancel()
-    await asyncio.wait(pumps, timeout=5.0)  # a grandchild may still hold the pipes
-    for task in pumps:
-        task.cancel()
-    reports.send(reporter.exited, job_code, tail.text() or _file_tail(log_files), message)
+    supervisor = Supervisor(
+        argv=argv, env=env, workdir=opts.workdir, readiness=ready, ready_timeout=opts.timeout,
+        ready_interval=opts.ready_interval, reporter=reporter, send=reports.send,
+        sidecars=sidecars, stop=stop, stop_signal=stop_signal, advertise_host=_advertise_host,
+        liveness=live, restart=opts.restart, stop_timeout=opts.stop_timeout)
+    job_code, message = await supervisor.run()
+    reports.send(reporter.exited, job_code, supervisor.tail.text() or _file_tail(log_files),
+                 message)
     log.info("%s", message)
     await asyncio.gather(reports.drain(), sidecars.stop())
     return job_code

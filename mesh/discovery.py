@@ -55,6 +55,9 @@ class Target:
     pid: int | None = None
     log_files: tuple[str, ...] = ()
     labels: tuple[tuple[str, str], ...] = field(default=())
+    # How often the program was restarted, as the server counts it; None when unknown (a
+    # static target, an in-job sidecar's own view).
+    restarts: int | None = None
 
     def log_sources(self) -> list[tuple[str, str]]:
         """(path, stream) pairs: stdout, stderr (when a different file), then extra log files."""
@@ -176,7 +179,7 @@ def target_from_service(svc: server_pb2.Service) -> Target:
     return Target(service=svc.name, job_id=svc.job.job_id, scheduler=svc.job.scheduler,
                   nodes=svc.job.nodes, stdout_path=svc.job.stdout_path,
                   stderr_path=svc.job.stderr_path, metrics_url=metrics_url,
-                  labels=tuple(sorted(labels.items())))
+                  labels=tuple(sorted(labels.items())), restarts=svc.restarts)
 
 
 class ServiceDiscovery:

@@ -62,6 +62,11 @@ class NodeCollector:
     def _collect_sync(self, targets: Mapping[str, Target], out: MetricSet) -> None:
         self.host.collect(out)
         self.procs.collect(targets, out)
+        for name, target in targets.items():
+            if target.restarts is not None:
+                out.add("aifb_service_restarts_total", target.restarts, {"service": name},
+                        type=COUNTER, help="Times the service's program was started again "
+                        "by its restart policy (the server's count).")
         self.gpus.collect(out, self.procs.pid_owner())
         if self.slurm is not None:
             self.slurm.collect(out)

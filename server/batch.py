@@ -3,9 +3,14 @@
 The script is `#!/bin/bash`, the `#SBATCH` lines sorted by option, `set -euo pipefail`, `cd`
 into the workdir, the environment exported, then::
 
-    exec PYTHON -m aifb.job.run --service ID --workdir DIR --readiness tcp|http \\
-        --ready-port N|'{{ name }}' --ready-path P --timeout S [--auto-port NAME]... \\
+    exec PYTHON -m aifb.job.run --service ID --workdir DIR --readiness tcp|http|exec \\
+        --ready-port N|'{{ name }}' --ready-path P --timeout S [--ready-status N] \\
+        [--ready-exec JSON] [--ready-interval S] [--ready-probe-timeout S] \\
+        [--liveness JSON] [--restart JSON] [--auto-port NAME]... \\
         [--log-file PATH]... [--file REL=TEXT]... -- [apptainer exec ... IMAGE] ARGV...
+
+The health and restart options appear only when the recipe or request sets them (a script for a
+recipe without them is what it was before they existed).
 
 Every value is `shlex.quote`d. A value that cannot be represented (NUL anywhere; a newline or
 carriage return in an `#SBATCH` line, an option value or a variable name) is rejected with
@@ -15,12 +20,13 @@ elements, exported values and `--file` texts are fine: single quotes keep them v
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from collections.abc import Iterable
 
 from aifb.mesh.errors import InvalidArgument
-from aifb.server.jobs import ContainerSpec, JobSpec
+from aifb.server.jobs import ContainerSpec, JobSpec, LivenessSpec, ReadinessSpec, RestartSpec
 from aifb.server.recipes.values import token
 
 __all__ = ["apptainer_argv", "format_time", "jobrun_argv", "render_batch_script"]
@@ -111,26 +117,70 @@ def apptainer_argv(container: ContainerSpec) -> list[str]:
     return argv
 
 
-def jobrun_argv(spec: JobSpec) -> list[str]:
-    """The options of `python -m aifb.job.run` for `spec` (before the `--`)."""
-    rd = spec.readiness
-    if rd.port_param and rd.port_param in spec.auto_ports:
-        ready_port = token(rd.port_param)
-    elif 1 <= rd.port <= 65535:
-        ready_port = str(rd.port)
-    else:
-        raise InvalidArgument(f"readiness.port: expected 1..65535 or an auto port, got {rd.port}",
-                              field="readiness.port")
-    if rd.kind not in ("tcp", "http"):
+def _port_text(field: str, port: int, param: str, auto_ports: tuple[str, ...]) -> str:
+    if param and param in auto_ports:
+        return token(param)
+    if 1 <= port <= 65535:
+        return str(port)
+    raise InvalidArgument(f"{field}: expected 1..65535 or an auto port, got {port}", field=field)
+
+
+def _command(field: str, command: tuple[str, ...]) -> list[str]:
+    if not command:
+        raise InvalidArgument(f"{field}: an exec check needs a command", field=field)
+    return [_text(f"{field}[{i}]", a, newlines=True) for i, a in enumerate(command)]
+
+
+def _readiness_argv(rd: ReadinessSpec, auto_ports: tuple[str, ...]) -> list[str]:
+    if rd.kind not in ("tcp", "http", "exec"):
         raise InvalidArgument(f"readiness.kind: got {rd.kind!r}", field="readiness.kind")
     if not rd.timeout_seconds > 0:
         raise InvalidArgument("readiness.timeout_seconds: must be positive",
                               field="readiness.timeout_seconds")
-    argv = ["--service", _text("service_id", spec.service_id),
-            "--workdir", _text("workdir", spec.workdir),
-            "--readiness", rd.kind, "--ready-port", ready_port,
+    argv = ["--readiness", rd.kind,
+            "--ready-port", _port_text("readiness.port", rd.port, rd.port_param, auto_ports),
             "--ready-path", _text("readiness.path", rd.path),
             "--timeout", format(rd.timeout_seconds, "g")]
+    if rd.status:
+        argv += ["--ready-status", str(rd.status)]
+    if rd.kind == "exec":
+        argv += ["--ready-exec", json.dumps(_command("readiness.command", rd.command))]
+    if rd.interval_seconds != ReadinessSpec.interval_seconds:
+        argv += ["--ready-interval", format(rd.interval_seconds, "g")]
+    if rd.probe_timeout_seconds != ReadinessSpec.probe_timeout_seconds:
+        argv += ["--ready-probe-timeout", format(rd.probe_timeout_seconds, "g")]
+    return argv
+
+
+def _liveness_json(lv: LivenessSpec, auto_ports: tuple[str, ...]) -> str:
+    if lv.kind not in ("tcp", "http", "exec"):
+        raise InvalidArgument(f"liveness.kind: got {lv.kind!r}", field="liveness.kind")
+    port = ("" if lv.kind == "exec" and not lv.port and not lv.port_param
+            else _port_text("liveness.port", lv.port, lv.port_param, auto_ports))
+    return json.dumps({
+        "kind": lv.kind, "port": port, "path": _text("liveness.path", lv.path),
+        "status": lv.status,
+        "command": _command("liveness.command", lv.command) if lv.kind == "exec" else [],
+        "interval": lv.interval_seconds, "timeout": lv.probe_timeout_seconds,
+        "failure_threshold": lv.failure_threshold, "initial_delay": lv.initial_delay_seconds,
+    }, sort_keys=True)
+
+
+def _restart_json(rs: RestartSpec) -> str:
+    return json.dumps({"policy": rs.policy, "max_restarts": rs.max_restarts,
+                       "backoff": rs.backoff_seconds, "max_backoff": rs.max_backoff_seconds},
+                      sort_keys=True)
+
+
+def jobrun_argv(spec: JobSpec) -> list[str]:
+    """The options of `python -m aifb.job.run` for `spec` (before the `--`)."""
+    argv = ["--service", _text("service_id", spec.service_id),
+            "--workdir", _text("workdir", spec.workdir),
+            *_readiness_argv(spec.readiness, spec.auto_ports)]
+    if spec.liveness is not None:
+        argv += ["--liveness", _liveness_json(spec.liveness, spec.auto_ports)]
+    if spec.restart.policy != "never":
+        argv += ["--restart", _restart_json(spec.restart)]
     for name in spec.auto_ports:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
             raise InvalidArgument(f"auto_ports: bad name {name!r}", field="auto_ports")

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aifb.server.deploy import ResourceRequest
-from aifb.server.jobs import ResourceSpec
+from aifb.server.jobs import ResourceSpec, RestartSpec
 from aifb.server.model import ServiceRecord
+from aifb.server.recipes.params import RestartOverride
 from aifb.server.recipes.schema import Recipe
 from aifb.server.states import ServiceState
 from aifb.v1 import common_pb2, server_pb2
 
 __all__ = [
     "metrics_to_proto", "recipe_to_proto", "resource_request_from_proto",
-    "resources_to_proto", "service_to_proto",
+    "resources_to_proto", "restart_override_from_proto", "restart_to_proto",
+    "service_to_proto",
 ]
 
 
@@ -36,6 +39,40 @@ def resource_request_from_proto(msg: common_pb2.Resources) -> ResourceRequest:
         time_limit_minutes=msg.time_limit_minutes, partition=msg.partition, account=msg.account)
 
 
+_POLICY_KINDS = {
+    "never": server_pb2.RESTART_POLICY_KIND_NEVER,
+    "on-failure": server_pb2.RESTART_POLICY_KIND_ON_FAILURE,
+    "always": server_pb2.RESTART_POLICY_KIND_ALWAYS,
+}
+_POLICY_NAMES = {kind: name for name, kind in _POLICY_KINDS.items()}
+
+
+def _duration(seconds: float) -> Duration:
+    out = Duration()
+    out.FromNanoseconds(round(seconds * 1e9))
+    return out
+
+
+def restart_to_proto(spec: RestartSpec) -> server_pb2.RestartPolicy:
+    return server_pb2.RestartPolicy(
+        kind=_POLICY_KINDS[spec.policy], max_restarts=spec.max_restarts,
+        backoff=_duration(spec.backoff_seconds), max_backoff=_duration(spec.max_backoff_seconds))
+
+
+def restart_override_from_proto(msg: server_pb2.RestartPolicy) -> RestartOverride:
+    """A request's restart policy: unset fields keep the recipe's (an unknown kind is named)."""
+    if msg.kind and msg.kind not in _POLICY_NAMES:
+        policy = f"kind {msg.kind}"  # refused by merge_restart, naming the field
+    else:
+        policy = _POLICY_NAMES.get(msg.kind, "")
+    return RestartOverride(
+        policy=policy, max_restarts=msg.max_restarts if msg.HasField("max_restarts") else None,
+        backoff_seconds=(msg.backoff.ToNanoseconds() / 1e9 if msg.HasField("backoff")
+                         else None),
+        max_backoff_seconds=(msg.max_backoff.ToNanoseconds() / 1e9
+                             if msg.HasField("max_backoff") else None))
+
+
 def service_to_proto(record: ServiceRecord) -> server_pb2.Service:
     job = server_pb2.SchedulerJob(
         scheduler=record.scheduler, job_id=record.job_id, raw_state=record.raw_state,
@@ -51,7 +88,9 @@ def service_to_proto(record: ServiceRecord) -> server_pb2.Service:
         state=server_pb2.ServiceState.Name(int(record.state)), owner=record.owner, job=job,
         state_message=record.state_message, resources=resources_to_proto(record.resources),
         create_time=_timestamp(record.create_time), update_time=_timestamp(record.update_time),
-        trace_id=record.trace_id, revision=record.revision)
+        trace_id=record.trace_id, revision=record.revision,
+        restart_policy=restart_to_proto(record.restart), restarts=record.restarts,
+        last_restart_reason=record.last_restart_reason)
     if record.endpoint_host:
         msg.endpoint.CopyFrom(common_pb2.Endpoint(host=record.endpoint_host,
                                                   port=record.endpoint_port,

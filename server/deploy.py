@@ -13,6 +13,7 @@ from aifb.mesh.errors import InvalidArgument
 from aifb.server.batch import render_batch_script
 from aifb.server.jobs import JobSpec
 from aifb.server.recipes.catalog import RecipeCatalog, runnable_here
+from aifb.server.recipes.params import RestartOverride
 from aifb.server.recipes.resolve import MetricsTarget, build_job_spec, resolve
 from aifb.server.recipes.schema import Recipe
 
@@ -90,8 +91,9 @@ class Deployer:
         return cls(RecipeCatalog(dirs), python=python)
 
     def prepare(self, recipe: str, params: Mapping[str, str], resources: ResourceRequest, *,
-                service_id: str, workdir: Path, environment: Mapping[str, str]) -> Prepared:
-        resolved = resolve(self.catalog.get(recipe), params, resources)
+                service_id: str, workdir: Path, environment: Mapping[str, str],
+                restart: RestartOverride | None = None) -> Prepared:
+        resolved = resolve(self.catalog.get(recipe), params, resources, restart)
         spec = build_job_spec(resolved, service_id=service_id,
                               job_name=job_name_for(recipe, service_id), workdir=workdir,
                               python=self.python,
@@ -100,10 +102,10 @@ class Deployer:
                         parameters=resolved.parameter_text(), metrics=resolved.metrics)
 
     def render(self, recipe: str, params: Mapping[str, str], resources: ResourceRequest, *,
-               jobs_dir: Path) -> Prepared:
+               jobs_dir: Path, restart: RestartOverride | None = None) -> Prepared:
         """The script CreateService would submit, with placeholders for what only a create
         makes; `jobs_dir` is the server's own (`<home>/jobs`), so the workdir shown is real."""
         env = {"AIFB_SERVICE": f"services/{PLACEHOLDER_ID}", "AIFB_SERVER": "<server address>",
                "AIFB_REPORT_TOKEN": "<generated at create time>"}
         return self.prepare(recipe, params, resources, service_id=PLACEHOLDER_ID,
-                            workdir=jobs_dir / PLACEHOLDER_ID, environment=env)
+                            workdir=jobs_dir / PLACEHOLDER_ID, environment=env, restart=restart)

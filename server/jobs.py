@@ -16,8 +16,10 @@ __all__ = [
     "ContainerSpec",
     "JobSpec",
     "JobStatus",
+    "LivenessSpec",
     "ReadinessSpec",
     "ResourceSpec",
+    "RestartSpec",
     "Scheduler",
 ]
 
@@ -66,15 +68,55 @@ class ContainerSpec:
 class ReadinessSpec:
     """How the in-job entry point decides the service is ready.
 
-    kind "tcp": a TCP connect to `port` succeeds; kind "http": GET `path` on `port` answers 2xx.
+    kind "tcp": a TCP connect to `port` succeeds; kind "http": GET `path` on `port` answers
+    `status` (0: any 2xx); kind "exec": `command` exits 0 (`port` is then the endpoint's).
     `port_param` names the parameter holding the port when it is chosen inside the job (port 0).
+    Probes start fast and slow down to one per `interval_seconds`, each limited to
+    `probe_timeout_seconds`; not ready within `timeout_seconds` fails the start.
     """
 
-    kind: Literal["tcp", "http"] = "tcp"
+    kind: Literal["tcp", "http", "exec"] = "tcp"
     port: int = 0
     path: str = "/"
     timeout_seconds: float = 300.0
     port_param: str = ""
+    status: int = 0
+    command: tuple[str, ...] = ()
+    interval_seconds: float = 1.0
+    probe_timeout_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class LivenessSpec:
+    """The check run while the program is READY: `failure_threshold` failures in a row (one
+    probe per `interval_seconds`, the first `initial_delay_seconds` after READY) fail it."""
+
+    kind: Literal["tcp", "http", "exec"] = "tcp"
+    port: int = 0
+    path: str = "/"
+    port_param: str = ""
+    status: int = 0
+    command: tuple[str, ...] = ()
+    interval_seconds: float = 10.0
+    probe_timeout_seconds: float = 2.0
+    failure_threshold: int = 3
+    initial_delay_seconds: float = 0.0
+
+
+RestartPolicyName = Literal["never", "on-failure", "always"]
+
+
+@dataclass(frozen=True)
+class RestartSpec:
+    """When the in-job entry point starts the program again: `on-failure` after a non-zero
+    exit, a signal, a failed liveness check or a start that was not ready in time; `always`
+    after a clean exit too. At most `max_restarts` times, waiting `backoff_seconds` before
+    the first and twice as long before each next one, up to `max_backoff_seconds`."""
+
+    policy: RestartPolicyName = "never"
+    max_restarts: int = 3
+    backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +141,8 @@ class JobSpec:
     # Files the in-job entry point writes into `workdir` before starting the program
     # (relative path -> text; auto-port tokens in the text are filled in first).
     files: Mapping[str, str] = field(default_factory=dict)
+    liveness: LivenessSpec | None = None
+    restart: RestartSpec = field(default_factory=RestartSpec)
 
 
 @dataclass(frozen=True)

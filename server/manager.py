@@ -32,6 +32,7 @@ from aifb.server.jobs import JobStatus, Scheduler
 from aifb.server.listing import Page, page, parse_filter
 from aifb.server.logs import ServiceLogs, read_logs
 from aifb.server.model import ServiceRecord
+from aifb.server.recipes.params import RestartOverride
 from aifb.server.registry import Registry
 from aifb.server.states import ServiceState, check_transition, service_state_for_job
 
@@ -50,6 +51,7 @@ class EventKind:
     STARTING = "starting"
     READY = "ready"
     EXITED = "exited"
+    RESTARTING = "restarting"
 
 
 class ServiceManager:
@@ -96,10 +98,11 @@ class ServiceManager:
         """The end of the caller's service's stdout and stderr (GetServiceLogs)."""
         return read_logs(self.get(principal, name), tail_bytes)
 
-    def render(self, recipe: str, params: Mapping[str, str],
-               resources: ResourceRequest) -> Prepared:
+    def render(self, recipe: str, params: Mapping[str, str], resources: ResourceRequest,
+               restart: RestartOverride | None = None) -> Prepared:
         """The batch script a create would submit (RenderService); nothing is submitted."""
-        return self.deployer.render(recipe, params, resources, jobs_dir=self.home / "jobs")
+        return self.deployer.render(recipe, params, resources, jobs_dir=self.home / "jobs",
+                                    restart=restart)
 
     async def watch(self, principal: Principal, name: str) -> AsyncIterator[ServiceRecord]:
         """The caller's service now, then each new revision until it is terminal."""
@@ -160,7 +163,8 @@ class ServiceManager:
     # ---- commands ------------------------------------------------------------------------
     async def create(self, principal: Principal, recipe: str, params: Mapping[str, str],
                      resources: ResourceRequest, labels: Mapping[str, str],
-                     request_id: str) -> ServiceRecord:
+                     request_id: str, restart: RestartOverride | None = None
+                     ) -> ServiceRecord:
         if principal.is_job:
             raise PermissionDenied("a job's report token cannot create services")
         if request_id:
@@ -184,7 +188,8 @@ class ServiceManager:
             }
             with self.tracer.start_as_current_span("aifb.server.render"):
                 prepared = self.deployer.prepare(recipe, params, resources, service_id=sid,
-                                                 workdir=workdir, environment=env)
+                                                 workdir=workdir, environment=env,
+                                                 restart=restart)
             span.set_attribute("aifb.service", sid)
             span.set_attribute("aifb.recipe", recipe)
             now = time.time()
@@ -196,7 +201,7 @@ class ServiceManager:
                 stderr_path=prepared.spec.stderr_path, workdir=str(workdir),
                 create_time=now, update_time=now, trace_id=current_trace_id(),
                 request_id=request_id, report_token_hash=hash_token(token),
-                **_metrics_fields(prepared),
+                restart=prepared.spec.restart, **_metrics_fields(prepared),
             )
             self._submitting.add(sid)
             self.registry.insert(record)
@@ -298,7 +303,8 @@ class ServiceManager:
 
     async def report_event(self, principal: Principal, name: str, kind: str, *, host: str = "",
                            port: int = 0, url: str = "", exit_code: int | None = None,
-                           log_tail: str = "", message: str = "") -> ServiceRecord:
+                           log_tail: str = "", message: str = "",
+                           restarts: int = 0) -> ServiceRecord:
         sid = parse_service_id(name)
         if principal.service and principal.service != sid:
             raise PermissionDenied("this report token belongs to another service")
@@ -312,6 +318,9 @@ class ServiceManager:
             record = self.registry.get(sid) or record
             now = time.time()
             if kind == EventKind.STARTING:
+                if record.state != ServiceState.PENDING:
+                    return record  # only the job's first report moves it (a late one cannot
+                    # take a READY service back: restarts say RESTARTING)
                 target, msg = ServiceState.STARTING, message or "the program started"
                 changes: dict[str, object] = {}
             elif kind == EventKind.READY:
@@ -328,6 +337,8 @@ class ServiceManager:
                     detail += "\n--- last output ---\n" + log_tail[-4000:]
                 return self._commit(record.evolve(now, exit_code=exit_code, exit_report=detail,
                                                   state_message=detail))
+            elif kind == EventKind.RESTARTING:
+                return self._restarting(record, now, restarts, message)
             else:
                 raise InvalidArgument(f"unknown event kind {kind!r}", field="kind")
             if record.terminal or (record.state == target and kind != EventKind.EXITED):
@@ -338,6 +349,25 @@ class ServiceManager:
                 raise IllegalTransition(
                     f"service {sid} cannot go from {record.state.name} to {target.name}")
             return self._commit(record.evolve(now, state=target, state_message=msg, **changes))
+
+    def _restarting(self, record: ServiceRecord, now: float, count: int,
+                    reason: str) -> ServiceRecord:
+        """The job starts its program again: count it once (reports may repeat), back to
+        STARTING until the job reports READY again."""
+        if not 1 <= count <= MAX_RESTARTS_REPORTED:
+            raise InvalidArgument(f"restarts: got {count}, expected 1..{MAX_RESTARTS_REPORTED} "
+                                  "on RESTARTING", field="restarts")
+        if record.terminal or count <= record.job_restarts:
+            return record
+        reason = reason or "the program ended"
+        total = record.restarts + count - record.job_restarts
+        changes: dict[str, object] = {"restarts": total, "job_restarts": count,
+                                      "last_restart_reason": reason,
+                                      "state_message": f"restart {total}: {reason}"}
+        if not record.delete_requested and record.state == ServiceState.READY:
+            changes["state"] = ServiceState.STARTING
+        log.info("service %s: restart %d: %s", record.id, total, reason)
+        return self._commit(record.evolve(now, **changes))
 
     # ---- scheduler updates (from the poller) ---------------------------------------------
     async def apply_job_statuses(self, statuses: Mapping[str, JobStatus],
@@ -391,7 +421,9 @@ class ServiceManager:
     # ---- internals -----------------------------------------------------------------------
     def _commit(self, record: ServiceRecord) -> ServiceRecord:
         old = self.registry.get(record.id)
-        self.registry.update(record, history=old is None or old.state != record.state)
+        # The history keeps every state change and every restart (with its reason).
+        self.registry.update(record, history=old is None or old.state != record.state
+                             or old.restarts != record.restarts)
         self.hub.publish(record)
         return record
 
@@ -411,5 +443,6 @@ def _metrics_fields(prepared: Prepared) -> dict[str, Any]:
 
 # Bounds of what a job reports (characters): a host name (DNS: 253), a URL, one status line,
 # the output tail (the server keeps its last 4000 characters).
+MAX_RESTARTS_REPORTED = 10000  # the most a restart policy allows
 REPORT_TEXT_LIMITS = {"message": 4096, "endpoint.host": 253, "endpoint.url": 2048,
                       "log_tail": 65536}

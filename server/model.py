@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from aifb.server.jobs import ResourceSpec
+from aifb.server.jobs import ResourceSpec, RestartSpec
 from aifb.server.states import ServiceState
 
 __all__ = ["ServiceRecord", "StateChange"]
@@ -50,6 +50,12 @@ class ServiceRecord:
     report_token_hash: str = ""
     # What the in-job entry point said when the program exited (message + log tail).
     exit_report: str = ""
+    restart: RestartSpec = field(default_factory=RestartSpec)
+    # Restarts in all (`restarts`), and those the current job has reported (a repeated report
+    # with a count already seen changes nothing).
+    restarts: int = 0
+    job_restarts: int = 0
+    last_restart_reason: str = ""
 
     @property
     def name(self) -> str:

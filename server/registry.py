@@ -11,7 +11,7 @@ from typing import Any
 
 from aifb.mesh.errors import AlreadyExists
 from aifb.mesh.private import private_sqlite_file
-from aifb.server.jobs import TERMINAL_RAW_STATES, ResourceSpec
+from aifb.server.jobs import TERMINAL_RAW_STATES, ResourceSpec, RestartSpec
 from aifb.server.model import ServiceRecord, StateChange
 from aifb.server.states import ServiceState
 
@@ -60,6 +60,8 @@ def _decode(text: str) -> ServiceRecord:
     data: dict[str, Any] = json.loads(text)
     data["state"] = ServiceState(data["state"])
     data["resources"] = ResourceSpec(**data["resources"])
+    if "restart" in data:  # absent in records written before restart policies existed
+        data["restart"] = RestartSpec(**data["restart"])
     return ServiceRecord(**data)
 
 

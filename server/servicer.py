@@ -15,6 +15,7 @@ from aifb.server.convert import (
     recipe_to_proto,
     resource_request_from_proto,
     resources_to_proto,
+    restart_override_from_proto,
     service_to_proto,
 )
 from aifb.server.deploy import Deployer
@@ -30,6 +31,7 @@ _EVENT_KINDS = {
     server_pb2.SERVICE_EVENT_KIND_STARTING: EventKind.STARTING,
     server_pb2.SERVICE_EVENT_KIND_READY: EventKind.READY,
     server_pb2.SERVICE_EVENT_KIND_EXITED: EventKind.EXITED,
+    server_pb2.SERVICE_EVENT_KIND_RESTARTING: EventKind.RESTARTING,
 }
 
 
@@ -61,7 +63,8 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
         if not request.recipe:
             raise InvalidArgument("recipe is required", field="recipe")
         prepared = self.manager.render(request.recipe, dict(request.parameters),
-                                       resource_request_from_proto(request.resources))
+                                       resource_request_from_proto(request.resources),
+                                       restart_override_from_proto(request.restart_policy))
         return server_pb2.RenderServiceResponse(
             batch_script=prepared.script, parameters=prepared.parameters,
             resources=resources_to_proto(prepared.spec.resources))
@@ -74,7 +77,7 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
         record = await self.manager.create(
             principal, request.recipe, dict(request.parameters),
             resource_request_from_proto(request.resources), dict(request.labels),
-            request.request_id)
+            request.request_id, restart_override_from_proto(request.restart_policy))
         return server_pb2.CreateServiceResponse(service=service_to_proto(record))
 
     async def GetService(self, request: server_pb2.GetServiceRequest, context: Ctx
@@ -110,13 +113,14 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
                                  context: Ctx) -> server_pb2.ReportServiceEventResponse:
         kind = _EVENT_KINDS.get(request.kind)
         if kind is None:
-            raise InvalidArgument("kind must be STARTING, READY or EXITED", field="kind")
+            raise InvalidArgument("kind must be STARTING, READY, EXITED or RESTARTING",
+                                  field="kind")
         # A job's own token (or a user's): the manager checks that it may report for `name`.
         record = await self.manager.report_event(
             current_principal.get(), request.name, kind, host=request.endpoint.host,
             port=request.endpoint.port, url=request.endpoint.url,
             exit_code=request.exit_code if request.HasField("exit_code") else None,
-            log_tail=request.log_tail, message=request.message)
+            log_tail=request.log_tail, message=request.message, restarts=request.restarts)
         return server_pb2.ReportServiceEventResponse(service=service_to_proto(record))
 
     async def GetServiceLogs(self, request: server_pb2.GetServiceLogsRequest, context: Ctx

@@ -34,8 +34,9 @@ _ALLOWED: dict[ServiceState, frozenset[ServiceState]] = {
     ServiceState.STARTING: frozenset(
         {ServiceState.READY, ServiceState.STOPPING, ServiceState.STOPPED, ServiceState.FAILED}
     ),
+    # READY -> STARTING: the program is being started again by its restart policy.
     ServiceState.READY: frozenset(
-        {ServiceState.STOPPING, ServiceState.STOPPED, ServiceState.FAILED}
+        {ServiceState.STARTING, ServiceState.STOPPING, ServiceState.STOPPED, ServiceState.FAILED}
     ),
     ServiceState.STOPPING: frozenset({ServiceState.STOPPED, ServiceState.FAILED}),
     ServiceState.STOPPED: frozenset(),

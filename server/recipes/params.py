@@ -5,21 +5,25 @@ in; each value is parsed to its declared type and checked (bounds, full-match pa
 length, no NUL or control characters unless the parameter is `multiline`). Errors are
 `RecipeError` with key `parameters.<name>`. Resource overrides follow the proto's `Resources`
 (zero or empty = the recipe's default) and may not exceed the recipe's caps (`resources.max`);
-errors are `InvalidArgument` naming `resources.<field>`.
+errors are `InvalidArgument` naming `resources.<field>`. A restart override replaces the fields
+of the recipe's `restart:` it sets, within the same bounds (`restart_policy.<field>`).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 from aifb.mesh.errors import InvalidArgument, RecipeError
-from aifb.server.jobs import ResourceSpec
+from aifb.server.jobs import ResourceSpec, RestartSpec
 from aifb.server.recipes.schema import Recipe
 from aifb.server.recipes.values import Value, ValueProblem, check_text, short_repr
 
-__all__ = ["ResourceOverrides", "merge_params", "merge_resources"]
+__all__ = ["ResourceOverrides", "RestartOverride", "merge_params", "merge_resources",
+           "merge_restart"]
 
 _SLURM_NAME = re.compile(r"[A-Za-z0-9_.,-]{1,64}")
 _INT32_MAX = 2**31 - 1
@@ -118,3 +122,49 @@ def merge_resources(recipe: Recipe, overrides: ResourceOverrides | None) -> Reso
         memory_mib=nums["memory_mib"] or spec.memory_mib, gpus=nums["gpus"] or spec.gpus,
         time_limit_minutes=nums["time_limit_minutes"] or spec.time_limit_minutes,
         partition=partition or spec.partition, account=account or spec.account)
+
+
+@dataclass(frozen=True)
+class RestartOverride:
+    """A request's restart policy: each field set replaces the recipe's ("" / None: keep)."""
+
+    policy: str = ""
+    max_restarts: int | None = None
+    backoff_seconds: float | None = None
+    max_backoff_seconds: float | None = None
+
+
+_POLICIES = ("never", "on-failure", "always")
+_MAX_RESTARTS = 10000
+
+
+def _seconds(field: str, value: float | None, default: float, top: float) -> float:
+    if value is None:
+        return default
+    if not math.isfinite(value) or not 0 <= value <= top:
+        raise InvalidArgument(f"restart_policy.{field}: got {value!r}, expected 0..{top:g} "
+                              "seconds", field=f"restart_policy.{field}")
+    return float(value)
+
+
+def merge_restart(recipe: Recipe, override: RestartOverride | None) -> RestartSpec:
+    """The recipe's `restart:` with the request's fields laid over it, checked."""
+    base = recipe.restart
+    if override is None:
+        override = RestartOverride()
+    policy = override.policy or base.policy
+    if policy not in _POLICIES:
+        raise InvalidArgument(f"restart_policy.policy: got {short_repr(policy)}, expected one "
+                              f"of {', '.join(_POLICIES)}", field="restart_policy.policy")
+    count = base.max_restarts if override.max_restarts is None else override.max_restarts
+    if not 0 <= count <= _MAX_RESTARTS:
+        raise InvalidArgument(f"restart_policy.max_restarts: got {count}, expected "
+                              f"0..{_MAX_RESTARTS}", field="restart_policy.max_restarts")
+    backoff = _seconds("backoff", override.backoff_seconds, base.backoff, 3600)
+    top = _seconds("max_backoff", override.max_backoff_seconds, max(base.max_backoff, backoff),
+                   86400)
+    if top < backoff:
+        raise InvalidArgument(f"restart_policy.max_backoff: {top:g}s is below the backoff "
+                              f"{backoff:g}s", field="restart_policy.max_backoff")
+    return RestartSpec(policy=policy, max_restarts=count,  # type: ignore[arg-type]
+                       backoff_seconds=backoff, max_backoff_seconds=top)

@@ -16,11 +16,25 @@ the agents discover) and two variables of the job's environment for the in-job s
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from aifb.server.jobs import ContainerSpec, JobSpec, ReadinessSpec, ResourceSpec
-from aifb.server.recipes.params import ResourceOverrides, merge_params, merge_resources
+from aifb.server.jobs import (
+    ContainerSpec,
+    JobSpec,
+    LivenessSpec,
+    ReadinessSpec,
+    ResourceSpec,
+    RestartSpec,
+)
+from aifb.server.recipes.health import HttpCheck, Liveness
+from aifb.server.recipes.params import (
+    ResourceOverrides,
+    RestartOverride,
+    merge_params,
+    merge_resources,
+    merge_restart,
+)
 from aifb.server.recipes.schema import ApptainerRuntime, Recipe
 from aifb.server.recipes.values import (
     Value,
@@ -58,6 +72,8 @@ class ResolvedService:
     metrics_path: str = ""
     lookup: Mapping[str, str] = field(default_factory=dict)
     metrics_on_endpoint_port: bool = False
+    liveness: LivenessSpec | None = None
+    restart: RestartSpec = field(default_factory=RestartSpec)
 
     def parameter_text(self) -> dict[str, str]:
         """Every parameter's value as canonical text (auto ports read "0")."""
@@ -110,31 +126,52 @@ def _port(ref: int | str, values: Mapping[str, Value], auto: tuple[str, ...]) ->
     return (0 if name in auto else int(value)), name
 
 
+def _liveness(probe: Liveness | None, values: Mapping[str, Value],
+              auto: tuple[str, ...]) -> LivenessSpec | None:
+    if probe is None:
+        return None
+    check = probe.check
+    port, port_param = (0, "") if check.port is None else _port(check.port, values, auto)
+    return LivenessSpec(
+        kind=probe.kind, port=port, port_param=port_param,
+        path=check.path if isinstance(check, HttpCheck) else "/",
+        status=(check.status or 0) if isinstance(check, HttpCheck) else 0,
+        command=tuple(probe.exec.command) if probe.exec else (),
+        interval_seconds=probe.interval, probe_timeout_seconds=probe.probe_timeout,
+        failure_threshold=probe.failure_threshold, initial_delay_seconds=probe.initial_delay)
+
+
 def resolve(recipe: Recipe, params: Mapping[str, str],
-            resources: ResourceOverrides | None = None) -> ResolvedService:
-    """Type and check `params` and `resources` against `recipe` (RecipeError/InvalidArgument)."""
+            resources: ResourceOverrides | None = None,
+            restart: RestartOverride | None = None) -> ResolvedService:
+    """Type and check `params`, `resources` and `restart` against `recipe`
+    (RecipeError/InvalidArgument)."""
     values = merge_params(recipe, params)
     spec = merge_resources(recipe, resources)
     auto = tuple(n for n, p in recipe.parameters.items() if p.type == "port" and values[n] == 0)
     lookup = {n: canonical_text(v) for n, v in values.items() if n not in auto}
-    check = recipe.readiness.tcp or recipe.readiness.http
-    assert check is not None  # exactly one, checked by the schema
-    port, port_param = _port(check.port, values, auto)
+    probe = recipe.readiness
+    check = probe.check
+    port, port_param = _port(probe.port, values, auto)
     readiness = ReadinessSpec(
-        kind="tcp" if recipe.readiness.tcp else "http", port=port,
-        path=recipe.readiness.http.path if recipe.readiness.http else "/",
-        timeout_seconds=recipe.readiness.timeout, port_param=port_param)
+        kind=probe.kind, port=port, path=check.path if isinstance(check, HttpCheck) else "/",
+        timeout_seconds=probe.timeout, port_param=port_param,
+        status=(check.status or 0) if isinstance(check, HttpCheck) else 0,
+        command=tuple(probe.exec.command) if probe.exec else (),
+        interval_seconds=probe.interval, probe_timeout_seconds=probe.probe_timeout)
     metrics_port, metrics_param, metrics_path, on_endpoint = None, "", "", False
     metrics_ref = recipe.metrics_port_ref()
     if recipe.metrics_endpoint is not None and metrics_ref is not None:
         metrics_port, metrics_param = _port(metrics_ref, values, auto)
         metrics_path = recipe.metrics_endpoint.path
-        on_endpoint = metrics_ref == check.port or (metrics_param != ""
+        on_endpoint = metrics_ref == probe.port or (metrics_param != ""
                                                     and metrics_param == port_param)
     return ResolvedService(recipe=recipe, values=values, resources=spec, readiness=readiness,
                            auto_ports=auto, metrics_port=metrics_port,
                            metrics_port_param=metrics_param, metrics_path=metrics_path,
-                           lookup=lookup, metrics_on_endpoint_port=on_endpoint)
+                           lookup=lookup, metrics_on_endpoint_port=on_endpoint,
+                           liveness=_liveness(recipe.liveness, values, auto),
+                           restart=merge_restart(recipe, restart))
 
 
 def build_job_spec(resolved: ResolvedService, *, service_id: str, job_name: str,
@@ -148,12 +185,20 @@ def build_job_spec(resolved: ResolvedService, *, service_id: str, job_name: str,
     env = {k: resolved.render(v, builtins) for k, v in recipe.env.items()}
     env.update(resolved.metrics_environment())
     env.update(environment)
+
+    def probe_argv(command: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(resolved.render(a, builtins) for a in command)
+
+    readiness = replace(resolved.readiness, command=probe_argv(resolved.readiness.command))
+    liveness = resolved.liveness and replace(resolved.liveness,
+                                             command=probe_argv(resolved.liveness.command))
     return JobSpec(
         service_id=service_id, job_name=job_name, recipe=recipe.name,
         command=tuple(resolved.render(a, builtins) for a in recipe.command),
         resources=resolved.resources, workdir=wd,
         stdout_path=str(Path(wd) / "job.out"), stderr_path=str(Path(wd) / "job.err"),
-        readiness=resolved.readiness, python=python, runtime=recipe.runtime_kind,
+        readiness=readiness, liveness=liveness, restart=resolved.restart,
+        python=python, runtime=recipe.runtime_kind,
         container=resolved.container(builtins), environment=dict(sorted(env.items())),
         auto_ports=resolved.auto_ports,
         log_files=tuple(resolved.render(p, builtins) for p in recipe.logs),

@@ -18,8 +18,18 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, StrictInt, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
+from aifb.server.recipes.health import (
+    ExecCheck,
+    HttpCheck,
+    Liveness,
+    PortRef,
+    Readiness,
+    Restart,
+    TcpCheck,
+    UrlPath,
+)
 from aifb.server.recipes.parts import (
     Parameter,
     ResourceCaps,
@@ -27,13 +37,14 @@ from aifb.server.recipes.parts import (
     SchemaProblem,
     Strict,
     Text,
-    problem,
 )
 from aifb.server.recipes.values import BUILTINS, PLACEHOLDER, placeholder_names
 
 __all__ = [
     "ApptainerRuntime",
+    "ExecCheck",
     "HttpCheck",
+    "Liveness",
     "MetricsEndpoint",
     "NativeRuntime",
     "Parameter",
@@ -41,6 +52,7 @@ __all__ = [
     "Recipe",
     "ResourceCaps",
     "Resources",
+    "Restart",
     "SchemaProblem",
     "TcpCheck",
     "json_schema_text",
@@ -53,9 +65,6 @@ ParamName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 ProgramName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._+-]{1,128}$")]
 RelPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}$")]
-PortRef = Annotated[StrictInt, Field(ge=1, le=65535)] | Annotated[
-    str, Field(pattern=r"^\{\{\s*[a-z][a-z0-9_]*\s*\}\}$")]
-UrlPath = Annotated[str, Field(pattern=r"^/[!-~]{0,1023}$")]
 
 
 class NativeRuntime(Strict):
@@ -69,30 +78,6 @@ class ApptainerRuntime(Strict):
     image: Annotated[str, Field(pattern=r"^[^\x00-\x20][^\x00-\x1f]{0,1023}$")]
     binds: list[Annotated[str, Field(pattern=r"^[^,\s]{1,1024}$")]] = Field(default_factory=list)
     env: dict[EnvName, Text] = Field(default_factory=dict)
-
-
-class TcpCheck(Strict):
-    port: PortRef
-
-
-class HttpCheck(Strict):
-    port: PortRef
-    path: UrlPath = "/"
-
-
-class Readiness(Strict):
-    """Exactly one of `tcp` or `http`; `timeout` in seconds."""
-
-    tcp: TcpCheck | None = None
-    http: HttpCheck | None = None
-    timeout: Annotated[float, Field(gt=0, le=7 * 86400)] = 300.0
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Readiness:
-        if (self.tcp is None) == (self.http is None):
-            raise problem("needs exactly one check",
-                           "either tcp: {port: ...} or http: {port: ...}")
-        return self
 
 
 class MetricsEndpoint(Strict):
@@ -117,6 +102,8 @@ class Recipe(Strict):
     env: dict[EnvName, Text] = Field(default_factory=dict)
     files: dict[RelPath, Annotated[str, Field(max_length=65536)]] = Field(default_factory=dict)
     readiness: Readiness
+    liveness: Liveness | None = None
+    restart: Restart = Field(default_factory=Restart)
     logs: list[Annotated[str, Field(pattern=r"^[^\x00-\x1f]{1,4096}$")]] = Field(
         default_factory=list)
     # Absent, null or false: the service serves no Prometheus metrics; nothing is scraped.
@@ -148,10 +135,7 @@ class Recipe(Strict):
         endpoint = self.metrics_endpoint
         if endpoint is None:
             return None
-        if endpoint.port is not None:
-            return endpoint.port
-        check = self.readiness.tcp or self.readiness.http
-        return None if check is None else check.port
+        return endpoint.port if endpoint.port is not None else self.readiness.port
 
     def with_source(self, source_yaml: str, path: Path | None) -> Recipe:
         self._source_yaml = source_yaml
@@ -168,13 +152,18 @@ class Recipe(Strict):
             out["runtime.image"] = self.runtime.image
             out.update({f"runtime.binds[{i}]": v for i, v in enumerate(self.runtime.binds)})
             out.update({f"runtime.env.{k}": v for k, v in self.runtime.env.items()})
+        for key, probe in (("readiness", self.readiness), ("liveness", self.liveness)):
+            if probe is not None and probe.exec is not None:
+                out.update({f"{key}.exec.command[{i}]": a
+                            for i, a in enumerate(probe.exec.command)})
         return out
 
     def port_refs(self) -> dict[str, int | str]:
         out: dict[str, int | str] = {}
-        check = self.readiness.tcp or self.readiness.http
-        if check is not None:
-            out["readiness." + ("tcp" if self.readiness.tcp else "http") + ".port"] = check.port
+        for key, probe in (("readiness", self.readiness), ("liveness", self.liveness)):
+            if probe is not None and probe.check.port is not None:
+                port = probe.check.port
+                out[f"{key}.{probe.kind}.port"] = port
         endpoint = self.metrics_endpoint
         if endpoint is not None and endpoint.port is not None:
             out["metrics.port"] = endpoint.port
@@ -199,9 +188,14 @@ class Recipe(Strict):
             if any(part in ("", ".", "..") for part in rel.split("/")):
                 raise SchemaProblem(f"files.{rel}", "not a plain relative path",
                                     "a path inside the workdir without '.' or '..' parts")
-        if placeholder_names(self.command[0]):
-            raise SchemaProblem("command[0]", "the program may not come from a parameter",
-                                "a fixed program name or path")
+        programs = {"command[0]": self.command[0]}
+        for key, probe in (("readiness", self.readiness), ("liveness", self.liveness)):
+            if probe is not None and probe.exec is not None:
+                programs[f"{key}.exec.command[0]"] = probe.exec.command[0]
+        for key, program in programs.items():
+            if placeholder_names(program):
+                raise SchemaProblem(key, "the program may not come from a parameter",
+                                    "a fixed program name or path")
         for key, ref in self.port_refs().items():
             if isinstance(ref, str):
                 name = placeholder_names(ref)[0]

@@ -35,6 +35,8 @@ class FileReporter:
         self._write(event="starting")
     def ready(self, host, port, startup_seconds):
         self._write(event="ready", host=host, port=port, seconds=startup_seconds)
+    def restarting(self, restarts, reason):
+        self._write(event="restarting", restarts=restarts, reason=reason)
     def exited(self, exit_code, log_tail, message):
         self._write(event="exited", code=exit_code, tail=log_tail, message=message)
 

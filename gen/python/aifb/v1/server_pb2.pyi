@@ -28,12 +28,20 @@ class RuntimeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUNTIME_KIND_NATIVE: _ClassVar[RuntimeKind]
     RUNTIME_KIND_APPTAINER: _ClassVar[RuntimeKind]
 
+class RestartPolicyKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESTART_POLICY_KIND_UNSPECIFIED: _ClassVar[RestartPolicyKind]
+    RESTART_POLICY_KIND_NEVER: _ClassVar[RestartPolicyKind]
+    RESTART_POLICY_KIND_ON_FAILURE: _ClassVar[RestartPolicyKind]
+    RESTART_POLICY_KIND_ALWAYS: _ClassVar[RestartPolicyKind]
+
 class ServiceEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SERVICE_EVENT_KIND_UNSPECIFIED: _ClassVar[ServiceEventKind]
     SERVICE_EVENT_KIND_STARTING: _ClassVar[ServiceEventKind]
     SERVICE_EVENT_KIND_READY: _ClassVar[ServiceEventKind]
     SERVICE_EVENT_KIND_EXITED: _ClassVar[ServiceEventKind]
+    SERVICE_EVENT_KIND_RESTARTING: _ClassVar[ServiceEventKind]
 SERVICE_STATE_UNSPECIFIED: ServiceState
 SERVICE_STATE_PENDING: ServiceState
 SERVICE_STATE_STARTING: ServiceState
@@ -44,10 +52,27 @@ SERVICE_STATE_FAILED: ServiceState
 RUNTIME_KIND_UNSPECIFIED: RuntimeKind
 RUNTIME_KIND_NATIVE: RuntimeKind
 RUNTIME_KIND_APPTAINER: RuntimeKind
+RESTART_POLICY_KIND_UNSPECIFIED: RestartPolicyKind
+RESTART_POLICY_KIND_NEVER: RestartPolicyKind
+RESTART_POLICY_KIND_ON_FAILURE: RestartPolicyKind
+RESTART_POLICY_KIND_ALWAYS: RestartPolicyKind
 SERVICE_EVENT_KIND_UNSPECIFIED: ServiceEventKind
 SERVICE_EVENT_KIND_STARTING: ServiceEventKind
 SERVICE_EVENT_KIND_READY: ServiceEventKind
 SERVICE_EVENT_KIND_EXITED: ServiceEventKind
+SERVICE_EVENT_KIND_RESTARTING: ServiceEventKind
+
+class RestartPolicy(_message.Message):
+    __slots__ = ("kind", "max_restarts", "backoff", "max_backoff")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    MAX_BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    kind: RestartPolicyKind
+    max_restarts: int
+    backoff: _duration_pb2.Duration
+    max_backoff: _duration_pb2.Duration
+    def __init__(self, kind: _Optional[_Union[RestartPolicyKind, str]] = ..., max_restarts: _Optional[int] = ..., backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_backoff: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RecipeParameter(_message.Message):
     __slots__ = ("name", "type", "description", "default_value", "required", "minimum", "maximum", "pattern", "choices")
@@ -116,7 +141,7 @@ class SchedulerJob(_message.Message):
     def __init__(self, scheduler: _Optional[str] = ..., job_id: _Optional[str] = ..., raw_state: _Optional[str] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., nodes: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("name", "recipe", "parameters", "labels", "state", "owner", "endpoint", "job", "state_message", "resources", "create_time", "update_time", "trace_id", "revision", "metrics")
+    __slots__ = ("name", "recipe", "parameters", "labels", "state", "owner", "endpoint", "job", "state_message", "resources", "create_time", "update_time", "trace_id", "revision", "metrics", "restart_policy", "restarts", "last_restart_reason")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +171,9 @@ class Service(_message.Message):
     TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_RESTART_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     recipe: str
     parameters: _containers.ScalarMap[str, str]
@@ -161,7 +189,10 @@ class Service(_message.Message):
     trace_id: str
     revision: int
     metrics: MetricsEndpoint
-    def __init__(self, name: _Optional[str] = ..., recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[ServiceState, str]] = ..., owner: _Optional[str] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., job: _Optional[_Union[SchedulerJob, _Mapping]] = ..., state_message: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., revision: _Optional[int] = ..., metrics: _Optional[_Union[MetricsEndpoint, _Mapping]] = ...) -> None: ...
+    restart_policy: RestartPolicy
+    restarts: int
+    last_restart_reason: str
+    def __init__(self, name: _Optional[str] = ..., recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[ServiceState, str]] = ..., owner: _Optional[str] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., job: _Optional[_Union[SchedulerJob, _Mapping]] = ..., state_message: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., revision: _Optional[int] = ..., metrics: _Optional[_Union[MetricsEndpoint, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., restarts: _Optional[int] = ..., last_restart_reason: _Optional[str] = ...) -> None: ...
 
 class MetricsEndpoint(_message.Message):
     __slots__ = ("port", "path", "url")
@@ -196,7 +227,7 @@ class GetRecipeResponse(_message.Message):
     def __init__(self, recipe: _Optional[_Union[Recipe, _Mapping]] = ...) -> None: ...
 
 class RenderServiceRequest(_message.Message):
-    __slots__ = ("recipe", "parameters", "resources")
+    __slots__ = ("recipe", "parameters", "resources", "restart_policy")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -207,10 +238,12 @@ class RenderServiceRequest(_message.Message):
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
     recipe: str
     parameters: _containers.ScalarMap[str, str]
     resources: _common_pb2.Resources
-    def __init__(self, recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ...) -> None: ...
+    restart_policy: RestartPolicy
+    def __init__(self, recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ...) -> None: ...
 
 class RenderServiceResponse(_message.Message):
     __slots__ = ("batch_script", "parameters", "resources")
@@ -230,7 +263,7 @@ class RenderServiceResponse(_message.Message):
     def __init__(self, batch_script: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ...) -> None: ...
 
 class CreateServiceRequest(_message.Message):
-    __slots__ = ("recipe", "parameters", "resources", "labels", "request_id")
+    __slots__ = ("recipe", "parameters", "resources", "labels", "request_id", "restart_policy")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -250,12 +283,14 @@ class CreateServiceRequest(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
     recipe: str
     parameters: _containers.ScalarMap[str, str]
     resources: _common_pb2.Resources
     labels: _containers.ScalarMap[str, str]
     request_id: str
-    def __init__(self, recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    restart_policy: RestartPolicy
+    def __init__(self, recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ...) -> None: ...
 
 class CreateServiceResponse(_message.Message):
     __slots__ = ("service",)
@@ -332,7 +367,7 @@ class WatchServicesResponse(_message.Message):
     def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ...) -> None: ...
 
 class ReportServiceEventRequest(_message.Message):
-    __slots__ = ("name", "kind", "endpoint", "exit_code", "log_tail", "job_id", "message", "startup_duration")
+    __slots__ = ("name", "kind", "endpoint", "exit_code", "log_tail", "job_id", "message", "startup_duration", "restarts")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -341,6 +376,7 @@ class ReportServiceEventRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     STARTUP_DURATION_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: ServiceEventKind
     endpoint: _common_pb2.Endpoint
@@ -349,7 +385,8 @@ class ReportServiceEventRequest(_message.Message):
     job_id: str
     message: str
     startup_duration: _duration_pb2.Duration
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ServiceEventKind, str]] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., exit_code: _Optional[int] = ..., log_tail: _Optional[str] = ..., job_id: _Optional[str] = ..., message: _Optional[str] = ..., startup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    restarts: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ServiceEventKind, str]] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., exit_code: _Optional[int] = ..., log_tail: _Optional[str] = ..., job_id: _Optional[str] = ..., message: _Optional[str] = ..., startup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., restarts: _Optional[int] = ...) -> None: ...
 
 class ReportServiceEventResponse(_message.Message):
     __slots__ = ("service",)

@@ -99,6 +99,8 @@ __all__ = (
     "ReportServiceEventRequest",
     "ReportServiceEventResponse",
     "Resources",
+    "RestartPolicy",
+    "RestartPolicyKind",
     "RuntimeKind",
     "SaturationSweep",
     "SchedulerJob",
@@ -426,6 +428,50 @@ class ReportFormat(betterproto2.Enum):
         }
 
 
+class RestartPolicyKind(betterproto2.Enum):
+    """
+    When the in-job entry point starts a service's program again.
+    """
+
+    UNSPECIFIED = 0
+    """
+    On input: keep the recipe's policy.
+    """
+
+    NEVER = 1
+    """
+    The job ends with the program.
+    """
+
+    ON_FAILURE = 2
+    """
+    After a non-zero exit, a signal, a failed liveness check or a start not ready in time.
+    """
+
+    ALWAYS = 3
+    """
+    After any end of the program, a clean exit too.
+    """
+
+    @classmethod
+    def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
+        return {
+            0: "RESTART_POLICY_KIND_UNSPECIFIED",
+            1: "RESTART_POLICY_KIND_NEVER",
+            2: "RESTART_POLICY_KIND_ON_FAILURE",
+            3: "RESTART_POLICY_KIND_ALWAYS",
+        }
+
+    @classmethod
+    def betterproto_renamed_proto_names_to_value(cls) -> dict[str, int]:
+        return {
+            "RESTART_POLICY_KIND_UNSPECIFIED": 0,
+            "RESTART_POLICY_KIND_NEVER": 1,
+            "RESTART_POLICY_KIND_ON_FAILURE": 2,
+            "RESTART_POLICY_KIND_ALWAYS": 3,
+        }
+
+
 class RuntimeKind(betterproto2.Enum):
     """
     How a recipe runs its program.
@@ -482,6 +528,11 @@ class ServiceEventKind(betterproto2.Enum):
     The program exited (see exit_code and log_tail).
     """
 
+    RESTARTING = 4
+    """
+    The program ended (message says why) and is started again by the restart policy.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -489,6 +540,7 @@ class ServiceEventKind(betterproto2.Enum):
             1: "SERVICE_EVENT_KIND_STARTING",
             2: "SERVICE_EVENT_KIND_READY",
             3: "SERVICE_EVENT_KIND_EXITED",
+            4: "SERVICE_EVENT_KIND_RESTARTING",
         }
 
     @classmethod
@@ -498,6 +550,7 @@ class ServiceEventKind(betterproto2.Enum):
             "SERVICE_EVENT_KIND_STARTING": 1,
             "SERVICE_EVENT_KIND_READY": 2,
             "SERVICE_EVENT_KIND_EXITED": 3,
+            "SERVICE_EVENT_KIND_RESTARTING": 4,
         }
 
 
@@ -927,6 +980,13 @@ class CreateServiceRequest(betterproto2.Message):
     """
     A client-chosen id (1-64 of [A-Za-z0-9_-]): a retried request with the same id returns
     the service created the first time.
+    """
+
+    restart_policy: "RestartPolicy | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Unset fields keep the recipe's.
     """
 
 
@@ -2120,6 +2180,13 @@ class RenderServiceRequest(betterproto2.Message):
 
     resources: "Resources | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
+    restart_policy: "RestartPolicy | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    Unset fields keep the recipe's.
+    """
+
 
 default_message_pool.register_message("aifb.v1", "RenderServiceRequest", RenderServiceRequest)
 
@@ -2177,6 +2244,12 @@ class ReportServiceEventRequest(betterproto2.Message):
     How long the readiness check took, on READY.
     """
 
+    restarts: "int" = betterproto2.field(9, betterproto2.TYPE_INT32)
+    """
+    On RESTARTING: the restarts this job has made so far, this one included (a repeated
+    report with a count already seen changes nothing).
+    """
+
 
 default_message_pool.register_message(
     "aifb.v1", "ReportServiceEventRequest", ReportServiceEventRequest
@@ -2221,6 +2294,39 @@ class Resources(betterproto2.Message):
 
 
 default_message_pool.register_message("aifb.v1", "Resources", Resources)
+
+
+@dataclass(eq=False, repr=False)
+class RestartPolicy(betterproto2.Message):
+    """
+    A service's restart policy. On input every unset field keeps the recipe's value.
+    """
+
+    kind: "RestartPolicyKind" = betterproto2.field(
+        1, betterproto2.TYPE_ENUM, default_factory=lambda: RestartPolicyKind(0)
+    )
+
+    max_restarts: "int | None" = betterproto2.field(2, betterproto2.TYPE_INT32, optional=True)
+    """
+    0..10000; past this many restarts the service is FAILED with the last reason.
+    """
+
+    backoff: "datetime.timedelta | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    The wait before the first restart (0..1h); it doubles with each restart.
+    """
+
+    max_backoff: "datetime.timedelta | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    The longest wait between restarts (0..24h, at least backoff).
+    """
+
+
+default_message_pool.register_message("aifb.v1", "RestartPolicy", RestartPolicy)
 
 
 @dataclass(eq=False, repr=False)
@@ -2392,6 +2498,23 @@ class Service(betterproto2.Message):
     """
     Output only: where the service serves its own Prometheus metrics, as its recipe's
     `metrics:` key declares; unset when the recipe declares none.
+    """
+
+    restart_policy: "RestartPolicy | None" = betterproto2.field(
+        16, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The restart policy in force: the recipe's with the request's fields laid over it.
+    """
+
+    restarts: "int" = betterproto2.field(17, betterproto2.TYPE_INT32)
+    """
+    Output only: how many times the program was started again.
+    """
+
+    last_restart_reason: "str" = betterproto2.field(18, betterproto2.TYPE_STRING)
+    """
+    Output only: why it was last started again (exit code or signal, failed liveness check).
     """
 
 

@@ -1,0 +1,278 @@
+"""The program's lifecycle inside the job: start, wait ready, watch, restart by the policy.
+
+One `Supervisor.run()` per job. Each start of the program is a *run*: it is probed with the
+readiness check until it passes (READY is reported) or `ready_timeout` ends; while READY the
+liveness check, when there is one, runs every `interval` and `failure_threshold` failures in a
+row end the run (the program gets SIGTERM, then SIGKILL after `stop_timeout`). When a run ends
+the restart policy decides: start again after the backoff (reported as RESTARTING, with the
+reason and the count), or end the job (EXITED with the last reason; past `max_restarts` the
+message says so). The backoff starts over once a run has been READY for `max_backoff`
+seconds: a program that crashes once a day is not made to wait an hour. SIGTERM/SIGINT to this
+process stop everything at once, during a backoff too.
+
+The program's stdout/stderr are copied straight to this process' own (the SLURM output files)
+across all runs; the last 64 KiB are kept for the EXITED report's log tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aifb.job.probes import LivenessOptions, Probe, RestartOptions
+
+if TYPE_CHECKING:
+    from aifb.job.sidecars import Sidecars
+
+__all__ = ["Ended", "Reporter", "Supervisor", "Tail", "exit_code_of"]
+
+log = logging.getLogger("aifb.jobrun")
+
+TAIL_LINES = 50
+_TAIL_BYTES = 64 * 1024
+
+
+class Reporter(Protocol):
+    """Where the job's lifecycle goes (the server, through aifb.job.report)."""
+
+    def starting(self) -> None: ...
+    def ready(self, host: str, port: int, startup_seconds: float) -> None: ...
+    def restarting(self, restarts: int, reason: str) -> None: ...
+    def exited(self, exit_code: int, log_tail: str, message: str) -> None: ...
+
+
+class Tail:
+    """The last bytes of the program's output (stdout and stderr, in arrival order)."""
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        while self.size - len(self.chunks[0]) >= _TAIL_BYTES:
+            self.size -= len(self.chunks.popleft())
+
+    def text(self, lines: int = TAIL_LINES) -> str:
+        data = b"".join(self.chunks)[-_TAIL_BYTES:].decode("utf-8", errors="replace")
+        return "\n".join(data.splitlines()[-lines:])
+
+
+async def _pump(stream: asyncio.StreamReader | None, fd: int, tail: Tail) -> None:
+    if stream is None:
+        return
+    while chunk := await stream.read(65536):
+        tail.add(chunk)
+        view = memoryview(chunk)
+        with contextlib.suppress(OSError):  # our own output closed: keep draining the pipe
+            while view:
+                view = view[os.write(fd, view):]
+
+
+def exit_code_of(returncode: int) -> int:
+    """The shell's convention: 128+N when signal N ended the program."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _exit_text(returncode: int) -> str:
+    code = exit_code_of(returncode)
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"exited with code {code} ({signal.Signals(-returncode).name})"
+    return f"exited with code {code}"
+
+
+async def _stop(proc: asyncio.subprocess.Process, signum: int, grace: float) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            log.warning("program ignored signal %d for %.0fs; killing it", signum, grace)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How one run of the program ended. `failed`: what `on-failure` restarts. `stopped`: this
+    process was asked to stop (nothing restarts). `ready_seconds`: how long it was READY."""
+
+    code: int
+    message: str
+    failed: bool
+    stopped: bool = False
+    ready_seconds: float = 0.0
+
+
+@dataclass
+class Supervisor:
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    workdir: Path
+    readiness: Probe
+    ready_timeout: float
+    ready_interval: float
+    reporter: Reporter
+    send: Callable[..., None]  # queue one report (never waits)
+    sidecars: Sidecars
+    stop: asyncio.Event
+    stop_signal: list[int]
+    advertise_host: Callable[[], str]
+    liveness: tuple[Probe, LivenessOptions] | None = None
+    restart: RestartOptions = field(default_factory=RestartOptions)
+    stop_timeout: float = 20.0
+
+    def __post_init__(self) -> None:
+        self.tail = Tail()
+        self.restarts = 0
+        self._announced_ready = False
+
+    async def run(self) -> tuple[int, str]:
+        """Run the program until the policy ends the job: (exit code of this process, the
+        last reason). Reports EXITED itself only through the caller (see aifb.job.run)."""
+        attempt = 0  # for the backoff; starts over after a long healthy run
+        while True:
+            ended = await self._run_once()
+            log.info("%s", ended.message)
+            if ended.stopped or not self.restart.restarts_after(ended.failed):
+                return ended.code, ended.message
+            if self.restarts >= self.restart.max_restarts:
+                if self.restarts:
+                    return ended.code, (f"{ended.message}; not restarted again: "
+                                        f"{self.restarts} restarts, the most allowed")
+                return ended.code, ended.message
+            self.restarts += 1
+            attempt = 1 if ended.ready_seconds >= self.restart.max_backoff else attempt + 1
+            delay = self.restart.delay(attempt)
+            reason = f"{ended.message}; restart {self.restarts} of {self.restart.max_restarts}"
+            log.info("restarting in %.3gs: %s", delay, reason)
+            self.send(self.reporter.restarting, self.restarts, reason)
+            if await self._interrupted(delay):
+                name = signal.Signals(self.stop_signal[0]).name
+                return 128 + self.stop_signal[0], f"stopped by {name} while waiting to restart"
+
+    async def _interrupted(self, delay: float) -> bool:
+        try:
+            await asyncio.wait_for(self.stop.wait(), delay)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _run_once(self) -> Ended:
+        started = time.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=dict(self.env), cwd=self.workdir)
+        except OSError as exc:
+            return Ended(127, f"cannot start {self.argv[0]!r}: {exc}", failed=True)
+        pumps = [asyncio.create_task(_pump(proc.stdout, 1, self.tail)),
+                 asyncio.create_task(_pump(proc.stderr, 2, self.tail))]
+        try:
+            return await self._watch(proc, started)
+        finally:
+            await asyncio.wait(pumps, timeout=5.0)  # a grandchild may still hold the pipes
+            for task in pumps:
+                task.cancel()
+
+    async def _watch(self, proc: asyncio.subprocess.Process, started: float) -> Ended:
+        exited: asyncio.Task[Any] = asyncio.create_task(proc.wait())
+        stopped: asyncio.Task[Any] = asyncio.create_task(self.stop.wait())
+        ready: asyncio.Task[Any] = asyncio.create_task(self._wait_ready())
+        checks: asyncio.Task[Any] | None = None
+        became_ready = 0.0
+        try:
+            done, _ = await asyncio.wait({exited, stopped, ready}, timeout=self.ready_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if ready in done and exited not in done:
+                became_ready = time.monotonic()
+                self.send(self.reporter.ready, self.advertise_host(), self.readiness.port,
+                          became_ready - started)
+                if not self._announced_ready:
+                    self._announced_ready = True
+                    self.sidecars.ready(self.readiness.port, http=self.readiness.kind == "http")
+                waiting: set[asyncio.Task[Any]] = {exited, stopped}
+                if self.liveness is not None:
+                    checks = asyncio.create_task(self._live(*self.liveness))
+                    waiting.add(checks)
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            ready_for = time.monotonic() - became_ready if became_ready else 0.0
+            if stopped in done:
+                await _stop(proc, self.stop_signal[0], self.stop_timeout)
+                name = signal.Signals(self.stop_signal[0]).name
+                return Ended(128 + self.stop_signal[0],
+                             f"stopped by {name} (program exit code "
+                             f"{exit_code_of(proc.returncode or 0)})",
+                             failed=False, stopped=True, ready_seconds=ready_for)
+            if exited in done:
+                rc = exited.result()
+                code = exit_code_of(rc)
+                if became_ready:
+                    return Ended(code, _exit_text(rc), failed=rc != 0, ready_seconds=ready_for)
+                return Ended(code or 1, f"{_exit_text(rc)} before it was ready", failed=True)
+            if checks is not None and checks in done:
+                await _stop(proc, signal.SIGTERM, self.stop_timeout)
+                return Ended(1, f"{checks.result()}; program stopped", failed=True,
+                             ready_seconds=ready_for)
+            await _stop(proc, signal.SIGTERM, self.stop_timeout)
+            return Ended(124, f"not ready within {self.ready_timeout:g}s "
+                              f"({self.readiness.describe()}); program stopped", failed=True)
+        finally:
+            for task in (exited, stopped, ready, checks):
+                if task is not None:
+                    task.cancel()
+
+    async def _wait_ready(self) -> None:
+        """Probe until the check passes: quickly at first, then once per `ready_interval`."""
+        delay = 0.05
+        client = await _client_for(self.readiness)
+        try:
+            while (why := await self.readiness.check(client)) is not None:
+                log.debug("not ready: %s", why)
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, self.ready_interval)
+        finally:
+            if client is not None:
+                await client.aclose()
+
+    async def _live(self, probe: Probe, opts: LivenessOptions) -> str:
+        """Returns the reason once `failure_threshold` probes in a row have failed."""
+        await asyncio.sleep(opts.initial_delay)
+        client = await _client_for(probe)
+        failures = 0
+        try:
+            while True:
+                why = await probe.check(client)
+                if why is None:
+                    failures = 0
+                else:
+                    failures += 1
+                    log.warning("liveness check failed (%d of %d): %s", failures,
+                                opts.failure_threshold, why)
+                    if failures >= opts.failure_threshold:
+                        return f"liveness check failed {failures} times in a row: {why}"
+                await asyncio.sleep(opts.interval)
+        finally:
+            if client is not None:
+                await client.aclose()
+
+
+async def _client_for(probe: Probe) -> Any:
+    if probe.kind != "http":
+        return None
+    import httpx
+
+    return httpx.AsyncClient(trust_env=False, timeout=probe.timeout)

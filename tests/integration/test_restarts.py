@@ -1,0 +1,135 @@
+"""Health probes and the restart policy inside a job, on the local executor and on real SLURM:
+a killed program is started again in the same job, a failing liveness check restarts it until
+`max_restarts` and then the service is FAILED with that reason, `never` keeps today's end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
+from aifb.server.registry import Registry
+from aifb.server.schedulers import make_scheduler
+from aifb.v1 import server_pb2
+from tests.fixtures.server import RunningServer, server_config
+from tests.integration.flow import S, state_name, wait_for_state
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm)])
+def server(request: pytest.FixtureRequest, aifb_home: Path) -> Iterator[RunningServer]:
+    if request.param == "slurm":
+        request.getfixturevalue("slurm_cluster")
+        srv = RunningServer(server_config(aifb_home, scheduler="slurm"),
+                            make_scheduler=lambda: make_scheduler("slurm"))
+    else:
+        srv = RunningServer(server_config(aifb_home))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.cancel_all(wait=0)
+        srv.stop()
+
+
+def _create(stub: object, policy: server_pb2.RestartPolicy | None = None,
+            **params: str) -> S.Service:
+    req = S.CreateServiceRequest(recipe="flaky", parameters=params)
+    if policy is not None:
+        req.restart_policy.CopyFrom(policy)
+    return stub.CreateService(req, timeout=60).service  # type: ignore[attr-defined, no-any-return]
+
+
+def _pids(svc: S.Service, stub: object, count: int, timeout: float = 60.0) -> list[int]:
+    """The pids the program wrote at each start (starts.log in the workdir), once there are
+    `count` of them."""
+    # The workdir is <home>/jobs/<id>, the folder of the job's stdout file.
+    log = Path(svc.job.stdout_path).parent / "starts.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists():
+            pids = [int(line) for line in log.read_text().split()]
+            if len(pids) >= count:
+                return pids
+        time.sleep(0.1)
+    raise AssertionError(f"{log}: fewer than {count} starts within {timeout}s")
+
+
+def _wait(stub: object, name: str, test: object, timeout: float = 60.0) -> S.Service:
+    """Follow WatchService until `test(service)` holds."""
+    last = None
+    for msg in stub.WatchService(S.WatchServiceRequest(name=name),  # type: ignore[attr-defined]
+                                 timeout=timeout):
+        last = msg.service
+        if test(last):  # type: ignore[operator]
+            return last
+    raise AssertionError(f"the condition never held; last: {last}")
+
+
+def test_a_killed_program_is_restarted_in_the_same_job(server: RunningServer) -> None:
+    stub = server.stub()
+    svc = _create(stub)
+    ready = wait_for_state(stub, svc.name, {S.SERVICE_STATE_READY}, timeout=90)
+    assert state_name(ready.state) == "READY", ready.state_message
+    assert ready.restart_policy.kind == server_pb2.RESTART_POLICY_KIND_ON_FAILURE
+    assert ready.restart_policy.max_restarts == 3 and ready.restarts == 0
+    first = _pids(ready, stub, 1)[0]
+    os.kill(first, signal.SIGKILL)
+    again = _wait(stub, svc.name, lambda s: s.restarts == 1 and s.state == S.SERVICE_STATE_READY)
+    assert "SIGKILL" in again.last_restart_reason, again.last_restart_reason
+    assert again.job.job_id == ready.job.job_id  # the same job: restarted inside it
+    second = _pids(again, stub, 2)[1]
+    assert second != first
+    os.kill(second, 0)  # the new program runs
+    stub.DeleteService(S.DeleteServiceRequest(name=svc.name), timeout=30)
+    final = wait_for_state(stub, svc.name, set(), timeout=60)
+    assert state_name(final.state) == "STOPPED" and final.restarts == 1
+
+
+def test_a_failing_liveness_check_restarts_until_max_restarts_then_fails(
+        server: RunningServer) -> None:
+    stub = server.stub()
+    policy = server_pb2.RestartPolicy(max_restarts=2, backoff=Duration(nanos=100_000_000))
+    svc = _create(stub, policy, sick_after="1")
+    final = wait_for_state(stub, svc.name, set(), timeout=120)
+    assert state_name(final.state) == "FAILED", final.state_message
+    assert final.restarts == 2 and final.restart_policy.max_restarts == 2
+    assert "liveness check failed 2 times in a row" in final.last_restart_reason
+    assert "status 500, expected 2xx" in final.last_restart_reason
+    # The job ended with the last reason, and says that it gave up.
+    assert "liveness check failed" in final.state_message
+    assert "not restarted again: 2 restarts, the most allowed" in final.state_message
+    assert len(_pids(final, stub, 3)) == 3  # the first start and two restarts
+
+
+def test_never_ends_the_service_with_its_program(server: RunningServer) -> None:
+    stub = server.stub()
+    policy = server_pb2.RestartPolicy(kind=server_pb2.RESTART_POLICY_KIND_NEVER)
+    svc = _create(stub, policy, exit_after="1", exit_code="7")
+    final = wait_for_state(stub, svc.name, set(), timeout=90)
+    assert state_name(final.state) == "FAILED" and final.restarts == 0
+    assert final.job.exit_code == 7 and "exited with code 7" in final.state_message
+
+
+def test_always_restarts_a_clean_exit_and_the_count_is_stored(server: RunningServer) -> None:
+    stub = server.stub()
+    policy = server_pb2.RestartPolicy(kind=server_pb2.RESTART_POLICY_KIND_ALWAYS,
+                                      max_restarts=1, backoff=Duration())
+    svc = _create(stub, policy, exit_after="2", exit_code="0")
+    final = wait_for_state(stub, svc.name, set(), timeout=90)
+    # Two clean exits: the first restarted, the second past max_restarts ends the job cleanly.
+    assert state_name(final.state) == "STOPPED", final.state_message
+    assert final.restarts == 1 and "exited with code 0" in final.last_restart_reason
+    # What a restarted server reads back (a second connection to the registry's file).
+    assert server.app is not None
+    stored = Registry(server.app.manager.registry.path).get(svc.name.removeprefix("services/"))
+    assert stored is not None and stored.restarts == 1 and stored.job_restarts == 1
+    assert stored.last_restart_reason == final.last_restart_reason
+    assert [c.message for c in Registry(server.app.manager.registry.path).history(stored.id)
+            if c.message.startswith("restart 1:")], "the restart is in the state history"
