@@ -75,6 +75,9 @@ def _sbatch_options(spec: JobSpec) -> dict[str, str]:
     if res.time_limit_minutes is not None:
         opts["time"] = format_time(_positive("resources.time_limit_minutes",
                                              res.time_limit_minutes))
+    if spec.restart.policy != "never":
+        # SLURM itself requeues the job (same id) after a node failure or preemption.
+        opts["requeue"] = ""
     if res.partition:
         opts["partition"] = _text("resources.partition", res.partition)
     if res.account:
@@ -216,7 +219,8 @@ def _lines(groups: Iterable[list[str]]) -> str:
 def render_batch_script(spec: JobSpec) -> str:
     """The batch script of `spec` (see the module docstring); raises InvalidArgument."""
     out = ["#!/bin/bash"]
-    out += [f"#SBATCH --{k}={shlex.quote(v)}" for k, v in sorted(_sbatch_options(spec).items())]
+    out += [f"#SBATCH --{k}={shlex.quote(v)}" if v else f"#SBATCH --{k}"
+            for k, v in sorted(_sbatch_options(spec).items())]
     out += ["set -euo pipefail", f"cd -- {shlex.quote(_text('workdir', spec.workdir))}"]
     for name, value in sorted(spec.environment.items()):
         field = f"environment.{name}"

@@ -34,10 +34,11 @@ def job_search_path(python: str, environ: Mapping[str, str] | None = None) -> st
     return os.pathsep.join(dict.fromkeys(entries))
 
 
-def job_name_for(recipe: str, service_id: str) -> str:
-    """The batch job's name: unique per service, so a submission the server did not get to
-    record (it was killed while sbatch ran) is found again by name."""
-    return f"aifb-{recipe}-{service_id}"
+def job_name_for(recipe: str, service_id: str, attempt: int = 0) -> str:
+    """The batch job's name: unique per service and job (`-rN` for the N-th replacement of an
+    ended job), so a submission the server did not get to record (it was killed while sbatch
+    ran) is found again by name, and never mistaken for the job it replaced."""
+    return f"aifb-{recipe}-{service_id}" + (f"-r{attempt}" if attempt else "")
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,13 @@ class Deployer:
 
     def prepare(self, recipe: str, params: Mapping[str, str], resources: ResourceRequest, *,
                 service_id: str, workdir: Path, environment: Mapping[str, str],
-                restart: RestartOverride | None = None) -> Prepared:
+                restart: RestartOverride | None = None, attempt: int = 0) -> Prepared:
         resolved = resolve(self.catalog.get(recipe), params, resources, restart)
         spec = build_job_spec(resolved, service_id=service_id,
-                              job_name=job_name_for(recipe, service_id), workdir=workdir,
-                              python=self.python,
-                              environment={**self.environment, **environment})
+                              job_name=job_name_for(recipe, service_id, attempt),
+                              workdir=workdir, python=self.python,
+                              environment={**self.environment, **environment},
+                              attempt=attempt)
         return Prepared(spec=spec, script=render_batch_script(spec),
                         parameters=resolved.parameter_text(), metrics=resolved.metrics)
 

@@ -22,18 +22,24 @@ from aifb.mesh.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    SchedulerUnavailable,
 )
 from aifb.mesh.labels import check_labels
 from aifb.mesh.names import parse_service_id
 from aifb.mesh.tracing import current_trace_id, traceparent_env
 from aifb.server.deploy import Deployer, Prepared, ResourceRequest, job_name_for
 from aifb.server.hub import Hub
-from aifb.server.jobs import JobStatus, Scheduler
+from aifb.server.jobs import JobStatus, ResourceSpec, RestartSpec, Scheduler
 from aifb.server.listing import Page, page, parse_filter
 from aifb.server.logs import ServiceLogs, read_logs
 from aifb.server.model import ServiceRecord
 from aifb.server.recipes.params import RestartOverride
 from aifb.server.registry import Registry
+from aifb.server.replacement import (
+    replacement_reason,
+    requeue_reason,
+    restart_for_new_job,
+)
 from aifb.server.states import ServiceState, check_transition, service_state_for_job
 
 __all__ = ["EventKind", "ServiceManager"]
@@ -179,16 +185,10 @@ class ServiceManager:
             sid = secrets.token_hex(6)
             token = secrets.token_urlsafe(24)
             workdir = self.home / "jobs" / sid
-            env = {
-                "AIFB_SERVICE": f"services/{sid}",
-                "AIFB_SERVER": self.advertise_address,
-                "AIFB_REPORT_TOKEN": token,
-                **traceparent_env(),
-                **({"AIFB_OTLP_ENDPOINT": self.otlp_endpoint} if self.otlp_endpoint else {}),
-            }
             with self.tracer.start_as_current_span("aifb.server.render"):
                 prepared = self.deployer.prepare(recipe, params, resources, service_id=sid,
-                                                 workdir=workdir, environment=env,
+                                                 workdir=workdir,
+                                                 environment=self._job_environment(sid, token),
                                                  restart=restart)
             span.set_attribute("aifb.service", sid)
             span.set_attribute("aifb.recipe", recipe)
@@ -230,11 +230,21 @@ class ServiceManager:
             self._submitting.discard(sid)
             current = self.registry.get(sid) or record
             if not current.delete_requested:
-                return self._commit(current.evolve(time.time(), job_id=job_id,
+                return self._commit(current.evolve(time.time(), job_id=job_id, replacing=False,
                                                    state_message="submitted; waiting for the job"))
-            current = self._commit(current.evolve(time.time(), job_id=job_id))
+            current = self._commit(current.evolve(time.time(), job_id=job_id, replacing=False))
         await self.scheduler.cancel(job_id)
         return current
+
+    def _job_environment(self, sid: str, token: str) -> dict[str, str]:
+        """What every job of service `sid` is told: who it is, where to report, its token."""
+        return {
+            "AIFB_SERVICE": f"services/{sid}",
+            "AIFB_SERVER": self.advertise_address,
+            "AIFB_REPORT_TOKEN": token,
+            **traceparent_env(),
+            **({"AIFB_OTLP_ENDPOINT": self.otlp_endpoint} if self.otlp_endpoint else {}),
+        }
 
     # ---- reconciling what a stopped server left ------------------------------------------
     def unsubmitted(self) -> list[str]:
@@ -252,15 +262,18 @@ class ServiceManager:
                    if r is not None and not r.job_id and not r.terminal]
         if not records:
             return
-        found = await self.scheduler.find([job_name_for(r.recipe, r.id) for r in records])
+        found = await self.scheduler.find([job_name_for(r.recipe, r.id, r.job_attempt)
+                                           for r in records])
         for record in records:
-            ids = found.get(job_name_for(record.recipe, record.id), [])
+            ids = found.get(job_name_for(record.recipe, record.id, record.job_attempt), [])
             for extra in ids[1:]:
                 await self.scheduler.cancel(extra)
             async with self._lock:
                 current = self.registry.get(record.id) or record
                 if current.job_id or current.terminal:
                     continue
+                if not ids and current.replacing and not current.delete_requested:
+                    continue  # the replacement job was never submitted: the poller submits it
                 if not ids and current.delete_requested:
                     self._commit(current.evolve(time.time(), state=ServiceState.STOPPED,
                                                 state_message="stopped before submission"))
@@ -273,7 +286,8 @@ class ServiceManager:
                     continue
                 message = ("deletion requested" if current.delete_requested else
                            "re-attached to the job submitted before the server stopped")
-                self._commit(current.evolve(time.time(), job_id=ids[0], state_message=message))
+                self._commit(current.evolve(time.time(), job_id=ids[0], replacing=False,
+                                            state_message=message))
             if current.delete_requested:
                 await self.scheduler.cancel(ids[0])
             log.info("service %s: %s job %s after a restart", record.id,
@@ -372,7 +386,8 @@ class ServiceManager:
     # ---- scheduler updates (from the poller) ---------------------------------------------
     async def apply_job_statuses(self, statuses: Mapping[str, JobStatus],
                                  asked: Sequence[str]) -> bool:
-        """Fold one poll's results into the registry. True while something is in motion."""
+        """Fold one poll's results into the registry, then submit the jobs that replace ended
+        ones. True while something is in motion."""
         busy = False
         now = time.time()
         async with self._lock:
@@ -383,40 +398,136 @@ class ServiceManager:
                 if status is None:
                     first = self._unseen_since.setdefault(record.job_id, now)
                     if now - first > LOST_AFTER_SECONDS:
-                        if record.terminal:
-                            lost = record.state
-                        elif record.delete_requested:
-                            lost = ServiceState.STOPPED
-                        else:
-                            lost = ServiceState.FAILED
-                        self._commit(record.evolve(
-                            now, state=lost, raw_state=LOST_RAW_STATE,
-                            state_message=record.state_message if record.terminal
-                            else "the scheduler no longer knows the job"))
+                        self._lost(record, now)
                     busy = True
                     continue
                 self._unseen_since.pop(record.job_id, None)
-                state, why = service_state_for_job(status, current=record.state,
-                                                   delete_requested=record.delete_requested)
-                if state == ServiceState.FAILED and record.exit_report:
-                    why = f"{why}: {record.exit_report}"  # the job's own report says more
-                # A job still COMPLETING has no exit code yet while the record already holds
-                # the one the job reported: keep it, and compare what would be written, so an
-                # unchanged job publishes nothing (not one message per poll tick).
-                exit_code = status.exit_code if status.exit_code is not None else (
-                    record.exit_code)
-                changed_job = (status.raw_state, status.reason, exit_code, status.signal,
-                               status.nodes) != (record.raw_state, record.reason,
-                                                 record.exit_code, record.signal, record.nodes)
-                if state != record.state or changed_job:
-                    self._commit(record.evolve(
-                        now, state=state, state_message=why or record.state_message,
-                        raw_state=status.raw_state, reason=status.reason, exit_code=exit_code,
-                        signal=status.signal, nodes=status.nodes))
-                    busy = True
-                if state in (ServiceState.PENDING, ServiceState.STARTING, ServiceState.STOPPING):
-                    busy = True
-        return busy
+                busy = self._apply_one(record, status, now) or busy
+        return await self._submit_replacements() or busy
+
+    def _lost(self, record: ServiceRecord, now: float) -> None:
+        why = "the scheduler no longer knows the job"
+        if record.terminal:
+            lost, why = record.state, record.state_message
+        elif record.delete_requested:
+            lost = ServiceState.STOPPED
+        else:
+            lost = ServiceState.FAILED
+            if replacement_reason(record, lost, why):
+                self._replace_later(record, now, f"{why} (job {record.job_id})",
+                                    JobStatus(record.job_id, LOST_RAW_STATE))
+                return
+        self._commit(record.evolve(now, state=lost, raw_state=LOST_RAW_STATE,
+                                   state_message=why))
+
+    def _apply_one(self, record: ServiceRecord, status: JobStatus, now: float) -> bool:
+        if requeued := requeue_reason(record, status):
+            # Back in the queue under the same id: the entry point starts afresh (its restart
+            # counts begin again); the endpoint is gone until it reports READY.
+            self._commit(record.evolve(
+                now, state=ServiceState.PENDING, restarts=record.restarts + 1, job_restarts=0,
+                last_restart_reason=requeued, state_message=requeued,
+                raw_state=status.raw_state, reason=status.reason, nodes=status.nodes,
+                endpoint_host="", endpoint_port=0, endpoint_url="", exit_code=None,
+                exit_report=""))
+            return True
+        state, why = service_state_for_job(status, current=record.state,
+                                           delete_requested=record.delete_requested)
+        if state == ServiceState.FAILED and record.exit_report:
+            why = f"{why}: {record.exit_report}"  # the job's own report says more
+        if state.terminal and (again := replacement_reason(record, state, why)):
+            self._replace_later(record, now, f"{again.splitlines()[0]} (job {record.job_id})",
+                                status)
+            return True
+        # A job still COMPLETING has no exit code yet while the record already holds the one
+        # the job reported: keep it, and compare what would be written, so an unchanged job
+        # publishes nothing (not one message per poll tick).
+        exit_code = status.exit_code if status.exit_code is not None else record.exit_code
+        changed_job = (status.raw_state, status.reason, exit_code, status.signal,
+                       status.nodes) != (record.raw_state, record.reason, record.exit_code,
+                                         record.signal, record.nodes)
+        busy = False
+        if state != record.state or changed_job:
+            self._commit(record.evolve(
+                now, state=state, state_message=why or record.state_message,
+                raw_state=status.raw_state, reason=status.reason, exit_code=exit_code,
+                signal=status.signal, nodes=status.nodes))
+            busy = True
+        return busy or state in (ServiceState.PENDING, ServiceState.STARTING,
+                                 ServiceState.STOPPING)
+
+    def _replace_later(self, record: ServiceRecord, now: float, reason: str,
+                       status: JobStatus) -> None:
+        """The job ended and the policy allows another: count it as a restart and mark the
+        service for a new job (submitted right after this poll, or after a server restart)."""
+        log.info("service %s: replacing its job: %s", record.id, reason)
+        self._commit(record.evolve(
+            now, state=ServiceState.PENDING, job_id="", replacing=True,
+            job_attempt=record.job_attempt + 1, restarts=record.restarts + 1, job_restarts=0,
+            last_restart_reason=reason, state_message=f"replacing the ended job: {reason}",
+            raw_state=status.raw_state, reason=status.reason, exit_code=status.exit_code,
+            signal=status.signal, nodes=status.nodes, endpoint_host="", endpoint_port=0,
+            endpoint_url="", exit_report=""))
+
+    async def _submit_replacements(self) -> bool:
+        """Submit a job for every service marked for one (not already being submitted).
+        True while one is left for the next tick (the batch system did not answer)."""
+        due = [r.id for r in self.registry.polled()
+               if r.replacing and not r.job_id and r.id not in self._submitting]
+        left = False
+        for sid in due:
+            left = not await self._submit_replacement(sid) or left
+        return left or bool(due)
+
+    async def _submit_replacement(self, sid: str) -> bool:
+        """False when the batch system did not answer (tried again on the next tick)."""
+        async with self._lock:
+            record = self.registry.get(sid)
+            if (record is None or not record.replacing or record.job_id or record.terminal
+                    or sid in self._submitting):
+                return True
+            now = time.time()
+            if record.delete_requested:
+                self._commit(record.evolve(now, state=ServiceState.STOPPED, replacing=False,
+                                           state_message="stopped before the replacement job "
+                                           "was submitted"))
+                return True
+            token = secrets.token_urlsafe(24)
+            try:
+                prepared = self.deployer.prepare(
+                    record.recipe, record.parameters, _request_of(record.resources),
+                    service_id=sid, workdir=Path(record.workdir),
+                    environment=self._job_environment(sid, token),
+                    restart=_override_of(restart_for_new_job(record)),
+                    attempt=record.job_attempt)
+            except AifbError as exc:
+                self._commit(record.evolve(now, state=ServiceState.FAILED, replacing=False,
+                                           state_message="the replacement job cannot be "
+                                           f"prepared: {exc}"))
+                return True
+            # The new job gets a new report token: the ended job's stops working.
+            record = self._commit(record.evolve(
+                now, report_token_hash=hash_token(token), stdout_path=prepared.spec.stdout_path,
+                stderr_path=prepared.spec.stderr_path))
+            self._submitting.add(sid)
+        try:
+            job_id = await self.scheduler.submit(prepared.spec, prepared.script)
+        except SchedulerUnavailable as exc:
+            self._submitting.discard(sid)
+            log.warning("service %s: the replacement job was not submitted yet: %s", sid, exc)
+            return False
+        except AifbError as exc:
+            async with self._lock:
+                self._submitting.discard(sid)
+                current = self.registry.get(sid) or record
+                self._commit(current.evolve(
+                    time.time(), replacing=False,
+                    state=ServiceState.STOPPED if current.delete_requested
+                    else ServiceState.FAILED,
+                    state_message=f"the replacement job was refused: {exc}"))
+            return True
+        await self._submitted(sid, record, job_id)
+        return True
 
     # ---- internals -----------------------------------------------------------------------
     def _commit(self, record: ServiceRecord) -> ServiceRecord:
@@ -430,6 +541,19 @@ class ServiceManager:
     def _wake(self) -> None:
         if self.wake_poller is not None:
             self.wake_poller()
+
+
+def _request_of(spec: ResourceSpec) -> ResourceRequest:
+    """The resources a service got, asked for again (for the job that replaces its job)."""
+    return ResourceRequest(nodes=spec.nodes, cpus=spec.cpus, memory_mib=spec.memory_mib,
+                           gpus=spec.gpus, time_limit_minutes=spec.time_limit_minutes or 0,
+                           partition=spec.partition, account=spec.account)
+
+
+def _override_of(spec: RestartSpec) -> RestartOverride:
+    return RestartOverride(policy=spec.policy, max_restarts=spec.max_restarts,
+                           backoff_seconds=spec.backoff_seconds,
+                           max_backoff_seconds=spec.max_backoff_seconds)
 
 
 def _metrics_fields(prepared: Prepared) -> dict[str, Any]:

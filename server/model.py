@@ -56,6 +56,10 @@ class ServiceRecord:
     restarts: int = 0
     job_restarts: int = 0
     last_restart_reason: str = ""
+    # The job ended and a new one is due (job_id is empty until it is submitted); how many
+    # jobs replaced an ended one so far (the N-th is named ...-rN and writes job.N.out).
+    replacing: bool = False
+    job_attempt: int = 0
 
     @property
     def name(self) -> str:

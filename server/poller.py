@@ -79,10 +79,11 @@ class Poller:
         self.ticks += 1
         self.last_tick = time.monotonic()
         ids = list(self.active_jobs())
-        if not ids:
-            return False
-        self.queries += 1
-        statuses = await self.scheduler.query(ids)
+        statuses: dict[str, JobStatus] = {}
+        if ids:
+            self.queries += 1
+            statuses = await self.scheduler.query(ids)
+        # Called with no job too: a service whose ended job awaits its replacement has none.
         return await self.apply(statuses, ids)
 
     async def _run(self) -> None:

@@ -32,11 +32,14 @@ _ALLOWED: dict[ServiceState, frozenset[ServiceState]] = {
          ServiceState.FAILED}
     ),
     ServiceState.STARTING: frozenset(
-        {ServiceState.READY, ServiceState.STOPPING, ServiceState.STOPPED, ServiceState.FAILED}
+        {ServiceState.PENDING, ServiceState.READY, ServiceState.STOPPING, ServiceState.STOPPED,
+         ServiceState.FAILED}
     ),
-    # READY -> STARTING: the program is being started again by its restart policy.
+    # READY -> STARTING: the program is being started again by its restart policy;
+    # READY/STARTING -> PENDING: its job ended and a new one replaces it, or SLURM requeued it.
     ServiceState.READY: frozenset(
-        {ServiceState.STARTING, ServiceState.STOPPING, ServiceState.STOPPED, ServiceState.FAILED}
+        {ServiceState.PENDING, ServiceState.STARTING, ServiceState.STOPPING,
+         ServiceState.STOPPED, ServiceState.FAILED}
     ),
     ServiceState.STOPPING: frozenset({ServiceState.STOPPED, ServiceState.FAILED}),
     ServiceState.STOPPED: frozenset(),

@@ -176,9 +176,11 @@ def resolve(recipe: Recipe, params: Mapping[str, str],
 
 def build_job_spec(resolved: ResolvedService, *, service_id: str, job_name: str,
                    workdir: Path | str, python: str,
-                   environment: Mapping[str, str]) -> JobSpec:
-    """The JobSpec of one service: stdout/stderr go to `job.out`/`job.err` inside `workdir`;
-    `environment` (AIFB_SERVER, AIFB_SERVICE, ...) is added to the recipe's `env`."""
+                   environment: Mapping[str, str], attempt: int = 0) -> JobSpec:
+    """The JobSpec of one service: stdout/stderr go to `job.out`/`job.err` inside `workdir`
+    (`job.N.out`/`job.N.err` for the N-th job that replaces an ended one, so the earlier jobs'
+    output stays); `environment` (AIFB_SERVER, AIFB_SERVICE, ...) is added to the recipe's
+    `env`."""
     wd = str(workdir)
     builtins = {"workdir": wd, "service_id": service_id}
     recipe = resolved.recipe
@@ -196,7 +198,8 @@ def build_job_spec(resolved: ResolvedService, *, service_id: str, job_name: str,
         service_id=service_id, job_name=job_name, recipe=recipe.name,
         command=tuple(resolved.render(a, builtins) for a in recipe.command),
         resources=resolved.resources, workdir=wd,
-        stdout_path=str(Path(wd) / "job.out"), stderr_path=str(Path(wd) / "job.err"),
+        stdout_path=str(Path(wd) / (f"job.{attempt}.out" if attempt else "job.out")),
+        stderr_path=str(Path(wd) / (f"job.{attempt}.err" if attempt else "job.err")),
         readiness=readiness, liveness=liveness, restart=resolved.restart,
         python=python, runtime=recipe.runtime_kind,
         container=resolved.container(builtins), environment=dict(sorted(env.items())),

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
 from aifb.server.registry import Registry
 from aifb.server.schedulers import make_scheduler
-from aifb.v1 import server_pb2
+from aifb.v1 import common_pb2, server_pb2
 from tests.fixtures.server import RunningServer, server_config
 from tests.integration.flow import S, state_name, wait_for_state
 
@@ -63,13 +65,18 @@ def _pids(svc: S.Service, stub: object, count: int, timeout: float = 60.0) -> li
 
 def _wait(stub: object, name: str, test: object, timeout: float = 60.0) -> S.Service:
     """Follow WatchService until `test(service)` holds."""
-    last = None
-    for msg in stub.WatchService(S.WatchServiceRequest(name=name),  # type: ignore[attr-defined]
-                                 timeout=timeout):
-        last = msg.service
-        if test(last):  # type: ignore[operator]
-            return last
-    raise AssertionError(f"the condition never held; last: {last}")
+    seen: list[tuple[str, int, str, str]] = []
+    try:
+        for msg in stub.WatchService(S.WatchServiceRequest(name=name),  # type: ignore[attr-defined]
+                                     timeout=timeout):
+            svc = msg.service
+            seen.append((state_name(svc.state), svc.restarts, svc.job.raw_state,
+                         svc.state_message[:80]))
+            if test(svc):  # type: ignore[operator]
+                return svc
+    except grpc.RpcError as exc:
+        raise AssertionError(f"{exc.code()}; the condition never held: {seen}") from None
+    raise AssertionError(f"the condition never held: {seen}")
 
 
 def test_a_killed_program_is_restarted_in_the_same_job(server: RunningServer) -> None:
@@ -133,3 +140,82 @@ def test_always_restarts_a_clean_exit_and_the_count_is_stored(server: RunningSer
     assert stored.last_restart_reason == final.last_restart_reason
     assert [c.message for c in Registry(server.app.manager.registry.path).history(stored.id)
             if c.message.startswith("restart 1:")], "the restart is in the state history"
+
+
+def _cancel_outside_aifb(server: RunningServer, job_id: str) -> None:
+    """What `scancel` by someone else does (the local executor's own cancel, by job id)."""
+    if server.config.server.scheduler == "slurm":
+        subprocess.run(["scancel", job_id], check=True, timeout=30)
+    else:
+        assert server.app is not None
+        server.run(server.app.scheduler.cancel(job_id))
+
+
+def test_a_job_cancelled_outside_aifb_is_replaced_by_a_new_job(server: RunningServer) -> None:
+    stub = server.stub()
+    svc = _create(stub)
+    ready = wait_for_state(stub, svc.name, {S.SERVICE_STATE_READY}, timeout=90)
+    assert state_name(ready.state) == "READY", ready.state_message
+    _cancel_outside_aifb(server, ready.job.job_id)
+    again = _wait(stub, svc.name, lambda s: s.state == S.SERVICE_STATE_READY
+                  and s.job.job_id != ready.job.job_id, timeout=120)
+    assert again.restarts == 1
+    assert "cancelled outside aifb" in again.last_restart_reason
+    assert f"(job {ready.job.job_id})" in again.last_restart_reason
+    assert again.job.stdout_path.endswith("/job.1.out")
+    stub.DeleteService(S.DeleteServiceRequest(name=svc.name), timeout=30)
+    final = wait_for_state(stub, svc.name, set(), timeout=60)
+    assert state_name(final.state) == "STOPPED" and final.restarts == 1
+    if server.config.server.scheduler == "slurm":  # nothing of it is left on the cluster
+        out = subprocess.run(["squeue", "-h", "--me", "-n", f"aifb-flaky-{svc.name[9:]}-r1"],
+                             capture_output=True, text=True, timeout=30, check=True)
+        assert out.stdout.strip() == ""
+
+
+@pytest.mark.slurm
+def test_a_requeued_job_is_counted_once_and_serves_again(slurm_cluster: object,
+                                                         aifb_home: Path) -> None:
+    srv = RunningServer(server_config(aifb_home, scheduler="slurm"),
+                        make_scheduler=lambda: make_scheduler("slurm")).start()
+    try:
+        stub = srv.stub()
+        svc = _create(stub)
+        ready = wait_for_state(stub, svc.name, {S.SERVICE_STATE_READY}, timeout=90)
+        assert state_name(ready.state) == "READY", ready.state_message
+        subprocess.run(["scontrol", "requeue", ready.job.job_id], check=True, timeout=30)
+        # SLURM holds a requeued job for two minutes (BeginTime) once its first run has
+        # finished completing; then let it run again at once.
+        deadline = time.monotonic() + 60
+        while subprocess.run(["squeue", "-h", "-j", ready.job.job_id, "-o", "%T"],
+                             capture_output=True, text=True, timeout=30).stdout.strip() != (
+                                 "PENDING"):
+            assert time.monotonic() < deadline, "the requeued job never became pending"
+            time.sleep(0.2)
+        subprocess.run(["scontrol", "update", f"JobId={ready.job.job_id}", "StartTime=now"],
+                       check=True, timeout=30)
+        again = _wait(stub, svc.name, lambda s: s.restarts == 1
+                      and s.state == S.SERVICE_STATE_READY, timeout=240)
+        assert again.job.job_id == ready.job.job_id  # the same job, run again by SLURM
+        assert "requeued by the scheduler" in again.last_restart_reason
+    finally:
+        srv.cancel_all(wait=0)
+        srv.stop()
+
+
+@pytest.mark.slurm
+def test_a_job_at_its_time_limit_is_replaced(slurm_cluster: object, aifb_home: Path) -> None:
+    srv = RunningServer(server_config(aifb_home, scheduler="slurm"),
+                        make_scheduler=lambda: make_scheduler("slurm")).start()
+    try:
+        stub = srv.stub()
+        req = S.CreateServiceRequest(recipe="flaky",
+                                     resources=common_pb2.Resources(time_limit_minutes=1))
+        svc = stub.CreateService(req, timeout=60).service
+        ready = wait_for_state(stub, svc.name, {S.SERVICE_STATE_READY}, timeout=90)
+        assert state_name(ready.state) == "READY", ready.state_message
+        again = _wait(stub, svc.name, lambda s: s.state == S.SERVICE_STATE_READY
+                      and s.job.job_id != ready.job.job_id, timeout=240)
+        assert again.restarts == 1 and "timeout" in again.last_restart_reason
+    finally:
+        srv.cancel_all(wait=0)
+        srv.stop()
