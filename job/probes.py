@@ -92,10 +92,12 @@ class Probe:
             env=dict(self.env) if self.env is not None else None, start_new_session=True)
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except TimeoutError:
+        except (TimeoutError, asyncio.CancelledError) as exc:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the probe and anything it started
             await proc.wait()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             return f"{self.describe()}: no answer within {self.timeout:g}s"
         if proc.returncode == 0:
             return None

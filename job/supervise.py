@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from aifb.job.leftovers import become_subreaper, end_group, signal_group
 from aifb.job.probes import LivenessOptions, Probe, RestartOptions
 
 if TYPE_CHECKING:
@@ -92,14 +93,38 @@ def _exit_text(returncode: int) -> str:
     return f"exited with code {code}"
 
 
+async def _exit_of(proc: asyncio.subprocess.Process) -> int:
+    """The program's exit status as soon as it has ended. `proc.wait()` also waits until its
+    pipes close, which helpers it left (nginx workers) may hold open for as long as they live;
+    the status itself is known at once: a pidfd (Linux) says when the process ended, and
+    asyncio's child watcher sets `returncode` a moment later (polled every 50 ms without one)."""
+    loop = asyncio.get_running_loop()
+    waiter = asyncio.ensure_future(proc.wait())
+    ended: asyncio.Future[None] = loop.create_future()
+    fd = -1
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.pidfd_open(proc.pid)
+        loop.add_reader(fd, lambda: ended.done() or ended.set_result(None))
+    try:
+        while not waiter.done() and proc.returncode is None:
+            await asyncio.wait({waiter, ended}, timeout=0.002 if ended.done() else 0.05)
+        return proc.returncode if proc.returncode is not None else waiter.result()
+    finally:
+        waiter.cancel()
+        if fd >= 0:
+            loop.remove_reader(fd)
+            os.close(fd)
+
+
 async def _stop(proc: asyncio.subprocess.Process, signum: int, grace: float) -> None:
+    """Signal the program's whole group (it leads one of its own), SIGKILL after `grace`."""
     if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
+        signal_group(proc.pid, signum)
         try:
             await asyncio.wait_for(proc.wait(), grace)
         except TimeoutError:
             log.warning("program ignored signal %d for %.0fs; killing it", signum, grace)
+            signal_group(proc.pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
@@ -139,6 +164,7 @@ class Supervisor:
         self.tail = Tail()
         self.restarts = 0
         self._announced_ready = False
+        become_subreaper()  # the program's orphaned helpers come back to us (see leftovers)
 
     async def run(self) -> tuple[int, str]:
         """Run the program until the policy ends the job: (exit code of this process, the
@@ -176,7 +202,8 @@ class Supervisor:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=dict(self.env), cwd=self.workdir)
+                stderr=asyncio.subprocess.PIPE, env=dict(self.env), cwd=self.workdir,
+                process_group=0)
         except OSError as exc:
             return Ended(127, f"cannot start {self.argv[0]!r}: {exc}", failed=True)
         pumps = [asyncio.create_task(_pump(proc.stdout, 1, self.tail)),
@@ -184,12 +211,15 @@ class Supervisor:
         try:
             return await self._watch(proc, started)
         finally:
+            # Helpers the program left (nginx workers after a kill -9 of the master) would
+            # hold its port and pipes: end them before a restart or the job's end.
+            await end_group(proc.pid, grace=min(self.stop_timeout, 5.0))
             await asyncio.wait(pumps, timeout=5.0)  # a grandchild may still hold the pipes
             for task in pumps:
                 task.cancel()
 
     async def _watch(self, proc: asyncio.subprocess.Process, started: float) -> Ended:
-        exited: asyncio.Task[Any] = asyncio.create_task(proc.wait())
+        exited: asyncio.Task[Any] = asyncio.create_task(_exit_of(proc))
         stopped: asyncio.Task[Any] = asyncio.create_task(self.stop.wait())
         ready: asyncio.Task[Any] = asyncio.create_task(self._wait_ready())
         checks: asyncio.Task[Any] | None = None
@@ -231,9 +261,11 @@ class Supervisor:
             return Ended(124, f"not ready within {self.ready_timeout:g}s "
                               f"({self.readiness.describe()}); program stopped", failed=True)
         finally:
-            for task in (exited, stopped, ready, checks):
-                if task is not None:
-                    task.cancel()
+            tasks = [t for t in (exited, stopped, ready, checks) if t is not None]
+            for task in tasks:
+                task.cancel()
+            # Wait for the cancelled probes: an exec probe's process is ended by its own task.
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _wait_ready(self) -> None:
         """Probe until the check passes: quickly at first, then once per `ready_interval`."""

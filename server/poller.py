@@ -60,13 +60,20 @@ class Poller:
         self.last_tick = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="aifb-poller")
 
     async def stop(self) -> None:
+        """Stop the loop. Python 3.11's `wait_for` can swallow a cancellation that arrives as
+        the wake event fires (a delete wakes the poller as the server stops), so the loop also
+        checks a flag, and the cancel is repeated until the task has ended."""
+        self._stopping = True
         if self._task is not None:
-            self._task.cancel()
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=0.5)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
@@ -87,7 +94,7 @@ class Poller:
         return await self.apply(statuses, ids)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             # Ticks stay at least `fast` apart: a burst of creates or deletes (each wakes the
             # poller) costs one scheduler query per fast interval, not one per request. Before
             # this, 50 CreateService calls in a row ran ~50 squeue calls and registry scans,

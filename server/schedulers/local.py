@@ -335,6 +335,11 @@ class LocalScheduler:
         _write_private(job.file("cancelled"), f"{int(sig)}\n")  # before the signal: a marker
         with contextlib.suppress(ProcessLookupError):
             os.killpg(job.pid, sig)
+        # The job's session: the in-job entry point runs the program in a process group of
+        # its own (see aifb.job.leftovers), which a signal to the job's group does not reach.
+        for group in _session_groups(job.pid) - {job.pid}:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, sig)
 
     def _kill_if_alive(self, job: _Job) -> None:
         """SIGKILL what is left of the group, even after the job's main process has ended: like
@@ -377,3 +382,20 @@ def _open_logs(stdout: Path, stderr: Path) -> Iterator[tuple[BinaryIO, BinaryIO]
     finally:
         for fh in handles:
             fh.close()
+
+
+def _session_groups(sid: int) -> set[int]:
+    """The process groups of session `sid` (the job's bash is its leader), from /proc."""
+    groups: set[int] = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()  # state ppid pgrp session ...
+        if len(fields) > 3 and int(fields[3]) == sid:
+            groups.add(int(fields[2]))
+    return groups

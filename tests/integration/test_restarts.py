@@ -5,9 +5,11 @@ a killed program is started again in the same job, a failing liveness check rest
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -219,3 +221,27 @@ def test_a_job_at_its_time_limit_is_replaced(slurm_cluster: object, aifb_home: P
     finally:
         srv.cancel_all(wait=0)
         srv.stop()
+
+
+def test_nginx_killed_with_its_workers_left_behind_is_restarted_and_serves(
+        server: RunningServer) -> None:
+    """kill -9 of nginx's master leaves its workers serving and holding the port: they are
+    ended before the restart, which binds the same port again."""
+    if shutil.which("nginx") is None and not os.environ.get("CI"):
+        pytest.skip("nginx is not installed (scripts/test.sh installs it)")
+    stub = server.stub()
+    req = S.CreateServiceRequest(recipe="nginx", parameters={"port": "0", "workers": "2"},
+                                 restart_policy=server_pb2.RestartPolicy(
+                                     kind=server_pb2.RESTART_POLICY_KIND_ON_FAILURE))
+    svc = stub.CreateService(req, timeout=60).service
+    ready = wait_for_state(stub, svc.name, {S.SERVICE_STATE_READY}, timeout=90)
+    assert state_name(ready.state) == "READY", ready.state_message
+    master = int((Path(ready.job.stdout_path).parent / "nginx.pid").read_text())
+    os.kill(master, signal.SIGKILL)
+    again = _wait(stub, svc.name, lambda s: s.restarts == 1 and s.state == S.SERVICE_STATE_READY)
+    assert "SIGKILL" in again.last_restart_reason and again.endpoint.port == ready.endpoint.port
+    url = f"http://127.0.0.1:{again.endpoint.port}/health"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.status == 200
+    new_master = int((Path(ready.job.stdout_path).parent / "nginx.pid").read_text())
+    assert new_master != master

@@ -113,6 +113,18 @@ class Job:
                 cwd=self.dir, env=env, stdout=out, stderr=err)
         return self.proc
 
+    def stop(self) -> None:
+        """End the entry point the way a scheduler does (SIGTERM: it stops the program's
+        whole group), then SIGKILL; a SIGKILL alone would orphan the program."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()  # our own child, by its pid
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
     def events(self) -> list[dict[str, Any]]:
         if not self.events_path.exists():
             return []
@@ -132,9 +144,7 @@ class Job:
 def job(tmp_path: Path) -> Iterator[Job]:
     j = Job(tmp_path)
     yield j
-    if j.proc is not None and j.proc.poll() is None:
-        j.proc.kill()  # our own child, by its pid
-        j.proc.wait(timeout=10)
+    j.stop()
 
 
 def alive(pid: int) -> bool:

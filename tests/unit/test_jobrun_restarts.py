@@ -61,9 +61,7 @@ http.server.HTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
 def job(tmp_path: Path) -> Iterator[Job]:
     j = Job(tmp_path)
     yield j
-    if j.proc is not None and j.proc.poll() is None:
-        j.proc.kill()  # our own child, by its pid
-        j.proc.wait(timeout=10)
+    j.stop()
 
 
 def restart(policy: str, max_restarts: int, backoff: float = 0.0,
@@ -209,3 +207,46 @@ def test_bad_health_options_are_refused_naming_the_option(
     with pytest.raises(SystemExit):
         parse_args([*argv, "--", "prog"])
     assert words in capsys.readouterr().err
+
+
+# Like nginx: the program forks a helper that serves the port, then only waits for it; a
+# kill -9 of the program leaves the helper serving (and holding the port) unless it is ended.
+FORKS_A_SERVER = """
+import http.server, os, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+pid = os.fork()
+if pid == 0:
+    with open("helpers.log", "a") as fh:
+        fh.write(f"{os.getpid()}\\n")
+    http.server.HTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
+with open("pids.log", "a") as fh:
+    fh.write(f"{os.getpid()}\\n")
+os.waitpid(pid, 0)
+sys.exit(1)
+"""
+
+
+def test_helpers_a_killed_program_left_are_ended_before_the_restart(job: Job) -> None:
+    prog = job.program("forks.py", FORKS_A_SERVER)
+    proc = job.start([*http_ready(), *restart("on-failure", 2, 0.05, 0.05)],
+                     [sys.executable, prog, "{{ port }}"])
+    job.wait_event("ready")
+    import os
+
+    helper = int((job.dir / "helpers.log").read_text().split()[0])
+    os.kill(pids(job)[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while [e["event"] for e in job.events()].count("ready") < 2:
+        assert time.monotonic() < deadline, job.events()
+        time.sleep(0.02)
+    assert not alive(helper)  # ended (and reaped), so the new helper could bind the port
+    new_helper = int((job.dir / "helpers.log").read_text().split()[1])
+    assert alive(new_helper) and [e["event"] for e in job.events()].count("restarting") == 1
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not alive(new_helper)  # the stop reached the program's whole group

@@ -191,6 +191,25 @@ def test_no_query_when_nothing_is_active() -> None:
     assert sched.queries == []
 
 
+def test_the_poller_stops_even_when_woken_as_it_is_cancelled() -> None:
+    """A delete wakes the poller as the server stops: on Python 3.11 `wait_for` could swallow
+    that cancellation and the stop waited forever (seen in the restart tests' teardown)."""
+    sched = CountingScheduler()
+
+    async def apply(statuses: dict[str, JobStatus], asked: Sequence[str]) -> bool:
+        return False
+
+    async def scenario() -> None:
+        for i in range(200):
+            poller = Poller(sched, list, apply, PollInterval(0.001, 0.002))
+            poller.start()
+            await asyncio.sleep(0.001 * (i % 4))
+            poller.wake()
+            await asyncio.wait_for(poller.stop(), 10)
+
+    asyncio.run(scenario())
+
+
 def test_hub_delivers_every_transition_in_order_and_closes_streams() -> None:
     async def scenario() -> list[list[int]]:
         hub = Hub()
