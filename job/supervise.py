@@ -99,12 +99,17 @@ async def _exit_of(proc: asyncio.subprocess.Process) -> int:
     the status itself is known at once: a pidfd (Linux) says when the process ended, and
     asyncio's child watcher sets `returncode` a moment later (polled every 50 ms without one)."""
     loop = asyncio.get_running_loop()
-    waiter = asyncio.ensure_future(proc.wait())
-    ended: asyncio.Future[None] = loop.create_future()
+    waiter: asyncio.Future[Any] = asyncio.ensure_future(proc.wait())
+    ended: asyncio.Future[Any] = loop.create_future()
+
+    def readable() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
     fd = -1
     with contextlib.suppress(OSError, AttributeError):
         fd = os.pidfd_open(proc.pid)
-        loop.add_reader(fd, lambda: ended.done() or ended.set_result(None))
+        loop.add_reader(fd, readable)
     try:
         while not waiter.done() and proc.returncode is None:
             await asyncio.wait({waiter, ended}, timeout=0.002 if ended.done() else 0.05)
