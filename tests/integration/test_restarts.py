@@ -193,6 +193,10 @@ def test_a_requeued_job_is_counted_once_and_serves_again(slurm_cluster: object,
                                  "PENDING"):
             assert time.monotonic() < deadline, "the requeued job never became pending"
             time.sleep(0.2)
+        # Started again at once the node may still hold the first run's revoked credential
+        # ("Killing non-startable batch job": the job fails and is replaced, a second
+        # restart): give slurmd a moment first, as SLURM's own hold does.
+        time.sleep(3)
         subprocess.run(["scontrol", "update", f"JobId={ready.job.job_id}", "StartTime=now"],
                        check=True, timeout=30)
         again = _wait(stub, svc.name, lambda s: s.restarts == 1
