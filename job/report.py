@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -26,8 +26,10 @@ class LogReporter:
     def starting(self) -> None:
         log.info("service starting")
 
-    def ready(self, host: str, port: int, startup_seconds: float) -> None:
-        log.info("service ready at %s:%d after %.1fs", host, port, startup_seconds)
+    def ready(self, host: str, port: int, startup_seconds: float,
+              workers: Sequence[str] = ()) -> None:
+        log.info("service ready at %s:%d after %.1fs%s", host, port, startup_seconds,
+                 f" with workers on {', '.join(workers)}" if workers else "")
 
     def restarting(self, restarts: int, reason: str) -> None:
         log.info("service restart %d: %s", restarts, reason)
@@ -75,14 +77,15 @@ class GrpcReporter:
         self._send(server_pb2.ReportServiceEventRequest(
             kind=server_pb2.SERVICE_EVENT_KIND_STARTING), "starting")
 
-    def ready(self, host: str, port: int, startup_seconds: float) -> None:
+    def ready(self, host: str, port: int, startup_seconds: float,
+              workers: Sequence[str] = ()) -> None:
         duration = Duration()
         duration.FromNanoseconds(int(startup_seconds * 1e9))
         url = f"{self.url_scheme}://{host}:{port}/" if self.url_scheme else ""
         self._send(server_pb2.ReportServiceEventRequest(
             kind=server_pb2.SERVICE_EVENT_KIND_READY,
             endpoint=common_pb2.Endpoint(host=host, port=port, url=url),
-            startup_duration=duration), "ready")
+            startup_duration=duration, workers=list(workers)), "ready")
 
     def restarting(self, restarts: int, reason: str) -> None:
         self._send(server_pb2.ReportServiceEventRequest(

@@ -50,6 +50,7 @@ from typing import Any
 from aifb.job.probes import LivenessOptions, Probe, RestartOptions, parse_liveness, parse_restart
 from aifb.job.sidecars import start_job_sidecars
 from aifb.job.supervise import TAIL_LINES, Reporter, Supervisor
+from aifb.job.workers import HEAD_HOST_TOKEN, WorkerOptions, launch_plan, parse_workers
 
 __all__ = ["LoggingReporter", "Options", "Reporter", "choose_free_ports", "fill_ports", "main",
            "parse_args", "run"]
@@ -73,8 +74,10 @@ class LoggingReporter:
     def starting(self) -> None:
         log.info("starting")
 
-    def ready(self, host: str, port: int, startup_seconds: float) -> None:
-        log.info("ready at %s:%d after %.2fs", host, port, startup_seconds)
+    def ready(self, host: str, port: int, startup_seconds: float,
+              workers: Sequence[str] = ()) -> None:
+        log.info("ready at %s:%d after %.2fs%s", host, port, startup_seconds,
+                 f" (workers on {', '.join(workers)})" if workers else "")
 
     def restarting(self, restarts: int, reason: str) -> None:
         log.info("restart %d: %s", restarts, reason)
@@ -103,6 +106,7 @@ class Options:
     ready_probe_timeout: float = 2.0
     liveness: LivenessOptions | None = None
     restart: RestartOptions = field(default_factory=RestartOptions)
+    workers: WorkerOptions | None = None
 
 
 def _file_arg(text: str) -> tuple[str, str]:
@@ -151,6 +155,7 @@ def parse_args(argv: Sequence[str]) -> Options:
     p.add_argument("--ready-probe-timeout", type=float, default=2.0)
     p.add_argument("--liveness", type=_checked(parse_liveness), default=None)
     p.add_argument("--restart", type=_checked(parse_restart), default=RestartOptions())
+    p.add_argument("--workers", type=_checked(parse_workers), default=None)
     p.add_argument("--stop-timeout", type=float, default=20.0)
     p.add_argument("--auto-port", action="append", default=[])
     p.add_argument("--log-file", action="append", default=[])
@@ -168,7 +173,7 @@ def parse_args(argv: Sequence[str]) -> Options:
                    files=dict(ns.file), stop_timeout=ns.stop_timeout, ready_host=ns.ready_host,
                    ready_status=ns.ready_status, ready_exec=ns.ready_exec,
                    ready_interval=ns.ready_interval, ready_probe_timeout=ns.ready_probe_timeout,
-                   liveness=ns.liveness, restart=ns.restart)
+                   liveness=ns.liveness, restart=ns.restart, workers=ns.workers)
 
 
 def choose_free_ports(names: Sequence[str]) -> dict[str, int]:
@@ -301,11 +306,15 @@ async def run(opts: Options, reporter: Reporter,
     reports.send(reporter.starting)
     # Telemetry agents for this job when the server asked for them (AIFB_SIDECARS).
     sidecars = await start_job_sidecars(opts.service, env, opts.workdir, log_files)
+    head = _advertise_host()
+    workers = [] if opts.workers is None else launch_plan(
+        opts.workers, [fill_ports(a, ports).replace(HEAD_HOST_TOKEN, head)
+                       for a in opts.workers.argv], env, head)
     supervisor = Supervisor(
         argv=argv, env=env, workdir=opts.workdir, readiness=ready, ready_timeout=opts.timeout,
         ready_interval=opts.ready_interval, reporter=reporter, send=reports.send,
         sidecars=sidecars, stop=stop, stop_signal=stop_signal, advertise_host=_advertise_host,
-        liveness=live, restart=opts.restart, stop_timeout=opts.stop_timeout)
+        liveness=live, restart=opts.restart, stop_timeout=opts.stop_timeout, workers=workers)
     job_code, message = await supervisor.run()
     reports.send(reporter.exited, job_code, supervisor.tail.text() or _file_tail(log_files),
                  message)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aifb.job.leftovers import become_subreaper, end_group, signal_group
 from aifb.job.probes import LivenessOptions, Probe, RestartOptions
+from aifb.job.workers import Launch
 
 if TYPE_CHECKING:
     from aifb.job.sidecars import Sidecars
@@ -46,7 +47,8 @@ class Reporter(Protocol):
     """Where the job's lifecycle goes (the server, through aifb.job.report)."""
 
     def starting(self) -> None: ...
-    def ready(self, host: str, port: int, startup_seconds: float) -> None: ...
+    def ready(self, host: str, port: int, startup_seconds: float,
+              workers: Sequence[str] = ()) -> None: ...
     def restarting(self, restarts: int, reason: str) -> None: ...
     def exited(self, exit_code: int, log_tail: str, message: str) -> None: ...
 
@@ -121,6 +123,18 @@ async def _exit_of(proc: asyncio.subprocess.Process) -> int:
             os.close(fd)
 
 
+async def _first_exit(workers: list[asyncio.subprocess.Process]) -> tuple[int, int]:
+    """(index, exit status) of the first worker to end."""
+    waits = {asyncio.ensure_future(_exit_of(w)): i for i, w in enumerate(workers)}
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        first = min(done, key=lambda t: waits[t])
+        return waits[first], first.result()
+    finally:
+        for task in waits:
+            task.cancel()
+
+
 async def _stop(proc: asyncio.subprocess.Process, signum: int, grace: float) -> None:
     """Signal the program's whole group (it leads one of its own), SIGKILL after `grace`."""
     if proc.returncode is None:
@@ -164,6 +178,8 @@ class Supervisor:
     liveness: tuple[Probe, LivenessOptions] | None = None
     restart: RestartOptions = field(default_factory=RestartOptions)
     stop_timeout: float = 20.0
+    # A multi-node service's workers: how to start them (see aifb.job.workers).
+    workers: list[Launch] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.tail = Tail()
@@ -214,7 +230,21 @@ class Supervisor:
         pumps = [asyncio.create_task(_pump(proc.stdout, 1, self.tail)),
                  asyncio.create_task(_pump(proc.stderr, 2, self.tail))]
         try:
-            return await self._watch(proc, started)
+            workers: list[asyncio.subprocess.Process] = []
+            for launch in self.workers:
+                try:  # in the program's group: a stop or restart ends them with it
+                    worker = await asyncio.create_subprocess_exec(
+                        *launch.argv, stdin=asyncio.subprocess.DEVNULL,
+                        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                        env=dict(self.env), cwd=self.workdir, process_group=proc.pid)
+                except OSError as exc:
+                    await _stop(proc, signal.SIGTERM, self.stop_timeout)
+                    return Ended(127, f"cannot start the workers ({launch.argv[0]!r}): {exc}",
+                                 failed=True)
+                workers.append(worker)
+                pumps += [asyncio.create_task(_pump(worker.stdout, 1, self.tail)),
+                          asyncio.create_task(_pump(worker.stderr, 2, self.tail))]
+            return await self._watch(proc, started, workers)
         finally:
             # Helpers the program left (nginx workers after a kill -9 of the master) would
             # hold its port and pipes: end them before a restart or the job's end.
@@ -223,23 +253,35 @@ class Supervisor:
             for task in pumps:
                 task.cancel()
 
-    async def _watch(self, proc: asyncio.subprocess.Process, started: float) -> Ended:
+    async def _watch(self, proc: asyncio.subprocess.Process, started: float,
+                     workers: list[asyncio.subprocess.Process]) -> Ended:
         exited: asyncio.Task[Any] = asyncio.create_task(_exit_of(proc))
+        # One task for all workers: done when the first of them exits (its index, status).
+        crew: asyncio.Task[Any] | None = (asyncio.create_task(_first_exit(workers))
+                                          if workers else None)
         stopped: asyncio.Task[Any] = asyncio.create_task(self.stop.wait())
         ready: asyncio.Task[Any] = asyncio.create_task(self._wait_ready())
         checks: asyncio.Task[Any] | None = None
         became_ready = 0.0
         try:
-            done, _ = await asyncio.wait({exited, stopped, ready}, timeout=self.ready_timeout,
+            first = {exited, stopped, ready} | ({crew} if crew else set())
+            done, _ = await asyncio.wait(first, timeout=self.ready_timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
-            if ready in done and exited not in done:
+            if ready in done and exited not in done and (crew is None or crew not in done):
                 became_ready = time.monotonic()
-                self.send(self.reporter.ready, self.advertise_host(), self.readiness.port,
-                          became_ready - started)
+                hosts = [h for launch in self.workers for h in launch.hosts]
+                if hosts:
+                    self.send(self.reporter.ready, self.advertise_host(), self.readiness.port,
+                              became_ready - started, hosts)
+                else:
+                    self.send(self.reporter.ready, self.advertise_host(), self.readiness.port,
+                              became_ready - started)
                 if not self._announced_ready:
                     self._announced_ready = True
                     self.sidecars.ready(self.readiness.port, http=self.readiness.kind == "http")
                 waiting: set[asyncio.Task[Any]] = {exited, stopped}
+                if crew is not None:
+                    waiting.add(crew)
                 if self.liveness is not None:
                     checks = asyncio.create_task(self._live(*self.liveness))
                     waiting.add(checks)
@@ -258,6 +300,12 @@ class Supervisor:
                 if became_ready:
                     return Ended(code, _exit_text(rc), failed=rc != 0, ready_seconds=ready_for)
                 return Ended(code or 1, f"{_exit_text(rc)} before it was ready", failed=True)
+            if crew is not None and crew in done:
+                index, rc = crew.result()
+                await _stop(proc, signal.SIGTERM, self.stop_timeout)
+                return Ended(exit_code_of(rc) or 1, f"worker {index} {_exit_text(rc)}"
+                             + ("" if became_ready else " before the program was ready")
+                             + "; program stopped", failed=True, ready_seconds=ready_for)
             if checks is not None and checks in done:
                 await _stop(proc, signal.SIGTERM, self.stop_timeout)
                 return Ended(1, f"{checks.result()}; program stopped", failed=True,
@@ -266,7 +314,7 @@ class Supervisor:
             return Ended(124, f"not ready within {self.ready_timeout:g}s "
                               f"({self.readiness.describe()}); program stopped", failed=True)
         finally:
-            tasks = [t for t in (exited, stopped, ready, checks) if t is not None]
+            tasks = [t for t in (exited, stopped, ready, checks, crew) if t is not None]
             for task in tasks:
                 task.cancel()
             # Wait for the cancelled probes: an exec probe's process is ended by its own task.

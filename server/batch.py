@@ -78,6 +78,9 @@ def _sbatch_options(spec: JobSpec) -> dict[str, str]:
     if spec.restart.policy != "never":
         # SLURM itself requeues the job (same id) after a node failure or preemption.
         opts["requeue"] = ""
+    if spec.workers is not None and (count := spec.workers.count(res.nodes)) > 0:
+        # The program plus one task per worker, which the entry point starts with srun.
+        opts["ntasks"] = str(1 + count)
     if res.partition:
         opts["partition"] = _text("resources.partition", res.partition)
     if res.account:
@@ -184,6 +187,10 @@ def jobrun_argv(spec: JobSpec) -> list[str]:
         argv += ["--liveness", _liveness_json(spec.liveness, spec.auto_ports)]
     if spec.restart.policy != "never":
         argv += ["--restart", _restart_json(spec.restart)]
+    if spec.workers is not None and spec.workers.count(spec.resources.nodes) > 0:
+        argv += ["--workers", json.dumps({
+            "argv": _worker_argv(spec), "per_node": spec.workers.per_node,
+            "on_head": spec.workers.on_head, "nodes": spec.resources.nodes})]
     for name in spec.auto_ports:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
             raise InvalidArgument(f"auto_ports: bad name {name!r}", field="auto_ports")
@@ -208,6 +215,18 @@ def _program_argv(spec: JobSpec) -> list[str]:
         if spec.container is None:
             raise InvalidArgument("container: required for the apptainer runtime",
                                   field="container")
+        return apptainer_argv(spec.container) + argv
+    return argv
+
+
+def _worker_argv(spec: JobSpec) -> list[str]:
+    """A worker's argv: in the same container as the program when it has one."""
+    assert spec.workers is not None
+    argv = [_text(f"workers.command[{i}]", a, newlines=True)
+            for i, a in enumerate(spec.workers.command)]
+    if not argv:
+        raise InvalidArgument("workers.command: must not be empty", field="workers.command")
+    if spec.runtime == "apptainer" and spec.container is not None:
         return apptainer_argv(spec.container) + argv
     return argv
 

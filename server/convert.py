@@ -90,7 +90,7 @@ def service_to_proto(record: ServiceRecord) -> server_pb2.Service:
         create_time=_timestamp(record.create_time), update_time=_timestamp(record.update_time),
         trace_id=record.trace_id, revision=record.revision,
         restart_policy=restart_to_proto(record.restart), restarts=record.restarts,
-        last_restart_reason=record.last_restart_reason)
+        last_restart_reason=record.last_restart_reason, workers=record.workers)
     if record.endpoint_host:
         msg.endpoint.CopyFrom(common_pb2.Endpoint(host=record.endpoint_host,
                                                   port=record.endpoint_port,

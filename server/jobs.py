@@ -21,6 +21,7 @@ __all__ = [
     "ResourceSpec",
     "RestartSpec",
     "Scheduler",
+    "WorkersSpec",
 ]
 
 # SLURM job states after which a job never changes again (squeue/scontrol/REST spellings).
@@ -120,6 +121,20 @@ class RestartSpec:
 
 
 @dataclass(frozen=True)
+class WorkersSpec:
+    """A multi-node service's processes beside its program: `command` runs `per_node` times on
+    each node but the head's and `on_head` times on the head's node (`{{ head_host }}` still
+    a token: the job fills it in)."""
+
+    command: tuple[str, ...]
+    per_node: int = 1
+    on_head: int = 0
+
+    def count(self, nodes: int) -> int:
+        return (nodes - 1) * self.per_node + self.on_head
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """Everything a service's batch script depends on."""
 
@@ -143,6 +158,7 @@ class JobSpec:
     files: Mapping[str, str] = field(default_factory=dict)
     liveness: LivenessSpec | None = None
     restart: RestartSpec = field(default_factory=RestartSpec)
+    workers: WorkersSpec | None = None
 
 
 @dataclass(frozen=True)

@@ -318,7 +318,7 @@ class ServiceManager:
     async def report_event(self, principal: Principal, name: str, kind: str, *, host: str = "",
                            port: int = 0, url: str = "", exit_code: int | None = None,
                            log_tail: str = "", message: str = "",
-                           restarts: int = 0) -> ServiceRecord:
+                           restarts: int = 0, workers: Sequence[str] = ()) -> ServiceRecord:
         sid = parse_service_id(name)
         if principal.service and principal.service != sid:
             raise PermissionDenied("this report token belongs to another service")
@@ -327,6 +327,11 @@ class ServiceManager:
         for field, text in (("message", message), ("endpoint.host", host),
                             ("endpoint.url", url), ("log_tail", log_tail)):
             check_text(field, text, REPORT_TEXT_LIMITS[field])
+        if len(workers) > MAX_WORKERS_REPORTED:
+            raise InvalidArgument(f"workers: {len(workers)} hosts, at most "
+                                  f"{MAX_WORKERS_REPORTED}", field="workers")
+        for i, worker in enumerate(workers):
+            check_text(f"workers[{i}]", worker, REPORT_TEXT_LIMITS["endpoint.host"])
         record = self.get(principal, name)
         async with self._lock:
             record = self.registry.get(sid) or record
@@ -342,7 +347,8 @@ class ServiceManager:
                     raise InvalidArgument("READY needs endpoint.host and endpoint.port 1..65535",
                                           field="endpoint")
                 target, msg = ServiceState.READY, message or f"ready at {host}:{port}"
-                changes = {"endpoint_host": host, "endpoint_port": port, "endpoint_url": url}
+                changes = {"endpoint_host": host, "endpoint_port": port, "endpoint_url": url,
+                           "workers": tuple(workers)}
             elif kind == EventKind.EXITED:
                 # The state turns terminal when the scheduler says the job ended, so the
                 # final record carries the scheduler's own state, reason and exit code too.
@@ -568,5 +574,6 @@ def _metrics_fields(prepared: Prepared) -> dict[str, Any]:
 # Bounds of what a job reports (characters): a host name (DNS: 253), a URL, one status line,
 # the output tail (the server keeps its last 4000 characters).
 MAX_RESTARTS_REPORTED = 10000  # the most a restart policy allows
+MAX_WORKERS_REPORTED = 4096
 REPORT_TEXT_LIMITS = {"message": 4096, "endpoint.host": 253, "endpoint.url": 2048,
                       "log_tail": 65536}

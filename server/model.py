@@ -60,6 +60,8 @@ class ServiceRecord:
     # jobs replaced an ended one so far (the N-th is named ...-rN and writes job.N.out).
     replacing: bool = False
     job_attempt: int = 0
+    # A multi-node service's worker hosts, as the job reported them when READY.
+    workers: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:

@@ -62,6 +62,7 @@ def _decode(text: str) -> ServiceRecord:
     data["resources"] = ResourceSpec(**data["resources"])
     if "restart" in data:  # absent in records written before restart policies existed
         data["restart"] = RestartSpec(**data["restart"])
+    data["workers"] = tuple(data.get("workers", ()))
     return ServiceRecord(**data)
 
 

@@ -120,7 +120,8 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
             current_principal.get(), request.name, kind, host=request.endpoint.host,
             port=request.endpoint.port, url=request.endpoint.url,
             exit_code=request.exit_code if request.HasField("exit_code") else None,
-            log_tail=request.log_tail, message=request.message, restarts=request.restarts)
+            log_tail=request.log_tail, message=request.message, restarts=request.restarts,
+            workers=tuple(request.workers))
         return server_pb2.ReportServiceEventResponse(service=service_to_proto(record))
 
     async def GetServiceLogs(self, request: server_pb2.GetServiceLogsRequest, context: Ctx

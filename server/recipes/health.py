@@ -20,7 +20,9 @@
 
 An exec probe runs its argv without a shell, in the job's workdir with the job's environment,
 on the node (not inside an Apptainer container); exit status 0 passes. `port` of an exec
-readiness check is the endpoint the job reports once the check passes.
+readiness check is the endpoint the job reports once the check passes. `workers:` (a
+multi-node service's processes beside the program) lives here too: the entry point supervises
+them with the program.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pydantic import Field, StrictInt, model_validator
 from aifb.server.recipes.parts import Strict, problem
 
 __all__ = ["ExecCheck", "HttpCheck", "Liveness", "PortRef", "Readiness", "Restart", "TcpCheck",
-           "UrlPath"]
+           "UrlPath", "Workers"]
 
 PortRef = Annotated[StrictInt, Field(ge=1, le=65535)] | Annotated[
     str, Field(pattern=r"^\{\{\s*[a-z][a-z0-9_]*\s*\}\}$")]
@@ -120,3 +122,16 @@ class Restart(Strict):
         if self.max_backoff < self.backoff:
             raise problem("max_backoff is below backoff", "max_backoff >= backoff")
         return self
+
+
+class Workers(Strict):
+    """The processes of a multi-node service beside its program (the head): `command` runs
+    `per_node` times on each node of the job but the head's, and `on_head` times on the head's
+    node, started with `srun` inside the job (as processes on the local executor). They may
+    use `{{ head_host }}`, the head's host name, which the job fills in. The head's readiness
+    check decides READY (vLLM's /health answers once its Ray workers have joined)."""
+
+    command: Annotated[list[Annotated[str, Field(max_length=65536)]],
+                       Field(min_length=1, max_length=1024)]
+    per_node: Annotated[StrictInt, Field(ge=1, le=1024)] = 1
+    on_head: Annotated[StrictInt, Field(ge=0, le=1024)] = 0

@@ -26,6 +26,7 @@ from aifb.server.jobs import (
     ReadinessSpec,
     ResourceSpec,
     RestartSpec,
+    WorkersSpec,
 )
 from aifb.server.recipes.health import HttpCheck, Liveness
 from aifb.server.recipes.params import (
@@ -194,13 +195,16 @@ def build_job_spec(resolved: ResolvedService, *, service_id: str, job_name: str,
     readiness = replace(resolved.readiness, command=probe_argv(resolved.readiness.command))
     liveness = resolved.liveness and replace(resolved.liveness,
                                              command=probe_argv(resolved.liveness.command))
+    workers = None if recipe.workers is None else WorkersSpec(
+        command=probe_argv(tuple(recipe.workers.command)), per_node=recipe.workers.per_node,
+        on_head=recipe.workers.on_head)
     return JobSpec(
         service_id=service_id, job_name=job_name, recipe=recipe.name,
         command=tuple(resolved.render(a, builtins) for a in recipe.command),
         resources=resolved.resources, workdir=wd,
         stdout_path=str(Path(wd) / (f"job.{attempt}.out" if attempt else "job.out")),
         stderr_path=str(Path(wd) / (f"job.{attempt}.err" if attempt else "job.err")),
-        readiness=readiness, liveness=liveness, restart=resolved.restart,
+        readiness=readiness, liveness=liveness, restart=resolved.restart, workers=workers,
         python=python, runtime=recipe.runtime_kind,
         container=resolved.container(builtins), environment=dict(sorted(env.items())),
         auto_ports=resolved.auto_ports,

@@ -29,6 +29,7 @@ from aifb.server.recipes.health import (
     Restart,
     TcpCheck,
     UrlPath,
+    Workers,
 )
 from aifb.server.recipes.parts import (
     Parameter,
@@ -55,11 +56,14 @@ __all__ = [
     "Restart",
     "SchemaProblem",
     "TcpCheck",
+    "Workers",
     "json_schema_text",
     "recipe_json_schema",
     "write_json_schema",
 ]
 
+# The placeholder a worker command may use for the head's host name (filled in by the job).
+HEAD_HOST = "head_host"
 RecipeName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 ParamName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
@@ -104,6 +108,7 @@ class Recipe(Strict):
     readiness: Readiness
     liveness: Liveness | None = None
     restart: Restart = Field(default_factory=Restart)
+    workers: Workers | None = None
     logs: list[Annotated[str, Field(pattern=r"^[^\x00-\x1f]{1,4096}$")]] = Field(
         default_factory=list)
     # Absent, null or false: the service serves no Prometheus metrics; nothing is scraped.
@@ -156,6 +161,8 @@ class Recipe(Strict):
             if probe is not None and probe.exec is not None:
                 out.update({f"{key}.exec.command[{i}]": a
                             for i, a in enumerate(probe.exec.command)})
+        if self.workers is not None:
+            out.update({f"workers.command[{i}]": a for i, a in enumerate(self.workers.command)})
         return out
 
     def port_refs(self) -> dict[str, int | str]:
@@ -177,10 +184,12 @@ class Recipe(Strict):
                 raise SchemaProblem(f"parameters.{name}", "reserved name",
                                     "a name other than " + ", ".join(sorted(BUILTINS)))
         for key, text in self.templates().items():
+            # Only the workers know the head's host (the job fills it in).
+            here = known | {HEAD_HOST} if key.startswith("workers.") else known
             for name in placeholder_names(text):
-                if name not in known:
+                if name not in here:
                     raise SchemaProblem(key, f"unknown placeholder {{{{ {name} }}}}",
-                                        "one of: " + ", ".join(sorted(known)))
+                                        "one of: " + ", ".join(sorted(here)))
             rest = PLACEHOLDER.sub("", text)
             if "{{" in rest or "}}" in rest:
                 raise SchemaProblem(key, "malformed placeholder", "{{ name }}")
@@ -189,6 +198,8 @@ class Recipe(Strict):
                 raise SchemaProblem(f"files.{rel}", "not a plain relative path",
                                     "a path inside the workdir without '.' or '..' parts")
         programs = {"command[0]": self.command[0]}
+        if self.workers is not None:
+            programs["workers.command[0]"] = self.workers.command[0]
         for key, probe in (("readiness", self.readiness), ("liveness", self.liveness)):
             if probe is not None and probe.exec is not None:
                 programs[f"{key}.exec.command[0]"] = probe.exec.command[0]

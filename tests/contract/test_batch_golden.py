@@ -58,6 +58,15 @@ def test_vllm_apptainer_gpu_script_matches_golden() -> None:
     check_golden("vllm.sh", text)
 
 
+def test_vllm_on_two_nodes_starts_a_ray_worker_with_srun_in_the_container() -> None:
+    text = render("vllm-multinode", {"model": "meta-llama/Llama-3.1-70B-Instruct",
+                                     "tensor_parallel_size": "4"},
+                  ResourceRequest(nodes=2, gpus=4))
+    assert "#SBATCH --nodes=2\n" in text and "#SBATCH --ntasks=2\n" in text
+    assert "{{ head_host }}:6379" in text  # filled in by the job
+    check_golden("vllm-multinode.sh", text)
+
+
 def test_apptainer_argv_puts_nv_binds_and_env_before_the_image() -> None:
     argv = apptainer_argv(ContainerSpec(image="docker://x/y:1", binds=("/data:/data",),
                                         env={"B": "2", "A": "1"}, nv=True))

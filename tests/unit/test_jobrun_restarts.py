@@ -197,6 +197,8 @@ def test_exec_readiness_gates_ready_and_reports_the_given_port(job: Job) -> None
     (["--restart", '{"policy": "always", "max_restarts": -1}'], "max_restarts"),
     (["--readiness", "exec"], "--readiness exec needs --ready-exec"),
     (["--ready-exec", "[]"], "expected a JSON list of non-empty strings"),
+    (["--workers", '{"argv": []}'], "argv must be a non-empty list"),
+    (["--workers", '{"argv": ["w"], "per_node": 0}'], "per_node must be an integer >= 1"),
 ])
 def test_bad_health_options_are_refused_naming_the_option(
         options: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -115,3 +115,19 @@ def test_exec_arguments_stay_single_words_in_the_script() -> None:
     text = " ".join(shlex.quote(a) for a in argv)
     assert shlex.split(text) == argv  # quoted once, read back exactly
     assert json.loads(options(argv)["--ready-exec"])[4] == "/w w'; rm -rf /"
+
+
+def test_only_workers_may_use_the_head_host_and_their_program_is_fixed() -> None:
+    workers = '\nworkers:\n  command: [agent, --join, "{{ head_host }}:{{ port }}"]\n  on_head: 2\n'
+    recipe = load_recipe_text(MINIMAL + workers, file="w.yaml")
+    spec = build_job_spec(resolve(recipe, {"token": "t"}, ResourceRequest()), service_id="a",
+                          job_name="j", workdir="/w", python="py", environment={})
+    opts = options(jobrun_argv(spec))
+    assert json.loads(opts["--workers"]) == {"argv": ["agent", "--join", "{{ head_host }}:9000"],
+                                             "per_node": 1, "on_head": 2, "nodes": 1}
+    with pytest.raises(RecipeError) as err:
+        load_recipe_text(MINIMAL.replace('"{{ token }}"]', '"{{ head_host }}"]'), file="h.yaml")
+    assert err.value.key == "command[5]"
+    with pytest.raises(RecipeError) as err:
+        load_recipe_text(MINIMAL + workers.replace("[agent,", '["{{ mode }}",'), file="w.yaml")
+    assert err.value.key == "workers.command[0]"

@@ -117,3 +117,25 @@ def test_another_services_token_cannot_report_a_restart(manager: ServiceManager)
         assert manager.get(user, one.name).restarts == 0
 
     asyncio.run(scenario())
+
+
+def test_a_ready_report_keeps_the_workers_and_refuses_too_many(manager: ServiceManager) -> None:
+    user = Principal(user="u")
+
+    async def scenario() -> None:
+        record = await manager.create(user, "svc", {}, ResourceRequest(), {}, "")
+        job = Principal(user="u", service=record.id)
+        with pytest.raises(InvalidArgument) as err:
+            await manager.report_event(job, record.name, EventKind.READY, host="n1", port=5,
+                                       workers=["n2"] * 4097)
+        assert err.value.field == "workers"
+        with pytest.raises(InvalidArgument) as err:
+            await manager.report_event(job, record.name, EventKind.READY, host="n1", port=5,
+                                       workers=["x" * 254])
+        assert err.value.field == "workers[0]"
+        ready = await manager.report_event(job, record.name, EventKind.READY, host="n1",
+                                           port=5, workers=["n2", "n3"])
+        assert service_to_proto(ready).workers == ["n2", "n3"]
+        assert manager.registry.get(record.id).workers == ("n2", "n3")  # type: ignore[union-attr]
+
+    asyncio.run(scenario())

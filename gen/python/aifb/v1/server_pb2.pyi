@@ -141,7 +141,7 @@ class SchedulerJob(_message.Message):
     def __init__(self, scheduler: _Optional[str] = ..., job_id: _Optional[str] = ..., raw_state: _Optional[str] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., nodes: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("name", "recipe", "parameters", "labels", "state", "owner", "endpoint", "job", "state_message", "resources", "create_time", "update_time", "trace_id", "revision", "metrics", "restart_policy", "restarts", "last_restart_reason")
+    __slots__ = ("name", "recipe", "parameters", "labels", "state", "owner", "endpoint", "job", "state_message", "resources", "create_time", "update_time", "trace_id", "revision", "metrics", "restart_policy", "restarts", "last_restart_reason", "workers")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,7 @@ class Service(_message.Message):
     RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
     LAST_RESTART_REASON_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     recipe: str
     parameters: _containers.ScalarMap[str, str]
@@ -192,7 +193,8 @@ class Service(_message.Message):
     restart_policy: RestartPolicy
     restarts: int
     last_restart_reason: str
-    def __init__(self, name: _Optional[str] = ..., recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[ServiceState, str]] = ..., owner: _Optional[str] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., job: _Optional[_Union[SchedulerJob, _Mapping]] = ..., state_message: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., revision: _Optional[int] = ..., metrics: _Optional[_Union[MetricsEndpoint, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., restarts: _Optional[int] = ..., last_restart_reason: _Optional[str] = ...) -> None: ...
+    workers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[ServiceState, str]] = ..., owner: _Optional[str] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., job: _Optional[_Union[SchedulerJob, _Mapping]] = ..., state_message: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., revision: _Optional[int] = ..., metrics: _Optional[_Union[MetricsEndpoint, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., restarts: _Optional[int] = ..., last_restart_reason: _Optional[str] = ..., workers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MetricsEndpoint(_message.Message):
     __slots__ = ("port", "path", "url")
@@ -367,7 +369,7 @@ class WatchServicesResponse(_message.Message):
     def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ...) -> None: ...
 
 class ReportServiceEventRequest(_message.Message):
-    __slots__ = ("name", "kind", "endpoint", "exit_code", "log_tail", "job_id", "message", "startup_duration", "restarts")
+    __slots__ = ("name", "kind", "endpoint", "exit_code", "log_tail", "job_id", "message", "startup_duration", "restarts", "workers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -377,6 +379,7 @@ class ReportServiceEventRequest(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     STARTUP_DURATION_FIELD_NUMBER: _ClassVar[int]
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: ServiceEventKind
     endpoint: _common_pb2.Endpoint
@@ -386,7 +389,8 @@ class ReportServiceEventRequest(_message.Message):
     message: str
     startup_duration: _duration_pb2.Duration
     restarts: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ServiceEventKind, str]] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., exit_code: _Optional[int] = ..., log_tail: _Optional[str] = ..., job_id: _Optional[str] = ..., message: _Optional[str] = ..., startup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., restarts: _Optional[int] = ...) -> None: ...
+    workers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[ServiceEventKind, str]] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., exit_code: _Optional[int] = ..., log_tail: _Optional[str] = ..., job_id: _Optional[str] = ..., message: _Optional[str] = ..., startup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., restarts: _Optional[int] = ..., workers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReportServiceEventResponse(_message.Message):
     __slots__ = ("service",)

@@ -2250,6 +2250,11 @@ class ReportServiceEventRequest(betterproto2.Message):
     report with a count already seen changes nothing).
     """
 
+    workers: "list[str]" = betterproto2.field(10, betterproto2.TYPE_STRING, repeated=True)
+    """
+    On READY: the host of each worker process of a multi-node service (at most 4096).
+    """
+
 
 default_message_pool.register_message(
     "aifb.v1", "ReportServiceEventRequest", ReportServiceEventRequest
@@ -2515,6 +2520,12 @@ class Service(betterproto2.Message):
     last_restart_reason: "str" = betterproto2.field(18, betterproto2.TYPE_STRING)
     """
     Output only: why it was last started again (exit code or signal, failed liveness check).
+    """
+
+    workers: "list[str]" = betterproto2.field(19, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Output only: for a multi-node service (its recipe's `workers:`), the host of each worker
+    process beside the program, whose host is the endpoint's; set when READY.
     """
 
 
