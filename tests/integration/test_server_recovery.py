@@ -241,3 +241,59 @@ def test_sigkill_in_a_burst_of_creates_leaves_no_job_untracked(
         _end(proc)
         for job in _our_jobs(home):  # never leave the shared cluster busy
             subprocess.run(["scancel", job], check=False)
+
+
+def _jobs_named(prefix: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True,
+                         check=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.split()[1].startswith(prefix)]
+
+
+def test_restarts_while_the_server_is_down_are_counted_once_with_one_job_left(
+        slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """Issue 14, part 7: the server SIGKILLed while one service's program is restarted inside
+    its job and another's job is cancelled outside aifb; after its restart each restart is
+    counted once, the cancelled job is replaced by exactly one job, and nothing else runs."""
+    home = tmp_path / "home"
+    port = _free_port()
+    proc = _start(home, port)
+    try:
+        stub = _stub(home, port)
+        in_job = create(stub, "flaky")
+        by_job = create(stub, "flaky")
+        for svc in (in_job, by_job):
+            ready = wait_for_state(stub, svc.name, {S.SERVICE_STATE_READY}, timeout=90)
+            assert state_name(ready.state) == "READY", ready.state_message
+        in_job = stub.GetService(S.GetServiceRequest(name=in_job.name), timeout=30).service
+        by_job = stub.GetService(S.GetServiceRequest(name=by_job.name), timeout=30).service
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        starts = Path(in_job.job.stdout_path).parent / "starts.log"
+        os.kill(int(starts.read_text().split()[0]), signal.SIGKILL)
+        subprocess.run(["scancel", by_job.job.job_id], check=True)
+        deadline = time.monotonic() + 30
+        while len(starts.read_text().split()) < 2:  # restarted while no server listens
+            assert time.monotonic() < deadline, "the program was not restarted in its job"
+            time.sleep(0.1)
+        proc = _start(home, port)
+        stub = _stub(home, port)
+        for svc in (in_job, by_job):
+            for msg in stub.WatchService(S.WatchServiceRequest(name=svc.name), timeout=120):
+                if msg.service.restarts >= 1 and msg.service.state == S.SERVICE_STATE_READY:
+                    break
+        one = stub.GetService(S.GetServiceRequest(name=in_job.name), timeout=30).service
+        two = stub.GetService(S.GetServiceRequest(name=by_job.name), timeout=30).service
+        assert one.restarts == 1 and one.job.job_id == in_job.job.job_id
+        assert "SIGKILL" in one.last_restart_reason
+        assert two.restarts == 1 and two.job.job_id != by_job.job.job_id
+        assert "cancelled outside aifb" in two.last_restart_reason
+        sid_one, sid_two = (s.name.removeprefix("services/") for s in (one, two))
+        assert _jobs_named(f"aifb-flaky-{sid_one}") == [one.job.job_id]
+        assert _jobs_named(f"aifb-flaky-{sid_two}") == [two.job.job_id]
+        for svc in (one, two):
+            stub.DeleteService(S.DeleteServiceRequest(name=svc.name), timeout=30)
+            assert state_name(wait_for_state(stub, svc.name, set(), timeout=60).state) == (
+                "STOPPED")
+        assert _jobs_named(f"aifb-flaky-{sid_one}") == _jobs_named(f"aifb-flaky-{sid_two}") == []
+    finally:
+        _end(proc)
