@@ -12,7 +12,7 @@ __all__ = ["endpoint_text", "service_table", "state_name", "when"]
 
 _STATE_STYLE = {
     "PENDING": "yellow", "STARTING": "cyan", "READY": "bold green", "STOPPING": "magenta",
-    "STOPPED": "dim", "FAILED": "bold red",
+    "STOPPED": "dim", "FAILED": "bold red", "DEGRADED": "bold yellow",
 }
 
 
@@ -33,6 +33,18 @@ def endpoint_text(service: server_pb2.Service) -> str:
 
 def when(service: server_pb2.Service) -> str:
     return datetime.fromtimestamp(service.update_time.ToNanoseconds() / 1e9).strftime("%H:%M:%S")
+
+
+def replica_table(replicas: list[server_pb2.Replica]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for col in ("REPLICA", "STATE", "JOB", "ENDPOINT", "RESTARTS", "LAST RESTART"):
+        table.add_column(col)
+    for r in replicas:
+        table.add_row(r.name.removeprefix("services/"), styled_state(r.state),
+                      r.job.job_id, f"{r.endpoint.host}:{r.endpoint.port}"
+                      if r.endpoint.port else "", str(r.restarts),
+                      (r.last_restart_reason.splitlines() or [""])[0][:60])
+    return table
 
 
 def service_table(services: list[server_pb2.Service]) -> Table:

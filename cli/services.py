@@ -10,7 +10,14 @@ import grpc
 import typer
 
 from aifb.cli.context import CliState, handle_errors, state_of, to_dict
-from aifb.cli.format import endpoint_text, service_table, state_name, styled_state, when
+from aifb.cli.format import (
+    endpoint_text,
+    replica_table,
+    service_table,
+    state_name,
+    styled_state,
+    when,
+)
 from aifb.cli.params import parse_params, resources_from_options, restart_from_options
 from aifb.mesh.channel import raise_for_rpc_error
 from aifb.mesh.errors import Unavailable
@@ -91,6 +98,14 @@ def create(
     restart_backoff: float | None = typer.Option(
         None, min=0, max=3600,
         help="Seconds before the first restart, doubling each time (default: the recipe's)."),
+    replicas: int = typer.Option(
+        0, min=0, max=1000,
+        help="Run N replicas, each its own job, behind one service (0: the recipe's; "
+             "a replicated service can be scaled)."),
+    min_ready: int = typer.Option(
+        0, min=0, max=1000,
+        help="Replicas that must be READY for the service to be READY, DEGRADED below "
+             "(0: all of them)."),
     wait: bool = typer.Option(False, "--wait", help="Wait until READY (or failed)."),
     wait_timeout: float = typer.Option(600.0, min=0.1, max=7 * 24 * 3600.0,
                                        help="Seconds --wait waits at most."),
@@ -103,7 +118,8 @@ def create(
             labels=parse_params(label, "--label"),
             resources=resources_from_options(cpus, memory, gpus, time_limit, partition, account),
             request_id=request_id or uuid.uuid4().hex,
-            restart_policy=restart_from_options(restart, max_restarts, restart_backoff))
+            restart_policy=restart_from_options(restart, max_restarts, restart_backoff),
+            replicas=replicas, min_ready=min_ready)
         service = state.call(state.server_stub().CreateService, req).service
         if not wait:
             state.emit(service, lambda: state.console.print(
@@ -140,6 +156,11 @@ def get(ctx: typer.Context, service: str = typer.Argument(..., help="Service id.
 
         def text() -> None:
             state.console.print(service_table([s]))
+            if s.replica_status:
+                state.console.print(f"\nreplicas: {s.replicas} (READY needs {s.min_ready})")
+                state.console.print(replica_table(list(s.replica_status)))
+            if s.workers:
+                state.console.print(f"\nworkers on: {', '.join(s.workers)}", markup=False)
             if s.restarts:
                 state.console.print(f"\nrestarts: {s.restarts} of at most "
                                     f"{s.restart_policy.max_restarts}; last: "
@@ -148,6 +169,27 @@ def get(ctx: typer.Context, service: str = typer.Argument(..., help="Service id.
                 state.console.print(f"\n{s.state_message}", markup=False)
 
         state.emit(s, text)
+
+
+@app.command()
+def scale(
+    ctx: typer.Context,
+    service: str = typer.Argument(..., help="A replicated service's id."),
+    replicas: int = typer.Option(..., "--replicas", min=1, max=1000,
+                                 help="The replicas wanted from now on."),
+    min_ready: int = typer.Option(0, min=0, max=1000,
+                                  help="Replicas READY for READY (0: keep the current value, "
+                                       "at most --replicas)."),
+) -> None:
+    """Change a replicated service's replica count while it runs: new replicas get new jobs,
+    the newest ones go first when it shrinks."""
+    state = state_of(ctx)
+    with handle_errors(state):
+        s = state.call(state.server_stub().ScaleService, server_pb2.ScaleServiceRequest(
+            name=service, replicas=replicas, min_ready=min_ready)).service
+        state.emit(s, lambda: state.console.print(
+            f"{s.name}: {s.replicas} replicas ({state_name(s.state)}); "
+            f"follow with: aifb services watch {s.name.removeprefix('services/')}"))
 
 
 @app.command("list")

@@ -126,6 +126,8 @@ async def start_server_app(
     manager.wake_poller = poller.wake
     poller.start()
     reconciling = None
+    # Replicated services a stopped server left mid-create or mid-scale get their count back.
+    await manager.converge_sets()
     if leftover:
         log.warning("%d services were being submitted when the server stopped: looking for "
                     "their jobs", len(leftover))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -73,7 +75,18 @@ def restart_override_from_proto(msg: server_pb2.RestartPolicy) -> RestartOverrid
                              if msg.HasField("max_backoff") else None))
 
 
-def service_to_proto(record: ServiceRecord) -> server_pb2.Service:
+def replica_to_proto(record: ServiceRecord) -> server_pb2.Replica:
+    msg = service_to_proto(record)
+    return server_pb2.Replica(
+        name=msg.name, index=record.replica, state=msg.state, job=msg.job,
+        endpoint=msg.endpoint if record.endpoint_host else None, restarts=record.restarts,
+        last_restart_reason=record.last_restart_reason, state_message=record.state_message,
+        workers=record.workers)
+
+
+def service_to_proto(record: ServiceRecord,
+                     replicas: Sequence[ServiceRecord] = ()) -> server_pb2.Service:
+    """A service; a replicated one with its active `replicas` (their records)."""
     job = server_pb2.SchedulerJob(
         scheduler=record.scheduler, job_id=record.job_id, raw_state=record.raw_state,
         reason=record.reason, nodes=record.nodes, stdout_path=record.stdout_path,
@@ -90,7 +103,9 @@ def service_to_proto(record: ServiceRecord) -> server_pb2.Service:
         create_time=_timestamp(record.create_time), update_time=_timestamp(record.update_time),
         trace_id=record.trace_id, revision=record.revision,
         restart_policy=restart_to_proto(record.restart), restarts=record.restarts,
-        last_restart_reason=record.last_restart_reason, workers=record.workers)
+        last_restart_reason=record.last_restart_reason, workers=record.workers,
+        replicas=record.replicas, min_ready=record.min_ready or record.replicas,
+        replica_status=[replica_to_proto(r) for r in replicas])
     if record.endpoint_host:
         msg.endpoint.CopyFrom(common_pb2.Endpoint(host=record.endpoint_host,
                                                   port=record.endpoint_port,

@@ -80,6 +80,10 @@ class Deployer:
         """Every recipe, with whether its programs are found where jobs look (and why not)."""
         return [(r, runnable_here(r, self.which)) for r in self.catalog.list()]
 
+    def default_replicas(self, name: str) -> int:
+        """The recipe's `replicas:` (1 unless it asks for more)."""
+        return self.catalog.get(name).replicas
+
     def recipe(self, name: str) -> tuple[Recipe, tuple[bool, str]]:
         if not name:
             raise InvalidArgument("name is required", field="name")

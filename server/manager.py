@@ -22,25 +22,21 @@ from aifb.mesh.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    SchedulerUnavailable,
 )
 from aifb.mesh.labels import check_labels
 from aifb.mesh.names import parse_service_id
 from aifb.mesh.tracing import current_trace_id, traceparent_env
 from aifb.server.deploy import Deployer, Prepared, ResourceRequest, job_name_for
 from aifb.server.hub import Hub
-from aifb.server.jobs import JobStatus, ResourceSpec, RestartSpec, Scheduler
+from aifb.server.job_replacement import JobReplacement
+from aifb.server.jobs import JobStatus, Scheduler
 from aifb.server.listing import Page, page, parse_filter
 from aifb.server.logs import ServiceLogs, read_logs
 from aifb.server.model import ServiceRecord
 from aifb.server.recipes.params import RestartOverride
 from aifb.server.registry import Registry
-from aifb.server.replacement import (
-    replacement_reason,
-    requeue_reason,
-    restart_for_new_job,
-)
-from aifb.server.states import ServiceState, check_transition, service_state_for_job
+from aifb.server.replica_commands import ReplicaSetCommands, check_counts
+from aifb.server.states import ServiceState, check_transition
 
 __all__ = ["EventKind", "ServiceManager"]
 
@@ -49,7 +45,6 @@ log = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # A job the scheduler no longer knows is declared lost after this many seconds unseen.
 LOST_AFTER_SECONDS = 30.0
-LOST_RAW_STATE = "LOST"
 
 
 @dataclass(frozen=True)
@@ -60,8 +55,10 @@ class EventKind:
     RESTARTING = "restarting"
 
 
-class ServiceManager:
-    """Owns the registry, talks to the scheduler, publishes every change to the hub."""
+class ServiceManager(JobReplacement, ReplicaSetCommands):
+    """Owns the registry, talks to the scheduler, publishes every change to the hub.
+    Replicated services' commands are `ReplicaSetCommands`' (aifb.server.replica_commands),
+    what happens when a job ends or is due is `JobReplacement`'s (aifb.server.job_replacement)."""
 
     def __init__(self, registry: Registry, scheduler: Scheduler, deployer: Deployer,
                  *, home: Path, advertise_address: str, otlp_endpoint: str = "",
@@ -97,12 +94,17 @@ class ServiceManager:
     def page(self, principal: Principal, *, page_size: int, token: str,
              filter_text: str) -> Page:
         """One page of the caller's services (ListServices)."""
-        return page(self.owned(principal), page_size=page_size, token=token,
-                    filter_text=filter_text)
+        return page([r for r in self.owned(principal) if not r.parent], page_size=page_size,
+                    token=token, filter_text=filter_text)  # replicas show in their service
 
     def logs(self, principal: Principal, name: str, tail_bytes: int) -> ServiceLogs:
         """The end of the caller's service's stdout and stderr (GetServiceLogs)."""
-        return read_logs(self.get(principal, name), tail_bytes)
+        record = self.get(principal, name)
+        if record.is_set:
+            raise InvalidArgument(f"service {record.id} has {record.replicas} replicas, each "
+                                  f"with its own logs: ask for services/{record.id}-<index>",
+                                  field="name")
+        return read_logs(record, tail_bytes)
 
     def render(self, recipe: str, params: Mapping[str, str], resources: ResourceRequest,
                restart: RestartOverride | None = None) -> Prepared:
@@ -169,8 +171,8 @@ class ServiceManager:
     # ---- commands ------------------------------------------------------------------------
     async def create(self, principal: Principal, recipe: str, params: Mapping[str, str],
                      resources: ResourceRequest, labels: Mapping[str, str],
-                     request_id: str, restart: RestartOverride | None = None
-                     ) -> ServiceRecord:
+                     request_id: str, restart: RestartOverride | None = None,
+                     replicas: int = 0, min_ready: int = 0) -> ServiceRecord:
         if principal.is_job:
             raise PermissionDenied("a job's report token cannot create services")
         if request_id:
@@ -181,6 +183,13 @@ class ServiceManager:
             if existing is not None:
                 return existing
         check_labels(labels)
+        wanted = replicas or self.deployer.default_replicas(recipe)
+        if wanted > 1 or replicas:
+            check_counts(wanted, min_ready)
+            return await self._create_set(principal, recipe, params, resources, labels,
+                                          request_id, restart, wanted, min_ready)
+        if min_ready:
+            raise InvalidArgument("min_ready needs replicas", field="min_ready")
         with self.tracer.start_as_current_span("aifb.server.create_service") as span:
             sid = secrets.token_hex(6)
             token = secrets.token_urlsafe(24)
@@ -230,11 +239,38 @@ class ServiceManager:
             self._submitting.discard(sid)
             current = self.registry.get(sid) or record
             if not current.delete_requested:
-                return self._commit(current.evolve(time.time(), job_id=job_id, replacing=False,
+                return self._commit(current.evolve(time.time(), job_id=job_id, job_due=False,
                                                    state_message="submitted; waiting for the job"))
-            current = self._commit(current.evolve(time.time(), job_id=job_id, replacing=False))
+            current = self._commit(current.evolve(time.time(), job_id=job_id, job_due=False))
         await self.scheduler.cancel(job_id)
         return current
+
+    async def _create_set(self, principal: Principal, recipe: str, params: Mapping[str, str],
+                          resources: ResourceRequest, labels: Mapping[str, str],
+                          request_id: str, restart: RestartOverride | None, replicas: int,
+                          min_ready: int) -> ServiceRecord:
+        """A replicated service: checked like a single one, then the set and its replicas."""
+        with self.tracer.start_as_current_span("aifb.server.create_service") as span:
+            sid = secrets.token_hex(6)
+            workdir = self.home / "jobs" / sid
+            prepared = self.deployer.prepare(recipe, params, resources, service_id=sid,
+                                             workdir=workdir,
+                                             environment=self._job_environment(sid, ""),
+                                             restart=restart)
+            span.set_attribute("aifb.service", sid)
+            span.set_attribute("aifb.replicas", replicas)
+            now = time.time()
+            group = ServiceRecord(
+                id=sid, owner=principal.user, recipe=recipe, state=ServiceState.PENDING,
+                parameters=dict(prepared.parameters), labels=dict(labels),
+                resources=prepared.spec.resources, state_message="starting its replicas",
+                scheduler=self.scheduler.name, workdir=str(workdir), create_time=now,
+                update_time=now, trace_id=current_trace_id(), request_id=request_id,
+                restart=prepared.spec.restart, replicas=replicas, min_ready=min_ready,
+                **_metrics_fields(prepared))
+            self.registry.insert(group)
+            self.hub.publish(group)
+            return await self._start_set(group)
 
     def _job_environment(self, sid: str, token: str) -> dict[str, str]:
         """What every job of service `sid` is told: who it is, where to report, its token."""
@@ -251,7 +287,7 @@ class ServiceManager:
         """Services left without a job id by a server that stopped while submitting them
         (call before serving: in-flight creates of this process have no job id either)."""
         return [r.id for r in self.registry.polled()
-                if not r.job_id and r.id not in self._submitting]
+                if not r.job_id and not r.is_set and r.id not in self._submitting]
 
     async def reconcile(self, sids: Sequence[str]) -> None:
         """Find each service's job by its name (one scheduler call): adopt it, or cancel it if
@@ -272,7 +308,7 @@ class ServiceManager:
                 current = self.registry.get(record.id) or record
                 if current.job_id or current.terminal:
                     continue
-                if not ids and current.replacing and not current.delete_requested:
+                if not ids and current.job_due and not current.delete_requested:
                     continue  # the replacement job was never submitted: the poller submits it
                 if not ids and current.delete_requested:
                     self._commit(current.evolve(time.time(), state=ServiceState.STOPPED,
@@ -286,7 +322,7 @@ class ServiceManager:
                     continue
                 message = ("deletion requested" if current.delete_requested else
                            "re-attached to the job submitted before the server stopped")
-                self._commit(current.evolve(time.time(), job_id=ids[0], replacing=False,
+                self._commit(current.evolve(time.time(), job_id=ids[0], job_due=False,
                                             state_message=message))
             if current.delete_requested:
                 await self.scheduler.cancel(ids[0])
@@ -298,6 +334,8 @@ class ServiceManager:
         record = self.get(principal, name)
         if record.terminal:
             return record
+        if record.is_set:
+            return await self._delete_set(principal, record)
         async with self._lock:
             record = self.registry.get(record.id) or record
             if record.terminal:
@@ -333,6 +371,9 @@ class ServiceManager:
         for i, worker in enumerate(workers):
             check_text(f"workers[{i}]", worker, REPORT_TEXT_LIMITS["endpoint.host"])
         record = self.get(principal, name)
+        if record.is_set:
+            raise InvalidArgument(f"service {sid} is replicated: its replicas report",
+                                  field="name")
         async with self._lock:
             record = self.registry.get(sid) or record
             now = time.time()
@@ -411,130 +452,6 @@ class ServiceManager:
                 busy = self._apply_one(record, status, now) or busy
         return await self._submit_replacements() or busy
 
-    def _lost(self, record: ServiceRecord, now: float) -> None:
-        why = "the scheduler no longer knows the job"
-        if record.terminal:
-            lost, why = record.state, record.state_message
-        elif record.delete_requested:
-            lost = ServiceState.STOPPED
-        else:
-            lost = ServiceState.FAILED
-            if replacement_reason(record, lost, why):
-                self._replace_later(record, now, f"{why} (job {record.job_id})",
-                                    JobStatus(record.job_id, LOST_RAW_STATE))
-                return
-        self._commit(record.evolve(now, state=lost, raw_state=LOST_RAW_STATE,
-                                   state_message=why))
-
-    def _apply_one(self, record: ServiceRecord, status: JobStatus, now: float) -> bool:
-        if requeued := requeue_reason(record, status):
-            # Back in the queue under the same id: the entry point starts afresh (its restart
-            # counts begin again); the endpoint is gone until it reports READY.
-            self._commit(record.evolve(
-                now, state=ServiceState.PENDING, restarts=record.restarts + 1, job_restarts=0,
-                last_restart_reason=requeued, state_message=requeued,
-                raw_state=status.raw_state, reason=status.reason, nodes=status.nodes,
-                endpoint_host="", endpoint_port=0, endpoint_url="", exit_code=None,
-                exit_report=""))
-            return True
-        state, why = service_state_for_job(status, current=record.state,
-                                           delete_requested=record.delete_requested)
-        if state == ServiceState.FAILED and record.exit_report:
-            why = f"{why}: {record.exit_report}"  # the job's own report says more
-        if state.terminal and (again := replacement_reason(record, state, why)):
-            self._replace_later(record, now, f"{again.splitlines()[0]} (job {record.job_id})",
-                                status)
-            return True
-        # A job still COMPLETING has no exit code yet while the record already holds the one
-        # the job reported: keep it, and compare what would be written, so an unchanged job
-        # publishes nothing (not one message per poll tick).
-        exit_code = status.exit_code if status.exit_code is not None else record.exit_code
-        changed_job = (status.raw_state, status.reason, exit_code, status.signal,
-                       status.nodes) != (record.raw_state, record.reason, record.exit_code,
-                                         record.signal, record.nodes)
-        busy = False
-        if state != record.state or changed_job:
-            self._commit(record.evolve(
-                now, state=state, state_message=why or record.state_message,
-                raw_state=status.raw_state, reason=status.reason, exit_code=exit_code,
-                signal=status.signal, nodes=status.nodes))
-            busy = True
-        return busy or state in (ServiceState.PENDING, ServiceState.STARTING,
-                                 ServiceState.STOPPING)
-
-    def _replace_later(self, record: ServiceRecord, now: float, reason: str,
-                       status: JobStatus) -> None:
-        """The job ended and the policy allows another: count it as a restart and mark the
-        service for a new job (submitted right after this poll, or after a server restart)."""
-        log.info("service %s: replacing its job: %s", record.id, reason)
-        self._commit(record.evolve(
-            now, state=ServiceState.PENDING, job_id="", replacing=True,
-            job_attempt=record.job_attempt + 1, restarts=record.restarts + 1, job_restarts=0,
-            last_restart_reason=reason, state_message=f"replacing the ended job: {reason}",
-            raw_state=status.raw_state, reason=status.reason, exit_code=status.exit_code,
-            signal=status.signal, nodes=status.nodes, endpoint_host="", endpoint_port=0,
-            endpoint_url="", exit_report=""))
-
-    async def _submit_replacements(self) -> bool:
-        """Submit a job for every service marked for one (not already being submitted).
-        True while one is left for the next tick (the batch system did not answer)."""
-        due = [r.id for r in self.registry.polled()
-               if r.replacing and not r.job_id and r.id not in self._submitting]
-        left = False
-        for sid in due:
-            left = not await self._submit_replacement(sid) or left
-        return left or bool(due)
-
-    async def _submit_replacement(self, sid: str) -> bool:
-        """False when the batch system did not answer (tried again on the next tick)."""
-        async with self._lock:
-            record = self.registry.get(sid)
-            if (record is None or not record.replacing or record.job_id or record.terminal
-                    or sid in self._submitting):
-                return True
-            now = time.time()
-            if record.delete_requested:
-                self._commit(record.evolve(now, state=ServiceState.STOPPED, replacing=False,
-                                           state_message="stopped before the replacement job "
-                                           "was submitted"))
-                return True
-            token = secrets.token_urlsafe(24)
-            try:
-                prepared = self.deployer.prepare(
-                    record.recipe, record.parameters, _request_of(record.resources),
-                    service_id=sid, workdir=Path(record.workdir),
-                    environment=self._job_environment(sid, token),
-                    restart=_override_of(restart_for_new_job(record)),
-                    attempt=record.job_attempt)
-            except AifbError as exc:
-                self._commit(record.evolve(now, state=ServiceState.FAILED, replacing=False,
-                                           state_message="the replacement job cannot be "
-                                           f"prepared: {exc}"))
-                return True
-            # The new job gets a new report token: the ended job's stops working.
-            record = self._commit(record.evolve(
-                now, report_token_hash=hash_token(token), stdout_path=prepared.spec.stdout_path,
-                stderr_path=prepared.spec.stderr_path))
-            self._submitting.add(sid)
-        try:
-            job_id = await self.scheduler.submit(prepared.spec, prepared.script)
-        except SchedulerUnavailable as exc:
-            self._submitting.discard(sid)
-            log.warning("service %s: the replacement job was not submitted yet: %s", sid, exc)
-            return False
-        except AifbError as exc:
-            async with self._lock:
-                self._submitting.discard(sid)
-                current = self.registry.get(sid) or record
-                self._commit(current.evolve(
-                    time.time(), replacing=False,
-                    state=ServiceState.STOPPED if current.delete_requested
-                    else ServiceState.FAILED,
-                    state_message=f"the replacement job was refused: {exc}"))
-            return True
-        await self._submitted(sid, record, job_id)
-        return True
-
     # ---- internals -----------------------------------------------------------------------
     def _commit(self, record: ServiceRecord) -> ServiceRecord:
         old = self.registry.get(record.id)
@@ -542,24 +459,13 @@ class ServiceManager:
         self.registry.update(record, history=old is None or old.state != record.state
                              or old.restarts != record.restarts)
         self.hub.publish(record)
+        if record.parent:
+            self._refresh_set(record.parent)  # the set's summary follows its replicas
         return record
 
     def _wake(self) -> None:
         if self.wake_poller is not None:
             self.wake_poller()
-
-
-def _request_of(spec: ResourceSpec) -> ResourceRequest:
-    """The resources a service got, asked for again (for the job that replaces its job)."""
-    return ResourceRequest(nodes=spec.nodes, cpus=spec.cpus, memory_mib=spec.memory_mib,
-                           gpus=spec.gpus, time_limit_minutes=spec.time_limit_minutes or 0,
-                           partition=spec.partition, account=spec.account)
-
-
-def _override_of(spec: RestartSpec) -> RestartOverride:
-    return RestartOverride(policy=spec.policy, max_restarts=spec.max_restarts,
-                           backoff_seconds=spec.backoff_seconds,
-                           max_backoff_seconds=spec.max_backoff_seconds)
 
 
 def _metrics_fields(prepared: Prepared) -> dict[str, Any]:

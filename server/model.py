@@ -56,12 +56,20 @@ class ServiceRecord:
     restarts: int = 0
     job_restarts: int = 0
     last_restart_reason: str = ""
-    # The job ended and a new one is due (job_id is empty until it is submitted); how many
-    # jobs replaced an ended one so far (the N-th is named ...-rN and writes job.N.out).
-    replacing: bool = False
+    # A job is due (job_id is empty until it is submitted): its ended job is being replaced,
+    # or it is a new replica; how many jobs replaced an ended one so far (the N-th is named
+    # ...-rN and writes job.N.out).
+    job_due: bool = False
     job_attempt: int = 0
     # A multi-node service's worker hosts, as the job reported them when READY.
     workers: tuple[str, ...] = ()
+    # Replicas (see aifb.server.replica_sets): a set has `replicas` > 0 and no job; a replica
+    # has `parent` (the set's id), its `replica` index, and `retired` once scaled away.
+    replicas: int = 0
+    min_ready: int = 0
+    parent: str = ""
+    replica: int = 0
+    retired: bool = False
 
     @property
     def name(self) -> str:
@@ -70,6 +78,11 @@ class ServiceRecord:
     @property
     def terminal(self) -> bool:
         return self.state.terminal
+
+    @property
+    def is_set(self) -> bool:
+        """A replicated service: its replicas have the jobs."""
+        return self.replicas > 0
 
     def evolve(self, now: float, **changes: object) -> ServiceRecord:
         """A copy with `changes` applied, revision bumped and update_time set."""

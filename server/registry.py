@@ -139,6 +139,13 @@ class Registry:
             "SELECT record FROM services WHERE polled = 1 ORDER BY create_time, id")
         return [_decode(r[0]) for r in rows]
 
+    def replicas_of(self, set_id: str) -> list[ServiceRecord]:
+        """The replica records of a replicated service (ids `<set id>-<index>`)."""
+        rows = self._db.execute(
+            "SELECT record FROM services WHERE id LIKE ? ORDER BY create_time, id",
+            (set_id + "-%",))
+        return [r for r in (_decode(row[0]) for row in rows) if r.parent == set_id]
+
     def owned_by(self, owner: str) -> Iterable[ServiceRecord]:
         rows = self._db.execute(
             "SELECT record FROM services WHERE owner = ? ORDER BY create_time, id", (owner,))

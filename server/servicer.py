@@ -41,8 +41,11 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
         self.deployer = deployer
         # Each record converted once for all its watchers (one entry per service).
         self._watch_responses: ConvertedOnce[ServiceRecord, server_pb2.WatchServiceResponse] = (
-            ConvertedOnce(lambda r: server_pb2.WatchServiceResponse(service=service_to_proto(r)),
+            ConvertedOnce(lambda r: server_pb2.WatchServiceResponse(service=self._proto(r)),
                           key=lambda r: r.id, max_entries=10_000))
+
+    def _proto(self, record: ServiceRecord) -> server_pb2.Service:
+        return service_to_proto(record, self.manager.replicas_of(record))
 
     async def ListRecipes(self, request: server_pb2.ListRecipesRequest, context: Ctx
                           ) -> server_pb2.ListRecipesResponse:
@@ -77,26 +80,27 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
         record = await self.manager.create(
             principal, request.recipe, dict(request.parameters),
             resource_request_from_proto(request.resources), dict(request.labels),
-            request.request_id, restart_override_from_proto(request.restart_policy))
-        return server_pb2.CreateServiceResponse(service=service_to_proto(record))
+            request.request_id, restart_override_from_proto(request.restart_policy),
+            replicas=request.replicas, min_ready=request.min_ready)
+        return server_pb2.CreateServiceResponse(service=self._proto(record))
 
     async def GetService(self, request: server_pb2.GetServiceRequest, context: Ctx
                          ) -> server_pb2.GetServiceResponse:
         record = self.manager.get(user_caller(), request.name)
-        return server_pb2.GetServiceResponse(service=service_to_proto(record))
+        return server_pb2.GetServiceResponse(service=self._proto(record))
 
     async def ListServices(self, request: server_pb2.ListServicesRequest, context: Ctx
                            ) -> server_pb2.ListServicesResponse:
         result = self.manager.page(user_caller(), page_size=request.page_size,
                                    token=request.page_token, filter_text=request.filter)
         return server_pb2.ListServicesResponse(
-            services=[service_to_proto(r) for r in result.items],
+            services=[self._proto(r) for r in result.items],
             next_page_token=result.next_token)
 
     async def DeleteService(self, request: server_pb2.DeleteServiceRequest, context: Ctx
                             ) -> server_pb2.DeleteServiceResponse:
         record = await self.manager.delete(user_caller(), request.name)
-        return server_pb2.DeleteServiceResponse(service=service_to_proto(record))
+        return server_pb2.DeleteServiceResponse(service=self._proto(record))
 
     async def WatchService(self, request: server_pb2.WatchServiceRequest, context: Ctx
                            ) -> AsyncIterator[server_pb2.WatchServiceResponse]:
@@ -107,7 +111,7 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
                             ) -> AsyncIterator[server_pb2.WatchServicesResponse]:
         async for record in self.manager.watch_all(user_caller(), request.filter,
                                                    snapshot=request.include_snapshot):
-            yield server_pb2.WatchServicesResponse(service=service_to_proto(record))
+            yield server_pb2.WatchServicesResponse(service=self._proto(record))
 
     async def ReportServiceEvent(self, request: server_pb2.ReportServiceEventRequest,
                                  context: Ctx) -> server_pb2.ReportServiceEventResponse:
@@ -122,7 +126,13 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
             exit_code=request.exit_code if request.HasField("exit_code") else None,
             log_tail=request.log_tail, message=request.message, restarts=request.restarts,
             workers=tuple(request.workers))
-        return server_pb2.ReportServiceEventResponse(service=service_to_proto(record))
+        return server_pb2.ReportServiceEventResponse(service=self._proto(record))
+
+    async def ScaleService(self, request: server_pb2.ScaleServiceRequest, context: Ctx
+                           ) -> server_pb2.ScaleServiceResponse:
+        record = await self.manager.scale(user_caller(), request.name, request.replicas,
+                                          request.min_ready)
+        return server_pb2.ScaleServiceResponse(service=self._proto(record))
 
     async def GetServiceLogs(self, request: server_pb2.GetServiceLogsRequest, context: Ctx
                              ) -> server_pb2.GetServiceLogsResponse:

@@ -18,6 +18,8 @@ class ServiceState(enum.IntEnum):
     STOPPING = 4
     STOPPED = 5
     FAILED = 6
+    # A replicated service with some, but fewer than min_ready, replicas READY.
+    DEGRADED = 7
 
     @property
     def terminal(self) -> bool:
@@ -42,6 +44,11 @@ _ALLOWED: dict[ServiceState, frozenset[ServiceState]] = {
          ServiceState.STOPPED, ServiceState.FAILED}
     ),
     ServiceState.STOPPING: frozenset({ServiceState.STOPPED, ServiceState.FAILED}),
+    # Only a replicated service is DEGRADED; its state is a summary (see replica_sets).
+    ServiceState.DEGRADED: frozenset(
+        {ServiceState.PENDING, ServiceState.STARTING, ServiceState.READY, ServiceState.STOPPING,
+         ServiceState.STOPPED, ServiceState.FAILED}
+    ),
     ServiceState.STOPPED: frozenset(),
     ServiceState.FAILED: frozenset(),
 }

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, StrictInt, model_validator
 
 from aifb.server.recipes.health import (
     ExecCheck,
@@ -109,6 +109,8 @@ class Recipe(Strict):
     liveness: Liveness | None = None
     restart: Restart = Field(default_factory=Restart)
     workers: Workers | None = None
+    # Replicas a service of this recipe gets unless the request says (each its own job).
+    replicas: Annotated[StrictInt, Field(ge=1, le=1000)] = 1
     logs: list[Annotated[str, Field(pattern=r"^[^\x00-\x1f]{1,4096}$")]] = Field(
         default_factory=list)
     # Absent, null or false: the service serves no Prometheus metrics; nothing is scraped.

@@ -118,7 +118,7 @@ def _edit(root: Path, old: str, new: str) -> None:
         # a rename changes the JSON name: breaks buf curl, grpc-gateway, proto3 JSON users
         ("  string state_message = 9;", "  string status_message = 9;", "FIELD_SAME_JSON_NAME"),
         # an enum value renumbered: old peers read READY as an unknown number
-        ("  SERVICE_STATE_READY = 3;", "  SERVICE_STATE_READY = 7;", "ENUM_VALUE_NO_DELETE"),
+        ("  SERVICE_STATE_READY = 3;", "  SERVICE_STATE_READY = 9;", "ENUM_VALUE_NO_DELETE"),
     ],
     ids=["field-type", "field-number", "field-json-name", "enum-value-number"],
 )

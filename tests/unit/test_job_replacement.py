@@ -105,7 +105,7 @@ def test_a_job_cancelled_outside_aifb_is_replaced_and_counted(aifb_home: Path) -
         await _poll(manager)
         now = manager.get(USER, ready.id)
         assert now.job_id == "101" and now.state == S.PENDING and now.restarts == 1
-        assert now.job_attempt == 1 and not now.replacing and now.endpoint_host == ""
+        assert now.job_attempt == 1 and not now.job_due and now.endpoint_host == ""
         assert now.last_restart_reason == ("the job was cancelled outside aifb (job 100)")
         assert now.stdout_path.endswith("/job.1.out")
         assert now.report_token_hash != ready.report_token_hash  # the old token is dead
@@ -165,10 +165,10 @@ def test_a_batch_system_that_does_not_answer_is_asked_again(aifb_home: Path) -> 
         sched.unavailable = 1
         await _poll(manager)
         waiting = manager.get(USER, ready.id)
-        assert waiting.replacing and not waiting.job_id and waiting.restarts == 1
+        assert waiting.job_due and not waiting.job_id and waiting.restarts == 1
         await _poll(manager)  # the next tick submits it
         again = manager.get(USER, ready.id)
-        assert again.job_id == "101" and again.restarts == 1 and not again.replacing
+        assert again.job_id == "101" and again.restarts == 1 and not again.job_due
 
     asyncio.run(scenario())
 
@@ -215,7 +215,7 @@ def test_a_server_killed_around_the_replacement_leaves_one_job_counted_once(
         await _poll(second)
         await _poll(second)
         record = second.get(USER, sid)
-        assert record.restarts == 1 and not record.replacing
+        assert record.restarts == 1 and not record.job_due
         if submitted_before_the_kill:
             assert record.job_id == "777" and len(sched.submitted) == 1  # adopted, not again
         else:

@@ -21,6 +21,7 @@ class ServiceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SERVICE_STATE_STOPPING: _ClassVar[ServiceState]
     SERVICE_STATE_STOPPED: _ClassVar[ServiceState]
     SERVICE_STATE_FAILED: _ClassVar[ServiceState]
+    SERVICE_STATE_DEGRADED: _ClassVar[ServiceState]
 
 class RuntimeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -49,6 +50,7 @@ SERVICE_STATE_READY: ServiceState
 SERVICE_STATE_STOPPING: ServiceState
 SERVICE_STATE_STOPPED: ServiceState
 SERVICE_STATE_FAILED: ServiceState
+SERVICE_STATE_DEGRADED: ServiceState
 RUNTIME_KIND_UNSPECIFIED: RuntimeKind
 RUNTIME_KIND_NATIVE: RuntimeKind
 RUNTIME_KIND_APPTAINER: RuntimeKind
@@ -141,7 +143,7 @@ class SchedulerJob(_message.Message):
     def __init__(self, scheduler: _Optional[str] = ..., job_id: _Optional[str] = ..., raw_state: _Optional[str] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., nodes: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("name", "recipe", "parameters", "labels", "state", "owner", "endpoint", "job", "state_message", "resources", "create_time", "update_time", "trace_id", "revision", "metrics", "restart_policy", "restarts", "last_restart_reason", "workers")
+    __slots__ = ("name", "recipe", "parameters", "labels", "state", "owner", "endpoint", "job", "state_message", "resources", "create_time", "update_time", "trace_id", "revision", "metrics", "restart_policy", "restarts", "last_restart_reason", "workers", "replicas", "min_ready", "replica_status")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +177,9 @@ class Service(_message.Message):
     RESTARTS_FIELD_NUMBER: _ClassVar[int]
     LAST_RESTART_REASON_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MIN_READY_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_STATUS_FIELD_NUMBER: _ClassVar[int]
     name: str
     recipe: str
     parameters: _containers.ScalarMap[str, str]
@@ -194,7 +199,48 @@ class Service(_message.Message):
     restarts: int
     last_restart_reason: str
     workers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[ServiceState, str]] = ..., owner: _Optional[str] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., job: _Optional[_Union[SchedulerJob, _Mapping]] = ..., state_message: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., revision: _Optional[int] = ..., metrics: _Optional[_Union[MetricsEndpoint, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., restarts: _Optional[int] = ..., last_restart_reason: _Optional[str] = ..., workers: _Optional[_Iterable[str]] = ...) -> None: ...
+    replicas: int
+    min_ready: int
+    replica_status: _containers.RepeatedCompositeFieldContainer[Replica]
+    def __init__(self, name: _Optional[str] = ..., recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[ServiceState, str]] = ..., owner: _Optional[str] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., job: _Optional[_Union[SchedulerJob, _Mapping]] = ..., state_message: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., revision: _Optional[int] = ..., metrics: _Optional[_Union[MetricsEndpoint, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., restarts: _Optional[int] = ..., last_restart_reason: _Optional[str] = ..., workers: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., min_ready: _Optional[int] = ..., replica_status: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ...) -> None: ...
+
+class Replica(_message.Message):
+    __slots__ = ("name", "index", "state", "job", "endpoint", "restarts", "last_restart_reason", "state_message", "workers")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_RESTART_REASON_FIELD_NUMBER: _ClassVar[int]
+    STATE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    index: int
+    state: ServiceState
+    job: SchedulerJob
+    endpoint: _common_pb2.Endpoint
+    restarts: int
+    last_restart_reason: str
+    state_message: str
+    workers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., index: _Optional[int] = ..., state: _Optional[_Union[ServiceState, str]] = ..., job: _Optional[_Union[SchedulerJob, _Mapping]] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., restarts: _Optional[int] = ..., last_restart_reason: _Optional[str] = ..., state_message: _Optional[str] = ..., workers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ScaleServiceRequest(_message.Message):
+    __slots__ = ("name", "replicas", "min_ready")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MIN_READY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    replicas: int
+    min_ready: int
+    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ..., min_ready: _Optional[int] = ...) -> None: ...
+
+class ScaleServiceResponse(_message.Message):
+    __slots__ = ("service",)
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    service: Service
+    def __init__(self, service: _Optional[_Union[Service, _Mapping]] = ...) -> None: ...
 
 class MetricsEndpoint(_message.Message):
     __slots__ = ("port", "path", "url")
@@ -265,7 +311,7 @@ class RenderServiceResponse(_message.Message):
     def __init__(self, batch_script: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ...) -> None: ...
 
 class CreateServiceRequest(_message.Message):
-    __slots__ = ("recipe", "parameters", "resources", "labels", "request_id", "restart_policy")
+    __slots__ = ("recipe", "parameters", "resources", "labels", "request_id", "restart_policy", "replicas", "min_ready")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -286,13 +332,17 @@ class CreateServiceRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MIN_READY_FIELD_NUMBER: _ClassVar[int]
     recipe: str
     parameters: _containers.ScalarMap[str, str]
     resources: _common_pb2.Resources
     labels: _containers.ScalarMap[str, str]
     request_id: str
     restart_policy: RestartPolicy
-    def __init__(self, recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ...) -> None: ...
+    replicas: int
+    min_ready: int
+    def __init__(self, recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., replicas: _Optional[int] = ..., min_ready: _Optional[int] = ...) -> None: ...
 
 class CreateServiceResponse(_message.Message):
     __slots__ = ("service",)

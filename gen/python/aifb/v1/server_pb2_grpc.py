@@ -91,6 +91,11 @@ class ServerServiceStub:
                 request_serializer=aifb_dot_v1_dot_server__pb2.GetServiceLogsRequest.SerializeToString,
                 response_deserializer=aifb_dot_v1_dot_server__pb2.GetServiceLogsResponse.FromString,
                 _registered_method=True)
+        self.ScaleService = channel.unary_unary(
+                '/aifb.v1.ServerService/ScaleService',
+                request_serializer=aifb_dot_v1_dot_server__pb2.ScaleServiceRequest.SerializeToString,
+                response_deserializer=aifb_dot_v1_dot_server__pb2.ScaleServiceResponse.FromString,
+                _registered_method=True)
 
 
 class ServerServiceServicer:
@@ -175,6 +180,13 @@ class ServerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScaleService(self, request, context):
+        """Changes a replicated service's replica count (and min_ready) while it runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ServerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +244,11 @@ def add_ServerServiceServicer_to_server(servicer, server):
                     servicer.GetServiceLogs,
                     request_deserializer=aifb_dot_v1_dot_server__pb2.GetServiceLogsRequest.FromString,
                     response_serializer=aifb_dot_v1_dot_server__pb2.GetServiceLogsResponse.SerializeToString,
+            ),
+            'ScaleService': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScaleService,
+                    request_deserializer=aifb_dot_v1_dot_server__pb2.ScaleServiceRequest.FromString,
+                    response_serializer=aifb_dot_v1_dot_server__pb2.ScaleServiceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -533,6 +550,33 @@ class ServerService:
             '/aifb.v1.ServerService/GetServiceLogs',
             aifb_dot_v1_dot_server__pb2.GetServiceLogsRequest.SerializeToString,
             aifb_dot_v1_dot_server__pb2.GetServiceLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScaleService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aifb.v1.ServerService/ScaleService',
+            aifb_dot_v1_dot_server__pb2.ScaleServiceRequest.SerializeToString,
+            aifb_dot_v1_dot_server__pb2.ScaleServiceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -95,6 +95,7 @@ __all__ = (
     "RecipeParameter",
     "RenderServiceRequest",
     "RenderServiceResponse",
+    "Replica",
     "ReportFormat",
     "ReportServiceEventRequest",
     "ReportServiceEventResponse",
@@ -103,6 +104,8 @@ __all__ = (
     "RestartPolicyKind",
     "RuntimeKind",
     "SaturationSweep",
+    "ScaleServiceRequest",
+    "ScaleServiceResponse",
     "SchedulerJob",
     "SearchOutcome",
     "ServerServiceStub",
@@ -591,6 +594,11 @@ class ServiceState(betterproto2.Enum):
     Terminal: the job or the service failed; see the job's state, reason and exit code.
     """
 
+    DEGRADED = 7
+    """
+    A replicated service with some, but fewer than min_ready, replicas READY (it serves).
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -601,6 +609,7 @@ class ServiceState(betterproto2.Enum):
             4: "SERVICE_STATE_STOPPING",
             5: "SERVICE_STATE_STOPPED",
             6: "SERVICE_STATE_FAILED",
+            7: "SERVICE_STATE_DEGRADED",
         }
 
     @classmethod
@@ -613,6 +622,7 @@ class ServiceState(betterproto2.Enum):
             "SERVICE_STATE_STOPPING": 4,
             "SERVICE_STATE_STOPPED": 5,
             "SERVICE_STATE_FAILED": 6,
+            "SERVICE_STATE_DEGRADED": 7,
         }
 
 
@@ -988,6 +998,14 @@ class CreateServiceRequest(betterproto2.Message):
     """
     Unset fields keep the recipe's.
     """
+
+    replicas: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+    """
+    1..1000 replicas, each its own job, behind one service (0: a single job, unless the
+    recipe's `replicas` asks for more); min_ready: 0 means all of them.
+    """
+
+    min_ready: "int" = betterproto2.field(8, betterproto2.TYPE_INT32)
 
 
 default_message_pool.register_message("aifb.v1", "CreateServiceRequest", CreateServiceRequest)
@@ -2214,6 +2232,40 @@ default_message_pool.register_message("aifb.v1", "RenderServiceResponse", Render
 
 
 @dataclass(eq=False, repr=False)
+class Replica(betterproto2.Message):
+    """
+    One replica of a replicated service: its own job, endpoint and restarts. It is a service of
+    its own too (`services/<id>-<index>`): Get, Watch and GetServiceLogs take its name.
+    """
+
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    "services/{id}-{index}".
+    """
+
+    index: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    state: "ServiceState" = betterproto2.field(
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: ServiceState(0)
+    )
+
+    job: "SchedulerJob | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+
+    endpoint: "Endpoint | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+
+    restarts: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+
+    last_restart_reason: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+
+    state_message: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
+
+    workers: "list[str]" = betterproto2.field(9, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message("aifb.v1", "Replica", Replica)
+
+
+@dataclass(eq=False, repr=False)
 class ReportServiceEventRequest(betterproto2.Message):
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -2344,6 +2396,35 @@ class SaturationSweep(betterproto2.Message):
 
 
 default_message_pool.register_message("aifb.v1", "SaturationSweep", SaturationSweep)
+
+
+@dataclass(eq=False, repr=False)
+class ScaleServiceRequest(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    A replicated service's name.
+    """
+
+    replicas: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    1..1000.
+    """
+
+    min_ready: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    0: keep; else 1..replicas.
+    """
+
+
+default_message_pool.register_message("aifb.v1", "ScaleServiceRequest", ScaleServiceRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ScaleServiceResponse(betterproto2.Message):
+    service: "Service | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+
+
+default_message_pool.register_message("aifb.v1", "ScaleServiceResponse", ScaleServiceResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -2527,6 +2608,19 @@ class Service(betterproto2.Message):
     Output only: for a multi-node service (its recipe's `workers:`), the host of each worker
     process beside the program, whose host is the endpoint's; set when READY.
     """
+
+    replicas: "int" = betterproto2.field(20, betterproto2.TYPE_INT32)
+    """
+    For a replicated service: the replicas wanted (0 for a single-job service), how many must
+    be READY for the service to be READY (DEGRADED below), and each active replica. Its
+    endpoint is then the first READY replica's, and restarts count every replica's.
+    """
+
+    min_ready: "int" = betterproto2.field(21, betterproto2.TYPE_INT32)
+
+    replica_status: "list[Replica]" = betterproto2.field(
+        22, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message("aifb.v1", "Service", Service)
@@ -3501,6 +3595,17 @@ class ServerServiceStub:
             "/aifb.v1.ServerService/GetServiceLogs",
             GetServiceLogsRequest.SerializeToString,
             GetServiceLogsResponse.FromString,
+        )(message)
+
+    def scale_service(self, message: "ScaleServiceRequest") -> "ScaleServiceResponse":
+        """
+        Changes a replicated service's replica count (and min_ready) while it runs.
+        """
+
+        return self._channel.unary_unary(
+            "/aifb.v1.ServerService/ScaleService",
+            ScaleServiceRequest.SerializeToString,
+            ScaleServiceResponse.FromString,
         )(message)
 
 

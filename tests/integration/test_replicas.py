@@ -1,0 +1,120 @@
+"""Replicated services (issue 14, part 1) on the local executor and real SLURM: N replicas,
+each its own job, behind one service; scale while it runs; DEGRADED below min_ready; a delete
+stops every replica and leaves no job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from aifb.server.schedulers import make_scheduler
+from tests.fixtures.server import RunningServer, server_config
+from tests.integration.flow import S, state_name
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm)])
+def server(request: pytest.FixtureRequest, aifb_home: Path) -> Iterator[RunningServer]:
+    if request.param == "slurm":
+        request.getfixturevalue("slurm_cluster")
+        srv = RunningServer(server_config(aifb_home, scheduler="slurm"),
+                            make_scheduler=lambda: make_scheduler("slurm"))
+    else:
+        srv = RunningServer(server_config(aifb_home))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.cancel_all(wait=0)
+        srv.stop()
+
+
+def _until(stub: object, name: str, test: object, timeout: float = 120) -> S.Service:
+    seen: list[tuple[str, int]] = []
+    try:
+        for msg in stub.WatchService(S.WatchServiceRequest(name=name),  # type: ignore[attr-defined]
+                                     timeout=timeout):
+            svc = msg.service
+            seen.append((state_name(svc.state), len(svc.replica_status)))
+            if test(svc):  # type: ignore[operator]
+                return svc
+    except grpc.RpcError as exc:
+        raise AssertionError(f"{exc.code()}; never held: {seen[-10:]}") from None
+    raise AssertionError(f"never held: {seen[-10:]}")
+
+
+def _ready_count(svc: S.Service) -> int:
+    return sum(r.state == S.SERVICE_STATE_READY for r in svc.replica_status)
+
+
+def _live_jobs(server: RunningServer, svc: S.Service) -> list[str]:
+    sid = svc.name.removeprefix("services/")
+    if server.config.server.scheduler != "slurm":
+        return [r.job.job_id for r in svc.replica_status
+                if r.state not in (S.SERVICE_STATE_STOPPED, S.SERVICE_STATE_FAILED)]
+    out = subprocess.run(["squeue", "-h", "--me", "-o", "%i %j"], capture_output=True,
+                         text=True, check=True, timeout=30).stdout
+    return sorted(line.split()[0] for line in out.splitlines()
+                  if line.split()[1].startswith(f"aifb-flaky-{sid}-"))
+
+
+def test_three_replicas_scale_to_one_and_two_and_stop_together(server: RunningServer) -> None:
+    stub = server.stub()
+    svc = stub.CreateService(S.CreateServiceRequest(recipe="flaky", replicas=3),
+                             timeout=60).service
+    assert svc.replicas == 3 and svc.min_ready == 3
+    ready = _until(stub, svc.name, lambda s: s.state == S.SERVICE_STATE_READY)
+    assert [r.index for r in ready.replica_status] == [0, 1, 2]
+    assert len({r.job.job_id for r in ready.replica_status}) == 3  # a job each
+    assert len({r.endpoint.port for r in ready.replica_status}) == 3
+    assert ready.endpoint.port == ready.replica_status[0].endpoint.port
+    assert ready.state_message == "3 of 3 replicas READY"
+    # Each replica is a service of its own for Get (and Watch, logs).
+    one = stub.GetService(S.GetServiceRequest(name=ready.replica_status[1].name),
+                          timeout=10).service
+    assert one.job.job_id == ready.replica_status[1].job.job_id
+    # Listing shows the service once, not its replicas.
+    listed = stub.ListServices(S.ListServicesRequest(), timeout=10).services
+    assert [s.name for s in listed] == [svc.name]
+    down = stub.ScaleService(S.ScaleServiceRequest(name=svc.name, replicas=1),
+                             timeout=60).service
+    assert down.replicas == 1 and [r.index for r in down.replica_status] == [0]
+    _until(stub, svc.name, lambda s: s.state == S.SERVICE_STATE_READY
+           and len(_live_jobs(server, s)) == 1, timeout=90)
+    up = stub.ScaleService(S.ScaleServiceRequest(name=svc.name, replicas=2), timeout=60).service
+    assert [r.index for r in up.replica_status] == [0, 3]  # a new index, never reused
+    two = _until(stub, svc.name, lambda s: s.state == S.SERVICE_STATE_READY
+                 and _ready_count(s) == 2)
+    assert two.state_message == "2 of 2 replicas READY"
+    stub.DeleteService(S.DeleteServiceRequest(name=svc.name), timeout=60)
+    final = _until(stub, svc.name, lambda s: s.state in (S.SERVICE_STATE_STOPPED,
+                                                          S.SERVICE_STATE_FAILED))
+    assert state_name(final.state) == "STOPPED"
+    deadline = time.monotonic() + 60
+    while _live_jobs(server, final):
+        assert time.monotonic() < deadline, "a replica's job outlived the service"
+        time.sleep(0.5)
+
+
+def test_a_replica_down_leaves_the_service_degraded_until_it_is_back(
+        server: RunningServer) -> None:
+    stub = server.stub()
+    # flaky restarts a killed program after 0.2 s: long enough to be seen DEGRADED.
+    req = S.CreateServiceRequest(recipe="flaky", replicas=2, min_ready=2)
+    svc = stub.CreateService(req, timeout=60).service
+    ready = _until(stub, svc.name, lambda s: s.state == S.SERVICE_STATE_READY)
+    starts = Path(ready.replica_status[1].job.stdout_path).parent / "starts.log"
+    os.kill(int(starts.read_text().split()[0]), signal.SIGKILL)
+    degraded = _until(stub, svc.name, lambda s: s.state == S.SERVICE_STATE_DEGRADED)
+    assert degraded.state_message == "1 of 2 replicas READY (min_ready 2)"
+    back = _until(stub, svc.name, lambda s: s.state == S.SERVICE_STATE_READY)
+    assert back.restarts == 1 and back.last_restart_reason.startswith("replica 1: ")
+    assert back.replica_status[1].restarts == 1 and back.replica_status[0].restarts == 0
