@@ -340,9 +340,11 @@ class ServiceManager(JobReplacement, ReplicaSetCommands):
             record = self.registry.get(record.id) or record
             if record.terminal:
                 return record
+            # A replica deleted on its own is retired, and its service gets a fresh one.
+            renew = bool(record.parent) and not record.retired
             record = self._commit(record.evolve(time.time(), state=ServiceState.STOPPING,
-                                                delete_requested=True,
-                                                state_message="deletion requested"))
+                                                delete_requested=True, retired=record.retired
+                                                or renew, state_message="deletion requested"))
         if record.job_id:
             await self.scheduler.cancel(record.job_id)
         elif record.id not in self._submitting:
@@ -350,6 +352,8 @@ class ServiceManager(JobReplacement, ReplicaSetCommands):
             await self.reconcile([record.id])
             record = self.registry.get(record.id) or record
         # (Still submitting here: create() cancels the job as soon as sbatch returns its id.)
+        if renew:
+            await self.converge(record.parent)
         self._wake()
         return record
 

@@ -166,3 +166,16 @@ def test_a_server_killed_mid_scale_converges_to_the_wanted_count(
         assert sum(s != "CANCELLED" for s in sched.states.values()) == wanted
 
     asyncio.run(after())
+
+
+def test_a_replica_deleted_on_its_own_is_replaced_by_a_fresh_one(aifb_home: Path) -> None:
+    sched, manager = _sched_manager(aifb_home)
+
+    async def scenario() -> None:
+        group = await manager.create(USER, "flaky", {}, ResourceRequest(), {}, "", replicas=2)
+        await manager.delete(USER, f"services/{group.id}-1")
+        assert [r.replica for r in manager.replicas_of(group)] == [0, 2]
+        assert len(sched.submitted) == 3 and sched.states["101"] == "CANCELLED"
+        assert manager.get(USER, group.name).replicas == 2
+
+    asyncio.run(scenario())
