@@ -19,6 +19,8 @@ import os
 import signal
 import time
 
+from aifb.mesh.procstat import processes
+
 __all__ = ["become_subreaper", "end_group", "group_members", "signal_group"]
 
 log = logging.getLogger("aifb.jobrun")
@@ -36,21 +38,9 @@ def become_subreaper() -> bool:
 
 
 def _scan(pgid: int) -> tuple[list[int], list[int]]:
-    """(live, zombie) processes of process group `pgid`, from /proc."""
-    live: list[int] = []
-    dead: list[int] = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) ": state ppid pgrp
-        if len(fields) > 2 and int(fields[2]) == pgid:
-            (dead if fields[0] in (b"Z", b"X") else live).append(int(name))
-    return live, dead
+    """(live, zombie) processes of process group `pgid`."""
+    members = [p for p in processes() if p.pgrp == pgid]
+    return [p.pid for p in members if not p.gone], [p.pid for p in members if p.gone]
 
 
 def group_members(pgid: int) -> list[int]:

@@ -10,32 +10,15 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from opentelemetry.propagate import inject
 
+from aifb.job.supervise import LoggingReporter
 from aifb.mesh.channel import open_sync_channel
 from aifb.mesh.tls import ClientTls
 from aifb.mesh.tracing import context_from_env, make_tracer_provider
 from aifb.v1 import common_pb2, server_pb2, server_pb2_grpc
 
-__all__ = ["GrpcReporter", "LogReporter", "reporter_from_env"]
+__all__ = ["GrpcReporter", "reporter_from_env"]
 
 log = logging.getLogger(__name__)
-
-
-class LogReporter:
-    """Used when no server is reachable from the job: the job still runs, events are logged."""
-
-    def starting(self) -> None:
-        log.info("service starting")
-
-    def ready(self, host: str, port: int, startup_seconds: float,
-              workers: Sequence[str] = ()) -> None:
-        log.info("service ready at %s:%d after %.1fs%s", host, port, startup_seconds,
-                 f" with workers on {', '.join(workers)}" if workers else "")
-
-    def restarting(self, restarts: int, reason: str) -> None:
-        log.info("service restart %d: %s", restarts, reason)
-
-    def exited(self, exit_code: int, log_tail: str, message: str) -> None:
-        log.info("service exited with %d: %s", exit_code, message)
 
 
 class GrpcReporter:
@@ -102,14 +85,14 @@ class GrpcReporter:
         self.provider.shutdown()
 
 
-def reporter_from_env(environ: Mapping[str, str] | None = None) -> GrpcReporter | LogReporter:
+def reporter_from_env(environ: Mapping[str, str] | None = None) -> GrpcReporter | LoggingReporter:
     """AIFB_SERVER, AIFB_SERVICE, AIFB_REPORT_TOKEN (and AIFB_CA_FILE, AIFB_CLIENT_CERT,
     AIFB_CLIENT_KEY for TLS and mTLS) -> a reporter."""
     env = os.environ if environ is None else environ
     address, service, token = (env.get("AIFB_SERVER", ""), env.get("AIFB_SERVICE", ""),
                                env.get("AIFB_REPORT_TOKEN", ""))
     if not (address and service and token):
-        return LogReporter()
+        return LoggingReporter()
     job_id = env.get("SLURM_JOB_ID") or env.get("AIFB_LOCAL_JOB_ID", "")
     tls = ClientTls.from_environment(env)
     return GrpcReporter(address, service, token, job_id=job_id, ca_file=tls.ca_file,

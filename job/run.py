@@ -49,7 +49,7 @@ from typing import Any
 
 from aifb.job.probes import LivenessOptions, Probe, RestartOptions, parse_liveness, parse_restart
 from aifb.job.sidecars import start_job_sidecars
-from aifb.job.supervise import TAIL_LINES, Reporter, Supervisor
+from aifb.job.supervise import TAIL_LINES, LoggingReporter, Reporter, Supervisor
 from aifb.job.workers import HEAD_HOST_TOKEN, WorkerOptions, launch_plan, parse_workers
 
 __all__ = ["LoggingReporter", "Options", "Reporter", "choose_free_ports", "fill_ports", "main",
@@ -66,24 +66,6 @@ def placeholder(name: str) -> str:
 
 _TAIL_BYTES = 64 * 1024
 _REPORT_TIMEOUT = 20.0
-
-
-class LoggingReporter:
-    """The fallback when no server is configured: the job runs, events are only logged."""
-
-    def starting(self) -> None:
-        log.info("starting")
-
-    def ready(self, host: str, port: int, startup_seconds: float,
-              workers: Sequence[str] = ()) -> None:
-        log.info("ready at %s:%d after %.2fs%s", host, port, startup_seconds,
-                 f" (workers on {', '.join(workers)})" if workers else "")
-
-    def restarting(self, restarts: int, reason: str) -> None:
-        log.info("restart %d: %s", restarts, reason)
-
-    def exited(self, exit_code: int, log_tail: str, message: str) -> None:
-        log.info("exited with %d: %s", exit_code, message)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from aifb.job.workers import Launch
 if TYPE_CHECKING:
     from aifb.job.sidecars import Sidecars
 
-__all__ = ["Ended", "Reporter", "Supervisor", "Tail", "exit_code_of"]
+__all__ = ["Ended", "LoggingReporter", "Reporter", "Supervisor", "Tail", "exit_code_of"]
 
 log = logging.getLogger("aifb.jobrun")
 
@@ -51,6 +51,25 @@ class Reporter(Protocol):
               workers: Sequence[str] = ()) -> None: ...
     def restarting(self, restarts: int, reason: str) -> None: ...
     def exited(self, exit_code: int, log_tail: str, message: str) -> None: ...
+
+
+class LoggingReporter:
+    """The fallback when no server is reachable or configured: the job runs, its events are
+    only logged."""
+
+    def starting(self) -> None:
+        log.info("starting")
+
+    def ready(self, host: str, port: int, startup_seconds: float,
+              workers: Sequence[str] = ()) -> None:
+        log.info("ready at %s:%d after %.2fs%s", host, port, startup_seconds,
+                 f" (workers on {', '.join(workers)})" if workers else "")
+
+    def restarting(self, restarts: int, reason: str) -> None:
+        log.info("restart %d: %s", restarts, reason)
+
+    def exited(self, exit_code: int, log_tail: str, message: str) -> None:
+        log.info("exited with %d: %s", exit_code, message)
 
 
 class Tail:

@@ -47,6 +47,7 @@ from typing import Any, BinaryIO
 
 from aifb.mesh.errors import SchedulerRejected, SchedulerUnavailable
 from aifb.mesh.private import private_dir
+from aifb.mesh.procstat import processes
 from aifb.server.jobs import JobSpec, JobStatus
 
 __all__ = ["LocalScheduler", "count_gpus", "process_start_ticks"]
@@ -385,17 +386,5 @@ def _open_logs(stdout: Path, stderr: Path) -> Iterator[tuple[BinaryIO, BinaryIO]
 
 
 def _session_groups(sid: int) -> set[int]:
-    """The process groups of session `sid` (the job's bash is its leader), from /proc."""
-    groups: set[int] = set()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()  # state ppid pgrp session ...
-        if len(fields) > 3 and int(fields[3]) == sid:
-            groups.add(int(fields[2]))
-    return groups
+    """The process groups of session `sid` (the job's bash is its leader)."""
+    return {p.pgrp for p in processes() if p.session == sid}

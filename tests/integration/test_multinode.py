@@ -10,32 +10,16 @@ import os
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from aifb.server.schedulers import make_scheduler
-from tests.fixtures.server import RunningServer, server_config
+from tests.fixtures.server import RunningServer
 from tests.integration.flow import S, state_name, wait_for_state
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm)])
-def server(request: pytest.FixtureRequest, aifb_home: Path) -> Iterator[RunningServer]:
-    if request.param == "slurm":
-        request.getfixturevalue("slurm_cluster")
-        srv = RunningServer(server_config(aifb_home, scheduler="slurm"),
-                            make_scheduler=lambda: make_scheduler("slurm"))
-    else:
-        srv = RunningServer(server_config(aifb_home))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.cancel_all(wait=0)
-        srv.stop()
 
 
 def _joined(svc: S.Service) -> list[dict[str, object]]:
@@ -54,7 +38,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_the_head_is_ready_once_its_worker_joined_and_the_worker_is_reported(
-        server: RunningServer) -> None:
+        each_scheduler_server: RunningServer) -> None:
+    server = each_scheduler_server
     stub = server.stub()
     svc = stub.CreateService(S.CreateServiceRequest(recipe="pair", parameters={"port": "0"}),
                              timeout=60).service

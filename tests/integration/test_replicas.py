@@ -8,33 +8,17 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from aifb.server.schedulers import make_scheduler
-from tests.fixtures.server import RunningServer, server_config
+from tests.fixtures.server import RunningServer
 from tests.integration.flow import S, state_name
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm)])
-def server(request: pytest.FixtureRequest, aifb_home: Path) -> Iterator[RunningServer]:
-    if request.param == "slurm":
-        request.getfixturevalue("slurm_cluster")
-        srv = RunningServer(server_config(aifb_home, scheduler="slurm"),
-                            make_scheduler=lambda: make_scheduler("slurm"))
-    else:
-        srv = RunningServer(server_config(aifb_home))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.cancel_all(wait=0)
-        srv.stop()
 
 
 def _until(stub: object, name: str, test: object, timeout: float = 120) -> S.Service:
@@ -66,7 +50,9 @@ def _live_jobs(server: RunningServer, svc: S.Service) -> list[str]:
                   if line.split()[1].startswith(f"aifb-flaky-{sid}-"))
 
 
-def test_three_replicas_scale_to_one_and_two_and_stop_together(server: RunningServer) -> None:
+def test_three_replicas_scale_to_one_and_two_and_stop_together(
+        each_scheduler_server: RunningServer) -> None:
+    server = each_scheduler_server
     stub = server.stub()
     svc = stub.CreateService(S.CreateServiceRequest(recipe="flaky", replicas=3),
                              timeout=60).service
@@ -105,7 +91,8 @@ def test_three_replicas_scale_to_one_and_two_and_stop_together(server: RunningSe
 
 
 def test_a_replica_down_leaves_the_service_degraded_until_it_is_back(
-        server: RunningServer) -> None:
+        each_scheduler_server: RunningServer) -> None:
+    server = each_scheduler_server
     stub = server.stub()
     # flaky restarts a killed program after 0.2 s: long enough to be seen DEGRADED.
     req = S.CreateServiceRequest(recipe="flaky", replicas=2, min_ready=2)

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -26,20 +25,6 @@ from tests.integration.flow import S, state_name, wait_for_state
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=["local", pytest.param("slurm", marks=pytest.mark.slurm)])
-def server(request: pytest.FixtureRequest, aifb_home: Path) -> Iterator[RunningServer]:
-    if request.param == "slurm":
-        request.getfixturevalue("slurm_cluster")
-        srv = RunningServer(server_config(aifb_home, scheduler="slurm"),
-                            make_scheduler=lambda: make_scheduler("slurm"))
-    else:
-        srv = RunningServer(server_config(aifb_home))
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.cancel_all(wait=0)
-        srv.stop()
 
 
 def _create(stub: object, policy: server_pb2.RestartPolicy | None = None,
@@ -81,7 +66,9 @@ def _wait(stub: object, name: str, test: object, timeout: float = 60.0) -> S.Ser
     raise AssertionError(f"the condition never held: {seen}")
 
 
-def test_a_killed_program_is_restarted_in_the_same_job(server: RunningServer) -> None:
+def test_a_killed_program_is_restarted_in_the_same_job(
+        each_scheduler_server: RunningServer) -> None:
+    server = each_scheduler_server
     stub = server.stub()
     svc = _create(stub)
     ready = wait_for_state(stub, svc.name, {S.SERVICE_STATE_READY}, timeout=90)
@@ -102,7 +89,8 @@ def test_a_killed_program_is_restarted_in_the_same_job(server: RunningServer) ->
 
 
 def test_a_failing_liveness_check_restarts_until_max_restarts_then_fails(
-        server: RunningServer) -> None:
+        each_scheduler_server: RunningServer) -> None:
+    server = each_scheduler_server
     stub = server.stub()
     policy = server_pb2.RestartPolicy(max_restarts=2, backoff=Duration(nanos=100_000_000))
     svc = _create(stub, policy, sick_after="1")
@@ -117,7 +105,8 @@ def test_a_failing_liveness_check_restarts_until_max_restarts_then_fails(
     assert len(_pids(final, stub, 3)) == 3  # the first start and two restarts
 
 
-def test_never_ends_the_service_with_its_program(server: RunningServer) -> None:
+def test_never_ends_the_service_with_its_program(each_scheduler_server: RunningServer) -> None:
+    server = each_scheduler_server
     stub = server.stub()
     policy = server_pb2.RestartPolicy(kind=server_pb2.RESTART_POLICY_KIND_NEVER)
     svc = _create(stub, policy, exit_after="1", exit_code="7")
@@ -126,7 +115,9 @@ def test_never_ends_the_service_with_its_program(server: RunningServer) -> None:
     assert final.job.exit_code == 7 and "exited with code 7" in final.state_message
 
 
-def test_always_restarts_a_clean_exit_and_the_count_is_stored(server: RunningServer) -> None:
+def test_always_restarts_a_clean_exit_and_the_count_is_stored(
+        each_scheduler_server: RunningServer) -> None:
+    server = each_scheduler_server
     stub = server.stub()
     policy = server_pb2.RestartPolicy(kind=server_pb2.RESTART_POLICY_KIND_ALWAYS,
                                       max_restarts=1, backoff=Duration())
@@ -153,7 +144,9 @@ def _cancel_outside_aifb(server: RunningServer, job_id: str) -> None:
         server.run(server.app.scheduler.cancel(job_id))
 
 
-def test_a_job_cancelled_outside_aifb_is_replaced_by_a_new_job(server: RunningServer) -> None:
+def test_a_job_cancelled_outside_aifb_is_replaced_by_a_new_job(
+        each_scheduler_server: RunningServer) -> None:
+    server = each_scheduler_server
     stub = server.stub()
     svc = _create(stub)
     ready = wait_for_state(stub, svc.name, {S.SERVICE_STATE_READY}, timeout=90)
@@ -228,11 +221,12 @@ def test_a_job_at_its_time_limit_is_replaced(slurm_cluster: object, aifb_home: P
 
 
 def test_nginx_killed_with_its_workers_left_behind_is_restarted_and_serves(
-        server: RunningServer) -> None:
+        each_scheduler_server: RunningServer) -> None:
     """kill -9 of nginx's master leaves its workers serving and holding the port: they are
     ended before the restart, which binds the same port again."""
     if shutil.which("nginx") is None and not os.environ.get("CI"):
         pytest.skip("nginx is not installed (scripts/test.sh installs it)")
+    server = each_scheduler_server
     stub = server.stub()
     req = S.CreateServiceRequest(recipe="nginx", parameters={"port": "0", "workers": "2"},
                                  restart_policy=server_pb2.RestartPolicy(

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,12 +138,6 @@ class Job:
             time.sleep(0.02)
         raise AssertionError(f"no {kind} event within {timeout}s: {self.events()}")
 
-
-@pytest.fixture
-def job(tmp_path: Path) -> Iterator[Job]:
-    j = Job(tmp_path)
-    yield j
-    j.stop()
 
 
 def alive(pid: int) -> bool:

@@ -7,8 +7,6 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -55,13 +53,6 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.HTTPServer(("0.0.0.0", int(sys.argv[1])), H).serve_forever()
 """
-
-
-@pytest.fixture
-def job(tmp_path: Path) -> Iterator[Job]:
-    j = Job(tmp_path)
-    yield j
-    j.stop()
 
 
 def restart(policy: str, max_restarts: int, backoff: float = 0.0,
