@@ -133,3 +133,28 @@ def test_oversized_filters_matchers_and_search_text_are_refused_everywhere(up: U
                 call()
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
             assert field in (err.value.details() or ""), (field, err.value.details())
+
+
+def test_replicas_and_restarts_from_the_cli(up: Up) -> None:
+    """`services create --replicas --restart`, `services scale`, and what `get` shows; the
+    bad values are named, and a single-job service refuses to scale."""
+    created = up.json("services", "create", "flaky", "--replicas", "2", "--restart",
+                      "on-failure", "--max-restarts", "5", "--wait")
+    sid = created["name"].removeprefix("services/")
+    try:
+        assert created["state"] == "SERVICE_STATE_READY" and created["replicas"] == 2
+        assert [r.get("index", 0) for r in created["replica_status"]] == [0, 1]  # 0 is omitted
+        assert created["restart_policy"]["max_restarts"] == 5
+        scaled = up.json("services", "scale", sid, "--replicas", "3")
+        assert scaled["replicas"] == 3 and len(scaled["replica_status"]) == 3
+        text = up.cli("services", "get", sid).stdout
+        assert "replicas: 3" in text and f"{sid}-2" in text
+        bad = up.cli("services", "create", "flaky", "--restart", "sometimes")
+        assert bad.returncode == 2 and "--restart" in bad.stderr
+        single = up.json("services", "create", "sleeper")
+        refused = up.cli("services", "scale", single["name"].removeprefix("services/"),
+                         "--replicas", "2")
+        assert refused.returncode != 0 and "create it with --replicas" in refused.stderr
+    finally:
+        for svc in up.json("services", "list"):
+            up.cli("services", "delete", svc["name"].removeprefix("services/"))
