@@ -172,6 +172,9 @@ def run(
                                     "(0: 1,000,000)."),
     seed: int | None = typer.Option(None, help="Seed of the load's random choices (Poisson "
                                     "arrivals): the same seed, the same schedule."),
+    spread: str = typer.Option(
+        "", help="Over a replicated service's READY replicas (followed as they change): "
+                 "round-robin (default) or least-outstanding."),
     request_id: str = typer.Option("", help="Idempotency key (default: a new random one)."),
     detach: bool = typer.Option(False, "--detach", help="Print the run's name and return."),
 ) -> None:
@@ -200,7 +203,8 @@ def run(
             max_samples=max_samples, workers=workers, seed=seed)
         req = C.CreateBenchmarkRequest(workload=workload, parameters=params, load=load,
                                        labels=parse_params(label, "--label"),
-                                       request_id=request_id or uuid.uuid4().hex)
+                                       request_id=request_id or uuid.uuid4().hex,
+                                       spread=spread)
         if service:
             req.service = service if service.startswith("services/") else f"services/{service}"
         else:

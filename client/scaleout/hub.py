@@ -80,10 +80,18 @@ class ProgressHub:
             return len(self._authed)
 
     def cancel(self) -> None:
+        self._broadcast(b"cancel\n")
+
+    def endpoints(self, urls: list[str]) -> None:
+        """Tell every partition the endpoints to spread over from now on (a replicated
+        service's READY replicas)."""
+        self._broadcast(b"endpoints " + json.dumps(urls).encode() + b"\n")
+
+    def _broadcast(self, line: bytes) -> None:
         with self._lock:
             for conn in list(self._authed):
                 with contextlib.suppress(OSError):
-                    conn.sendall(b"cancel\n")
+                    conn.sendall(line)
 
     def close(self) -> None:
         """Stop serving and emit what is left (seconds some partition never sent)."""
@@ -180,12 +188,17 @@ class ProgressHub:
                 log.warning("progress callback failed: %s", exc)
 
 
+_MAX_LINE = 4 * 1024 * 1024  # an endpoints line: 1000 URLs of 2048 characters fit
+
+
 class ProgressLink:
     """A partition's end: sends samples, and calls back when the driver asks to cancel."""
 
     def __init__(self, sock: socket.socket | None) -> None:
         self._sock = sock
         self._cancel: Callable[[str], None] | None = None
+        self._endpoints: Callable[[list[str]], None] | None = None
+        self._buffer = b""
 
     @classmethod
     def connect(cls, address: tuple[str, int, str], partition: int) -> ProgressLink:
@@ -208,21 +221,36 @@ class ProgressLink:
             log.warning("live progress lost: %s", exc)
             self.close()
 
-    def on_cancel(self, callback: Callable[[str], None]) -> None:
-        """Watch the link on the running event loop; `cancel` from the driver calls back."""
+    def on_cancel(self, callback: Callable[[str], None],
+                  endpoints: Callable[[list[str]], None] | None = None) -> None:
+        """Watch the link on the running event loop: `cancel` from the driver calls back, and
+        `endpoints [...]` calls `endpoints` with the list."""
         if self._sock is None:
             return
         self._cancel = callback
+        self._endpoints = endpoints
         asyncio.get_running_loop().add_reader(self._sock.fileno(), self._readable)
 
     def _readable(self) -> None:
         assert self._sock is not None
         try:
-            data = self._sock.recv(4096)
+            data = self._sock.recv(65536)
         except OSError:
             data = b""
-        if b"cancel" in data and self._cancel is not None:
-            self._cancel("cancelled by the driver")
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        if len(self._buffer) > _MAX_LINE:
+            self._buffer = b""  # not the driver's: drop it
+        for line in lines:
+            if line == b"cancel" and self._cancel is not None:
+                self._cancel("cancelled by the driver")
+            elif line.startswith(b"endpoints ") and self._endpoints is not None:
+                try:
+                    urls = json.loads(line[len(b"endpoints "):])
+                except ValueError:
+                    continue
+                if isinstance(urls, list) and all(isinstance(u, str) for u in urls):
+                    self._endpoints(urls)
         if not data:
             self.close()
 

@@ -38,6 +38,7 @@ from aifb.client.engine.spec import LoadSpec
 from aifb.client.scaleout.hub import ProgressLink
 from aifb.client.scaleout.shared import SharedSetup
 from aifb.client.workloads.registry import build_workload
+from aifb.client.workloads.spread import Targets
 
 __all__ = ["GATHER_MARGIN_NS", "PartitionTask", "TaskRow", "run_partition", "run_share",
            "run_task"]
@@ -52,7 +53,7 @@ class PartitionTask:
     index: int
     spec: LoadSpec
     workload: str
-    target_url: str
+    target_url: str | Targets  # one URL, or a replicated service's endpoints
     params: dict[str, Any] = field(default_factory=dict)
     start_epoch_ns: int = 0  # the driver's proposed common start (time.time_ns)
     stagger_ns: int = 0
@@ -129,7 +130,8 @@ def run_share(task: PartitionTask, gather: Gather, shared: object = None
                       on_progress=link.send if link else None,
                       record_samples=task.sample_limit)
         if link is not None:
-            link.on_cancel(run.cancel)
+            update = getattr(workload, "update", None)  # a spread over replicas follows them
+            link.on_cancel(run.cancel, update if callable(update) else None)
         try:
             run.start()
             return await run.wait()

@@ -35,6 +35,7 @@ from aifb.client.engine.spec import LoadSpec
 from aifb.client.scaleout.hub import ProgressHub
 from aifb.client.scaleout.partition import PartitionTask, run_share
 from aifb.client.scaleout.split import split_spec
+from aifb.client.workloads.spread import Targets
 
 __all__ = ["MAX_WORKERS", "ProcessLoad", "run_process_load"]
 
@@ -72,7 +73,7 @@ def _worker(task: PartitionTask, conn: Connection) -> None:
 class ProcessLoad:
     """One load run in worker processes; `run()` blocks, `cancel()` from anywhere."""
 
-    def __init__(self, spec: LoadSpec, workload_name: str, target_url: str,
+    def __init__(self, spec: LoadSpec, workload_name: str, target_url: str | Targets,
                  params: dict[str, Any] | None = None, *, workers: int = 1,
                  on_progress: ProgressCallback | None = None, sample_limit: int = 0) -> None:
         if not 1 <= workers <= MAX_WORKERS:
@@ -96,6 +97,12 @@ class ProcessLoad:
         hub = self._hub
         if hub is not None:
             hub.cancel()
+
+    def endpoints(self, urls: list[str]) -> None:
+        """A replicated target's READY replicas now: every worker spreads over these."""
+        hub = self._hub
+        if hub is not None:
+            hub.endpoints(urls)
 
     def run(self) -> LoadResult:
         plans = split_spec(self.spec, self.workers)
@@ -214,7 +221,7 @@ class ProcessLoad:
         return merged
 
 
-def run_process_load(spec: LoadSpec, workload_name: str, target_url: str,
+def run_process_load(spec: LoadSpec, workload_name: str, target_url: str | Targets,
                      params: dict[str, Any] | None = None, *, workers: int = 1,
                      on_progress: ProgressCallback | None = None,
                      sample_limit: int = 0) -> LoadResult:

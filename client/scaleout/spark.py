@@ -42,6 +42,7 @@ from aifb.client.scaleout.shared import SharedSetup
 from aifb.client.scaleout.spark_session import check_master, get_session, local_slots
 from aifb.client.scaleout.split import MAX_PARTITIONS, split_spec
 from aifb.client.workloads.registry import build_workload
+from aifb.client.workloads.spread import Targets
 from aifb.mesh.errors import Internal, InvalidArgument, Unavailable
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ SETTLE_S = 2.0  # a cluster's slot count must hold still this long when partitio
 class SparkLoad:
     """One Spark load run; `run()` blocks (call it in a thread), `cancel()` from anywhere."""
 
-    def __init__(self, spec: LoadSpec, workload_name: str, target_url: str,
+    def __init__(self, spec: LoadSpec, workload_name: str, target_url: str | Targets,
                  params: dict[str, Any] | None = None, *, master: str = "local[2]",
                  partitions: int | None = None, on_progress: ProgressCallback | None = None,
                  app_name: str = "aifb-bench", conf: dict[str, str] | None = None,
@@ -106,6 +107,11 @@ class SparkLoad:
             self._hub.cancel()
         threading.Thread(target=self._hard_cancel, daemon=True,
                          name="aifb-spark-cancel").start()
+
+    def endpoints(self, urls: list[str]) -> None:
+        """A replicated target's READY replicas now: every partition spreads over these."""
+        if self._hub is not None:
+            self._hub.endpoints(urls)
 
     def _hard_cancel(self) -> None:
         if self._done.wait(self.spec.drain_s + 10.0):
@@ -292,7 +298,7 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines() or [type(exc).__name__])[0][:500]
 
 
-def run_spark_load(spec: LoadSpec, workload_name: str, target_url: str,
+def run_spark_load(spec: LoadSpec, workload_name: str, target_url: str | Targets,
                    params: dict[str, Any] | None = None, master: str = "local[2]",
                    partitions: int | None = None, on_progress: ProgressCallback | None = None,
                    app_name: str = "aifb-bench", **options: Any) -> LoadResult:

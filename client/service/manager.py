@@ -37,8 +37,15 @@ from aifb.client.service.store import RunStore
 from aifb.client.service.targets import ServiceResolver, Target, check_url
 from aifb.client.service.telemetry import TelemetrySink
 from aifb.client.workloads.registry import build_workload, get_kind, parse_params
+from aifb.client.workloads.spread import STRATEGIES
 from aifb.mesh.auth import Principal
-from aifb.mesh.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from aifb.mesh.errors import (
+    AifbError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from aifb.mesh.labels import check_labels
 from aifb.mesh.paging import check_page_size
 from aifb.mesh.tracing import current_trace_id
@@ -72,6 +79,8 @@ class CreateRequest:
     labels: dict[str, str] = field(default_factory=dict)
     request_id: str = ""
     validate_only: bool = False  # check everything a create checks, start nothing
+    spread: str = ""  # over a replicated service's replicas: "round-robin" (""), or
+    # "least-outstanding"
 
 
 @dataclass(frozen=True)
@@ -203,6 +212,9 @@ class BenchmarkManager:
         if bool(req.service) == bool(req.url):
             raise InvalidArgument("give exactly one target: service or url",
                                   field="service" if req.service else "url")
+        if req.spread and req.spread not in STRATEGIES:
+            raise InvalidArgument(f"spread must be one of {', '.join(STRATEGIES)}, got "
+                                  f"{req.spread[:64]!r}", field="spread")
         if req.validate_only:
             if req.url:
                 build_workload(req.workload, check_url(req.url), _typed_params(req.parameters))
@@ -219,7 +231,8 @@ class BenchmarkManager:
                                          "(no server): give a url")
             target = await self.resolver.resolve(principal, req.service)
         # The workload itself checks the URL against what it supports (e.g. http:// only).
-        build_workload(req.workload, target.url, _typed_params(req.parameters))
+        aim = target.load_target(req.spread)
+        build_workload(req.workload, aim, _typed_params(req.parameters))
         rid = secrets.token_hex(6)
         record = BenchmarkRecord(
             id=rid, owner=principal.user, workload=req.workload, service=target.service,
@@ -232,7 +245,7 @@ class BenchmarkManager:
             **target.context, "target": {"url": target.url, "service": target.service},
             "facts": self.facts})
         active = self._active[rid] = _Active(record)
-        runner = Runner(the_plan, req.load, req.workload, target.url, params,
+        runner = Runner(the_plan, req.load, req.workload, aim, params,
                         lambda p: self._on_progress(rid, p))
         active.runner = runner
         active.task = asyncio.get_running_loop().create_task(
@@ -372,6 +385,8 @@ class BenchmarkManager:
             await self._set(rid, state=RunState.RUNNING, start_time=time.time(),
                             state_message=f"running for up to {total_s:g}s",
                             trace_id=current_trace_id() or record.trace_id)
+            following = (asyncio.create_task(_follow(target, runner))
+                         if target.follow is not None else None)
             try:
                 with self.tracer.start_as_current_span("aifb.bench.load") as load_span:
                     outcome = await runner.run()
@@ -381,6 +396,9 @@ class BenchmarkManager:
                 outcome = RunOutcome(LoadResult(state=RunState.FAILED,
                                                 reason=f"{type(exc).__name__}: {exc}",
                                                 workload=record.workload))
+            if following is not None:
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
             result = outcome.result
             if result.reason.startswith("workload prepare failed"):
                 result.reason = (f"target unreachable or refused: {target.url}: "
@@ -408,3 +426,13 @@ class BenchmarkManager:
         await self.telemetry.flush(2.0)
         self._active.pop(rid, None)
         await self._notify()
+
+
+async def _follow(target: Target, runner: Runner) -> None:
+    """Hand the run each new list of the replicated target's READY replicas."""
+    assert target.follow is not None
+    try:
+        async for urls in target.follow():
+            runner.endpoints(urls)
+    except AifbError as exc:  # the run goes on over the replicas it knows
+        log.warning("stopped following %s: %s", target.service, exc)

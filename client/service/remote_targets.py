@@ -14,7 +14,7 @@ the caller's trace context, so the server's spans for them join the benchmark's 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -81,6 +81,12 @@ def _service_id(service: str) -> str:
         return parse_service_id(service)
     except InvalidArgument as exc:
         raise InvalidArgument(exc.message, field="service") from None
+
+
+def _ready_urls(svc: S.Service) -> list[str]:
+    """A replicated service's READY replicas' endpoint URLs, by index (none for one job)."""
+    return [r.endpoint.url or f"http://{r.endpoint.host}:{r.endpoint.port}/"
+            for r in svc.replica_status if r.state == S.SERVICE_STATE_READY and r.endpoint.port]
 
 
 def _state_name(state: int) -> str:
@@ -154,11 +160,13 @@ class GrpcResolver:
 
         svc: S.Service = (await call(stub.GetService,
                                      S.GetServiceRequest(name=f"services/{sid}"))).service
-        if svc.state != S.SERVICE_STATE_READY:
+        serving = {S.SERVICE_STATE_READY} | ({S.SERVICE_STATE_DEGRADED} if svc.replicas else set())
+        if svc.state not in serving:
             raise FailedPrecondition(f"service {svc.name} is {_state_name(svc.state)}, not READY"
                                      + (f": {svc.state_message}" if svc.state_message else ""))
         ep = svc.endpoint
         url = ep.url or f"http://{ep.host}:{ep.port}/"
+        urls = tuple(check_url(u, field_name="service") for u in _ready_urls(svc))
         res = svc.resources
         context: dict[str, Any] = {
             "service": {"name": svc.name, "recipe": svc.recipe,
@@ -181,5 +189,22 @@ class GrpcResolver:
             context["batch_script"] = rendered.batch_script
         except AifbError as exc:  # the recipe may have changed since: the run still goes
             context["recipe_error"] = str(exc)
+        if urls:
+            context["service"]["replicas"] = list(urls)
+
+        async def follow() -> AsyncIterator[list[str]]:
+            """The READY replicas' URLs on every change, until the service ends."""
+            last = list(urls)
+            try:
+                async for msg in stub.WatchService(S.WatchServiceRequest(name=svc.name),
+                                                   metadata=auth_metadata(token)):
+                    now = _ready_urls(msg.service)
+                    if now != last:
+                        last = now
+                        yield now
+            except grpc.RpcError as exc:
+                raise translate_rpc_error(exc, self.address, borrowed=borrowed) from None
+
         return Target(url=check_url(url, field_name="service"), service=svc.name,
-                      trace_id=svc.trace_id, context=context)
+                      trace_id=svc.trace_id, context=context, urls=urls,
+                      follow=follow if urls else None)

@@ -35,6 +35,7 @@ from aifb.client.engine.sweep import SweepStep, run_sweep, sweep_samples
 from aifb.client.runs.options import LoadOptions, Plan
 from aifb.client.scaleout.processes import ProcessLoad
 from aifb.client.workloads.registry import build_workload
+from aifb.client.workloads.spread import Targets
 
 __all__ = ["Phase", "RunOutcome", "Runner", "final_progress"]
 
@@ -77,7 +78,7 @@ def final_progress(result: LoadResult, last: Progress | None) -> Progress:
 
 
 class Runner:
-    def __init__(self, plan: Plan, options: LoadOptions, workload: str, url: str,
+    def __init__(self, plan: Plan, options: LoadOptions, workload: str, url: str | Targets,
                  params: dict[str, Any], on_progress: Callable[[Progress], None]) -> None:
         self.plan = plan
         self.options = options
@@ -132,6 +133,16 @@ class Runner:
             self._run.cancel(reason)
         elif self._spark_load is not None:
             self._spark_load.cancel(reason)
+
+    def endpoints(self, urls: list[str]) -> None:
+        """Follow a replicated target: spread over `urls` (its READY replicas) from now on,
+        in the load running now and in every sweep step after it."""
+        if not isinstance(self.url, Targets) or not urls:
+            return
+        self.url = Targets(tuple(urls), self.url.strategy)
+        for load in (self._run, self._spark_load):
+            if load is not None:
+                load.endpoints(list(urls))
 
     def _relay(self) -> Callable[[Progress], None]:
         """Progress arrives on the workers' hub thread: hand it to this loop."""

@@ -46,7 +46,7 @@ class BenchmarkServicer(client_pb2_grpc.BenchmarkServiceServicer):
             url=request.url if target == "url" else "", parameters=dict(request.parameters),
             load=load_from_proto(request.load, present=request.HasField("load")),
             labels=dict(request.labels), request_id=request.request_id,
-            validate_only=request.validate_only)
+            validate_only=request.validate_only, spread=request.spread)
         record = await self.manager.create(principal, req)
         return C.CreateBenchmarkResponse(benchmark=record_to_proto(record))
 

@@ -3,7 +3,9 @@
 `check_url` refuses anything but http(s)://host:port/path (the field is named). A service is
 resolved by a `ServiceResolver`: `aifb.client.service.remote_targets.GrpcResolver` asks
 ServerService over gRPC on the caller's behalf (the caller must own the service and it must be
-READY), whether the server is this process (`aifb up`) or another. Besides the URL, the
+READY, or DEGRADED when replicated), whether the server is this process (`aifb up`) or
+another. A replicated service's load is spread over its READY replicas (`Target.urls`), which
+`Target.follow` streams as they change. Besides the URL, the
 resolution carries what a report needs to be reproducible: the recipe's source and the batch
 script rendered from the same parameters (with placeholders for the job's secrets, which never
 enter a report).
@@ -11,10 +13,12 @@ enter a report).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from aifb.client.workloads.spread import Targets
 from aifb.mesh.auth import Principal
 from aifb.mesh.errors import InvalidArgument
 
@@ -27,6 +31,14 @@ class Target:
     service: str = ""  # "services/<id>" when resolved from a service
     trace_id: str = ""  # the service's trace, which the run's spans link to
     context: dict[str, Any] = field(default_factory=dict)  # service, recipe, batch script
+    # A replicated service: its READY replicas' URLs when resolved (the load is spread over
+    # them), and a stream of the same list on every change (None: no following).
+    urls: tuple[str, ...] = ()
+    follow: Callable[[], AsyncIterator[list[str]]] | None = None
+
+    def load_target(self, spread: str) -> str | Targets:
+        """What the load engine aims at: the URL, or the replicas with the spread strategy."""
+        return Targets(self.urls, spread or "round-robin") if self.urls else self.url
 
 
 def check_url(url: str, *, field_name: str = "url") -> str:

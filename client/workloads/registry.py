@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from aifb.client.engine.workload import Workload
+from aifb.client.workloads.spread import Targets, spread
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["WorkloadKind", "all_kinds", "build_workload", "get_kind", "parse_params", "register"]
@@ -106,7 +107,12 @@ def parse_params(kind: WorkloadKind, params: dict[str, Any]) -> BaseModel:
                               field=f"params.{key}") from None
 
 
-def build_workload(name: str, target_url: str, params: dict[str, Any] | None = None) -> Workload:
-    """Validate and build workload `name` against `target_url`."""
+def build_workload(name: str, target_url: str | Targets,
+                   params: dict[str, Any] | None = None) -> Workload:
+    """Validate and build workload `name` against `target_url`, or against each endpoint of
+    `Targets` (a replicated service: see aifb.client.workloads.spread)."""
     kind = get_kind(name)
-    return kind.build(target_url, parse_params(kind, params or {}))
+    parsed = parse_params(kind, params or {})
+    if isinstance(target_url, Targets):
+        return spread(lambda url: kind.build(url, parsed), target_url)
+    return kind.build(target_url, parsed)

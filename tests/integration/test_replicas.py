@@ -4,6 +4,7 @@ stops every replica and leaves no job."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from aifb.v1 import client_pb2 as C
 from tests.fixtures.server import RunningServer
+from tests.integration.bench_harness import bench_mesh, create, follow, seconds
 from tests.integration.flow import S, state_name
 
 pytestmark = pytest.mark.integration
@@ -105,3 +108,55 @@ def test_a_replica_down_leaves_the_service_degraded_until_it_is_back(
     back = _until(stub, svc.name, lambda s: s.state == S.SERVICE_STATE_READY)
     assert back.restarts == 1 and back.last_restart_reason.startswith("replica 1: ")
     assert back.replica_status[1].restarts == 1 and back.replica_status[0].restarts == 0
+
+
+def _bench(mesh: object, svc_name: str, rate: float, duration: float,
+           spread: str = "") -> C.Benchmark:
+    stub = mesh.bench_stub()  # type: ignore[attr-defined]
+    return create(stub, workload="http", service=svc_name, spread=spread,
+                  parameters={"path": "/health"},
+                  load=C.LoadProfile(mode=C.LOAD_MODE_CONSTANT, rate=rate,
+                                     duration=seconds(duration), error_budget=0.5))
+
+
+def _per_replica(mesh: object, run: C.Benchmark) -> tuple[dict[str, float], dict[str, int]]:
+    stub = mesh.bench_stub()  # type: ignore[attr-defined]
+    final, _ = follow(stub, run.name, timeout=120)
+    assert final.state == C.BENCHMARK_STATE_SUCCEEDED, final.state_message
+    doc = json.loads(stub.GetBenchmarkReport(C.GetBenchmarkReportRequest(
+        name=run.name, format=C.REPORT_FORMAT_JSON), timeout=30).content)
+    extra = doc["figures"]["extra"]
+    return {k.removeprefix("replica_requests:"): v for k, v in extra.items()
+            if k.startswith("replica_requests:")}, doc["figures"]["counters"]
+
+
+def test_a_benchmark_spreads_over_the_replicas_and_follows_a_scale(aifb_home: Path) -> None:
+    with bench_mesh(aifb_home) as mesh:
+        server = mesh.stub()
+        svc = server.CreateService(S.CreateServiceRequest(recipe="flaky", replicas=3),
+                                   timeout=60).service
+        ready = _until(server, svc.name, lambda s: s.state == S.SERVICE_STATE_READY)
+        urls = {f"http://{r.endpoint.host}:{r.endpoint.port}/" for r in ready.replica_status}
+        # A fixed rate: each replica gets its third (round-robin), within +-10 %.
+        counts, counters = _per_replica(mesh, _bench(mesh, svc.name, 150, 3))
+        assert set(counts) == urls and counters["errors"] == 0
+        total = sum(counts.values())
+        assert all(abs(n - total / 3) <= 0.1 * total / 3 for n in counts.values()), counts
+        # Under load: 3 -> 1 -> 2. The retired replicas stop getting requests, the new one
+        # starts getting them, and the run goes on.
+        run = _bench(mesh, svc.name, 100, 8, spread="least-outstanding")
+        time.sleep(2)
+        server.ScaleService(S.ScaleServiceRequest(name=svc.name, replicas=1), timeout=60)
+        time.sleep(2)
+        server.ScaleService(S.ScaleServiceRequest(name=svc.name, replicas=2), timeout=60)
+        two = _until(server, svc.name, lambda s: s.state == S.SERVICE_STATE_READY
+                     and _ready_count(s) == 2)
+        counts, counters = _per_replica(mesh, run)
+        first = f"http://{two.replica_status[0].endpoint.host}:" \
+                f"{two.replica_status[0].endpoint.port}/"
+        new = f"http://{two.replica_status[1].endpoint.host}:" \
+              f"{two.replica_status[1].endpoint.port}/"
+        assert new not in urls and counts.get(new, 0) > 0  # the new replica got requests
+        retired = urls - {first}
+        assert all(counts.get(u, 0) < 0.5 * counts[first] for u in retired), counts
+        assert counters["errors"] <= 0.05 * counters["completed"], counters

@@ -234,7 +234,7 @@ class ListWorkloadsResponse(_message.Message):
     def __init__(self, workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ...) -> None: ...
 
 class CreateBenchmarkRequest(_message.Message):
-    __slots__ = ("workload", "service", "url", "parameters", "load", "labels", "request_id", "validate_only")
+    __slots__ = ("workload", "service", "url", "parameters", "load", "labels", "request_id", "validate_only", "spread")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +257,7 @@ class CreateBenchmarkRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    SPREAD_FIELD_NUMBER: _ClassVar[int]
     workload: str
     service: str
     url: str
@@ -265,7 +266,8 @@ class CreateBenchmarkRequest(_message.Message):
     labels: _containers.ScalarMap[str, str]
     request_id: str
     validate_only: bool
-    def __init__(self, workload: _Optional[str] = ..., service: _Optional[str] = ..., url: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., load: _Optional[_Union[LoadProfile, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+    spread: str
+    def __init__(self, workload: _Optional[str] = ..., service: _Optional[str] = ..., url: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., load: _Optional[_Union[LoadProfile, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ..., spread: _Optional[str] = ...) -> None: ...
 
 class CreateBenchmarkResponse(_message.Message):
     __slots__ = ("benchmark",)

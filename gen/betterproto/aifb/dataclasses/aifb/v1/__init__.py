@@ -928,6 +928,13 @@ class CreateBenchmarkRequest(betterproto2.Message):
     target is not resolved (it may not exist yet).
     """
 
+    spread: "str" = betterproto2.field(9, betterproto2.TYPE_STRING)
+    """
+    For a replicated service: how requests are spread over its READY replicas, which the run
+    follows as they change: "round-robin" (the default when empty) or "least-outstanding"
+    (the replica with the fewest requests in flight).
+    """
+
 
 default_message_pool.register_message("aifb.v1", "CreateBenchmarkRequest", CreateBenchmarkRequest)
 
