@@ -106,6 +106,10 @@ def create(
         0, min=0, max=1000,
         help="Replicas that must be READY for the service to be READY, DEGRADED below "
              "(0: all of them)."),
+    renew_before: float = typer.Option(
+        0.0, min=0, max=7 * 86400,
+        help="Seconds before a replica's time limit (--time) to start its successor; the old "
+             "one is drained once the successor is READY (0: the recipe's; implies replicas)."),
     wait: bool = typer.Option(False, "--wait", help="Wait until READY (or failed)."),
     wait_timeout: float = typer.Option(600.0, min=0.1, max=7 * 24 * 3600.0,
                                        help="Seconds --wait waits at most."),
@@ -120,6 +124,8 @@ def create(
             request_id=request_id or uuid.uuid4().hex,
             restart_policy=restart_from_options(restart, max_restarts, restart_backoff),
             replicas=replicas, min_ready=min_ready)
+        if renew_before:
+            req.renew_before.FromNanoseconds(round(renew_before * 1e9))
         service = state.call(state.server_stub().CreateService, req).service
         if not wait:
             state.emit(service, lambda: state.console.print(

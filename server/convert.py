@@ -106,6 +106,8 @@ def service_to_proto(record: ServiceRecord,
         last_restart_reason=record.last_restart_reason, workers=record.workers,
         replicas=record.replicas, min_ready=record.min_ready or record.replicas,
         replica_status=[replica_to_proto(r) for r in replicas])
+    if record.renew_before:
+        msg.renew_before.CopyFrom(_duration(record.renew_before))
     if record.endpoint_host:
         msg.endpoint.CopyFrom(common_pb2.Endpoint(host=record.endpoint_host,
                                                   port=record.endpoint_port,

@@ -84,6 +84,10 @@ class Deployer:
         """The recipe's `replicas:` (1 unless it asks for more)."""
         return self.catalog.get(name).replicas
 
+    def default_renew_before(self, name: str) -> float:
+        """The recipe's `renew_before:` seconds (0: no renewal)."""
+        return self.catalog.get(name).renew_before
+
     def recipe(self, name: str) -> tuple[Recipe, tuple[bool, str]]:
         if not name:
             raise InvalidArgument("name is required", field="name")

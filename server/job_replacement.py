@@ -76,7 +76,7 @@ class JobReplacement:
                 last_restart_reason=requeued, state_message=requeued,
                 raw_state=status.raw_state, reason=status.reason, nodes=status.nodes,
                 endpoint_host="", endpoint_port=0, endpoint_url="", exit_code=None,
-                exit_report=""))
+                exit_report="", job_started=0.0))
             return True
         state, why = service_state_for_job(status, current=record.state,
                                            delete_requested=record.delete_requested)
@@ -95,10 +95,12 @@ class JobReplacement:
                                          record.signal, record.nodes)
         busy = False
         if state != record.state or changed_job:
+            started = record.job_started or (now if status.raw_state.startswith("RUNNING")
+                                             else 0.0)
             self._commit(record.evolve(
                 now, state=state, state_message=why or record.state_message,
                 raw_state=status.raw_state, reason=status.reason, exit_code=exit_code,
-                signal=status.signal, nodes=status.nodes))
+                signal=status.signal, nodes=status.nodes, job_started=started))
             busy = True
         return busy or state in (ServiceState.PENDING, ServiceState.STARTING,
                                  ServiceState.STOPPING)
@@ -114,7 +116,7 @@ class JobReplacement:
             last_restart_reason=reason, state_message=f"replacing the ended job: {reason}",
             raw_state=status.raw_state, reason=status.reason, exit_code=status.exit_code,
             signal=status.signal, nodes=status.nodes, endpoint_host="", endpoint_port=0,
-            endpoint_url="", exit_report=""))
+            endpoint_url="", exit_report="", job_started=0.0))
 
     async def _submit_replacements(self) -> bool:
         """Submit a job for every service marked for one (not already being submitted).

@@ -35,7 +35,7 @@ from aifb.server.logs import ServiceLogs, read_logs
 from aifb.server.model import ServiceRecord
 from aifb.server.recipes.params import RestartOverride
 from aifb.server.registry import Registry
-from aifb.server.replica_commands import ReplicaSetCommands, check_counts
+from aifb.server.replica_commands import ReplicaSetCommands, check_counts, check_renew_before
 from aifb.server.states import ServiceState, check_transition
 
 __all__ = ["EventKind", "ServiceManager"]
@@ -172,7 +172,8 @@ class ServiceManager(JobReplacement, ReplicaSetCommands):
     async def create(self, principal: Principal, recipe: str, params: Mapping[str, str],
                      resources: ResourceRequest, labels: Mapping[str, str],
                      request_id: str, restart: RestartOverride | None = None,
-                     replicas: int = 0, min_ready: int = 0) -> ServiceRecord:
+                     replicas: int = 0, min_ready: int = 0,
+                     renew_before: float = 0.0) -> ServiceRecord:
         if principal.is_job:
             raise PermissionDenied("a job's report token cannot create services")
         if request_id:
@@ -184,10 +185,11 @@ class ServiceManager(JobReplacement, ReplicaSetCommands):
                 return existing
         check_labels(labels)
         wanted = replicas or self.deployer.default_replicas(recipe)
-        if wanted > 1 or replicas:
+        renew = renew_before or self.deployer.default_renew_before(recipe)
+        if wanted > 1 or replicas or renew:  # renewal works on replicas: a set of one
             check_counts(wanted, min_ready)
             return await self._create_set(principal, recipe, params, resources, labels,
-                                          request_id, restart, wanted, min_ready)
+                                          request_id, restart, wanted, min_ready, renew)
         if min_ready:
             raise InvalidArgument("min_ready needs replicas", field="min_ready")
         with self.tracer.start_as_current_span("aifb.server.create_service") as span:
@@ -248,7 +250,7 @@ class ServiceManager(JobReplacement, ReplicaSetCommands):
     async def _create_set(self, principal: Principal, recipe: str, params: Mapping[str, str],
                           resources: ResourceRequest, labels: Mapping[str, str],
                           request_id: str, restart: RestartOverride | None, replicas: int,
-                          min_ready: int) -> ServiceRecord:
+                          min_ready: int, renew_before: float = 0.0) -> ServiceRecord:
         """A replicated service: checked like a single one, then the set and its replicas."""
         with self.tracer.start_as_current_span("aifb.server.create_service") as span:
             sid = secrets.token_hex(6)
@@ -259,6 +261,7 @@ class ServiceManager(JobReplacement, ReplicaSetCommands):
                                              restart=restart)
             span.set_attribute("aifb.service", sid)
             span.set_attribute("aifb.replicas", replicas)
+            check_renew_before(renew_before, prepared.spec.resources.time_limit_minutes)
             now = time.time()
             group = ServiceRecord(
                 id=sid, owner=principal.user, recipe=recipe, state=ServiceState.PENDING,
@@ -267,6 +270,7 @@ class ServiceManager(JobReplacement, ReplicaSetCommands):
                 scheduler=self.scheduler.name, workdir=str(workdir), create_time=now,
                 update_time=now, trace_id=current_trace_id(), request_id=request_id,
                 restart=prepared.spec.restart, replicas=replicas, min_ready=min_ready,
+                renew_before=renew_before,
                 **_metrics_fields(prepared))
             self.registry.insert(group)
             self.hub.publish(group)
@@ -386,7 +390,7 @@ class ServiceManager(JobReplacement, ReplicaSetCommands):
                     return record  # only the job's first report moves it (a late one cannot
                     # take a READY service back: restarts say RESTARTING)
                 target, msg = ServiceState.STARTING, message or "the program started"
-                changes: dict[str, object] = {}
+                changes: dict[str, object] = {"job_started": record.job_started or now}
             elif kind == EventKind.READY:
                 if not host or not 0 < port < 65536:
                     raise InvalidArgument("READY needs endpoint.host and endpoint.port 1..65535",
@@ -454,6 +458,7 @@ class ServiceManager(JobReplacement, ReplicaSetCommands):
                     continue
                 self._unseen_since.pop(record.job_id, None)
                 busy = self._apply_one(record, status, now) or busy
+            busy = self.renew_due(now) or busy
         return await self._submit_replacements() or busy
 
     # ---- internals -----------------------------------------------------------------------

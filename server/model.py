@@ -70,6 +70,13 @@ class ServiceRecord:
     parent: str = ""
     replica: int = 0
     retired: bool = False
+    # Renewal before the time limit (a set's `renew_before`, seconds; 0 = off): when a
+    # replica's job started (wall clock; 0 = not yet), the successor renewing it, and for a
+    # successor the replica it renews.
+    renew_before: float = 0.0
+    job_started: float = 0.0
+    renewing: str = ""
+    successor_of: str = ""
 
     @property
     def name(self) -> str:

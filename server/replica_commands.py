@@ -11,7 +11,9 @@ a replica.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -19,17 +21,26 @@ from typing import TYPE_CHECKING
 from aifb.mesh.auth import Principal
 from aifb.mesh.errors import AifbError, FailedPrecondition, InvalidArgument
 from aifb.server.model import ServiceRecord
-from aifb.server.replica_sets import MAX_REPLICAS, replica_id, summary, wanted_changes
+from aifb.server.replica_sets import (
+    MAX_REPLICAS,
+    renewal_due,
+    replica_id,
+    summary,
+    wanted_changes,
+)
 from aifb.server.states import ServiceState
 
 if TYPE_CHECKING:
-    import asyncio
-
+    from aifb.server.jobs import Scheduler
     from aifb.server.registry import Registry
 
 __all__ = ["ReplicaSetCommands"]
 
 log = logging.getLogger(__name__)
+
+# After a renewal hands over, the old replica leaves READY at once (benchmarks stop sending to
+# it) and its job is cancelled this much later, so the requests it still serves can finish.
+DRAIN_SECONDS = 5.0
 
 
 def check_counts(replicas: int, min_ready: int) -> None:
@@ -41,9 +52,27 @@ def check_counts(replicas: int, min_ready: int) -> None:
                               field="min_ready")
 
 
+def check_renew_before(seconds: float, limit_minutes: int | None) -> None:
+    """`renew_before` must leave the job time to serve: within its time limit, which it needs."""
+    if not seconds:
+        return
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidArgument(f"renew_before: got {seconds!r}, expected seconds",
+                              field="renew_before")
+    if not limit_minutes:
+        raise InvalidArgument("renew_before needs a time limit (resources.time, --time)",
+                              field="renew_before")
+    if seconds >= limit_minutes * 60:
+        raise InvalidArgument(f"renew_before: {seconds:g}s is not below the time limit of "
+                              f"{limit_minutes} minutes", field="renew_before")
+
+
 class ReplicaSetCommands:
+    _handing_over = False
+
     if TYPE_CHECKING:
         registry: Registry
+        scheduler: Scheduler
         _lock: asyncio.Lock
         _commit: Callable[[ServiceRecord], ServiceRecord]
         _submit_replacements: Callable[[], Awaitable[bool]]
@@ -58,7 +87,8 @@ class ReplicaSetCommands:
         return sorted((r for r in self.registry.replicas_of(record.id) if not r.retired),
                       key=lambda r: r.replica)
 
-    def _add_replicas(self, group: ServiceRecord, indexes: list[int], now: float) -> None:
+    def _add_replicas(self, group: ServiceRecord, indexes: list[int], now: float,
+                      successor_of: str = "") -> None:
         for index in indexes:
             self.registry.insert(ServiceRecord(
                 id=replica_id(group.id, index), owner=group.owner, recipe=group.recipe,
@@ -69,7 +99,7 @@ class ReplicaSetCommands:
                 trace_id=group.trace_id, restart=group.restart, job_due=True,
                 metrics_path=group.metrics_path, metrics_port=group.metrics_port,
                 metrics_on_endpoint_port=group.metrics_on_endpoint_port, parent=group.id,
-                replica=index))
+                replica=index, successor_of=successor_of))
 
     async def _start_set(self, group: ServiceRecord) -> ServiceRecord:
         """Insert the set's replicas (a job due for each) and submit their jobs."""
@@ -124,10 +154,61 @@ class ReplicaSetCommands:
         self._wake()
         return self.registry.get(set_id) or group
 
+    def renew_due(self, now: float) -> bool:
+        """Start a successor for every replica near its time limit (call under the lock; the
+        poller submits the jobs). True when one was started."""
+        started = False
+        for group in self.registry.active():
+            if not group.is_set or group.renew_before <= 0 or group.delete_requested:
+                continue
+            replicas = self.registry.replicas_of(group.id)
+            for replica in replicas:
+                if not renewal_due(group, replica, now):
+                    continue
+                index = max(r.replica for r in replicas) + 1
+                self._add_replicas(group, [index], now, successor_of=replica.id)
+                self._commit(replica.evolve(now, renewing=replica_id(group.id, index)))
+                replicas = self.registry.replicas_of(group.id)
+                log.info("service %s: renewing replica %d before its time limit", group.id,
+                         replica.replica)
+                started = True
+        return started
+
+    def _hand_over(self, set_id: str) -> None:
+        """Retire each renewed replica whose successor is READY: out of READY now, its job
+        cancelled after DRAIN_SECONDS (call under the lock)."""
+        replicas = {r.id: r for r in self.registry.replicas_of(set_id)}
+        for old in replicas.values():
+            successor = replicas.get(old.renewing)
+            if old.retired or successor is None or successor.state != ServiceState.READY:
+                continue
+            self._commit(old.evolve(
+                time.time(), retired=True, delete_requested=True, state=ServiceState.STOPPING,
+                state_message=f"renewed by replica {successor.replica}; draining for "
+                f"{DRAIN_SECONDS:g}s"))
+            if old.job_id:
+                asyncio.get_running_loop().call_later(DRAIN_SECONDS, self._cancel_drained,
+                                                      old.id)
+
+    def _cancel_drained(self, rid: str) -> None:
+        record = self.registry.get(rid)
+        if record is not None and record.job_id and not record.terminal:
+            task = asyncio.ensure_future(self.scheduler.cancel(record.job_id))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._wake()
+
     async def converge_sets(self) -> None:
         """At start-up: every live set to its wanted count (a create or scale the server was
-        killed in the middle of)."""
+        killed in the middle of), and the job of a replica it was draining cancelled."""
         for record in self.registry.active():
+            if record.is_set:
+                for replica in self.registry.replicas_of(record.id):
+                    if replica.delete_requested and replica.job_id and not replica.terminal:
+                        try:
+                            await self.scheduler.cancel(replica.job_id)
+                        except AifbError as exc:
+                            log.warning("replica %s: cannot cancel its job yet: %s",
+                                        replica.id, exc)
             if record.is_set and not record.delete_requested:
                 try:
                     await self.converge(record.id)
@@ -156,4 +237,11 @@ class ReplicaSetCommands:
         group = self.registry.get(set_id)
         if group is None:
             return
+        if group.renew_before > 0 and not self._handing_over:
+            self._handing_over = True
+            try:
+                self._hand_over(set_id)
+            finally:
+                self._handing_over = False
+        group = self.registry.get(set_id) or group
         self._commit(group.evolve(time.time(), **summary(group, self.registry.replicas_of(set_id))))

@@ -11,7 +11,9 @@ of an ended job, report token), with `parent` set to the set's id and the id
 `<set id>-<index>`; so everything a single service does, a replica does. The set's record has
 no job: `replicas` (the wanted count), `min_ready`, and a summary of its active replicas that
 `summary()` computes after every replica change. Replicas scaled away are `retired`: deleted,
-kept in the history, no longer counted. Pure: no I/O here.
+kept in the history, no longer counted. With `renew_before`, a replica whose job nears its time
+limit gets a successor (a new replica) first and is drained and retired once the successor is
+READY, so the service serves across SLURM time limits. Pure: no I/O here.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from aifb.server.model import ServiceRecord
 from aifb.server.states import ServiceState
 
-__all__ = ["MAX_REPLICAS", "replica_id", "summary", "wanted_changes"]
+__all__ = ["MAX_REPLICAS", "renewal_due", "replica_id", "summary", "wanted_changes"]
 
 MAX_REPLICAS = 1000
 
@@ -48,7 +50,10 @@ def summary(group: ServiceRecord, replicas: Sequence[ServiceRecord]) -> dict[str
                    f"{(failed[0].state_message.splitlines() or ['failed'])[0]}"
                    if failed else "every replica ended cleanly")
     elif len(ready) >= need > 0:
-        state, message = S.READY, f"{len(ready)} of {group.replicas} replicas READY"
+        state = S.READY
+        message = f"{min(len(ready), group.replicas)} of {group.replicas} replicas READY"
+        if len(ready) > group.replicas:
+            message += " (a renewal overlaps)"
     elif ready:
         state = S.DEGRADED
         message = f"{len(ready)} of {group.replicas} replicas READY (min_ready {need})"
@@ -76,8 +81,21 @@ def wanted_changes(group: ServiceRecord, replicas: Sequence[ServiceRecord]
     active ones: new ones get indexes after every one used so far, the newest retire first."""
     if group.delete_requested or group.terminal:
         return [], []
-    active = sorted((r for r in replicas if not r.retired), key=lambda r: r.replica)
+    # A replica being renewed does not count: its successor does.
+    active = sorted((r for r in replicas if not r.retired and not r.renewing),
+                    key=lambda r: r.replica)
     if len(active) > group.replicas:
         return [], active[group.replicas:]
     start = max((r.replica for r in replicas), default=-1) + 1
     return list(range(start, start + group.replicas - len(active))), []
+
+
+def renewal_due(group: ServiceRecord, replica: ServiceRecord, now: float) -> bool:
+    """Whether `replica`'s job is within the set's `renew_before` of its time limit and has no
+    successor yet (renewal: a new replica first, the old one drained once it is READY)."""
+    limit = group.resources.time_limit_minutes
+    if not (group.renew_before > 0 and limit and replica.job_started):
+        return False
+    if replica.retired or replica.renewing or replica.terminal or replica.delete_requested:
+        return False
+    return now >= replica.job_started + limit * 60 - group.renew_before

@@ -81,7 +81,8 @@ class ServerServicer(server_pb2_grpc.ServerServiceServicer):
             principal, request.recipe, dict(request.parameters),
             resource_request_from_proto(request.resources), dict(request.labels),
             request.request_id, restart_override_from_proto(request.restart_policy),
-            replicas=request.replicas, min_ready=request.min_ready)
+            replicas=request.replicas, min_ready=request.min_ready,
+            renew_before=request.renew_before.ToNanoseconds() / 1e9)
         return server_pb2.CreateServiceResponse(service=self._proto(record))
 
     async def GetService(self, request: server_pb2.GetServiceRequest, context: Ctx

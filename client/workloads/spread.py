@@ -61,6 +61,7 @@ class _Endpoint:
     workload: Workload
     active: bool = True
     ready: bool = False
+    leaving: bool = False  # gone from the list, still used until a newcomer is ready
     outstanding: int = 0
     requests: int = 0
     ok: int = 0
@@ -123,7 +124,9 @@ class SpreadWorkload:
                                if e.ready and isinstance(e.workload, WarmWorkload)))
 
     def _pick(self) -> _Endpoint | None:
-        live = [e for e in self.endpoints if e.active and e.ready]
+        live = [e for e in self.endpoints if e.active and e.ready and not e.leaving]
+        if not live:  # make before break: the old ones serve until a newcomer is connected
+            live = [e for e in self.endpoints if e.active and e.ready and e.leaving]
         if not live:
             return None
         self._turn += 1
@@ -158,15 +161,16 @@ class SpreadWorkload:
         """Follow the service: `urls` are its READY replicas now (call on the run's loop)."""
         wanted = list(dict.fromkeys(urls))[:MAX_ENDPOINTS]
         known = {e.url: e for e in self.endpoints if not e.closed}
+        serving = any(known[u].active and known[u].ready for u in wanted if u in known)
         for endpoint in known.values():
             if endpoint.url not in wanted and endpoint.active:
-                log.info("replica %s went away: no new requests", endpoint.url)
-                endpoint.active = False
-                if endpoint.outstanding == 0:
-                    self._close_later(endpoint)
+                endpoint.leaving = True  # a renewal: the successor may still be connecting
+                if serving or not wanted:
+                    self._leave(endpoint)
         for url in wanted:
             old = known.get(url)
             if old is not None and old.active:
+                old.leaving = False
                 continue
             if old is not None and old.ready and not old.closed:
                 old.active = True  # back before it was closed
@@ -190,6 +194,14 @@ class SpreadWorkload:
             return
         log.info("replica %s joined", endpoint.url)
         endpoint.ready = True
+        for gone in [e for e in self.endpoints if e.leaving and e.active]:
+            self._leave(gone)
+
+    def _leave(self, endpoint: _Endpoint) -> None:
+        log.info("replica %s went away: no new requests", endpoint.url)
+        endpoint.active = False
+        if endpoint.outstanding == 0:
+            self._close_later(endpoint)
 
     def _close_later(self, endpoint: _Endpoint) -> None:
         if not endpoint.closed:

@@ -111,6 +111,8 @@ class Recipe(Strict):
     workers: Workers | None = None
     # Replicas a service of this recipe gets unless the request says (each its own job).
     replicas: Annotated[StrictInt, Field(ge=1, le=1000)] = 1
+    # Seconds before a replica's time limit at which a successor replaces it (0: never).
+    renew_before: Annotated[float, Field(ge=0, le=7 * 86400)] = 0.0
     logs: list[Annotated[str, Field(pattern=r"^[^\x00-\x1f]{1,4096}$")]] = Field(
         default_factory=list)
     # Absent, null or false: the service serves no Prometheus metrics; nothing is scraped.

@@ -24,8 +24,8 @@ TERMINAL = {C.BENCHMARK_STATE_SUCCEEDED, C.BENCHMARK_STATE_FAILED, C.BENCHMARK_S
 
 
 @contextmanager
-def bench_mesh(home: Path, **kw: Any) -> Iterator[ThreadedMesh]:
-    mesh = ThreadedMesh(server_config(home), **kw).start()
+def bench_mesh(home: Path, *, scheduler: str = "local", **kw: Any) -> Iterator[ThreadedMesh]:
+    mesh = ThreadedMesh(server_config(home, scheduler=scheduler), **kw).start()
     try:
         yield mesh
     finally:

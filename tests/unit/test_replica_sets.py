@@ -179,3 +179,72 @@ def test_a_replica_deleted_on_its_own_is_replaced_by_a_fresh_one(aifb_home: Path
         assert manager.get(USER, group.name).replicas == 2
 
     asyncio.run(scenario())
+
+
+def test_renewal_starts_a_successor_and_drains_the_old_replica_once_it_is_ready(
+        aifb_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aifb.server import replica_commands
+
+    monkeypatch.setattr(replica_commands, "DRAIN_SECONDS", 0.05)
+    sched, manager = _sched_manager(aifb_home)
+
+    async def scenario() -> None:
+        with pytest.raises(InvalidArgument) as err:  # it needs a time limit to renew before
+            await manager.create(USER, "sleeper", {}, ResourceRequest(time_limit_minutes=0),
+                                 {}, "", renew_before=700000)
+        assert err.value.field == "renew_before"
+        group = await manager.create(USER, "flaky", {}, ResourceRequest(time_limit_minutes=10),
+                                     {}, "", renew_before=120)
+        assert group.is_set and group.replicas == 1  # a set of one
+        (old,) = manager.replicas_of(group)
+        sched.states[old.job_id] = "RUNNING"
+        await _poll(manager)
+        started = manager.registry.get(old.id).job_started  # type: ignore[union-attr]
+        assert started > 0
+        # Not due yet; then due (pretend the job started 8.5 minutes ago).
+        assert not manager.renew_due(started + 60)
+        async with manager._lock:
+            manager._commit(manager.registry.get(old.id).evolve(  # type: ignore[union-attr]
+                1.0, job_started=started - 510))
+        await _poll(manager)
+        active = manager.replicas_of(group)
+        assert [r.replica for r in active] == [0, 1] and active[1].successor_of == old.id
+        successor = active[1]
+        sched.states[successor.job_id] = "RUNNING"
+        await _poll(manager)
+        job = Principal(user="u", service=old.id)
+        await manager.report_event(job, old.name, EventKind.READY, host="n", port=1)
+        assert manager.registry.get(old.id).state == S.READY  # type: ignore[union-attr]
+        await manager.report_event(Principal(user="u", service=successor.id), successor.name,
+                                   EventKind.READY, host="n", port=2)
+        drained = manager.registry.get(old.id)
+        assert drained is not None and drained.retired and drained.state == S.STOPPING
+        assert sched.states[old.job_id] == "RUNNING"  # still draining
+        await asyncio.sleep(0.2)
+        assert sched.states[old.job_id] == "CANCELLED"
+        final = manager.get(USER, group.name)
+        assert final.state == S.READY and final.restarts == 0
+        assert [r.replica for r in manager.replicas_of(final)] == [1]
+
+    asyncio.run(scenario())
+
+
+def test_a_server_killed_while_draining_cancels_the_old_job_at_start_up(aifb_home: Path) -> None:
+    sched, first = _sched_manager(aifb_home)
+
+    async def before() -> tuple[str, str]:
+        group = await first.create(USER, "flaky", {}, ResourceRequest(time_limit_minutes=10),
+                                   {}, "", renew_before=120)
+        (old,) = first.replicas_of(group)
+        sched.states[old.job_id] = "RUNNING"
+        async with first._lock:  # what _hand_over leaves before its delayed cancel
+            first._commit(first.registry.get(old.id).evolve(  # type: ignore[union-attr]
+                2.0, retired=True, delete_requested=True, state=S.STOPPING))
+        return group.id, old.job_id
+
+    gid, job_id = asyncio.run(before())
+    first.registry.close()
+    second = _manager(aifb_home, sched)
+    asyncio.run(second.converge_sets())
+    assert sched.states[job_id] == "CANCELLED"
+    assert len(second.replicas_of(second.get(USER, gid))) == 1  # a new replica took its place

@@ -154,3 +154,22 @@ def test_a_bad_strategy_or_no_endpoint_is_refused() -> None:
     assert err.value.field == "spread"
     with pytest.raises(InvalidArgument):
         Targets(())
+
+
+def test_a_replica_replaced_by_a_new_one_serves_until_the_new_one_is_connected() -> None:
+    """A renewal: the list goes from [old] to [new] at once; requests keep going to the old
+    replica while the new one connects, never to nobody."""
+    async def scenario() -> None:
+        w = _spread(["http://old/"], delays={})
+        await w.prepare()
+        w.update(["http://new/"])  # the new one is still connecting now
+        assert (await w.request(0)).ok  # served by the old one
+        await asyncio.sleep(0.01)  # connected
+        assert (await w.request(1)).ok
+        extra = w.extra_metrics()
+        assert extra["replica_requests:http://old/"] == 1
+        assert extra["replica_requests:http://new/"] == 1
+        assert w.made["http://old/"].closed  # type: ignore[attr-defined]
+        await w.close()
+
+    asyncio.run(scenario())

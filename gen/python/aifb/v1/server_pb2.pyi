@@ -143,7 +143,7 @@ class SchedulerJob(_message.Message):
     def __init__(self, scheduler: _Optional[str] = ..., job_id: _Optional[str] = ..., raw_state: _Optional[str] = ..., reason: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., nodes: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("name", "recipe", "parameters", "labels", "state", "owner", "endpoint", "job", "state_message", "resources", "create_time", "update_time", "trace_id", "revision", "metrics", "restart_policy", "restarts", "last_restart_reason", "workers", "replicas", "min_ready", "replica_status")
+    __slots__ = ("name", "recipe", "parameters", "labels", "state", "owner", "endpoint", "job", "state_message", "resources", "create_time", "update_time", "trace_id", "revision", "metrics", "restart_policy", "restarts", "last_restart_reason", "workers", "replicas", "min_ready", "replica_status", "renew_before")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +180,7 @@ class Service(_message.Message):
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     MIN_READY_FIELD_NUMBER: _ClassVar[int]
     REPLICA_STATUS_FIELD_NUMBER: _ClassVar[int]
+    RENEW_BEFORE_FIELD_NUMBER: _ClassVar[int]
     name: str
     recipe: str
     parameters: _containers.ScalarMap[str, str]
@@ -202,7 +203,8 @@ class Service(_message.Message):
     replicas: int
     min_ready: int
     replica_status: _containers.RepeatedCompositeFieldContainer[Replica]
-    def __init__(self, name: _Optional[str] = ..., recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[ServiceState, str]] = ..., owner: _Optional[str] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., job: _Optional[_Union[SchedulerJob, _Mapping]] = ..., state_message: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., revision: _Optional[int] = ..., metrics: _Optional[_Union[MetricsEndpoint, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., restarts: _Optional[int] = ..., last_restart_reason: _Optional[str] = ..., workers: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., min_ready: _Optional[int] = ..., replica_status: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ...) -> None: ...
+    renew_before: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., state: _Optional[_Union[ServiceState, str]] = ..., owner: _Optional[str] = ..., endpoint: _Optional[_Union[_common_pb2.Endpoint, _Mapping]] = ..., job: _Optional[_Union[SchedulerJob, _Mapping]] = ..., state_message: _Optional[str] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trace_id: _Optional[str] = ..., revision: _Optional[int] = ..., metrics: _Optional[_Union[MetricsEndpoint, _Mapping]] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., restarts: _Optional[int] = ..., last_restart_reason: _Optional[str] = ..., workers: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., min_ready: _Optional[int] = ..., replica_status: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., renew_before: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Replica(_message.Message):
     __slots__ = ("name", "index", "state", "job", "endpoint", "restarts", "last_restart_reason", "state_message", "workers")
@@ -311,7 +313,7 @@ class RenderServiceResponse(_message.Message):
     def __init__(self, batch_script: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ...) -> None: ...
 
 class CreateServiceRequest(_message.Message):
-    __slots__ = ("recipe", "parameters", "resources", "labels", "request_id", "restart_policy", "replicas", "min_ready")
+    __slots__ = ("recipe", "parameters", "resources", "labels", "request_id", "restart_policy", "replicas", "min_ready", "renew_before")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -334,6 +336,7 @@ class CreateServiceRequest(_message.Message):
     RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     MIN_READY_FIELD_NUMBER: _ClassVar[int]
+    RENEW_BEFORE_FIELD_NUMBER: _ClassVar[int]
     recipe: str
     parameters: _containers.ScalarMap[str, str]
     resources: _common_pb2.Resources
@@ -342,7 +345,8 @@ class CreateServiceRequest(_message.Message):
     restart_policy: RestartPolicy
     replicas: int
     min_ready: int
-    def __init__(self, recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., replicas: _Optional[int] = ..., min_ready: _Optional[int] = ...) -> None: ...
+    renew_before: _duration_pb2.Duration
+    def __init__(self, recipe: _Optional[str] = ..., parameters: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., replicas: _Optional[int] = ..., min_ready: _Optional[int] = ..., renew_before: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class CreateServiceResponse(_message.Message):
     __slots__ = ("service",)

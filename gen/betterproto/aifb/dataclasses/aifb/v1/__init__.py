@@ -1014,6 +1014,15 @@ class CreateServiceRequest(betterproto2.Message):
 
     min_ready: "int" = betterproto2.field(8, betterproto2.TYPE_INT32)
 
+    renew_before: "datetime.timedelta | None" = betterproto2.field(
+        9, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    Renew each replica this long before its job's time limit: a successor is started, and the
+    old one drained once the successor is READY (the service serves across time limits). It
+    needs a time limit; a service with it has replicas (one unless `replicas` says more).
+    """
+
 
 default_message_pool.register_message("aifb.v1", "CreateServiceRequest", CreateServiceRequest)
 
@@ -2628,6 +2637,13 @@ class Service(betterproto2.Message):
     replica_status: "list[Replica]" = betterproto2.field(
         22, betterproto2.TYPE_MESSAGE, repeated=True
     )
+
+    renew_before: "datetime.timedelta | None" = betterproto2.field(
+        23, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    Set when its replicas are renewed before their time limit.
+    """
 
 
 default_message_pool.register_message("aifb.v1", "Service", Service)
