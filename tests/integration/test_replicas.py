@@ -196,3 +196,34 @@ def test_a_replica_is_renewed_before_its_time_limit_with_no_failed_request(
         gone = _until(server, first.name, lambda s: s.state == S.SERVICE_STATE_STOPPED,
                       timeout=30)  # drained, then its job cancelled
         assert gone.restarts == 0  # a renewal is planned, not a restart
+
+
+def test_a_replica_killed_under_load_is_restarted_and_only_its_outage_has_errors(
+        aifb_home: Path) -> None:
+    with bench_mesh(aifb_home) as mesh:
+        server = mesh.stub()
+        svc = server.CreateService(S.CreateServiceRequest(recipe="flaky", replicas=3),
+                                   timeout=60).service
+        ready = _until(server, svc.name, lambda s: s.state == S.SERVICE_STATE_READY)
+        victim = ready.replica_status[1]
+        run = _bench(mesh, svc.name, 150, 8)
+        time.sleep(3)
+        starts = Path(victim.job.stdout_path).parent / "starts.log"
+        os.kill(int(starts.read_text().split()[0]), signal.SIGKILL)
+        back = _until(server, svc.name, lambda s: s.restarts == 1
+                      and s.state == S.SERVICE_STATE_READY)
+        assert back.replica_status[1].restarts == 1
+        stub = mesh.bench_stub()
+        final, _ = follow(stub, run.name, timeout=120)
+        assert final.state == C.BENCHMARK_STATE_SUCCEEDED, final.state_message  # it went on
+        doc = json.loads(stub.GetBenchmarkReport(C.GetBenchmarkReportRequest(
+            name=run.name, format=C.REPORT_FORMAT_JSON), timeout=30).content)
+        extra, counters = doc["figures"]["extra"], doc["figures"]["counters"]
+        url = f"http://{victim.endpoint.host}:{victim.endpoint.port}/"
+        errors = {k.removeprefix("replica_errors:"): v for k, v in extra.items()
+                  if k.startswith("replica_errors:")}
+        # The report shows it: the errors are the killed replica's, and few (its outage
+        # window: the requests sent to it before the run saw it leave READY).
+        assert errors[url] == counters["errors"] and all(
+            v == 0 for u, v in errors.items() if u != url), errors
+        assert counters["errors"] < 0.05 * counters["completed"], counters
