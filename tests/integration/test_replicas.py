@@ -9,11 +9,13 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import grpc
 import pytest
 
+from aifb.cli.host.threaded import ThreadedMesh
 from aifb.server.schedulers import make_scheduler
 from aifb.v1 import client_pb2 as C
 from aifb.v1 import common_pb2
@@ -112,6 +114,15 @@ def test_a_replica_down_leaves_the_service_degraded_until_it_is_back(
     assert back.replica_status[1].restarts == 1 and back.replica_status[0].restarts == 0
 
 
+def _mesh(home: Path, scheduler: str, request: pytest.FixtureRequest
+          ) -> AbstractContextManager[ThreadedMesh]:
+    """A server and a benchmark service on the local executor or on the real SLURM."""
+    if scheduler != "slurm":
+        return bench_mesh(home)
+    request.getfixturevalue("slurm_cluster")
+    return bench_mesh(home, scheduler="slurm", make_scheduler=lambda: make_scheduler("slurm"))
+
+
 def _bench(mesh: object, svc_name: str, rate: float, duration: float,
            spread: str = "") -> C.Benchmark:
     stub = mesh.bench_stub()  # type: ignore[attr-defined]
@@ -134,8 +145,10 @@ def _per_replica(mesh: object, run: C.Benchmark) -> tuple[dict[str, float], dict
             if k.startswith("replica_requests:")}, counters
 
 
-def test_a_benchmark_spreads_over_the_replicas_and_follows_a_scale(aifb_home: Path) -> None:
-    with bench_mesh(aifb_home) as mesh:
+@pytest.mark.parametrize("scheduler", ["local", pytest.param("slurm", marks=pytest.mark.slurm)])
+def test_a_benchmark_spreads_over_the_replicas_and_follows_a_scale(
+        aifb_home: Path, scheduler: str, request: pytest.FixtureRequest) -> None:
+    with _mesh(aifb_home, scheduler, request) as mesh:
         server = mesh.stub()
         svc = server.CreateService(S.CreateServiceRequest(recipe="flaky", replicas=3),
                                    timeout=60).service
@@ -172,11 +185,7 @@ def test_a_replica_is_renewed_before_its_time_limit_with_no_failed_request(
     """Issue 14, part 5: a 1-minute limit renewed 45 s before it, so 15 s after the job
     started (the successor's own renewal comes after the benchmark); a benchmark runs across.
     On SLURM the limit is real: the old job would be killed at a minute."""
-    kw: dict[str, object] = {}
-    if scheduler == "slurm":
-        request.getfixturevalue("slurm_cluster")
-        kw["make_scheduler"] = lambda: make_scheduler("slurm")
-    with bench_mesh(aifb_home, scheduler=scheduler, **kw) as mesh:
+    with _mesh(aifb_home, scheduler, request) as mesh:
         server = mesh.stub()
         req = S.CreateServiceRequest(recipe="flaky", resources=common_pb2.Resources(
             time_limit_minutes=1))
@@ -198,9 +207,10 @@ def test_a_replica_is_renewed_before_its_time_limit_with_no_failed_request(
         assert gone.restarts == 0  # a renewal is planned, not a restart
 
 
+@pytest.mark.parametrize("scheduler", ["local", pytest.param("slurm", marks=pytest.mark.slurm)])
 def test_a_replica_killed_under_load_is_restarted_and_only_its_outage_has_errors(
-        aifb_home: Path) -> None:
-    with bench_mesh(aifb_home) as mesh:
+        aifb_home: Path, scheduler: str, request: pytest.FixtureRequest) -> None:
+    with _mesh(aifb_home, scheduler, request) as mesh:
         server = mesh.stub()
         svc = server.CreateService(S.CreateServiceRequest(recipe="flaky", replicas=3),
                                    timeout=60).service
