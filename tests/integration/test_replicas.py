@@ -132,7 +132,9 @@ def _bench(mesh: object, svc_name: str, rate: float, duration: float,
                                      duration=seconds(duration), error_budget=0.5))
 
 
-def _per_replica(mesh: object, run: C.Benchmark) -> tuple[dict[str, float], dict[str, int]]:
+def _per_replica(mesh: object, run: C.Benchmark, figure: str = "replica_requests:"
+                 ) -> tuple[dict[str, float], dict[str, int]]:
+    """The finished run's `figure` for each replica, and its counters."""
     stub = mesh.bench_stub()  # type: ignore[attr-defined]
     final, _ = follow(stub, run.name, timeout=120)
     assert final.state == C.BENCHMARK_STATE_SUCCEEDED, final.state_message
@@ -141,8 +143,7 @@ def _per_replica(mesh: object, run: C.Benchmark) -> tuple[dict[str, float], dict
     extra = doc["figures"]["extra"]
     counters = {**doc["figures"]["counters"], "by_kind": doc["figures"].get("errors_by_kind")
                 or doc["figures"].get("errors")}
-    return {k.removeprefix("replica_requests:"): v for k, v in extra.items()
-            if k.startswith("replica_requests:")}, counters
+    return {k.removeprefix(figure): v for k, v in extra.items() if k.startswith(figure)}, counters
 
 
 @pytest.mark.parametrize("scheduler", ["local", pytest.param("slurm", marks=pytest.mark.slurm)])
@@ -223,15 +224,9 @@ def test_a_replica_killed_under_load_is_restarted_and_only_its_outage_has_errors
         back = _until(server, svc.name, lambda s: s.restarts == 1
                       and s.state == S.SERVICE_STATE_READY)
         assert back.replica_status[1].restarts == 1
-        stub = mesh.bench_stub()
-        final, _ = follow(stub, run.name, timeout=120)
-        assert final.state == C.BENCHMARK_STATE_SUCCEEDED, final.state_message  # it went on
-        doc = json.loads(stub.GetBenchmarkReport(C.GetBenchmarkReportRequest(
-            name=run.name, format=C.REPORT_FORMAT_JSON), timeout=30).content)
-        extra, counters = doc["figures"]["extra"], doc["figures"]["counters"]
+        # It went on (SUCCEEDED), and its report has each replica's errors.
+        errors, counters = _per_replica(mesh, run, "replica_errors:")
         url = f"http://{victim.endpoint.host}:{victim.endpoint.port}/"
-        errors = {k.removeprefix("replica_errors:"): v for k, v in extra.items()
-                  if k.startswith("replica_errors:")}
         # The report shows it: the errors are the killed replica's, and few (its outage
         # window: the requests sent to it before the run saw it leave READY).
         assert errors[url] == counters["errors"] and all(
