@@ -196,10 +196,10 @@ class ServiceManager(JobReplacement, ReplicaSetCommands):
             sid = secrets.token_hex(6)
             token = secrets.token_urlsafe(24)
             workdir = self.home / "jobs" / sid
+            env = self._job_environment(sid, token)  # TRACEPARENT: the create span's child
             with self.tracer.start_as_current_span("aifb.server.render"):
                 prepared = self.deployer.prepare(recipe, params, resources, service_id=sid,
-                                                 workdir=workdir,
-                                                 environment=self._job_environment(sid, token),
+                                                 workdir=workdir, environment=env,
                                                  restart=restart)
             span.set_attribute("aifb.service", sid)
             span.set_attribute("aifb.recipe", recipe)
