@@ -96,6 +96,8 @@ class SpreadWorkload:
     endpoints: list[_Endpoint] = field(default_factory=list)
     _turn: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # The endpoints a request may go to, worked out when they change, not per request.
+    _live: list[_Endpoint] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         made = self.first or self.build(self.targets.first)
@@ -118,15 +120,20 @@ class SpreadWorkload:
             raise failed[0][1]
         for endpoint in self.endpoints:
             endpoint.ready = endpoint.active
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Recompute the pickable endpoints: the connected ones still wanted, or while none
+        is (make before break), the connected ones leaving."""
+        usable = [e for e in self.endpoints if e.active and e.ready]
+        self._live = [e for e in usable if not e.leaving] or usable
 
     async def warm(self) -> None:
         await asyncio.gather(*(e.workload.warm() for e in self.endpoints
                                if e.ready and isinstance(e.workload, WarmWorkload)))
 
     def _pick(self) -> _Endpoint | None:
-        live = [e for e in self.endpoints if e.active and e.ready and not e.leaving]
-        if not live:  # make before break: the old ones serve until a newcomer is connected
-            live = [e for e in self.endpoints if e.active and e.ready and e.leaving]
+        live = self._live
         if not live:
             return None
         self._turn += 1
@@ -182,6 +189,7 @@ class SpreadWorkload:
                 continue
             self.endpoints.append(endpoint)
             self._spawn(self._join(endpoint))
+        self._refresh()
 
     async def _join(self, endpoint: _Endpoint) -> None:
         try:
@@ -191,15 +199,18 @@ class SpreadWorkload:
         except Exception as exc:
             log.warning("replica %s is not reachable yet: %s", endpoint.url, exc)
             endpoint.active = False
+            self._refresh()
             return
         log.info("replica %s joined", endpoint.url)
         endpoint.ready = True
         for gone in [e for e in self.endpoints if e.leaving and e.active]:
             self._leave(gone)
+        self._refresh()
 
     def _leave(self, endpoint: _Endpoint) -> None:
         log.info("replica %s went away: no new requests", endpoint.url)
         endpoint.active = False
+        self._refresh()
         if endpoint.outstanding == 0:
             self._close_later(endpoint)
 
