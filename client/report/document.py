@@ -12,6 +12,7 @@ from typing import Any
 
 from aifb.client.engine.histogram import PERCENTILES, LatencyHistogram
 from aifb.client.engine.results import LoadResult
+from aifb.client.report.usage import usage_check
 from aifb.client.runs.options import parse_slo
 from aifb.client.runs.record import BenchmarkRecord
 
@@ -61,7 +62,8 @@ def _figures(result: LoadResult) -> dict[str, Any]:
             "values": dict(result.values), "value_rates": result.value_rates(),
             "extra": dict(result.extra),
             "histograms": {k: histogram_figures(h) for k, h in result.histograms.items()
-                           if h.count}}
+                           if h.count},
+            "usage_check": usage_check(result.values)}
 
 
 def _slo_results(record: BenchmarkRecord, result: LoadResult) -> list[dict[str, Any]]:

@@ -16,7 +16,10 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-__all__ = ["llm_rows", "summary_rows", "to_html", "to_markdown", "vectordb_rows"]
+from aifb.client.report.usage import usage_check
+
+__all__ = ["llm_rows", "summary_rows", "to_html", "to_markdown", "usage_rows",
+           "vectordb_rows"]
 
 
 def _ms(value: float | None) -> str:
@@ -53,7 +56,40 @@ def llm_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
         done = f["counters"].get("completed", 0)
         share = f" ({values['good_requests'] / done:.1%} of requests)" if done else ""
         rows.append(("goodput", f"{rates.get('good_requests', 0.0):,.2f} req/s{share}"))
+    return rows + usage_rows(values) + server_time_rows(f)
+
+
+def server_time_rows(f: dict[str, Any]) -> list[tuple[str, str]]:
+    """The server's own prefill/decode times (when it reports them) beside TTFT and ITL: what
+    the client adds on top (mean TTFT - mean server prefill; mean ITL / server decode time per
+    token)."""
+    values, hists = f["values"], f["histograms"]
+    n = values.get("server_timed", 0.0)
+    if not n:
+        return []
+    prefill = values["server_prompt_ms"] / n / 1000
+    rows = [("server prefill (mean)", _ms(prefill))]
+    if "ttft" in hists:
+        rows.append(("TTFT - server prefill (mean)", _ms(hists["ttft"]["mean"] - prefill)))
+    runs = values.get("server_decode_runs", 0.0)
+    if runs and "itl" in hists:
+        per_token = values["server_decode_ms"] / runs / 1000
+        rows.append(("server decode per token", _ms(per_token)))
+        rows.append(("ITL / server decode per token", f"{hists['itl']['mean'] / per_token:.3f}"))
     return rows
+
+
+def usage_rows(values: dict[str, float]) -> list[tuple[str, str]]:
+    check = usage_check(values)
+    if check is None:
+        return []
+    n, bad = check["requests"], check["output_mismatches"]
+    out = (f"agree on all {n:,} replies" if not bad
+           else f"DIFFER on {bad:,} of {n:,} replies")
+    mean, sd = check["prompt_offset_mean"], check["prompt_offset_sd"]
+    prompt = (f"server = client {mean:+g} on every request" if sd < 1e-6
+              else f"VARY: server - client = {mean:+.1f} ± {sd:.1f}")
+    return [("usage vs client: output tokens", out), ("usage vs client: prompt tokens", prompt)]
 
 
 def vectordb_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:

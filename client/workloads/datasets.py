@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from aifb.client.workloads.tokenizer import Tokenizer, exact_text
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["DISTRIBUTIONS", "LengthDist", "Prompt", "count_words", "load_prompts",
@@ -116,14 +117,18 @@ class LengthDist:
         return out
 
 
-def synthetic_prompts(n: int, lengths: LengthDist, seed: int) -> list[Prompt]:
-    """`n` prompts of random common words, lengths drawn from `lengths` (seeded)."""
+def synthetic_prompts(n: int, lengths: LengthDist, seed: int,
+                      tokenizer: Tokenizer | None = None) -> list[Prompt]:
+    """`n` prompts of random common words, lengths drawn from `lengths` (seeded): in words, or
+    with a tokenizer exactly that many tokens (`aifb.client.workloads.tokenizer`)."""
     if n < 1:
         raise InvalidArgument("the number of prompts must be >= 1", field="params.num_prompts")
     rng = random.Random(seed ^ 0x5EED)
     prompts = []
     for size in lengths.sample(n, seed):
-        prompts.append(Prompt(text=" ".join(rng.choices(_WORDS, k=size)), input_tokens=size))
+        text = (exact_text(tokenizer, size, rng) if tokenizer is not None
+                else " ".join(rng.choices(_WORDS, k=size)))
+        prompts.append(Prompt(text=text, input_tokens=size))
     return prompts
 
 

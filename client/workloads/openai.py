@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
+from dataclasses import replace
 from time import perf_counter_ns
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -40,9 +42,10 @@ from aifb.client.workloads.datasets import LengthDist, Prompt, load_prompts, syn
 from aifb.client.workloads.http_client import HttpConnection, HttpError, HttpPool, build_request
 from aifb.client.workloads.registry import WorkloadKind, register
 from aifb.client.workloads.sse import SseError, SseReader
+from aifb.client.workloads.tokenizer import Tokenizer, load_tokenizer
 from aifb.mesh.errors import InvalidArgument
 
-__all__ = ["OpenAIParams", "OpenAIWorkload"]
+__all__ = ["OpenAIParams", "OpenAIWorkload", "parse_extra_body"]
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 Dist = Literal["fixed", "uniform", "normal", "lognormal"]
@@ -78,6 +81,16 @@ class OpenAIParams(BaseModel):
                                         "length (output_tokens, or ShareGPT's reply) when it "
                                         "has one.")
     ignore_eos: bool = Field(True, description="Ask for exactly max_tokens (vLLM extension).")
+    exact_output_tokens: bool = Field(False, description="Also send min_tokens = max_tokens "
+                                      "and, with a tokenizer, a logit_bias forbidding its "
+                                      "end-of-reply tokens: exact lengths on llama.cpp, vLLM.")
+    tokenizer: str = Field("", max_length=4096, description="The model's tokenizer: a "
+                           "tokenizer.json (or its folder), a .gguf model, or a packaged "
+                           "model (gemma3-270m). Synthetic prompts are then exact in tokens "
+                           "and dataset prompts counted in tokens; empty = words.")
+    extra_body: str = Field("", max_length=65_536, description="A JSON object whose fields are "
+                            "added to every request body (min_tokens, logit_bias, top_k, vendor "
+                            "options); it may not set model, messages, prompt or stream.")
     stream: bool = Field(True, description="Stream the reply (needed for TTFT/ITL/TPOT).")
     include_usage: bool = Field(True, description="Ask for the server's token counts "
                                 "(stream_options.include_usage).")
@@ -117,6 +130,8 @@ class OpenAIWorkload:
         self._pool: HttpPool | None = None
         self._requests: list[tuple[bytes, int]] = []  # (encoded request, input-token estimate)
         self.model = params.model
+        self._extra = parse_extra_body(params.extra_body)
+        self._tokenizer: Tokenizer | None = None
         self.timeouts = 0
         self.stream_bytes = 0
 
@@ -133,11 +148,16 @@ class OpenAIWorkload:
 
     def _prompts(self) -> list[Prompt]:
         p = self.params
+        tok = load_tokenizer(p.tokenizer) if p.tokenizer else None
+        self._tokenizer = tok
         if p.dataset:
-            return load_prompts(p.dataset, p.dataset_format, p.num_prompts)
+            prompts = load_prompts(p.dataset, p.dataset_format, p.num_prompts)
+            if tok is None:
+                return prompts
+            return [replace(q, input_tokens=len(tok.encode(q.as_text()))) for q in prompts]
         return synthetic_prompts(p.num_prompts, LengthDist(p.input_dist, p.input_tokens,
                                                            p.input_spread, p.input_min,
-                                                           p.input_max), p.seed)
+                                                           p.input_max), p.seed, tokenizer=tok)
 
     def _body(self, prompt: Prompt, max_tokens: int) -> dict[str, Any]:
         p = self.params
@@ -151,6 +171,11 @@ class OpenAIWorkload:
             body["ignore_eos"] = True
         if p.stream and p.include_usage:
             body["stream_options"] = {"include_usage": True}
+        if p.exact_output_tokens:
+            body["min_tokens"] = max_tokens
+            if self._tokenizer is not None and self._tokenizer.end_ids:
+                body["logit_bias"] = {str(i): -100 for i in self._tokenizer.end_ids}
+        body.update(self._extra)
         return body
 
     async def prepare(self) -> None:
@@ -253,6 +278,7 @@ class OpenAIWorkload:
                   start_ns: int, input_estimate: int) -> Outcome:
         chunk_ns: list[int] = []
         usage: dict[str, Any] | None = None
+        timings: dict[str, Any] | None = None
         done = False
         for data, at in events:
             if data == b"[DONE]":
@@ -270,11 +296,15 @@ class OpenAIWorkload:
                 chunk_ns.append(at)
             if isinstance(obj.get("usage"), dict):
                 usage = obj["usage"]
+            if isinstance(obj.get("timings"), dict):
+                timings = obj["timings"]
         if not done:
             return Outcome(False, "incomplete_stream", status, end_ns, sent_ns)
         if not chunk_ns:
             return Outcome(False, "no_tokens", status, end_ns, sent_ns)
         values = self._counts(usage, input_estimate, len(chunk_ns))
+        if timings is not None:
+            values.update(_server_timings(timings))
         first = chunk_ns[0]
         out_tokens = values["output_tokens"]
         tpot_ms = (end_ns - first) / (out_tokens - 1) / 1e6 if out_tokens > 1 else 0.0
@@ -309,10 +339,21 @@ class OpenAIWorkload:
 
     @staticmethod
     def _counts(usage: Any, input_estimate: int, counted: int) -> dict[str, float]:
+        """Token counts: the server's `usage` when it sends it, else the client's. With usage,
+        also how the two compare (summed over requests, so workers merge exactly): replies
+        whose length differs from the chunks received, and the prompt offset (server - client:
+        the BOS and chat-template tokens the client does not count) with its square, whose
+        spread says whether the offset was the same on every request."""
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
             prompt = usage.get("prompt_tokens")
-            return {"input_tokens": float(prompt if isinstance(prompt, int) else input_estimate),
-                    "output_tokens": float(usage["completion_tokens"]), "usage_reported": 1.0}
+            server_in = prompt if isinstance(prompt, int) else input_estimate
+            offset = float(server_in - input_estimate)
+            return {"input_tokens": float(server_in),
+                    "output_tokens": float(usage["completion_tokens"]), "usage_reported": 1.0,
+                    "client_input_tokens": float(input_estimate),
+                    "client_output_tokens": float(counted),
+                    "usage_output_mismatches": float(usage["completion_tokens"] != counted),
+                    "usage_input_offset": offset, "usage_input_offset_sq": offset * offset}
         return {"input_tokens": float(input_estimate), "output_tokens": float(counted),
                 "usage_reported": 0.0}
 
@@ -331,6 +372,46 @@ class OpenAIWorkload:
         if self._pool is not None:
             self._pool.close()
             await asyncio.sleep(0)  # let the transports run their close callbacks
+
+
+def _server_timings(t: dict[str, Any]) -> dict[str, float]:
+    """The server's own prefill and decode times for this request, when it sends them (the
+    `timings` object of llama.cpp's server and of aifb's llamacpp recipe): summed, they give
+    the client's overhead beside its TTFT and ITL in the report."""
+    try:
+        prompt_ms, decode_ms = float(t["prompt_ms"]), float(t["predicted_ms"])
+        runs = float(t["predicted_n"])
+    except (KeyError, TypeError, ValueError):
+        return {}
+    if not all(math.isfinite(v) and v >= 0 for v in (prompt_ms, decode_ms, runs)):
+        return {}
+    return {"server_timed": 1.0, "server_prompt_ms": prompt_ms, "server_decode_ms": decode_ms,
+            "server_decode_runs": runs}
+
+
+# Request fields the workload owns: set them through their own parameters.
+_OWN_FIELDS = {"model": "model", "messages": "dataset", "prompt": "dataset", "stream": "stream",
+               "stream_options": "include_usage"}
+
+
+def parse_extra_body(text: str) -> dict[str, Any]:
+    """`extra_body`: a JSON object merged into every request body (after the workload's own
+    fields, so it may replace max_tokens, temperature, ignore_eos...)."""
+    if not text.strip():
+        return {}
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidArgument(f"extra_body is not JSON: {exc}", field="params.extra_body"
+                              ) from None
+    if not isinstance(obj, dict):
+        raise InvalidArgument("extra_body must be a JSON object ({\"min_tokens\": 32, ...}), "
+                              f"got {type(obj).__name__}", field="params.extra_body")
+    for key in obj:
+        if key in _OWN_FIELDS:
+            raise InvalidArgument(f"extra_body may not set {key!r}: use the "
+                                  f"{_OWN_FIELDS[key]} parameter", field="params.extra_body")
+    return obj
 
 
 def _chat(target_url: str, params: OpenAIParams) -> OpenAIWorkload:

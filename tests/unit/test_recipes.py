@@ -23,7 +23,8 @@ from aifb.server.recipes.values import parse_memory_mib, parse_time_minutes
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["chroma", "fake-llm", "nginx", "ollama", "qdrant", "redis", "vllm", "vllm-multinode"]
+SHIPPED = ["chroma", "fake-llm", "llamacpp", "nginx", "ollama", "qdrant", "redis", "vllm",
+           "vllm-multinode"]
 
 MINIMAL = """\
 name: mini
@@ -299,7 +300,7 @@ WITH_METRICS = MINIMAL.replace("name: mini", "name: metered")
 def test_shipped_recipes_declare_metrics_exactly_where_the_software_serves_them() -> None:
     declared = {r.name: r.metrics_endpoint for r in RecipeCatalog().list()}
     assert sorted(n for n, m in declared.items() if m is not None) == [
-        "fake-llm", "qdrant", "vllm", "vllm-multinode"]
+        "fake-llm", "llamacpp", "qdrant", "vllm", "vllm-multinode"]
     assert all(m.path == "/metrics" for m in declared.values() if m is not None)
 
 
