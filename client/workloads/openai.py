@@ -367,9 +367,12 @@ class OpenAIWorkload:
 
     def extra_metrics(self) -> dict[str, float]:
         pool = self._pool
-        return {"connections_opened": float(pool.opened if pool else 0),
-                "response_body_bytes": float(self.stream_bytes), "timeouts": float(self.timeouts),
-                "prompts": float(len(self._requests))}
+        extra = {"connections_opened": float(pool.opened if pool else 0),
+                 "response_body_bytes": float(self.stream_bytes), "timeouts": float(self.timeouts),
+                 "prompts": float(len(self._requests))}
+        if self._conversations is not None:  # sessions cycle through these
+            extra["conversations"] = float(self._conversations.count)
+        return extra
 
     async def close(self) -> None:
         if self._pool is not None:

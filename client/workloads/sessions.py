@@ -112,6 +112,9 @@ def check_session_params(p: SessionParams, *, chat: bool) -> None:
     """InvalidArgument naming the parameter when the session laws are inconsistent, or when
     sessions are asked of a workload that has no conversation (completions)."""
     if not p.multi_turn:
+        if p.think_time_ms:
+            raise InvalidArgument("a think time needs sessions: set turns > 1 (or a turns law)",
+                                  field="params.think_time_ms")
         return
     if not chat:
         raise InvalidArgument("multi-turn sessions need openai-chat: a completion has no "

@@ -325,6 +325,7 @@ def test_sessions_are_refused_on_several_engines_naming_the_field() -> None:
      "params.think_max_ms"),
     ("openai-chat", {"turns": 101}, "params.turns"),
     ("openai-chat", {"turns": 2, "think_time_ms": -1}, "params.think_time_ms"),
+    ("openai-chat", {"think_time_ms": 500}, "params.think_time_ms"),  # no sessions to pause
 ])
 def test_bad_session_parameters_name_their_field(kind: str, params: dict[str, object],
                                                  field: str) -> None:
