@@ -72,6 +72,7 @@ class LoadRun:
         self._rec: Recorder | None = None
         self._sink: _Sink | None = None
         self._pacer: Pacer | None = None
+        self._session_runner: SessionRunner | None = None
         self._seq = 0
 
     # -- control
@@ -113,6 +114,8 @@ class LoadRun:
         self.reason = reason
         if self._pacer is not None:
             self._pacer.arm(0)  # the open loop notices at once, not at its next send
+        if self._session_runner is not None:
+            self._session_runner.stop()  # sessions thinking end now
         if state is not RunState.SUCCEEDED:
             log.info("load run stopping: %s (%s)", state.value, reason)
 
@@ -260,8 +263,10 @@ class LoadRun:
         wl = self.workload
         if not (isinstance(wl, SessionWorkload) and wl.multi_turn):
             return None
-        return SessionRunner(wl, rec, self.spec, next_seq=self._next_seq,
-                             stopping=lambda: self._stopping, check_budget=self._check_budget)
+        runner = self._session_runner = SessionRunner(
+            wl, rec, self.spec, next_seq=self._next_seq, stopping=lambda: self._stopping,
+            check_budget=self._check_budget)
+        return runner
 
     async def _call(self, seq: int) -> Outcome:
         try:

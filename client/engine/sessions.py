@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 MAX_TURNS = 100  # per session: bounds the per-turn figures a run can create
 SESSION_COUNTERS = ("sessions_started", "sessions_completed", "sessions_failed", "sessions_cut")
-_STOP_CHECK_NS = 50_000_000  # a think time is slept in steps this long, watching for a stop
 _TURN_KEY = re.compile(r"^turn(\d{1,3})_([a-z_]+)$")
 
 
@@ -112,8 +111,15 @@ class SessionRunner:
         self._end_ns = rec.start_ns + int(spec.total_s * 1e9)
         self._next_seq, self._stopping, self._check_budget = next_seq, stopping, check_budget
         self.started = 0  # sessions begun in the whole run: the number the next one gets
+        # Resolved by stop(): every session thinking wakes at once (no polling per session).
+        self._stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for name in SESSION_COUNTERS:
             rec.result.counters.setdefault(name, 0)
+
+    def stop(self) -> None:
+        """The run is stopping: sessions waiting out a think time end now (cut)."""
+        if not self._stopped.done():
+            self._stopped.set_result(None)
 
     async def run(self, intended_ns: int, keep: Callable[[], bool] | None = None) -> None:
         """One session, its first turn intended at `intended_ns` (closed loop: now). The caller
@@ -206,12 +212,9 @@ class SessionRunner:
     async def _think(self, due_ns: int, keep: Callable[[], bool] | None) -> bool:
         """Wait until `due_ns`; False when the session ends instead: the next turn would fall
         after the run's end, the run stops, or `keep` says so."""
-        if due_ns >= self._end_ns:
+        if due_ns >= self._end_ns or self._stopping():
             return False
-        while True:
-            if self._stopping() or (keep is not None and not keep()):
-                return False
-            left = due_ns - perf_counter_ns()
-            if left <= 0:
-                return True
-            await asyncio.sleep(min(left, _STOP_CHECK_NS) / 1e9)
+        left = due_ns - perf_counter_ns()
+        if left > 0:
+            await asyncio.wait((self._stopped,), timeout=left / 1e9)
+        return not self._stopping() and (keep is None or keep())

@@ -13,7 +13,7 @@ from time import perf_counter_ns
 
 import pytest
 
-from aifb.client.engine.load import run_load
+from aifb.client.engine.load import LoadRun, run_load
 from aifb.client.engine.results import LoadResult, RunState
 from aifb.client.engine.sessions import SessionWorkload, turn_key
 from aifb.client.engine.spec import LoadSpec, Mode
@@ -243,6 +243,26 @@ def test_max_requests_counts_turns_and_cuts_the_session_it_ends_in() -> None:
     assert [(n, t) for n, t, _ in wl.log] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
     c = res.counters
     assert (c["sent"], c["sessions_completed"], c["sessions_cut"]) == (5, 1, 1)
+
+
+def test_a_cancel_ends_sessions_waiting_out_a_think_time_at_once() -> None:
+    wl = FakeSessionWorkload(turns=5, think_ms=60_000)
+
+    async def scenario() -> tuple[LoadResult, float]:
+        run = LoadRun(LoadSpec(mode=Mode.CLOSED, users=3, duration_s=300.0, drain_s=60.0), wl)
+        run.start()
+        while len(wl.log) < 3:  # every user sent its first turn and now thinks for a minute
+            await asyncio.sleep(0.01)
+        t0 = perf_counter_ns()
+        run.cancel("enough")
+        res = await run.wait()
+        return res, (perf_counter_ns() - t0) / 1e9
+
+    res, took_s = asyncio.run(scenario())
+    assert res.state is RunState.CANCELLED
+    assert took_s < 30  # not the think time, nor the 60 s the drain would have waited
+    c = res.counters
+    assert (c["ok"], c["sessions_started"], c["sessions_cut"]) == (3, 3, 3)
 
 
 def _record(res: LoadResult) -> BenchmarkRecord:
