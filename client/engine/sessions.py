@@ -139,7 +139,7 @@ class SessionRunner:
             except Exception as exc:
                 log.warning("session %d could not be opened: %s", number, exc)
                 session = _Unopened(f"exception:{type(exc).__name__}")
-            turns = min(session.turns, MAX_TURNS)
+            turns = max(min(session.turns, MAX_TURNS), 1)
             turn = 0
             while True:
                 ok, end_ns = await self._turn(session, turn, intended_ns)
