@@ -16,6 +16,8 @@ other workloads get a task per request and the lag runs to when that task starts
 young generations are collected less often and what existed before is frozen (`gc.freeze`), so
 no collection walks the whole heap between two sends.
 Closed loop runs `users` coroutines back to back (a profile can ramp or step the number).
+With a multi-turn workload (`aifb.client.engine.sessions`) a closed-loop user or an open-loop
+arrival runs one whole session instead of one request.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from aifb.client.engine.recorder import Recorder
 from aifb.client.engine.results import LoadResult, RunState
 from aifb.client.engine.samples import RequestLog
 from aifb.client.engine.schedule import arrival_offsets_ns
+from aifb.client.engine.sessions import SessionRunner, SessionWorkload
 from aifb.client.engine.spec import LoadSpec, Mode
 from aifb.client.engine.workload import CallbackWorkload, Outcome, WarmWorkload, Workload
 
@@ -69,6 +72,7 @@ class LoadRun:
         self._rec: Recorder | None = None
         self._sink: _Sink | None = None
         self._pacer: Pacer | None = None
+        self._session_runner: SessionRunner | None = None
         self._seq = 0
 
     # -- control
@@ -110,6 +114,8 @@ class LoadRun:
         self.reason = reason
         if self._pacer is not None:
             self._pacer.arm(0)  # the open loop notices at once, not at its next send
+        if self._session_runner is not None:
+            self._session_runner.stop()  # sessions thinking end now
         if state is not RunState.SUCCEEDED:
             log.info("load run stopping: %s (%s)", state.value, reason)
 
@@ -252,6 +258,16 @@ class LoadRun:
         self._seq = seq + 1
         return seq
 
+    def _sessions(self, rec: Recorder) -> SessionRunner | None:
+        """The session runner when the workload runs conversations, else None."""
+        wl = self.workload
+        if not (isinstance(wl, SessionWorkload) and wl.multi_turn):
+            return None
+        runner = self._session_runner = SessionRunner(
+            wl, rec, self.spec, next_seq=self._next_seq, stopping=lambda: self._stopping,
+            check_budget=self._check_budget)
+        return runner
+
     async def _call(self, seq: int) -> Outcome:
         try:
             return await self.workload.request(seq)
@@ -274,7 +290,9 @@ class LoadRun:
         finished: asyncio.Future[None] = loop.create_future()
         offsets = iter(arrival_offsets_ns(spec.level_profile(), spec.arrival,
                                           burstiness=spec.burstiness, seed=spec.seed))
-        fast = workload if isinstance(workload, CallbackWorkload) else None
+        sessions = self._sessions(rec)
+        fast = (workload if isinstance(workload, CallbackWorkload) and sessions is None
+                else None)
         sink = self._sink = _Sink(self, rec) if fast is not None else None
         tasks = self._requests
         discard = tasks.discard
@@ -303,7 +321,8 @@ class LoadRun:
                     except Exception as exc:
                         sink.failed(intended, exc)
                 else:
-                    task = loop.create_task(self._one(rec, seq, intended))
+                    task = loop.create_task(self._one(rec, seq, intended) if sessions is None
+                                            else sessions.run(intended))
                     tasks.add(task)
                     task.add_done_callback(discard)
                 now = perf_counter_ns()
@@ -328,6 +347,7 @@ class LoadRun:
         prof = spec.level_profile()
         users: dict[int, asyncio.Task[None]] = {}
         target = [0]
+        sessions = self._sessions(rec)
 
         async def user(uid: int) -> None:
             while not self._stopping and uid < target[0]:
@@ -338,6 +358,9 @@ class LoadRun:
                 if seq is None:
                     return
                 rec.in_flight += 1
+                if sessions is not None:
+                    await sessions.run(now, keep=lambda: uid < target[0])
+                    continue
                 rec.sent_unscheduled(now)
                 out = await self._call(seq)
                 rec.in_flight -= 1

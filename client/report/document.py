@@ -12,6 +12,7 @@ from typing import Any
 
 from aifb.client.engine.histogram import PERCENTILES, LatencyHistogram
 from aifb.client.engine.results import LoadResult
+from aifb.client.report.turns import session_figures
 from aifb.client.report.usage import usage_check
 from aifb.client.runs.options import parse_slo
 from aifb.client.runs.record import BenchmarkRecord
@@ -112,6 +113,8 @@ def build_document(record: BenchmarkRecord, stored: dict[str, Any],
                           "load": record.load.to_dict()},
         "figures": _figures(result),
         "slo": _slo_results(record, result),
+        # Multi-turn runs: sessions completed/failed/cut and per-turn figures, else None.
+        "sessions": session_figures(result),
         "series": series_rows(result),
         "sweep": {"steps": steps, "stop_reason": stored.get("stop_reason", "")}
         if steps else None,

@@ -1,8 +1,9 @@
 """Markdown and HTML reports: the summary table, SLOs, sweep steps, configuration, plots.
 
 The summary (shared with the CLI's text output) adds TTFT, ITL, TPOT, token throughput and
-goodput for LLM runs, recall@k and insert throughput for vector-database runs, and where the
-per-request samples are (and whether they were capped).
+goodput for LLM runs (and sessions, with a per-turn table, for multi-turn ones), recall@k and
+insert throughput for vector-database runs, and where the per-request samples are (and whether
+they were capped).
 
 Markdown refers to the SVG files written beside it; HTML inlines them so the one file can be
 mailed or attached. Every value that came from a user (labels, parameters, the recipe) is
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from aifb.client.report.turns import TURN_HEAD, session_rows, turn_table
 from aifb.client.report.usage import usage_check
 
 __all__ = ["llm_rows", "summary_rows", "to_html", "to_markdown", "usage_rows",
@@ -145,6 +147,7 @@ def summary_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("schedule lag p99", _ms(lag["p99"])))
     if workload.startswith("openai") or "ttft" in f["histograms"]:
         rows += llm_rows(doc)
+    rows += session_rows(doc)
     if workload == "vectordb" or "recall_checked" in f["values"]:
         rows += vectordb_rows(doc)
     rows += samples_row(doc)
@@ -172,6 +175,10 @@ def to_markdown(doc: dict[str, Any], images: list[str]) -> str:
     if doc["slo"]:
         lines += ["", "## SLOs", "", "| SLO | limit | measured | verdict |", "|---|---|---|---|"]
         lines += [f"| {a} | {b_} | {c} | {d} |" for a, b_, c, d in _slo_rows(doc)]
+    if turn_table(doc):
+        lines += ["", "## Turns", "", "| " + " | ".join(TURN_HEAD) + " |",
+                  "|" + "---|" * len(TURN_HEAD)]
+        lines += ["| " + " | ".join(row) + " |" for row in turn_table(doc)]
     if doc.get("sweep"):
         lines += ["", "## Sweep", "", "| step | target req/s | achieved req/s | p50 | p99 |",
                   "|---|---|---|---|---|"]
@@ -215,6 +222,8 @@ def to_html(doc: dict[str, Any], svgs: dict[str, str]) -> str:
     if doc["slo"]:
         parts += ["<h2>SLOs</h2>", _table(("SLO", "limit", "measured", "verdict"),
                                           _slo_rows(doc))]
+    if turn_table(doc):
+        parts += ["<h2>Turns</h2>", _table(TURN_HEAD, turn_table(doc))]
     if doc.get("sweep"):
         rows = [(s["name"], f"{s['target_rate']:.1f}", f"{s['achieved_rate']:.1f}",
                  _ms(s["latency"].get("p50")), _ms(s["latency"].get("p99")))

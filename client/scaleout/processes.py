@@ -35,6 +35,7 @@ from aifb.client.engine.spec import LoadSpec
 from aifb.client.scaleout.hub import ProgressHub
 from aifb.client.scaleout.partition import PartitionTask, run_share
 from aifb.client.scaleout.split import split_spec
+from aifb.client.workloads.registry import check_one_engine
 from aifb.client.workloads.spread import Targets
 
 __all__ = ["MAX_WORKERS", "ProcessLoad", "run_process_load"]
@@ -78,6 +79,7 @@ class ProcessLoad:
                  on_progress: ProgressCallback | None = None, sample_limit: int = 0) -> None:
         if not 1 <= workers <= MAX_WORKERS:
             raise ValueError(f"workers must be within 1..{MAX_WORKERS}, got {workers}")
+        check_one_engine(workload_name, params, workers, field="workers")
         self.spec = spec
         self.workload_name = workload_name
         self.target_url = target_url

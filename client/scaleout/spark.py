@@ -41,7 +41,7 @@ from aifb.client.scaleout.partition import PartitionTask, TaskRow, run_partition
 from aifb.client.scaleout.shared import SharedSetup
 from aifb.client.scaleout.spark_session import check_master, get_session, local_slots
 from aifb.client.scaleout.split import MAX_PARTITIONS, split_spec
-from aifb.client.workloads.registry import build_workload
+from aifb.client.workloads.registry import build_workload, check_one_engine
 from aifb.client.workloads.spread import Targets
 from aifb.mesh.errors import Internal, InvalidArgument, Unavailable
 
@@ -67,6 +67,7 @@ class SparkLoad:
         check_master(master)
         # Validates the name and params here; the driver's own instance runs a shared setup.
         self._workload = build_workload(workload_name, target_url, params)
+        check_one_engine(workload_name, params, partitions or 0, field="partitions")
         slots = local_slots(master)
         if partitions is not None:
             if isinstance(partitions, bool) or not isinstance(partitions, int) or not (

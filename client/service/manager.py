@@ -36,7 +36,12 @@ from aifb.client.service.runner import Runner, RunOutcome, final_progress
 from aifb.client.service.store import RunStore
 from aifb.client.service.targets import ServiceResolver, Target, check_url
 from aifb.client.service.telemetry import TelemetrySink
-from aifb.client.workloads.registry import build_workload, get_kind, parse_params
+from aifb.client.workloads.registry import (
+    build_workload,
+    check_one_engine,
+    get_kind,
+    parse_params,
+)
 from aifb.client.workloads.spread import STRATEGIES
 from aifb.mesh.auth import Principal
 from aifb.mesh.errors import (
@@ -208,6 +213,10 @@ class BenchmarkManager:
             raise InvalidArgument("workload is required", field="workload")
         params = parse_params(kind, _typed_params(req.parameters)).model_dump()
         the_plan = plan(req.load)
+        spark = req.load.engine == "spark"  # a sweep's steps run in one worker each
+        check_one_engine(req.workload, params, req.load.partitions if spark else 1
+                         if the_plan.sweep is not None else req.load.workers,
+                         field="load.partitions" if spark else "load.workers")
         check_labels(req.labels)
         if bool(req.service) == bool(req.url):
             raise InvalidArgument("give exactly one target: service or url",

@@ -132,10 +132,13 @@ def synthetic_prompts(n: int, lengths: LengthDist, seed: int,
     return prompts
 
 
-def load_prompts(path: str | Path, fmt: str = "auto", limit: int = 0) -> list[Prompt]:
+def load_prompts(path: str | Path, fmt: str = "auto", limit: int = 0, *,
+                 whole: bool = False) -> list[Prompt]:
     """Prompts from a JSONL file (`prompt` or `messages` per line) or a ShareGPT-style JSON file.
 
     `fmt` is "jsonl", "sharegpt" or "auto" (by content: a file starting with `[` is ShareGPT).
+    `whole` keeps each ShareGPT conversation whole, every turn of it, for multi-turn sessions
+    (`aifb.client.workloads.sessions`), instead of cutting it after its first user turn.
     Every problem names the file, the line or entry, and what was expected.
     """
     p = Path(path)
@@ -148,7 +151,7 @@ def load_prompts(path: str | Path, fmt: str = "auto", limit: int = 0) -> list[Pr
     if fmt == "jsonl":
         prompts = _jsonl(p, raw, limit)
     elif fmt == "sharegpt":
-        prompts = _sharegpt(p, raw, limit)
+        prompts = _sharegpt(p, raw, limit, whole)
     else:
         raise InvalidArgument(f"dataset format must be auto, jsonl or sharegpt, got {fmt!r}",
                               field="params.dataset_format")
@@ -217,9 +220,10 @@ _SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "
                    "bard": "assistant"}
 
 
-def _sharegpt(path: Path, raw: str, limit: int) -> list[Prompt]:
+def _sharegpt(path: Path, raw: str, limit: int, whole: bool = False) -> list[Prompt]:
     """Each conversation gives one prompt: its turns up to the first user turn; the reply after
-    it, when present, sets the wanted output length (as benchmark tools usually do)."""
+    it, when present, sets the wanted output length (as benchmark tools usually do). `whole`:
+    every turn, the replies included (a session turns them into its requests)."""
     try:
         doc = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -246,11 +250,11 @@ def _sharegpt(path: Path, raw: str, limit: int) -> list[Prompt]:
             if role is None:
                 raise InvalidArgument(f"{where}: conversations[{j}]: unknown speaker "
                                       f"{turn['from']!r}", field=_FIELD)
-            if messages and messages[-1]["role"] == "user":
+            if not whole and messages and messages[-1]["role"] == "user":
                 reply = turn["value"] if role == "assistant" else None
                 break
             messages.append({"role": role, "content": turn["value"]})
-        if not messages or messages[-1]["role"] != "user":
+        if not any(m["role"] == "user" for m in messages):
             continue  # no user turn to send: skipped, as other tools do
         words = sum(count_words(m["content"]) for m in messages)
         out = max(count_words(reply), 1) if reply else None

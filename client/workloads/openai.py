@@ -21,6 +21,8 @@ The hot callback only splits SSE events; JSON is parsed once the reply is comple
 Errors (stable kinds): `status_<code>`, `connect`, `closed`, `timeout`, `protocol` (bad framing),
 `bad_event` (an event that is not JSON), `stream_error` (an `{"error": ...}` event),
 `incomplete_stream` (no `[DONE]`), `no_tokens` (a reply without a single token).
+
+Multi-turn sessions (`turns` > 1, openai-chat only): see `aifb.client.workloads.sessions`.
 """
 
 from __future__ import annotations
@@ -35,12 +37,19 @@ from time import perf_counter_ns
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from aifb.client.engine.workload import Outcome
 from aifb.client.workloads.datasets import LengthDist, Prompt, load_prompts, synthetic_prompts
 from aifb.client.workloads.http_client import HttpConnection, HttpError, HttpPool, build_request
 from aifb.client.workloads.registry import WorkloadKind, register
+from aifb.client.workloads.sessions import (
+    ChatSession,
+    Conversations,
+    SessionParams,
+    check_session_params,
+    reply_text,
+)
 from aifb.client.workloads.sse import SseError, SseReader
 from aifb.client.workloads.tokenizer import Tokenizer, load_tokenizer
 from aifb.mesh.errors import InvalidArgument
@@ -51,8 +60,9 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 Dist = Literal["fixed", "uniform", "normal", "lognormal"]
 
 
-class OpenAIParams(BaseModel):
-    """Parameters of the `openai-chat` and `openai-completions` workloads."""
+class OpenAIParams(SessionParams):
+    """Parameters of the `openai-chat` and `openai-completions` workloads (with the multi-turn
+    ones of SessionParams)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -120,8 +130,12 @@ class OpenAIWorkload:
         if params.api_key_env and not _ENV_NAME.fullmatch(params.api_key_env):
             raise InvalidArgument("api_key_env must be an environment variable name",
                                   field="params.api_key_env")
+        check_session_params(params, chat=chat)
         self.name = "openai-chat" if chat else "openai-completions"
         self.params = params
+        self.multi_turn = params.multi_turn  # the engine then runs sessions (see session())
+        self._conversations: Conversations | None = None
+        self._post_headers: dict[str, str] = {}
         self.chat = chat
         self._host, self._port = parts.hostname, parts.port or 80
         self._host_header = parts.netloc
@@ -187,7 +201,11 @@ class OpenAIWorkload:
 
     async def _prepare(self) -> None:
         headers = self._headers()
-        prompts = self._prompts()
+        if self.multi_turn:
+            tok = load_tokenizer(self.params.tokenizer) if self.params.tokenizer else None
+            self._tokenizer = tok
+            self._conversations = Conversations(self.params, tok)
+        prompts = [] if self.multi_turn else self._prompts()
         self._pool = HttpPool(self._host, self._port, limit=self.params.connections)
         if not self.model:
             self.model = await self._first_model(headers)
@@ -198,6 +216,7 @@ class OpenAIWorkload:
         lengths = LengthDist(p.output_dist, p.output_tokens, p.output_spread, p.output_min,
                              p.output_max).sample(len(prompts), p.seed + 1)
         headers["Accept"] = "text/event-stream" if p.stream else "application/json"
+        self._post_headers = headers
         for prompt, length in zip(prompts, lengths, strict=True):
             wanted = prompt.output_tokens if (p.dataset_output_tokens and prompt.output_tokens) \
                 else length
@@ -225,12 +244,34 @@ class OpenAIWorkload:
                                   "parameter", field="params.model")
         return name
 
+    # -- sessions
+    def session(self, number: int) -> ChatSession:
+        """Multi-turn session `number` (see aifb.client.engine.sessions)."""
+        if self._conversations is None:
+            raise RuntimeError("prepare() the workload first, with turns > 1")
+        return self._conversations.session(number, self)
+
+    def chat_request(self, messages: list[dict[str, str]], max_tokens: int) -> bytes:
+        """One chat request carrying `messages` (a session's turn: the conversation so far)."""
+        body = json.dumps(self._body(Prompt(messages=tuple(messages)), max_tokens),
+                          separators=(",", ":")).encode()
+        return build_request("POST", self._path, self._host_header, self._post_headers, body)
+
     # -- one request
     async def request(self, seq: int) -> Outcome:
+        if not self._requests:
+            raise RuntimeError("prepare() the workload first" if not self.multi_turn else
+                               "a multi-turn workload sends sessions' turns, not requests")
+        raw, input_estimate = self._requests[seq % len(self._requests)]
+        return await self.send(raw, input_estimate)
+
+    async def send(self, raw: bytes, input_estimate: int,
+                   reply: list[str] | None = None) -> Outcome:
+        """Send one encoded request; when it succeeds and `reply` is given, the reply's text is
+        appended to it (a session keeps it in its history)."""
         pool = self._pool
         if pool is None:
             raise RuntimeError("prepare() the workload first")
-        raw, input_estimate = self._requests[seq % len(self._requests)]
         start_ns = perf_counter_ns()
         stream = self.params.stream
         reader = SseReader()
@@ -265,9 +306,14 @@ class OpenAIWorkload:
         if problem:
             return Outcome(False, problem[0], resp.status, resp.end_ns, sent_ns)
         if stream:
-            return self._streamed(events, resp.status, resp.end_ns, sent_ns, start_ns,
-                                  input_estimate)
-        return self._whole(resp.body or b"", resp.status, resp.end_ns, sent_ns, input_estimate)
+            out = self._streamed(events, resp.status, resp.end_ns, sent_ns, start_ns,
+                                 input_estimate)
+        else:
+            out = self._whole(resp.body or b"", resp.status, resp.end_ns, sent_ns,
+                              input_estimate)
+        if reply is not None and out.ok:
+            reply.append(reply_text(events if stream else None, resp.body))
+        return out
 
     def _expire(self, conn: HttpConnection) -> None:
         if not conn.closed:
@@ -364,9 +410,12 @@ class OpenAIWorkload:
 
     def extra_metrics(self) -> dict[str, float]:
         pool = self._pool
-        return {"connections_opened": float(pool.opened if pool else 0),
-                "response_body_bytes": float(self.stream_bytes), "timeouts": float(self.timeouts),
-                "prompts": float(len(self._requests))}
+        extra = {"connections_opened": float(pool.opened if pool else 0),
+                 "response_body_bytes": float(self.stream_bytes), "timeouts": float(self.timeouts),
+                 "prompts": float(len(self._requests))}
+        if self._conversations is not None:  # sessions cycle through these
+            extra["conversations"] = float(self._conversations.count)
+        return extra
 
     async def close(self) -> None:
         if self._pool is not None:

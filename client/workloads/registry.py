@@ -8,6 +8,10 @@ the same three values.
     kind = get_kind("http")
     workload = build_workload("http", "http://127.0.0.1:8080", {"path": "/", "connections": 16})
 
+A kind whose parameters can ask for a single engine (a params model with
+`single_engine_reason()`, e.g. multi-turn sessions) is refused by `check_one_engine` on worker
+processes or Spark partitions, before anything starts.
+
 Built-in kinds live in the modules named in `_BUILTIN_MODULES`; each calls `register()` at import.
 Third-party kinds register through the `aifb.workloads` entry-point group (an entry point names a
 module, imported for its `register()` calls).
@@ -21,7 +25,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
@@ -29,7 +33,8 @@ from aifb.client.engine.workload import Workload
 from aifb.client.workloads.spread import Targets, spread
 from aifb.mesh.errors import InvalidArgument
 
-__all__ = ["WorkloadKind", "all_kinds", "build_workload", "get_kind", "parse_params", "register"]
+__all__ = ["SingleEngine", "WorkloadKind", "all_kinds", "build_workload", "check_one_engine",
+           "get_kind", "parse_params", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,14 @@ class WorkloadKind:
     def schema_json(self) -> str:
         """The parameters' JSON Schema (what ListWorkloads publishes)."""
         return json.dumps(self.params.model_json_schema(), sort_keys=True)
+
+
+@runtime_checkable
+class SingleEngine(Protocol):
+    """Parameters that may need the whole load in one engine."""
+
+    def single_engine_reason(self) -> str:
+        """Why these parameters cannot be split over several engines; "" when they can."""
 
 
 def register(kind: WorkloadKind) -> WorkloadKind:
@@ -116,3 +129,17 @@ def build_workload(name: str, target_url: str | Targets,
     if isinstance(target_url, Targets):
         return spread(lambda url: kind.build(url, parsed), target_url)
     return kind.build(target_url, parsed)
+
+
+def check_one_engine(name: str, params: dict[str, Any] | None, engines: int, *,
+                     field: str) -> None:
+    """InvalidArgument naming `field` when workload `name` with `params` must run in one engine
+    and would run in `engines` (0: as many as a Spark cluster gives)."""
+    if engines == 1:
+        return
+    parsed = parse_params(get_kind(name), params or {})
+    reason = parsed.single_engine_reason() if isinstance(parsed, SingleEngine) else ""
+    if reason:
+        raise InvalidArgument(f"workload {name!r}: {reason}; run it in one engine: the "
+                              "in-process engine with 1 worker, or Spark with 1 partition",
+                              field=field)

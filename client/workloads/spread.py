@@ -9,7 +9,9 @@ service live: a new endpoint is prepared and starts getting requests; one that w
 no new request, and closes once its last one has ended. Each endpoint's requests, successes and
 errors are counted into `extra_metrics()` as `replica_requests:<url>`, `replica_ok:<url>`,
 `replica_errors:<url>` (summed over partitions like every extra figure), beside the inner
-workloads' own extras, summed.
+workloads' own extras, summed. A multi-turn session (`aifb.client.engine.sessions`) stays on
+the endpoint it started on, where its prefix is cached; if that endpoint goes away, its next
+turn fails (`replica_gone`) and the session ends.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from aifb.client.engine.sessions import Session, SessionWorkload
 from aifb.client.engine.workload import (
     CallbackWorkload,
     Outcome,
@@ -164,6 +167,19 @@ class SpreadWorkload:
         finally:
             self._ended(endpoint, outcome)
 
+    @property
+    def multi_turn(self) -> bool:
+        inner = self.endpoints[0].workload
+        return isinstance(inner, SessionWorkload) and inner.multi_turn
+
+    def session(self, number: int) -> Session:
+        """Session `number` on the endpoint picked now, for all its turns."""
+        endpoint = self._pick()
+        inner = endpoint.workload if endpoint is not None else None
+        if endpoint is None or not isinstance(inner, SessionWorkload):
+            return _PinnedSession(self, None, None)
+        return _PinnedSession(self, endpoint, inner.session(number))
+
     def update(self, urls: Sequence[str]) -> None:
         """Follow the service: `urls` are its READY replicas now (call on the run's loop)."""
         wanted = list(dict.fromkeys(urls))[:MAX_ENDPOINTS]
@@ -246,6 +262,38 @@ class SpreadWorkload:
                 endpoint.closed = True
                 with contextlib.suppress(Exception):
                     await endpoint.workload.close()
+
+
+class _PinnedSession:
+    """A session kept on one endpoint (a Session; with none, its one turn fails)."""
+
+    __slots__ = ("endpoint", "inner", "owner")
+
+    def __init__(self, owner: SpreadWorkload, endpoint: _Endpoint | None,
+                 inner: Session | None) -> None:
+        self.owner, self.endpoint, self.inner = owner, endpoint, inner
+
+    @property
+    def turns(self) -> int:
+        return self.inner.turns if self.inner is not None else 1
+
+    def think_ns(self, turn: int) -> int:
+        return self.inner.think_ns(turn) if self.inner is not None else 0
+
+    async def request(self, turn: int) -> Outcome:
+        endpoint, inner = self.endpoint, self.inner
+        if endpoint is None or inner is None:
+            return Outcome(ok=False, error="no_ready_replica")
+        if endpoint.closed:
+            return Outcome(ok=False, error="replica_gone")
+        endpoint.outstanding += 1
+        endpoint.requests += 1
+        outcome = Outcome(ok=False, error="exception")
+        try:
+            outcome = await inner.request(turn)
+            return outcome
+        finally:
+            self.owner._ended(endpoint, outcome)
 
 
 class CallbackSpreadWorkload(SpreadWorkload):
