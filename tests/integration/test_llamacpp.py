@@ -80,6 +80,16 @@ def test_llamacpp_serves_exact_lengths_and_ttft_tracks_the_servers_prefill(
         doc = json.loads(report.content)
         with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
             metrics = resp.read().decode()
+        # Multi-turn sessions on the same server: each turn carries the history.
+        chat = create(bench, workload="openai-chat", service=svc.name, parameters={
+            "tokenizer": "gemma3-270m", "turns": "3", "input_tokens": "16",
+            "output_tokens": "16", "exact_output_tokens": "true", "num_prompts": "2"},
+            load=C.LoadProfile(mode=C.LOAD_MODE_CLOSED, concurrency=1,
+                               duration=seconds(600), max_requests=6))
+        done, _ = follow(bench, chat.name, timeout=600)
+        assert done.state == C.BENCHMARK_STATE_SUCCEEDED, done.state_message
+        sessions = json.loads(bench.GetBenchmarkReport(C.GetBenchmarkReportRequest(
+            name=chat.name, format=C.REPORT_FORMAT_JSON), timeout=60).content)["sessions"]
         server.DeleteService(S.DeleteServiceRequest(name=svc.name), timeout=30)
 
     f = doc["figures"]
@@ -112,6 +122,13 @@ def test_llamacpp_serves_exact_lengths_and_ttft_tracks_the_servers_prefill(
     assert scraped["llamacpp:tokens_predicted_total"] == REQUESTS * (REPLY - 1)
     assert scraped["llamacpp:prompt_seconds_total"] > 0
     assert scraped["llamacpp:requests_processing"] == 0
+    # Per turn, the server's prompt tokens grow by the user's 16 tokens and the reply's 16
+    # (re-tokenized from its text, give or take one) plus the turn markers.
+    assert sessions["completed"] == 2 and sessions["failed"] == 0
+    inputs = [t["input_tokens_mean"] for t in sessions["turns"]]
+    outputs = [t["output_tokens_mean"] for t in sessions["turns"]]
+    assert [t["turn"] for t in sessions["turns"]] == [1, 2, 3] and outputs == [16, 16, 16]
+    assert all(30 <= b - a <= 45 for a, b in zip(inputs, inputs[1:])), inputs
 
 
 def test_a_model_that_is_not_there_fails_the_start_with_the_reason(
