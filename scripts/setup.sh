@@ -5,7 +5,7 @@
 # is how the locks move.
 #
 # Usage: scripts/setup.sh [--no-npm] [--extra NAME]...
-#   --extra NAME   also install an extra of pyproject.toml: spark, vectordb, bench (dev and gpu
+#   --extra NAME   also install an extra of pyproject.toml: spark, vectordb, llm, bench (dev and gpu
 #                  always). .venv keeps the extras of earlier runs, so a later plain setup does
 #                  not uninstall what scripts/test.sh added.
 set -euo pipefail
@@ -27,6 +27,9 @@ ensure_uv "$PY"
 kept=.venv/.aifb-extras
 if [ -f "$kept" ]; then mapfile -t -O "${#extras[@]}" extras < "$kept"; fi
 mapfile -t extras < <(printf '%s\n' "${extras[@]}" | sort -u)
+# The llm extra's llama-cpp-python is an sdist: it compiles llama.cpp with the system's compiler,
+# cmake and ninja (Debian's; otherwise its build would fetch unpinned ones from the index).
+if printf '%s\n' "${extras[@]}" | grep -qx llm; then apt_install build-essential cmake ninja-build; fi
 args=(--frozen --python "$PY")
 for e in "${extras[@]}"; do args+=(--extra "$e"); done
 if [ ! -x .venv/bin/python ]; then

