@@ -99,7 +99,7 @@ class Timings:
         self.predicted = 0
         self.predicted_s = 0.0
         self.requests = 0
-        self._fh = open(path, "a", buffering=1) if path else None  # noqa: SIM115
+        self._path = path
 
     def record(self, r: dict[str, Any]) -> None:
         line = {"time": round(time.time(), 6), "prompt_tokens": r["prompt_tokens"],
@@ -112,8 +112,9 @@ class Timings:
             self.prompt_s += r["prompt_ms"] / 1000
             self.predicted += r["eval_runs"]
             self.predicted_s += r["eval_ms"] / 1000
-            if self._fh is not None:
-                self._fh.write(json.dumps(line) + "\n")
+            if self._path:  # one line a request (hundreds of ms each): open, append, close
+                with open(self._path, "a") as fh:
+                    fh.write(json.dumps(line) + "\n")
 
 
 # The figures of the completion being served: set per HTTP request by the middleware (contexts
