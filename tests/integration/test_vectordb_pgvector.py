@@ -34,7 +34,7 @@ from aifb.client.workloads.vectordb.vectors import (
     random_vectors,
     recall_hits,
 )
-from tests.fixtures.pgvector import pgvector_env, require_pgvector
+from tests.fixtures.pgvector import require_pgvector
 from tests.integration.flow import S, create, state_name, wait_for_state
 
 if TYPE_CHECKING:
@@ -246,7 +246,6 @@ def test_the_pgvector_recipe_deploys_and_serves_a_vectordb_benchmark(
     require_pgvector()
     # the job finds `python` (this venv's) on PATH, as it would with the venv activated
     monkeypatch.setenv("PATH", f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}")
-    monkeypatch.setenv("PYTHONPATH", pgvector_env().get("PYTHONPATH", ""))
     stub = each_scheduler_server.stub()
     svc = create(stub, "pgvector", port="0", max_connections="20")
     try:
@@ -261,3 +260,33 @@ def test_the_pgvector_recipe_deploys_and_serves_a_vectordb_benchmark(
     finally:
         stub.DeleteService(S.DeleteServiceRequest(name=svc.name), timeout=30)
         assert state_name(wait_for_state(stub, svc.name, set()).state) == "STOPPED"
+
+
+def test_vectordb_on_spark_with_pgvector_inserts_once_and_both_partitions_query(
+        spark_session: None, pgvector: PgVectorServer) -> None:
+    from aifb.client.scaleout.spark import SparkLoad
+    from tests.fixtures.spark import SPARK_MASTER
+
+    count, batch = 1000, 250
+    params = {"backend": "pgvector", "collection": "spark-shared", "metric": "l2", "dim": 16,
+              "count": count, "batch_size": batch, "k": 10, "query_count": 30, "hnsw_ef": 1000,
+              "m": 32, "ef_construction": 200}
+    load = SparkLoad(LoadSpec(mode=Mode.CLOSED, users=4, duration_s=30.0, max_requests=80),
+                     "vectordb", pgvector.url, params, master=SPARK_MASTER, partitions=2)
+    res = load.run()
+    assert res.state is RunState.SUCCEEDED, res.reason
+    assert [p.counters["ok"] for p in load.partition_results] == [40, 40]
+    assert res.extra["insert_vectors"] == count and res.extra["insert_batches"] == 4  # once
+    assert res.extra["recall_at_k"] == 1.0 and res.extra["recall_queries"] == 80
+
+    async def gone() -> VectorDbError:  # the driver dropped the table after both partitions
+        index = IndexSettings(16, "l2")
+        pool = _pool(pgvector.url, index)
+        try:
+            with pytest.raises(VectorDbError) as err:
+                await PgVectorStore(pool, "spark-shared", index).attach()
+            return err.value
+        finally:
+            await pool.aclose()
+
+    assert asyncio.run(gone()).kind == "sql_42P01"
