@@ -1,6 +1,6 @@
 """recall@k and QPS of Chroma and pgvector on the same vectors and queries, in the same run.
 
-VectorDBBench-style: one seeded data set (float32, standard normal) and one query set, inserted
+As vector-database benchmarks compare engines: one seeded data set (float32, standard normal) and one query set, inserted
 into each engine with the same HNSW settings (m, ef_construction, search beam), then queried by
 the `vectordb` workload in closed loop with --users users for --seconds after a 1 s warm-up;
 recall@k is over the measured queries, against the exact neighbours numpy computes once for both
