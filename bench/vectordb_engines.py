@@ -1,14 +1,17 @@
 """recall@k and QPS of Chroma and pgvector on the same vectors and queries, in the same run.
 
-As vector-database benchmarks compare engines: one seeded data set (float32, standard normal) and one query set, inserted
-into each engine with the same HNSW settings (m, ef_construction, search beam), then queried by
-the `vectordb` workload in closed loop with --users users for --seconds after a 1 s warm-up;
-recall@k is over the measured queries, against the exact neighbours numpy computes once for both
-(the workload's own). The engines are real servers on free loopback ports, started as the tests
-start them (`chroma run`; the `pgvector` recipe's launcher), one at a time, in turns, --repeat
-times; each turn re-creates its collection. Stops by itself and stops what it started.
+As vector-database benchmarks compare engines: one seeded data set (float32, standard normal)
+and one query set, inserted into each engine with the same HNSW settings (m, ef_construction,
+search beam), then queried by the `vectordb` workload in closed loop with --users users for
+--seconds after a 1 s warm-up; recall@k is over the measured queries, against the exact
+neighbours numpy computes (the workload's own, from the same seed for both). The engines are real
+servers on free loopback ports, started as the tests start them (`chroma run`; the `pgvector`
+recipe's launcher), one at a time, in turns, --repeat times; each turn re-creates its
+collection. Stops by itself and stops what it started.
 
     .venv/bin/python bench/vectordb_engines.py [--count 5000] [--dim 128] [--seconds 5]
+
+(Until uv.lock has psycopg and pgserver: AIFB_PGVECTOR_SITE, see tests/fixtures/pgvector.py.)
 """
 
 from __future__ import annotations
