@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.fixtures.loki",
     "tests.fixtures.openai_server",
     "tests.fixtures.chroma",
+    "tests.fixtures.pgvector",
     "tests.fixtures.qdrant_fake",
     "tests.fixtures.spark",
 ]

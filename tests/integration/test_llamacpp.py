@@ -12,6 +12,7 @@ fail under AIFB_REQUIRE_LLM=1 (CI), as the Chroma tests do.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import statistics
@@ -128,7 +129,7 @@ def test_llamacpp_serves_exact_lengths_and_ttft_tracks_the_servers_prefill(
     inputs = [t["input_tokens_mean"] for t in sessions["turns"]]
     outputs = [t["output_tokens_mean"] for t in sessions["turns"]]
     assert [t["turn"] for t in sessions["turns"]] == [1, 2, 3] and outputs == [16, 16, 16]
-    assert all(30 <= b - a <= 45 for a, b in zip(inputs, inputs[1:])), inputs
+    assert all(30 <= b - a <= 45 for a, b in itertools.pairwise(inputs)), inputs
 
 
 def test_a_model_that_is_not_there_fails_the_start_with_the_reason(

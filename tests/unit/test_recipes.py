@@ -23,8 +23,8 @@ from aifb.server.recipes.values import parse_memory_mib, parse_time_minutes
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["chroma", "fake-llm", "llamacpp", "nginx", "ollama", "qdrant", "redis", "vllm",
-           "vllm-multinode"]
+SHIPPED = ["chroma", "fake-llm", "llamacpp", "nginx", "ollama", "pgvector", "qdrant", "redis",
+           "vllm", "vllm-multinode"]
 
 MINIMAL = """\
 name: mini

@@ -63,5 +63,15 @@ class JsonHttp:
             timer.cancel()
             pool.release(conn)
 
+    @property
+    def opened(self) -> int:
+        """Connections opened so far (the workload's `connections_opened`)."""
+        return self.pool.opened
+
     def close(self) -> None:
         self.pool.close()
+
+    async def aclose(self) -> None:
+        """Close, then yield once so the transports' close callbacks run."""
+        self.pool.close()
+        await asyncio.sleep(0)

@@ -1,4 +1,5 @@
-"""The `vectordb` workload: insert throughput, then query QPS, latency, recall@k (Qdrant, Chroma).
+"""The `vectordb` workload: insert throughput, then query QPS, latency, recall@k (Qdrant, Chroma,
+pgvector).
 
 Two phases. `prepare()` is the insert phase: it draws (or loads) the vectors, computes every
 query's exact k nearest with numpy, recreates the collection and upserts the vectors in batches
@@ -28,7 +29,7 @@ import asyncio
 import re
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -39,6 +40,8 @@ from aifb.client.workloads.registry import WorkloadKind, register
 from aifb.client.workloads.vectordb.base import IndexSettings, Metric, VectorDbError, VectorStore
 from aifb.client.workloads.vectordb.chroma import ChromaStore
 from aifb.client.workloads.vectordb.jsonhttp import JsonHttp
+from aifb.client.workloads.vectordb.pgpool import PgPool
+from aifb.client.workloads.vectordb.pgvector import MAX_INDEX_DIM, PgVectorStore, session_settings
 from aifb.client.workloads.vectordb.qdrant import QdrantStore
 from aifb.client.workloads.vectordb.vectors import (
     VectorSet,
@@ -54,6 +57,10 @@ __all__ = ["SharedVectors", "VectorDbParams", "VectorDbWorkload"]
 # Chroma's rule (3-512 of [A-Za-z0-9._-], alphanumeric at both ends); Qdrant accepts these too.
 _COLLECTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]")
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_PG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
+_PG_SCHEMES = ("postgresql", "postgres")
+# pgvector's bounds (0 = its default): a value outside them would fail at the server
+_PG_RANGES = {"m": (2, 100), "ef_construction": (4, 1000), "hnsw_ef": (1, 1000)}
 
 
 class VectorDbParams(BaseModel):
@@ -61,7 +68,8 @@ class VectorDbParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["qdrant", "chroma"] = Field("qdrant", description="Which API to speak.")
+    backend: Literal["qdrant", "chroma", "pgvector"] = Field(
+        "qdrant", description="Which engine's API to speak (pgvector: PostgreSQL's protocol).")
     collection: str = Field("aifb-bench", description="Collection to (re)create and query.")
     dim: int = Field(128, ge=1, le=65_536, description="Vector dimension (random vectors).")
     count: int = Field(10_000, ge=0, le=10_000_000, description="Vectors to insert (from a "
@@ -75,16 +83,28 @@ class VectorDbParams(BaseModel):
     dataset: str = Field("", description=".npy or .jsonl vectors; empty = seeded random.")
     seed: int = Field(0, ge=0, description="Seed of the random vectors.")
     hnsw_ef: int = Field(0, ge=0, le=1_000_000, description="Search beam (Qdrant hnsw_ef, "
-                         "Chroma ef_search); 0 = server default.")
+                         "Chroma ef_search, pgvector hnsw.ef_search); 0 = server default.")
     ef_construction: int = Field(0, ge=0, le=1_000_000, description="Build beam; 0 = default.")
-    m: int = Field(0, ge=0, le=1024, description="HNSW links per node (Qdrant m, Chroma "
-                   "max_neighbors); 0 = default.")
-    exact: bool = Field(False, description="Qdrant full-scan search (Chroma has none).")
+    m: int = Field(0, ge=0, le=1024, description="HNSW links per node (Qdrant and pgvector m, "
+                   "Chroma max_neighbors); 0 = default.")
+    exact: bool = Field(False, description="Full-scan search (Qdrant, pgvector; Chroma has "
+                        "none).")
     keep_collection: bool = Field(False, description="Leave the collection after the run.")
     tenant: str = Field("default_tenant", description="Chroma tenant.")
     database: str = Field("default_database", description="Chroma database.")
+    pg_user: str = Field("aifb", description="pgvector: PostgreSQL role to log in as.")
+    pg_database: str = Field("aifb", description="pgvector: PostgreSQL database.")
     connections: int = Field(64, ge=1, le=65_000, description="Most keep-alive connections.")
     timeout_s: float = Field(60.0, gt=0, le=3600, description="Per-request timeout, seconds.")
+
+
+class _Transport(Protocol):
+    """The backend's connections: HTTP keep-alive (Qdrant, Chroma) or PostgreSQL sessions."""
+
+    @property
+    def opened(self) -> int: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +126,16 @@ class VectorDbWorkload:
 
     def __init__(self, base_url: str, params: VectorDbParams) -> None:
         parts = urlsplit(base_url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise InvalidArgument("target must be http://host[:port][/prefix]",
+        pg = params.backend == "pgvector"
+        schemes = ("http", *_PG_SCHEMES) if pg else ("http",)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise InvalidArgument("target must be postgresql://host[:port] or http://host[:port] "
+                                  "(a deployed pgvector service)" if pg else
+                                  "target must be http://host[:port][/prefix]",
+                                  field="target.base_url")
+        if pg and (parts.path.strip("/") or parts.username or parts.query):
+            raise InvalidArgument("a pgvector target is host and port only: the role and the "
+                                  "database are the pg_user and pg_database parameters",
                                   field="target.base_url")
         if not _COLLECTION.fullmatch(params.collection):
             raise InvalidArgument("collection must be 3-512 of A-Z a-z 0-9 . _ -, starting and "
@@ -119,10 +147,13 @@ class VectorDbWorkload:
         if params.backend == "chroma" and params.exact:
             raise InvalidArgument("chroma has no exact search; raise hnsw_ef instead",
                                   field="params.exact")
+        if pg:
+            _check_pgvector(params)
         self.params = params
-        self._address = (parts.hostname, parts.port or 80, parts.netloc)
-        self._http = self._new_http()
+        default_port = 5432 if parts.scheme in _PG_SCHEMES else 80
+        self._address = (parts.hostname, parts.port or default_port, parts.netloc)
         self._prefix = parts.path.rstrip("/")
+        self._conn = self._new_transport()
         self._shared: SharedVectors | None = None  # set: a Spark partition after the driver
         self._store: VectorStore | None = None
         self._data: VectorSet | None = None
@@ -132,25 +163,34 @@ class VectorDbWorkload:
         self.hits = 0
         self.checked = 0
 
-    def _new_http(self) -> JsonHttp:
+    def _index(self, dim: int) -> IndexSettings:
+        p = self.params
+        return IndexSettings(dim, p.metric, p.m, p.ef_construction, p.hnsw_ef, p.exact)
+
+    def _new_transport(self) -> _Transport:
         host, port, netloc = self._address
-        return JsonHttp(host, port, netloc, connections=self.params.connections,
-                        timeout_s=self.params.timeout_s)
+        p = self.params
+        if p.backend == "pgvector":
+            return PgPool(host, port, user=p.pg_user, dbname=p.pg_database, limit=p.connections,
+                          timeout_s=p.timeout_s, settings=session_settings(self._index(p.dim)))
+        return JsonHttp(host, port, netloc, connections=p.connections, timeout_s=p.timeout_s)
 
     def _make_store(self, dim: int) -> VectorStore:
-        p = self.params
-        index = IndexSettings(dim, p.metric, p.m, p.ef_construction, p.hnsw_ef, p.exact)
+        p, conn = self.params, self._conn
+        index = self._index(dim)
+        if isinstance(conn, PgPool):
+            return PgVectorStore(conn, p.collection, index)
+        assert isinstance(conn, JsonHttp)
         if p.backend == "qdrant":
-            return QdrantStore(self._http, self._prefix, p.collection, index)
-        return ChromaStore(self._http, self._prefix, p.collection, index, tenant=p.tenant,
+            return QdrantStore(conn, self._prefix, p.collection, index)
+        return ChromaStore(conn, self._prefix, p.collection, index, tenant=p.tenant,
                            database=p.database)
 
     async def prepare(self) -> None:
         try:
             await self._prepare()
         except BaseException:
-            self._http.close()  # the engine does not call close() after a failed prepare
-            await asyncio.sleep(0)
+            await self._conn.aclose()  # the engine does not call close() after a failed prepare
             raise
 
     async def _prepare(self) -> None:
@@ -235,7 +275,7 @@ class VectorDbWorkload:
         out["recall_queries"] = float(self.checked // self.params.k if self.params.k else 0)
         if self.checked:
             out["recall_at_k"] = round(self.hits / self.checked, 6)
-        out["connections_opened"] = float(self._http.pool.opened)
+        out["connections_opened"] = float(self._conn.opened)
         return out
 
     async def close(self) -> None:
@@ -246,9 +286,7 @@ class VectorDbWorkload:
         except VectorDbError:
             pass  # the run's figures stand; a failed clean-up must not turn them into errors
         finally:
-            self._http.close()
-            await asyncio.sleep(0)
-
+            await self._conn.aclose()
 
     # -- Spark: the insert phase once, on the driver (aifb.client.scaleout.shared.SharedSetup)
 
@@ -257,8 +295,7 @@ class VectorDbWorkload:
         await self.prepare()
         data, truth = self._data, self._truth
         assert data is not None and truth is not None
-        self._http.close()
-        await asyncio.sleep(0)
+        await self._conn.aclose()
         self._data = None  # the base vectors are in the database now
         return SharedVectors(self.params.collection, len(data.base), int(data.base.shape[1]),
                              data.queries, truth)
@@ -275,14 +312,13 @@ class VectorDbWorkload:
         """Drop the collection (driver, after every partition ended) unless it is kept."""
         if self._store is None or self.params.keep_collection:
             return
-        self._http = http = self._new_http()
+        self._conn = conn = self._new_transport()
         try:
             await self._make_store(self.params.dim).drop()
         except VectorDbError as exc:
             raise RuntimeError(f"{self.params.backend} drop: {exc}") from exc
         finally:
-            http.close()
-            await asyncio.sleep(0)
+            await conn.aclose()
 
     def shared_metrics(self) -> dict[str, float]:
         return dict(self._insert)
@@ -300,9 +336,31 @@ class VectorDbWorkload:
         return out
 
 
+def _check_pgvector(p: VectorDbParams) -> None:
+    """pgvector's own limits, named by field before anything is sent."""
+    if len(p.collection.encode()) > 63:
+        raise InvalidArgument("a pgvector collection is a table: at most 63 bytes (PostgreSQL's "
+                              "identifier limit)", field="params.collection")
+    for key in ("pg_user", "pg_database"):
+        if not _PG_NAME.fullmatch(getattr(p, key)):
+            raise InvalidArgument(f"{key} must be 1-63 of A-Z a-z 0-9 _ -, not starting with a "
+                                  "digit or -", field=f"params.{key}")
+    for key, (lo, hi) in _PG_RANGES.items():
+        value = getattr(p, key)
+        if value and not lo <= value <= hi:
+            raise InvalidArgument(f"pgvector takes {key} in {lo}..{hi} (0 = its default)",
+                                  field=f"params.{key}")
+    if p.m and p.ef_construction and p.ef_construction < 2 * p.m:
+        raise InvalidArgument("pgvector needs ef_construction >= 2 * m",
+                              field="params.ef_construction")
+    if not p.dataset and p.dim > MAX_INDEX_DIM:
+        raise InvalidArgument(f"pgvector's HNSW index takes at most {MAX_INDEX_DIM} dimensions",
+                              field="params.dim")
+
+
 def _build(target_url: str, params: VectorDbParams) -> VectorDbWorkload:
     return VectorDbWorkload(target_url.rstrip("/"), params)
 
 
-register(WorkloadKind("vectordb", "Qdrant or Chroma: insert throughput, then query QPS, latency "
-                      "and recall@k against exact neighbours.", VectorDbParams, _build))
+register(WorkloadKind("vectordb", "Qdrant, Chroma or pgvector: insert throughput, then query QPS, "
+                      "latency and recall@k against exact neighbours.", VectorDbParams, _build))
