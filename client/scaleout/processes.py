@@ -17,6 +17,7 @@ call it in a thread.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import logging
@@ -25,8 +26,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Coroutine
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, TypeVar
 
 from aifb.client.engine.load import ProgressCallback
 from aifb.client.engine.results import LoadResult, RunState, merge_results
@@ -34,8 +36,9 @@ from aifb.client.engine.samples import RequestLog, SamplePart, SampleSet, split_
 from aifb.client.engine.spec import LoadSpec
 from aifb.client.scaleout.hub import ProgressHub
 from aifb.client.scaleout.partition import PartitionTask, run_share
+from aifb.client.scaleout.shared import SharedSetup
 from aifb.client.scaleout.split import split_spec
-from aifb.client.workloads.registry import check_one_engine
+from aifb.client.workloads.registry import build_workload, check_one_engine
 from aifb.client.workloads.spread import Targets
 
 __all__ = ["MAX_WORKERS", "ProcessLoad", "run_process_load"]
@@ -46,6 +49,7 @@ MAX_WORKERS = 256
 START_LEAD_S = 0.2  # the proposed common start, after the workers' imports
 BARRIER_MARGIN_NS = 50_000_000  # the barrier is this process: answered at once
 _Share = tuple[int, dict[str, Any], bytes, RequestLog | None]
+_T = TypeVar("_T")
 
 
 def _die_with_parent() -> None:
@@ -55,8 +59,9 @@ def _die_with_parent() -> None:
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _worker(task: PartitionTask, conn: Connection) -> None:
-    """A worker process: run the share, with the barrier through the parent."""
+def _worker(task: PartitionTask, conn: Connection, shared: object = None) -> None:
+    """A worker process: run the share, with the barrier through the parent (`shared`: the
+    parent's SharedSetup state, adopted before prepare)."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which cancels
 
@@ -65,7 +70,7 @@ def _worker(task: PartitionTask, conn: Connection) -> None:
         reply: list[str] = conn.recv()
         return reply
 
-    info, result = run_share(task, gather)
+    info, result = run_share(task, gather, shared)
     samples = result.samples if isinstance(result.samples, RequestLog) else None
     conn.send(("result", task.index, info, result.to_bytes(), samples))
     conn.close()
@@ -107,6 +112,60 @@ class ProcessLoad:
             hub.endpoints(urls)
 
     def run(self) -> LoadResult:
+        """A workload with a SharedSetup (`vectordb`'s insert phase) runs it once here, before
+        the workers start, as Spark's driver does (`aifb.client.scaleout.shared`): run by every
+        worker it would recreate the one collection N times under the others' queries."""
+        shared = self._shared_setup() if self.workers > 1 else None
+        if shared is None:
+            return self._run(None)
+        try:
+            state = self._in_loop(shared.setup_shared())
+        except asyncio.CancelledError:
+            self._teardown(shared)
+            return self._failed(RunState.CANCELLED, self._reason)
+        except Exception as exc:
+            log.warning("workload %s: the shared setup failed: %s", self.workload_name, exc)
+            self._teardown(shared)
+            return self._failed(RunState.FAILED, f"workload prepare failed: {exc}")
+        try:
+            result = self._run(state)
+        finally:
+            self._teardown(shared)
+        if self.partition_results:
+            result.extra = {**result.extra,
+                            **shared.merge_extra([p.extra for p in self.partition_results]),
+                            **shared.shared_metrics()}
+        return result
+
+    def _shared_setup(self) -> SharedSetup | None:
+        workload = build_workload(self.workload_name, self.target_url, self.params)
+        return workload if isinstance(workload, SharedSetup) else None
+
+    def _failed(self, state: RunState, reason: str) -> LoadResult:
+        return LoadResult(state=state, mode=self.spec.mode.value, workload=self.workload_name,
+                          workers=0, reason=reason)
+
+    def _teardown(self, shared: SharedSetup) -> None:
+        try:
+            self._in_loop(shared.teardown_shared(), cancellable=False)
+        except Exception as exc:  # the run's figures stand; a failed clean-up is logged
+            log.warning("workload %s: the shared teardown failed: %s", self.workload_name, exc)
+
+    def _in_loop(self, work: Coroutine[Any, Any, _T], *, cancellable: bool = True) -> _T:
+        """Run a coroutine of the parent on a loop of its own; a cancel() stops it (raising
+        CancelledError here) when `cancellable`."""
+
+        async def main() -> _T:
+            task = asyncio.ensure_future(work)
+            while cancellable and not task.done():
+                await asyncio.wait([task], timeout=0.1)
+                if self._cancelled.is_set() and not task.done():
+                    task.cancel()
+            return await task
+
+        return asyncio.run(main())
+
+    def _run(self, shared: object) -> LoadResult:
         plans = split_spec(self.spec, self.workers)
         limits = split_limit(self.sample_limit, len(plans))
         hub = self._hub = ProgressHub(len(plans), self.on_progress or (lambda _: None))
@@ -121,7 +180,7 @@ class ProcessLoad:
         try:
             for task in tasks:
                 parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_worker, args=(task, child), daemon=True,
+                proc = ctx.Process(target=_worker, args=(task, child, shared), daemon=True,
                                    name=f"aifb-load-{task.index}")
                 proc.start()
                 child.close()

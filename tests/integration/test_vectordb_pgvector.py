@@ -290,3 +290,47 @@ def test_vectordb_on_spark_with_pgvector_inserts_once_and_both_partitions_query(
             await pool.aclose()
 
     assert asyncio.run(gone()).kind == "sql_42P01"
+
+
+def test_vectordb_on_worker_processes_inserts_once_and_every_worker_queries(
+        pgvector: PgVectorServer) -> None:
+    """The worker-process engine runs the insert phase once in the parent, as Spark's driver
+    does: N workers each recreating the one table would drop the others' vectors mid-run."""
+    from aifb.client.scaleout.processes import ProcessLoad
+
+    count, batch = 1000, 250
+    params = {"backend": "pgvector", "collection": "workers-shared", "metric": "l2", "dim": 16,
+              "count": count, "batch_size": batch, "k": 10, "query_count": 30, "hnsw_ef": 1000,
+              "m": 32, "ef_construction": 200}
+    load = ProcessLoad(LoadSpec(mode=Mode.CLOSED, users=4, duration_s=30.0, max_requests=80),
+                       "vectordb", pgvector.url, params, workers=2)
+    res = load.run()
+    assert res.state is RunState.SUCCEEDED, res.reason
+    assert [p.counters["ok"] for p in load.partition_results] == [40, 40]
+    assert res.extra["insert_vectors"] == count and res.extra["insert_batches"] == 4  # once
+    assert res.extra["recall_at_k"] == 1.0 and res.extra["recall_queries"] == 80
+
+    async def gone() -> VectorDbError:  # the parent dropped the table after the workers
+        index = IndexSettings(16, "l2")
+        pool = _pool(pgvector.url, index)
+        try:
+            with pytest.raises(VectorDbError) as err:
+                await PgVectorStore(pool, "workers-shared", index).attach()
+            return err.value
+        finally:
+            await pool.aclose()
+
+    assert asyncio.run(gone()).kind == "sql_42P01"
+
+
+def test_a_failed_shared_setup_fails_the_run_before_any_worker_starts(
+        pgvector: PgVectorServer) -> None:
+    from aifb.client.scaleout.processes import ProcessLoad
+
+    params = {"backend": "pgvector", "collection": "never-made", "dim": 16, "count": 100,
+              "pg_database": "no_such_database"}
+    load = ProcessLoad(LoadSpec(mode=Mode.CLOSED, users=2, duration_s=5.0, max_requests=4),
+                       "vectordb", pgvector.url, params, workers=2)
+    res = load.run()
+    assert res.state is RunState.FAILED and "workload prepare failed" in res.reason
+    assert load.partition_results == []
