@@ -24,7 +24,7 @@ from typing import Any, Literal
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["DISTRIBUTIONS", "LengthDist", "Prompt", "count_words", "load_prompts",
-           "synthetic_prompts"]
+           "random_text", "synthetic_prompts"]
 
 DISTRIBUTIONS = ("fixed", "uniform", "normal", "lognormal")
 Distribution = Literal["fixed", "uniform", "normal", "lognormal"]
@@ -69,6 +69,12 @@ class Prompt:
 def count_words(text: str) -> int:
     """The token estimate: whitespace-separated words."""
     return len(text.split())
+
+
+def random_text(rng: random.Random, length: int) -> str:
+    """`length` random common words: every synthetic prompt's text comes from here. For the
+    same generator state, a shorter text is a prefix of a longer one."""
+    return " ".join(rng.choices(_WORDS, k=length))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +129,7 @@ def synthetic_prompts(n: int, lengths: LengthDist, seed: int) -> list[Prompt]:
     rng = random.Random(seed ^ 0x5EED)
     prompts = []
     for size in lengths.sample(n, seed):
-        prompts.append(Prompt(text=" ".join(rng.choices(_WORDS, k=size)), input_tokens=size))
+        prompts.append(Prompt(text=random_text(rng, size), input_tokens=size))
     return prompts
 
 

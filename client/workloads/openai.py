@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import re
+from collections.abc import Sequence
 from time import perf_counter_ns
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -40,6 +41,7 @@ from aifb.client.workloads.datasets import LengthDist, Prompt, load_prompts, syn
 from aifb.client.workloads.http_client import HttpConnection, HttpError, HttpPool, build_request
 from aifb.client.workloads.registry import WorkloadKind, register
 from aifb.client.workloads.sse import SseError, SseReader
+from aifb.client.workloads.trace import BuiltOnAccess, TracePrompts, read_trace
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["OpenAIParams", "OpenAIWorkload"]
@@ -90,6 +92,10 @@ class OpenAIParams(BaseModel):
     api_key_env: str = Field("", description="Environment variable holding the API key (sent "
                              "as a bearer token); the key itself never enters a parameter.")
     seed: int = Field(0, ge=0, description="Seed of prompt and length draws.")
+    trace: str = Field("", description="Request trace (mooncake JSONL: timestamp, "
+                       "input_length, output_length, hash_ids): request n takes entry n's "
+                       "prompt length, shared prefix blocks and max_tokens; replaces dataset "
+                       "and the length laws. The load mode trace sends entry n at its time.")
 
 
 class OpenAIWorkload:
@@ -104,6 +110,8 @@ class OpenAIWorkload:
         if not path.startswith("/") or any(c in path for c in " \r\n"):
             raise InvalidArgument("path must start with / and hold no spaces",
                                   field="params.path")
+        if params.trace and params.dataset:
+            raise InvalidArgument("give a dataset or a trace, not both", field="params.trace")
         if params.api_key_env and not _ENV_NAME.fullmatch(params.api_key_env):
             raise InvalidArgument("api_key_env must be an environment variable name",
                                   field="params.api_key_env")
@@ -115,7 +123,8 @@ class OpenAIWorkload:
         self._prefix = parts.path.rstrip("/")
         self._path = self._prefix + path
         self._pool: HttpPool | None = None
-        self._requests: list[tuple[bytes, int]] = []  # (encoded request, input-token estimate)
+        # (encoded request, input-token estimate); a trace's are encoded when sent
+        self._requests: Sequence[tuple[bytes, int]] = []
         self.model = params.model
         self.timeouts = 0
         self.stream_bytes = 0
@@ -131,8 +140,10 @@ class OpenAIWorkload:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def _prompts(self) -> list[Prompt]:
+    def _prompts(self) -> Sequence[Prompt]:
         p = self.params
+        if p.trace:
+            return TracePrompts(read_trace(p.trace, field="params.trace"), p.seed)
         if p.dataset:
             return load_prompts(p.dataset, p.dataset_format, p.num_prompts)
         return synthetic_prompts(p.num_prompts, LengthDist(p.input_dist, p.input_tokens,
@@ -170,15 +181,25 @@ class OpenAIWorkload:
             conn = await self._pool.acquire()  # fail fast when nothing listens
             self._pool.release(conn)
         p = self.params
+        headers["Accept"] = "text/event-stream" if p.stream else "application/json"
+        if isinstance(prompts, TracePrompts):
+            self._requests = BuiltOnAccess(prompts, lambda prompt: self._encode(
+                headers, prompt, prompt.output_tokens or p.output_tokens))
+            return
         lengths = LengthDist(p.output_dist, p.output_tokens, p.output_spread, p.output_min,
                              p.output_max).sample(len(prompts), p.seed + 1)
-        headers["Accept"] = "text/event-stream" if p.stream else "application/json"
+        built = []
         for prompt, length in zip(prompts, lengths, strict=True):
             wanted = prompt.output_tokens if (p.dataset_output_tokens and prompt.output_tokens) \
                 else length
-            body = json.dumps(self._body(prompt, wanted), separators=(",", ":")).encode()
-            self._requests.append((build_request("POST", self._path, self._host_header, headers,
-                                                 body), prompt.input_tokens))
+            built.append(self._encode(headers, prompt, wanted))
+        self._requests = built
+
+    def _encode(self, headers: dict[str, str], prompt: Prompt, max_tokens: int
+                ) -> tuple[bytes, int]:
+        body = json.dumps(self._body(prompt, max_tokens), separators=(",", ":")).encode()
+        return (build_request("POST", self._path, self._host_header, headers, body),
+                prompt.input_tokens)
 
     async def _first_model(self, headers: dict[str, str]) -> str:
         assert self._pool is not None
