@@ -268,7 +268,7 @@ class FakeLlm:
             await writer.drain()
         if (req.get("stream_options") or {}).get("include_usage"):
             _chunk(writer, {**base, "choices": [], "usage": usage})
-        writer.write(_frame(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        _write(writer, _frame(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         await writer.drain()
         self._count(prompt_tokens, n)
 
@@ -307,8 +307,17 @@ def _frame(payload: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(payload), payload)
 
 
+def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Write to a client that may have hung up: uvloop raises RuntimeError on a closed
+    transport (asyncio ignores the write), so a closed one is a ConnectionResetError here."""
+    if writer.is_closing():
+        raise ConnectionResetError("the client closed the connection")
+    writer.write(data)
+
+
 def _chunk(writer: asyncio.StreamWriter, doc: dict[str, Any]) -> None:
-    writer.write(_frame(b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"))
+    _write(writer, _frame(b"data: " + json.dumps(doc, separators=(",", ":")).encode()
+                          + b"\n\n"))
 
 
 async def _sleep_until(deadline: float) -> None:
