@@ -1652,8 +1652,10 @@ class LoadProfile(betterproto2.Message):
 
     seed: "int | None" = betterproto2.field(20, betterproto2.TYPE_INT64, optional=True)
     """
-    Seeds the load's random choices (Poisson and gamma arrival times, split per worker or
-    partition): the same seed gives the same schedule. Absent: a new schedule each run.
+    Seeds the load's random choices (Poisson and gamma arrival times, the cancelled requests;
+    split per worker or partition) and, unless the parameters give one, the workload's own
+    seed (prompts, lengths): the same seed gives the same requests. Absent: a new schedule
+    and new cancellations each run.
     """
 
     start_concurrency: "int" = betterproto2.field(21, betterproto2.TYPE_INT32)
