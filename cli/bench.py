@@ -36,6 +36,7 @@ _FORMATS = {"json": C.REPORT_FORMAT_JSON, "md": C.REPORT_FORMAT_MARKDOWN,
             "markdown": C.REPORT_FORMAT_MARKDOWN, "html": C.REPORT_FORMAT_HTML,
             "parquet": C.REPORT_FORMAT_PARQUET}
 _SUFFIX = {"json": "json", "md": "md", "markdown": "md", "html": "html", "parquet": "parquet"}
+_SEED_MOD = 2 ** 63  # a workload's seed is >= 0: a negative --seed is taken modulo this
 
 
 def _stub(state: CliState) -> client_pb2_grpc.BenchmarkServiceStub:
@@ -97,6 +98,17 @@ def _follow(state: CliState, name: str) -> C.Benchmark:
                 bar.update(task, description=f"{name}: {state_text(final.state)}")
     assert final is not None
     return final
+
+
+def _workload_seed(state: CliState, workload: str, params: dict[str, str], seed: int) -> None:
+    """--seed also seeds the workload's own draws (prompts, lengths, vectors) when it has a
+    seed parameter and -p seed was not given: one seed, the same requests."""
+    if "seed" in params:
+        return
+    resp = state.call(_stub(state).ListWorkloads, C.ListWorkloadsRequest())
+    for kind in resp.workloads:
+        if kind.name == workload and any(p.name == "seed" for p in kind.parameters):
+            params["seed"] = str(seed % _SEED_MOD)
 
 
 def _report(state: CliState, name: str, fmt: str) -> C.GetBenchmarkReportResponse:
@@ -213,6 +225,8 @@ def run(
         params = parse_params(param, "--param")
         if dataset:
             params["dataset"] = str(Path(dataset).expanduser().resolve())
+        if seed is not None:
+            _workload_seed(state, workload, params, seed)
         if trace:  # the service reads it: a path it can open wherever it runs from
             trace = str(Path(trace).expanduser().resolve())
         if not duration and profile != "trace":

@@ -11,7 +11,7 @@ closed loop's users from `start_concurrency` to `concurrency` (a closed loop wit
 `start_concurrency` ramps the same way). A trace replay (`trace`) reads the arrival times of
 `trace_file` here (`aifb.client.workloads.trace`), divided by `time_scale`; it runs in one
 engine (request n must be entry n). `workload_defaults` gives the workload parameters these
-options imply: the seed, so `--seed` fixes the prompts as well as the schedule, and the trace.
+options imply: a replay's trace, so the requests carry its entries.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ MAX_CONCURRENCY = 100_000
 BURSTINESS_RANGE = (0.01, 100.0)
 MAX_TIME_SCALE = 1000.0
 _TRACE_TAIL_S = 0.001  # a trace replay's run ends this long after its last arrival
-_SEED_MOD = 2 ** 63  # a workload's seed is >= 0: a negative load seed is taken modulo this
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _SLO_KEY = re.compile(r"^(?:(ttft|itl|tpot|service)_)?p(\d{1,2}(?:\.\d{1,3})?)$")
@@ -310,14 +309,12 @@ def _users(o: LoadOptions) -> LoadSpec:
 
 def workload_defaults(o: LoadOptions) -> dict[str, str]:
     """Workload parameters these options imply, for a workload that declares them and was not
-    given them: `seed` (the load's seed, so one --seed fixes prompts, lengths and schedule
-    alike) and, in a trace replay, `trace` (the replayed file, so the requests are its)."""
-    out: dict[str, str] = {}
-    if o.seed is not None:
-        out["seed"] = str(o.seed % _SEED_MOD)
+    given them: in a trace replay, `trace` (the replayed file, so the requests are its
+    entries). The load's seed is not one of them: an experiment gives each trial its own load
+    seed and keeps the same prompts across trials; the CLI's --seed sets both."""
     if o.resolved_mode == "trace" and o.trace_file:
-        out["trace"] = o.trace_file
-    return out
+        return {"trace": o.trace_file}
+    return {}
 
 
 def _step_profile(o: LoadOptions) -> Profile:

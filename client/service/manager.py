@@ -100,9 +100,9 @@ class _Active:
 
 def _with_load_defaults(kind_fields: Mapping[str, object], parameters: Mapping[str, str],
                         load: LoadOptions) -> dict[str, str]:
-    """The parameters with what the load implies (its seed, a replay's trace) for those the
-    workload declares and the caller left out; a trace parameter naming another file than the
-    replayed one is refused (the schedule and the content would disagree)."""
+    """The parameters with what the load implies (a replay's trace) for those the workload
+    declares and the caller left out; a trace parameter naming another file than the replayed
+    one is refused (the schedule and the content would disagree)."""
     out = dict(parameters)
     for key, value in workload_defaults(load).items():
         if key not in kind_fields:

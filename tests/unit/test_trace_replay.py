@@ -209,9 +209,9 @@ def test_a_trace_plan_is_an_open_loop_at_the_traces_times_ending_after_the_last(
     assert whole.load.mean_rate(0.0, 0.5) == pytest.approx(6.0)  # 3 due in the first 0.5 s
     cut = plan(LoadOptions(mode="trace", trace_file=str(path), duration_s=0.5))
     assert cut.load is not None and cut.load.offsets_ns == (0, 400 * MS)
-    assert workload_defaults(LoadOptions(mode="trace", trace_file=str(path), seed=-3)) == {
-        "seed": str(2 ** 63 - 3), "trace": str(path)}
-    assert workload_defaults(LoadOptions(concurrency=2)) == {}
+    assert workload_defaults(LoadOptions(mode="trace", trace_file=str(path), seed=3)) == {
+        "trace": str(path)}  # the seed stays the load's: an experiment's trials keep prompts
+    assert workload_defaults(LoadOptions(concurrency=2, seed=3)) == {}
 
 
 @pytest.mark.parametrize(("options", "field"), [
@@ -235,7 +235,7 @@ def test_bad_trace_options_name_their_field(tmp_path: Path, options: dict[str, A
     assert info.value.field == field, info.value.message
 
 
-def test_the_service_gives_a_replay_its_trace_and_seed_unless_given_and_refuses_another(
+def test_the_service_gives_a_replay_its_trace_unless_given_and_refuses_another_file(
         tmp_path: Path) -> None:
     path = _write(tmp_path / "t.jsonl", [_entry(0), _entry(50)])
     manager = BenchmarkManager(RunStore(tmp_path / "runs"), None)
@@ -247,9 +247,9 @@ def test_the_service_gives_a_replay_its_trace_and_seed_unless_given_and_refuses_
             workload=workload, url="http://127.0.0.1:9/", parameters=params, load=load,
             validate_only=True)))
 
-    assert validate("openai-chat").parameters == {"trace": str(path), "seed": "7"}
-    assert validate("openai-chat", seed="1").parameters["seed"] == "1"
-    assert validate("http").parameters == {}  # no such parameters: arrival times only
+    assert validate("openai-chat").parameters == {"trace": str(path)}
+    assert validate("openai-chat", trace=str(path)).parameters == {"trace": str(path)}
+    assert validate("http").parameters == {}  # no such parameter: arrival times only
     with pytest.raises(InvalidArgument) as info:
         validate("openai-chat", trace=str(tmp_path / "other.jsonl"))
     assert info.value.field == "parameters.trace"

@@ -1653,9 +1653,9 @@ class LoadProfile(betterproto2.Message):
     seed: "int | None" = betterproto2.field(20, betterproto2.TYPE_INT64, optional=True)
     """
     Seeds the load's random choices (Poisson and gamma arrival times, the cancelled requests;
-    split per worker or partition) and, unless the parameters give one, the workload's own
-    seed (prompts, lengths): the same seed gives the same requests. Absent: a new schedule
-    and new cancellations each run.
+    split per worker or partition): the same seed gives the same schedule and cancellations.
+    Absent: new ones each run. The workload's own draws (prompts, lengths) follow its seed
+    parameter; `aifb bench run --seed` sets both.
     """
 
     start_concurrency: "int" = betterproto2.field(21, betterproto2.TYPE_INT32)

@@ -129,7 +129,7 @@ def test_the_service_replays_a_trace_and_reports_cancelled_requests_and_slices(
                                         time_scale=4.0, cancel_fraction=0.25,
                                         cancel_after=seconds(0.05), time_slice=seconds(1),
                                         seed=3))
-        assert run.parameters["trace"] == str(path) and run.parameters["seed"] == "3"
+        assert run.parameters == {"trace": str(path)}
         assert run.load.mode == C.LOAD_MODE_TRACE and run.load.time_scale == 4.0
         final, msgs = follow(stub, run.name)
         assert final.state == C.BENCHMARK_STATE_SUCCEEDED, final.state_message
@@ -202,35 +202,6 @@ def _recording_server() -> Iterator[tuple[str, list[bytes]]]:
         thread.join(10)
 
 
-def test_the_same_seed_puts_the_same_requests_on_the_wire_and_another_does_not(
-        aifb_home: Path) -> None:
-    with _recording_server() as (url, bodies), bench_mesh(aifb_home) as mesh:
-        stub = mesh.bench_stub()
-
-        def run(seed: int) -> list[bytes]:
-            with _LOCK:
-                bodies.clear()
-            created = create(stub, workload="openai-completions", url=url,
-                             parameters={"model": "m", "input_tokens": "24",
-                                         "input_dist": "lognormal", "input_spread": "0.6",
-                                         "output_tokens": "30", "output_dist": "uniform",
-                                         "output_min": "1", "output_max": "60",
-                                         "num_prompts": "500"},
-                             load=C.LoadProfile(mode=C.LOAD_MODE_POISSON, rate=100,
-                                                duration=seconds(0.5), seed=seed))
-            final, _ = follow(stub, created.name)
-            assert final.state == C.BENCHMARK_STATE_SUCCEEDED, final.state_message
-            with _LOCK:
-                return list(bodies)
-
-        first, again, other = run(5), run(5), run(6)
-    assert 20 <= len(first) <= 100  # Poisson arrivals at 100/s for half a second
-    # The same seed: the same arrivals (so as many requests) with the same bodies.
-    assert sorted(first) == sorted(again)
-    assert len({json.loads(b)["prompt"] for b in first}) == len(first)  # all distinct
-    assert set(first).isdisjoint(other)
-
-
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
     """`aifb up` (server and BenchmarkService) as a real process, for the CLI."""
@@ -276,3 +247,30 @@ def test_the_cli_replays_a_trace_ramps_users_and_refuses_a_replay_without_its_fi
                    "--profile", "trace")
     assert bad.returncode == 1 and "load.trace_file" in bad.stderr, bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_the_clis_seed_puts_the_same_requests_on_the_wire_and_another_seed_does_not(
+        up: Up) -> None:
+    with _recording_server() as (url, bodies):
+        def run(*seed: str) -> list[bytes]:
+            with _LOCK:
+                bodies.clear()
+            out = up.json("bench", "run", "--url", url, "--workload", "openai-completions",
+                          "--profile", "poisson", "--rate", "100", "--duration", "500ms",
+                          "-p", "model=m", "-p", "input_tokens=24", "-p", "input_dist=lognormal",
+                          "-p", "input_spread=0.6", "-p", "output_dist=uniform",
+                          "-p", "output_max=60", "-p", "num_prompts=500", *seed)
+            assert out["benchmark"]["state"] == "BENCHMARK_STATE_SUCCEEDED", out
+            with _LOCK:
+                return list(bodies)
+
+        first, again, other = run("--seed", "5"), run("--seed", "5"), run("--seed", "6")
+        pinned = run("--seed", "6", "-p", "seed=5")  # the workload's own seed, given: kept
+    assert 20 <= len(first) <= 100  # Poisson arrivals at 100/s for half a second
+    # The same seed: the same arrivals (so as many requests) with the same bodies.
+    assert sorted(first) == sorted(again)
+    assert len({json.loads(b)["prompt"] for b in first}) == len(first)  # all distinct
+    assert set(first).isdisjoint(other)  # another seed: other prompts and lengths too
+    # requests cycle through the same prompts in order: one run's are the other's first ones
+    a, b = ({json.loads(x)["prompt"] for x in run_bodies} for run_bodies in (pinned, first))
+    assert a <= b or b <= a
