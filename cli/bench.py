@@ -31,11 +31,12 @@ app = typer.Typer(help="Drive load against a service or a URL and report what it
 
 _PROFILES = {"sweep": C.LOAD_MODE_SWEEP, "ramp": C.LOAD_MODE_RAMP, "step": C.LOAD_MODE_STEP,
              "constant": C.LOAD_MODE_CONSTANT, "poisson": C.LOAD_MODE_POISSON,
-             "closed": C.LOAD_MODE_CLOSED}
+             "closed": C.LOAD_MODE_CLOSED, "trace": C.LOAD_MODE_TRACE}
 _FORMATS = {"json": C.REPORT_FORMAT_JSON, "md": C.REPORT_FORMAT_MARKDOWN,
             "markdown": C.REPORT_FORMAT_MARKDOWN, "html": C.REPORT_FORMAT_HTML,
             "parquet": C.REPORT_FORMAT_PARQUET}
 _SUFFIX = {"json": "json", "md": "md", "markdown": "md", "html": "html", "parquet": "parquet"}
+_SEED_MOD = 2 ** 63  # a workload's seed is >= 0: a negative --seed is taken modulo this
 
 
 def _stub(state: CliState) -> client_pb2_grpc.BenchmarkServiceStub:
@@ -90,11 +91,24 @@ def _follow(state: CliState, name: str) -> C.Benchmark:
                                + (f" (target {p.target_rate:.0f})" if p.target_rate else "")
                                + f"  p50 {p.latency_p50_seconds * 1000:7.2f} ms"
                                f"  p99 {p.latency_p99_seconds * 1000:7.2f} ms"
-                               f"  errors {p.errors:<5} in flight {p.in_flight}"))
+                               f"  errors {p.errors:<5} in flight {p.in_flight}"
+                               + (f"  cancelled {p.extra['cancelled']:.0f}"
+                                  if p.extra.get("cancelled") else "")))
             else:
                 bar.update(task, description=f"{name}: {state_text(final.state)}")
     assert final is not None
     return final
+
+
+def _workload_seed(state: CliState, workload: str, params: dict[str, str], seed: int) -> None:
+    """--seed also seeds the workload's own draws (prompts, lengths, vectors) when it has a
+    seed parameter and -p seed was not given: one seed, the same requests."""
+    if "seed" in params:
+        return
+    resp = state.call(_stub(state).ListWorkloads, C.ListWorkloadsRequest())
+    for kind in resp.workloads:
+        if kind.name == workload and any(p.name == "seed" for p in kind.parameters):
+            params["seed"] = str(seed % _SEED_MOD)
 
 
 def _report(state: CliState, name: str, fmt: str) -> C.GetBenchmarkReportResponse:
@@ -144,9 +158,27 @@ def run(
     workload: str = typer.Option("http", help="Workload (see `aifb bench workloads`)."),
     rate: float = typer.Option(0.0, help="Requests per second (open loop; a ramp's end)."),
     concurrency: int = typer.Option(0, help="Concurrent users (closed loop; a sweep's max)."),
-    duration: str = typer.Option("10s", help="How long: 60s, 2m, 500ms (per step in a sweep)."),
-    profile: str = typer.Option("", help="sweep, ramp, step, poisson, constant or closed."),
+    duration: str = typer.Option("", help="How long: 60s, 2m, 500ms (per step in a sweep); "
+                                 "default 10s, and for a trace replay the whole trace (a "
+                                 "duration keeps the entries due before it)."),
+    profile: str = typer.Option("", help="sweep, ramp, step, poisson, constant, closed or "
+                                "trace."),
     start_rate: float = typer.Option(0.0, help="Ramp/step: the first rate."),
+    start_users: int = typer.Option(0, help="Closed loop or ramp without --rate: users at the "
+                                    "start, rising linearly to --concurrency over the "
+                                    "duration."),
+    trace: str = typer.Option("", help="--profile trace: the trace to replay (mooncake JSONL: "
+                              "timestamp ms, input_length, output_length, hash_ids); the LLM "
+                              "workloads take their prompts from it too."),
+    time_scale: float = typer.Option(1.0, help="--profile trace: replay this many times "
+                                     "faster (2: twice as fast)."),
+    cancel_fraction: float = typer.Option(0.0, help="Cancel this fraction (0..1) of the "
+                                          "requests, chosen from --seed, closing their "
+                                          "connection; counted apart from errors."),
+    cancel_after: str = typer.Option("0s", help="With --cancel-fraction: how long after its "
+                                     "send a request is cancelled if still unanswered."),
+    time_slice: str = typer.Option("0s", "--slice", help="The report's time slices: figures "
+                                   "per slice of this many whole seconds (0s: about ten)."),
     step_rate: float = typer.Option(0.0, help="Step: the rate added each step."),
     step_duration: str = typer.Option("0s", help="Step: how long each step lasts."),
     warmup: str = typer.Option("0s", help="Excluded from statistics at the start."),
@@ -170,8 +202,10 @@ def run(
                                  "column, a Spark run a partition column)."),
     max_samples: int = typer.Option(0, help="With --samples: keep at most this many rows "
                                     "(0: 1,000,000)."),
-    seed: int | None = typer.Option(None, help="Seed of the load's random choices (Poisson "
-                                    "arrivals): the same seed, the same schedule."),
+    seed: int | None = typer.Option(None, help="Seed of every random choice: Poisson "
+                                    "arrivals, cancelled requests, and the workload's prompts "
+                                    "and lengths (its seed parameter, unless given): the same "
+                                    "seed, the same requests."),
     spread: str = typer.Option(
         "", help="Over a replicated service's READY replicas (followed as they change): "
                  "round-robin (default) or least-outstanding."),
@@ -191,16 +225,27 @@ def run(
         params = parse_params(param, "--param")
         if dataset:
             params["dataset"] = str(Path(dataset).expanduser().resolve())
+        if seed is not None:
+            _workload_seed(state, workload, params, seed)
+        if trace:  # the service reads it: a path it can open wherever it runs from
+            trace = str(Path(trace).expanduser().resolve())
+        if not duration and profile != "trace":
+            duration = "10s"
         load = C.LoadProfile(
             mode=_PROFILES.get(profile, C.LOAD_MODE_UNSPECIFIED), concurrency=concurrency,
             rate=rate, start_rate=start_rate, step_rate=step_rate,
             step_duration=_duration(step_duration, "--step-duration"),
-            duration=_duration(duration, "--duration"), warmup=_duration(warmup, "--warmup"),
+            duration=_duration(duration, "--duration") if duration else None,
+            warmup=_duration(warmup, "--warmup"),
             cooldown=_duration(cooldown, "--cooldown"), max_requests=max_requests,
             error_budget=error_budget, slo=parse_params(slo, "--slo"),
             engine=C.LOAD_ENGINE_SPARK if engine == "spark" else C.LOAD_ENGINE_INPROCESS,
             spark_master=spark_master, partitions=partitions, record_samples=samples,
-            max_samples=max_samples, workers=workers, seed=seed)
+            max_samples=max_samples, workers=workers, seed=seed,
+            start_concurrency=start_users, trace_file=trace, time_scale=time_scale,
+            cancel_fraction=cancel_fraction,
+            cancel_after=_duration(cancel_after, "--cancel-after"),
+            time_slice=_duration(time_slice, "--slice"))
         req = C.CreateBenchmarkRequest(workload=workload, parameters=params, load=load,
                                        labels=parse_params(label, "--label"),
                                        request_id=request_id or uuid.uuid4().hex,

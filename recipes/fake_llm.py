@@ -4,7 +4,8 @@
 
 It answers `/v1/chat/completions` and `/v1/completions` (streaming by SSE, or whole), `/v1/models`,
 `/health`, `/stats` (its own counters, for tests) and `/metrics` (a few vLLM-style counters in the
-Prometheus text format, so the telemetry agents have a real scrape target). No model runs: the first
+Prometheus text format, so the telemetry agents have a real scrape target). `/stats` counts as
+`aborted` the replies a client cut short by closing its connection. No model runs: the first
 token is due `ttft_ms` after the request arrived and token i `itl_ms` after token i-1, on an
 absolute schedule so sleeps never add up. A reply has `tokens` tokens (its natural length) capped by
 the request's `max_tokens`; with `ignore_eos` (a vLLM extension) it has exactly `max_tokens`. The
@@ -61,10 +62,11 @@ class _Stats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     running: int = 0
+    aborted: int = 0  # replies cut short because the client closed the connection
     ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def doc(self) -> dict[str, int]:
-        return {"requests": self.requests, "completed": self.completed,
+        return {"requests": self.requests, "completed": self.completed, "aborted": self.aborted,
                 "errors_injected": self.errors_injected, "bad_requests": self.bad_requests,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
 
@@ -161,6 +163,9 @@ class FakeLlm:
             self.stats.running += 1
             try:
                 await self._complete(writer, path == "/v1/chat/completions", req, arrived)
+            except ConnectionError:  # the client hung up mid-reply (it cancelled the request)
+                self.stats.aborted += 1
+                raise
             finally:
                 self.stats.running -= 1
         elif path == "/v1/models" and method == "GET":
@@ -263,7 +268,7 @@ class FakeLlm:
             await writer.drain()
         if (req.get("stream_options") or {}).get("include_usage"):
             _chunk(writer, {**base, "choices": [], "usage": usage})
-        writer.write(_frame(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        _write(writer, _frame(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         await writer.drain()
         self._count(prompt_tokens, n)
 
@@ -302,8 +307,17 @@ def _frame(payload: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(payload), payload)
 
 
+def _write(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Write to a client that may have hung up: uvloop raises RuntimeError on a closed
+    transport (asyncio ignores the write), so a closed one is a ConnectionResetError here."""
+    if writer.is_closing():
+        raise ConnectionResetError("the client closed the connection")
+    writer.write(data)
+
+
 def _chunk(writer: asyncio.StreamWriter, doc: dict[str, Any]) -> None:
-    writer.write(_frame(b"data: " + json.dumps(doc, separators=(",", ":")).encode() + b"\n\n"))
+    _write(writer, _frame(b"data: " + json.dumps(doc, separators=(",", ":")).encode()
+                          + b"\n\n"))
 
 
 async def _sleep_until(deadline: float) -> None:

@@ -12,7 +12,12 @@ A Pacer (a timerfd on Linux: the loop sleeps in the kernel until the instant) ca
 next arrival is due; the callback sends everything due. A CallbackWorkload writes from there and
 reports the write time (schedule lag = write - intended, so the wait for a connection counts);
 other workloads get a task per request and the lag runs to when that task starts. A request over
-`max_in_flight` is counted as dropped; none is skipped silently. During the run the collector's
+`max_in_flight` is counted as dropped; none is skipped silently. Explicit arrival times (a trace
+replay, `LoadSpec.offsets_ns`) replace the rate: request n goes out at offset n. A request chosen
+for cancellation (`aifb.client.engine.cancellation`) runs as a task under a deadline whatever
+the workload; when the deadline passes first the task is cancelled, which closes its connection
+(`HttpPool.release` closes one whose reply is still coming), and it is counted as cancelled.
+During the run the collector's
 young generations are collected less often and what existed before is frozen (`gc.freeze`), so
 no collection walks the whole heap between two sends.
 Closed loop runs `users` coroutines back to back (a profile can ramp or step the number).
@@ -30,6 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from time import perf_counter_ns
 
+from aifb.client.engine.cancellation import Cancellation
 from aifb.client.engine.pacer import Pacer
 from aifb.client.engine.progress import Progress
 from aifb.client.engine.recorder import Recorder
@@ -74,6 +80,7 @@ class LoadRun:
         self._pacer: Pacer | None = None
         self._session_runner: SessionRunner | None = None
         self._seq = 0
+        self._cancel = Cancellation(spec.cancel_fraction, spec.cancel_after_s, spec.seed)
 
     # -- control
     def start(self) -> None:
@@ -185,11 +192,10 @@ class LoadRun:
     async def _finish(self, result: LoadResult, rec: Recorder | None) -> LoadResult:
         spec = self.spec
         result.mode, result.workload = spec.mode.value, self.workload.name
-        prof = spec.level_profile()
         if spec.mode is Mode.OPEN:
-            result.target_rate = prof.mean_level(spec.warmup_s, spec.total_s - spec.cooldown_s)
+            result.target_rate = spec.mean_rate(spec.warmup_s, spec.total_s - spec.cooldown_s)
         else:
-            result.users = round(prof.peak)
+            result.users = round(spec.level_profile().peak)
         if rec is not None:
             rec.flush()
             result.errors_by_kind = dict(rec.errors_by_kind)
@@ -228,7 +234,7 @@ class LoadRun:
         # it compares with achieved_rate; a last interval running past the end asks for less).
         t0 = (rec.interval_start_ns - rec.start_ns) / 1e9
         t1 = (perf_counter_ns() - rec.start_ns) / 1e9
-        return round(self.spec.level_profile().mean_level(max(t0, 0.0), t1), 3)
+        return round(self.spec.mean_rate(max(t0, 0.0), t1), 3)
 
     async def _ticker(self, rec: Recorder) -> None:
         spec, k = self.spec, 1
@@ -276,10 +282,27 @@ class LoadRun:
         except Exception as exc:
             return Outcome(ok=False, error=f"exception:{type(exc).__name__}")
 
+    async def _call_or_cancel(self, seq: int) -> Outcome | None:
+        """The request under its cancellation deadline when it was chosen for one; None when
+        the deadline came first (the request's task was cancelled: its connection closed)."""
+        cancel = self._cancel
+        if not (cancel.active and cancel.chosen(seq)):
+            return await self._call(seq)
+        try:
+            async with asyncio.timeout(cancel.after_s) as scope:
+                return await self._call(seq)
+        except TimeoutError:
+            if scope.expired():
+                return None
+            raise
+
     async def _one(self, rec: Recorder, seq: int, intended: int) -> None:
         rec.sent(intended, perf_counter_ns())
-        out = await self._call(seq)
+        out = await self._call_or_cancel(seq)
         rec.in_flight -= 1
+        if out is None:
+            rec.cancelled(intended)
+            return
         rec.done(intended, out, out.end_ns or perf_counter_ns())
         if not out.ok and self.spec.budget.count_spent(rec.all_errors):
             self._check_budget(rec)
@@ -288,11 +311,13 @@ class LoadRun:
         spec, start, workload = self.spec, rec.start_ns, self.workload
         loop = asyncio.get_running_loop()
         finished: asyncio.Future[None] = loop.create_future()
-        offsets = iter(arrival_offsets_ns(spec.level_profile(), spec.arrival,
-                                          burstiness=spec.burstiness, seed=spec.seed))
+        explicit = spec.offsets_ns is not None
+        offsets = iter(spec.offsets_ns if spec.offsets_ns is not None else arrival_offsets_ns(
+            spec.level_profile(), spec.arrival, burstiness=spec.burstiness, seed=spec.seed))
         sessions = self._sessions(rec)
         fast = (workload if isinstance(workload, CallbackWorkload) and sessions is None
                 else None)
+        cancel = self._cancel if self._cancel.active else None
         sink = self._sink = _Sink(self, rec) if fast is not None else None
         tasks = self._requests
         discard = tasks.discard
@@ -310,12 +335,15 @@ class LoadRun:
                 nxt = start - 1 if offset is None else start + offset
                 if rec.in_flight >= max_in_flight:
                     rec.dropped(intended)
+                    if explicit:  # request n stays arrival n (a trace's entry n)
+                        self._seq += 1
                     continue
                 seq = self._next_seq()
                 if seq is None:
                     break
                 rec.in_flight += 1
-                if fast is not None and sink is not None:
+                if fast is not None and sink is not None and (
+                        cancel is None or not cancel.chosen(seq)):
                     try:
                         fast.start_request(seq, intended, sink)
                     except Exception as exc:
@@ -362,8 +390,11 @@ class LoadRun:
                     await sessions.run(now, keep=lambda: uid < target[0])
                     continue
                 rec.sent_unscheduled(now)
-                out = await self._call(seq)
+                out = await self._call_or_cancel(seq)
                 rec.in_flight -= 1
+                if out is None:
+                    rec.cancelled(now)
+                    continue
                 rec.done(now, out, out.end_ns or perf_counter_ns())
                 if not out.ok:
                     if spec.budget.count_spent(rec.all_errors):

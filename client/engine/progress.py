@@ -27,6 +27,8 @@ class Progress:
     total_errors: int
     phase: str = ""  # warmup | measure | cooldown; "final": the run's own figures once it ended
     dropped: int = 0  # open loop: sends skipped in this interval (max_in_flight reached)
+    cancelled: int = 0  # requests the engine cancelled on purpose in this interval
+    total_cancelled: int = 0
     extra: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,7 +6,9 @@ into the run's totals. Latency runs from the intended send time to completion; s
 actual wire send (when the workload reports it); schedule lag from the intended to the actual send
 time. Streaming workloads add TTFT (from the intended send time), ITL (between token chunks) and
 TPOT ((end - first token) / (output tokens - 1), with `values["output_tokens"]`, so a chunk
-carrying several tokens counts them all). Times are `perf_counter_ns` integers.
+carrying several tokens counts them all); the interval keeps its own TTFT and ITL too, so a
+report can show them per time slice. A request the engine cancelled on purpose is only counted
+(`cancelled`): it has no latency and is not an error. Times are `perf_counter_ns` integers.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterator
 from itertools import pairwise
 
+from aifb.client.engine.histogram import LatencyHistogram
 from aifb.client.engine.progress import Progress
 from aifb.client.engine.results import LoadResult, SecondStats
 from aifb.client.engine.samples import RequestLog
@@ -36,6 +39,7 @@ class Recorder:
         self.errors_by_kind: Counter[str] = Counter()
         self.all_completed = 0
         self.all_errors = 0
+        self.all_cancelled = 0
         self.in_flight = 0
         self._iv = SecondStats(0)
         self._next_iv: SecondStats | None = None  # built ahead by prepare_tick
@@ -66,6 +70,13 @@ class Recorder:
         if self.window_start_ns <= intended_ns < self.window_end_ns:
             self._c["dropped"] += 1
 
+    def cancelled(self, intended_ns: int) -> None:
+        """A request the engine gave up on on purpose: counted, never timed, never an error."""
+        self._iv.cancelled += 1
+        self.all_cancelled += 1
+        if self.window_start_ns <= intended_ns < self.window_end_ns:
+            self._c["cancelled"] += 1
+
     def done(self, intended_ns: int, out: Outcome, end_ns: int) -> None:
         if self.samples is not None:
             self.samples.add(intended_ns, out, end_ns)
@@ -76,6 +87,8 @@ class Recorder:
         ok = out.ok
         if ok:
             iv.latency.record_us(latency_us)
+            if out.first_chunk_ns:
+                self._per_interval_tokens(iv, intended_ns, out)
         else:
             iv.errors += 1
             self.all_errors += 1
@@ -108,6 +121,20 @@ class Recorder:
             for key, value in out.values.items():
                 values[key] = values.get(key, 0.0) + value
 
+    @staticmethod
+    def _per_interval_tokens(iv: SecondStats, intended_ns: int, out: Outcome) -> None:
+        ttft = iv.ttft
+        if ttft is None:
+            ttft = iv.ttft = LatencyHistogram()
+        ttft.record_us((out.first_chunk_ns - intended_ns) // 1000)
+        chunks = out.chunk_ns
+        if chunks and len(chunks) > 1:
+            itl = iv.itl
+            if itl is None:
+                itl = iv.itl = LatencyHistogram()
+            for prev, cur in pairwise(chunks):
+                itl.record_us((cur - prev) // 1000)
+
     def phase_at(self, t_ns: int) -> str:
         if t_ns < self.window_start_ns:
             return "warmup"
@@ -122,8 +149,9 @@ class Recorder:
         """The costly part of `tick`, in steps of a fraction of a millisecond: the engine runs
         them with a loop iteration between each (sends due meanwhile go out on time), then
         calls `tick`. Without it, `tick` does the same work in one go."""
-        for hist in (self._iv.latency, self._iv.lag, *self._h.values()):
-            if hist.has_pending:
+        iv = self._iv
+        for hist in (iv.latency, iv.lag, iv.ttft, iv.itl, *self._h.values()):
+            if hist is not None and hist.has_pending:
                 hist.flush()
                 yield
         if self._next_iv is None:
@@ -139,17 +167,19 @@ class Recorder:
         iv.in_flight = self.in_flight
         iv.target_rate = target_rate
         span_s = max(now_ns - self._iv_start_ns, 1) / 1e9
+        iv.span_s = round(span_s, 6)
         self._iv_start_ns = now_ns
         self.result.series.append(iv)
         self.flush()  # keeps the pending value lists bounded to one interval
         return Progress(
             second=iv.second, elapsed_s=round((now_ns - self.start_ns) / 1e9, 3),
             phase=self.phase_at(now_ns - 1), requests=iv.completed, errors=iv.errors,
-            dropped=iv.dropped, achieved_rate=round(iv.completed / span_s, 2),
+            dropped=iv.dropped, cancelled=iv.cancelled,
+            achieved_rate=round(iv.completed / span_s, 2),
             target_rate=target_rate, p50_s=iv.latency.percentile_us(50) / 1e6,
             p99_s=iv.latency.percentile_us(99) / 1e6, lag_p99_s=iv.lag.percentile_us(99) / 1e6,
             in_flight=self.in_flight, total_requests=self.all_completed,
-            total_errors=self.all_errors)
+            total_errors=self.all_errors, total_cancelled=self.all_cancelled)
 
     def flush(self) -> None:
         for hist in self._h.values():

@@ -5,6 +5,9 @@
 and `merge_results` combines workers exactly: counters and histogram buckets add, the per-second
 series adds second by second (each second keeps its own histograms, so merged percentiles are
 exact too), the target rate adds and the measured window is the longest.
+
+A request cancelled on purpose (`LoadSpec.cancel_fraction`) is counted in `cancelled`, apart
+from `completed` and `errors`: it is in no latency histogram and spends no error budget.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["COUNTERS", "HISTOGRAMS", "LoadResult", "RunState", "SecondStats", "merge_results"]
 
-COUNTERS = ("sent", "completed", "ok", "errors", "dropped", "excluded", "unfinished", "late")
+COUNTERS = ("sent", "completed", "ok", "errors", "dropped", "excluded", "unfinished", "late",
+            "cancelled")
 HISTOGRAMS = ("latency", "service", "lag", "ttft", "itl", "tpot")
 
 
@@ -43,7 +47,11 @@ _SEVERITY = {RunState.SUCCEEDED: 0, RunState.CANCELLED: 1, RunState.FAILED: 2}
 
 @dataclass(slots=True)
 class SecondStats:
-    """One progress interval (by completion time), all requests, warm-up included."""
+    """One progress interval (by completion time), all requests, warm-up included.
+
+    `ttft` and `itl` exist only once a streaming request recorded one (an HDR histogram holds
+    ~190 kB of buckets, too much to keep empty ones for every second of a plain HTTP run).
+    `span_s` is how long the interval really lasted (the last one is cut short by the end)."""
 
     second: int
     sent: int = 0
@@ -54,31 +62,52 @@ class SecondStats:
     target_rate: float = 0.0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     lag: LatencyHistogram = field(default_factory=LatencyHistogram)
+    cancelled: int = 0
+    span_s: float = 0.0
+    ttft: LatencyHistogram | None = None
+    itl: LatencyHistogram | None = None
 
     def add(self, other: SecondStats) -> None:
         self.sent += other.sent
         self.completed += other.completed
         self.errors += other.errors
         self.dropped += other.dropped
+        self.cancelled += other.cancelled
         self.in_flight += other.in_flight
         self.target_rate += other.target_rate
+        self.span_s = max(self.span_s, other.span_s)
         self.latency.add(other.latency)
         self.lag.add(other.lag)
+        if other.ttft is not None:
+            if self.ttft is None:
+                self.ttft = LatencyHistogram()
+            self.ttft.add(other.ttft)
+        if other.itl is not None:
+            if self.itl is None:
+                self.itl = LatencyHistogram()
+            self.itl.add(other.itl)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"second": self.second, "sent": self.sent, "completed": self.completed,
-                "errors": self.errors, "dropped": self.dropped, "in_flight": self.in_flight,
-                "target_rate": self.target_rate,
-                "latency": self.latency.encode().decode("ascii"),
-                "lag": self.lag.encode().decode("ascii")}
+        out = {"second": self.second, "sent": self.sent, "completed": self.completed,
+               "errors": self.errors, "dropped": self.dropped, "cancelled": self.cancelled,
+               "in_flight": self.in_flight, "target_rate": self.target_rate,
+               "span_s": self.span_s, "latency": self.latency.encode().decode("ascii"),
+               "lag": self.lag.encode().decode("ascii")}
+        for name, hist in (("ttft", self.ttft), ("itl", self.itl)):
+            if hist is not None:
+                out[name] = hist.encode().decode("ascii")
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SecondStats:
+        extra = {name: LatencyHistogram.decode(d[name].encode("ascii"))
+                 for name in ("ttft", "itl") if d.get(name)}
         return cls(second=int(d["second"]), sent=int(d["sent"]), completed=int(d["completed"]),
                    errors=int(d["errors"]), dropped=int(d["dropped"]),
-                   in_flight=int(d["in_flight"]), target_rate=float(d["target_rate"]),
+                   cancelled=int(d.get("cancelled", 0)), in_flight=int(d["in_flight"]),
+                   target_rate=float(d["target_rate"]), span_s=float(d.get("span_s", 0.0)),
                    latency=LatencyHistogram.decode(d["latency"].encode("ascii")),
-                   lag=LatencyHistogram.decode(d["lag"].encode("ascii")))
+                   lag=LatencyHistogram.decode(d["lag"].encode("ascii")), **extra)
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 from aifb.client.engine.histogram import PERCENTILES, LatencyHistogram
 from aifb.client.engine.results import LoadResult
+from aifb.client.report.slices import time_slices
 from aifb.client.report.turns import session_figures
 from aifb.client.report.usage import usage_check
 from aifb.client.runs.options import parse_slo
@@ -41,7 +42,8 @@ def series_rows(result: LoadResult) -> list[dict[str, Any]]:
     for s in result.series:
         lat, lag = s.latency, s.lag
         rows.append({"second": s.second, "sent": s.sent, "completed": s.completed,
-                     "errors": s.errors, "dropped": s.dropped, "in_flight": s.in_flight,
+                     "errors": s.errors, "dropped": s.dropped, "cancelled": s.cancelled,
+                     "in_flight": s.in_flight,
                      "target_rate": s.target_rate, "achieved_rate": float(s.completed),
                      "latency_p50_s": lat.percentile_us(50) / 1e6,
                      "latency_p90_s": lat.percentile_us(90) / 1e6,
@@ -116,6 +118,8 @@ def build_document(record: BenchmarkRecord, stored: dict[str, Any],
         # Multi-turn runs: sessions completed/failed/cut and per-turn figures, else None.
         "sessions": session_figures(result),
         "series": series_rows(result),
+        # The run per time slice (warm-up and drain included); the rows add up to "total".
+        "slices": time_slices(result.series, record.load.time_slice_s),
         "sweep": {"steps": steps, "stop_reason": stored.get("stop_reason", "")}
         if steps else None,
         # Per-request rows (samples.parquet) when the run recorded them: rows kept, requests

@@ -1,4 +1,5 @@
-"""Markdown and HTML reports: the summary table, SLOs, sweep steps, configuration, plots.
+"""Markdown and HTML reports: the summary table, SLOs, sweep steps, time slices, configuration,
+plots.
 
 The summary (shared with the CLI's text output) adds TTFT, ITL, TPOT, token throughput and
 goodput for LLM runs (and sessions, with a per-turn table, for multi-turn ones), recall@k and
@@ -20,7 +21,7 @@ from typing import Any
 from aifb.client.report.turns import TURN_HEAD, session_rows, turn_table
 from aifb.client.report.usage import usage_check
 
-__all__ = ["llm_rows", "summary_rows", "to_html", "to_markdown", "usage_rows",
+__all__ = ["llm_rows", "slice_table", "summary_rows", "to_html", "to_markdown", "usage_rows",
            "vectordb_rows"]
 
 
@@ -138,6 +139,9 @@ def summary_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
             ("requests", str(c.get("completed", 0))), ("errors", str(c.get("errors", 0))),
             ("dropped", str(c.get("dropped", 0))),
             ("achieved rate", f"{f['achieved_rate']:.2f} req/s")]
+    if c.get("cancelled"):
+        rows.insert(rows.index(("dropped", str(c.get("dropped", 0)))) + 1,
+                    ("cancelled", str(c["cancelled"])))
     if f["target_rate"]:
         rows.append(("target rate", f"{f['target_rate']:.2f} req/s"))
     for key in ("p50", "p90", "p99", "p99_9", "max"):
@@ -154,6 +158,28 @@ def summary_rows(doc: dict[str, Any]) -> list[tuple[str, str]]:
     if f["reason"]:
         rows.append(("reason", f["reason"]))
     return rows
+
+
+def slice_table(doc: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The time slices as a table (head, rows), the total last; TTFT/ITL columns when any
+    slice has them. No rows when the report has no slices."""
+    slices = doc.get("slices")
+    if not slices or not slices["rows"]:
+        return (), []
+    rows_in = [*slices["rows"], {**slices["total"], "slice": None}]
+    tokens = [k for k in ("ttft_p50_s", "itl_p50_s") if any(k in r for r in rows_in)]
+    head = ("slice", "requests", "errors", "cancelled", "req/s", "p50", "p99",
+            *(("TTFT p50",) if "ttft_p50_s" in tokens else ()),
+            *(("ITL p50",) if "itl_p50_s" in tokens else ()))
+    length = slices["slice_s"]
+    out = []
+    for r in rows_in:
+        name = ("total" if r["slice"] is None else
+                f"{r['start_s']}-{r['start_s'] + length} s")
+        out.append((name, str(r["requests"]), str(r["errors"]), str(r["cancelled"]),
+                     f"{r['rate']:.2f}", _ms(r["latency_p50_s"]), _ms(r["latency_p99_s"]),
+                     *(_ms(r.get(k)) for k in tokens)))
+    return head, out
 
 
 def _slo_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -188,6 +214,11 @@ def to_markdown(doc: dict[str, Any], images: list[str]) -> str:
                          f"| {_ms(lat.get('p50'))} | {_ms(lat.get('p99'))} |")
         if doc["sweep"]["stop_reason"]:
             lines += ["", f"Stopped: {doc['sweep']['stop_reason']}"]
+    head, slices = slice_table(doc)
+    if slices:
+        lines += ["", f"## Time slices ({doc['slices']['slice_s']} s)", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in slices]
     if images:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in images]
     lines += ["", "## Configuration", "", "```json",
@@ -230,6 +261,9 @@ def to_html(doc: dict[str, Any], svgs: dict[str, str]) -> str:
                 for s in doc["sweep"]["steps"]]
         parts += ["<h2>Sweep</h2>", _table(("step", "target req/s", "achieved req/s", "p50",
                                             "p99"), rows)]
+    head, slices = slice_table(doc)
+    if slices:
+        parts += [f"<h2>Time slices ({doc['slices']['slice_s']} s)</h2>", _table(head, slices)]
     if svgs:
         parts.append("<h2>Plots</h2>")
         parts += [f"<figure>{svg}</figure>" for svg in svgs.values()]

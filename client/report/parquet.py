@@ -22,7 +22,8 @@ __all__ = ["SAMPLE_COLUMNS", "TAG_COLUMNS", "samples_parquet", "series_parquet"]
 _SCHEMA = pa.schema([
     ("run", pa.string()), ("second", pa.int32()), ("sent", pa.int64()),
     ("completed", pa.int64()), ("errors", pa.int64()), ("dropped", pa.int64()),
-    ("in_flight", pa.int64()), ("target_rate", pa.float64()), ("achieved_rate", pa.float64()),
+    ("cancelled", pa.int64()), ("in_flight", pa.int64()), ("target_rate", pa.float64()),
+    ("achieved_rate", pa.float64()),
     ("latency_p50_s", pa.float64()), ("latency_p90_s", pa.float64()),
     ("latency_p99_s", pa.float64()), ("latency_max_s", pa.float64()),
     ("lag_p99_s", pa.float64()),

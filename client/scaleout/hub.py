@@ -37,6 +37,8 @@ def merge_samples(samples: list[Progress]) -> Progress:
         second=first.second, elapsed_s=max(s.elapsed_s for s in samples), phase=first.phase,
         requests=sum(s.requests for s in samples), errors=sum(s.errors for s in samples),
         dropped=sum(s.dropped for s in samples),
+        cancelled=sum(s.cancelled for s in samples),
+        total_cancelled=sum(s.total_cancelled for s in samples),
         achieved_rate=round(sum(s.achieved_rate for s in samples), 2),
         target_rate=round(sum(s.target_rate for s in samples), 3),
         p50_s=max(s.p50_s for s in samples), p99_s=max(s.p99_s for s in samples),

@@ -9,7 +9,8 @@ Poisson process at r). Closed loop: `users` is split as evenly as possible, the 
 one each over the first partitions; a closed-loop profile is scaled by 1/n (exact when its
 levels are multiples of n). Count bounds (`max_requests`, `max_errors`, `max_in_flight`) are
 split the same way (the error budget's count, `budget.max_errors`, too), so each partition
-enforces its share.
+enforces its share. Explicit arrival times (a trace replay) are not split: request n must stay
+the trace's entry n, so such a spec runs in one partition only.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def split_spec(spec: LoadSpec, partitions: int) -> list[PartitionPlan]:
         raise InvalidArgument(f"partitions must be in 1..{MAX_PARTITIONS}, got {partitions}",
                               field="partitions")
     n = partitions
+    if spec.offsets_ns is not None and n > 1:
+        raise InvalidArgument("a trace replay runs in one engine (request n is the trace's "
+                              "entry n): use one worker and the in-process engine",
+                              field="partitions")
     if spec.mode is Mode.CLOSED and spec.profile is None:
         n = min(n, spec.users)
     requests = _split_bound(spec.max_requests, n)

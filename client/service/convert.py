@@ -20,7 +20,7 @@ __all__ = ["STATE_TO_PROTO", "load_from_proto", "load_to_proto", "progress_to_pr
 
 _MODES = {C.LOAD_MODE_CLOSED: "closed", C.LOAD_MODE_CONSTANT: "constant",
           C.LOAD_MODE_POISSON: "poisson", C.LOAD_MODE_RAMP: "ramp", C.LOAD_MODE_STEP: "step",
-          C.LOAD_MODE_SWEEP: "sweep", C.LOAD_MODE_UNSPECIFIED: ""}
+          C.LOAD_MODE_SWEEP: "sweep", C.LOAD_MODE_TRACE: "trace", C.LOAD_MODE_UNSPECIFIED: ""}
 _MODES_BACK = {v: k for k, v in _MODES.items()}
 _ENGINES = {C.LOAD_ENGINE_UNSPECIFIED: "inprocess", C.LOAD_ENGINE_INPROCESS: "inprocess",
             C.LOAD_ENGINE_SPARK: "spark"}
@@ -56,7 +56,9 @@ def load_from_proto(msg: C.LoadProfile, *, present: bool) -> LoadOptions:
         raise InvalidArgument(f"unknown load.mode {msg.mode}", field="load.mode")
     if msg.engine not in _ENGINES:
         raise InvalidArgument(f"unknown load.engine {msg.engine}", field="load.engine")
-    duration = _seconds(msg.duration, "load.duration") if msg.HasField("duration") else 10.0
+    # absent: 10 s, or a trace replay's whole trace
+    duration = (_seconds(msg.duration, "load.duration") if msg.HasField("duration")
+                else 0.0 if msg.mode == C.LOAD_MODE_TRACE else 10.0)
     budget = msg.error_budget if msg.error_budget else DEFAULT_ERROR_BUDGET
     if not present:
         return LoadOptions(concurrency=1)
@@ -70,7 +72,11 @@ def load_from_proto(msg: C.LoadProfile, *, present: bool) -> LoadOptions:
         slo=dict(msg.slo), engine=_ENGINES[msg.engine], spark_master=msg.spark_master,
         partitions=msg.partitions, record_samples=msg.record_samples,
         max_samples=msg.max_samples, workers=msg.workers or 1,
-        seed=msg.seed if msg.HasField("seed") else None)
+        seed=msg.seed if msg.HasField("seed") else None,
+        start_concurrency=msg.start_concurrency, trace_file=msg.trace_file,
+        time_scale=msg.time_scale or 1.0, cancel_fraction=msg.cancel_fraction,
+        cancel_after_s=_seconds(msg.cancel_after, "load.cancel_after"),
+        time_slice_s=_seconds(msg.time_slice, "load.time_slice"))
 
 
 def load_to_proto(o: LoadOptions) -> C.LoadProfile:
@@ -83,12 +89,16 @@ def load_to_proto(o: LoadOptions) -> C.LoadProfile:
         error_budget=o.error_budget, slo=o.slo,
         engine=C.LOAD_ENGINE_SPARK if o.engine == "spark" else C.LOAD_ENGINE_INPROCESS,
         spark_master=o.spark_master, partitions=o.partitions, record_samples=o.record_samples,
-        max_samples=o.max_samples, workers=o.workers, seed=o.seed)
+        max_samples=o.max_samples, workers=o.workers, seed=o.seed,
+        start_concurrency=o.start_concurrency, trace_file=o.trace_file, time_scale=o.time_scale,
+        cancel_fraction=o.cancel_fraction, cancel_after=_duration(o.cancel_after_s),
+        time_slice=_duration(o.time_slice_s))
 
 
 def progress_to_proto(p: Progress) -> C.ProgressSample:
     extra = {**p.extra, "dropped": float(p.dropped), "total_requests": float(p.total_requests),
-             "total_errors": float(p.total_errors)}
+             "total_errors": float(p.total_errors), "cancelled": float(p.cancelled),
+             "total_cancelled": float(p.total_cancelled)}
     return C.ProgressSample(
         elapsed=_duration(p.elapsed_s), requests=p.requests, errors=p.errors,
         achieved_rate=p.achieved_rate, target_rate=p.target_rate, latency_p50_seconds=p.p50_s,

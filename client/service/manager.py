@@ -11,6 +11,7 @@ process died are marked FAILED with the reason: their load stopped with the proc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -29,7 +30,7 @@ from aifb.client.engine.results import LoadResult, RunState
 from aifb.client.engine.samples import RequestLog, SampleSet
 from aifb.client.report.parquet import samples_parquet
 from aifb.client.report.render import FORMATS, render_report
-from aifb.client.runs.options import LoadOptions, plan
+from aifb.client.runs.options import LoadOptions, plan, workload_defaults
 from aifb.client.runs.record import BenchmarkRecord
 from aifb.client.service.listing import page
 from aifb.client.service.runner import Runner, RunOutcome, final_progress
@@ -100,6 +101,22 @@ class _Active:
     runner: Runner | None = None
     task: asyncio.Task[None] | None = None
     progress: list[Progress] = field(default_factory=list)
+
+
+def _with_load_defaults(kind_fields: Mapping[str, object], parameters: Mapping[str, str],
+                        load: LoadOptions) -> dict[str, str]:
+    """The parameters with what the load implies (a replay's trace) for those the workload
+    declares and the caller left out; a trace parameter naming another file than the replayed
+    one is refused (the schedule and the content would disagree)."""
+    out = dict(parameters)
+    for key, value in workload_defaults(load).items():
+        if key not in kind_fields:
+            continue
+        if key == "trace" and out.get(key, value) != value:
+            raise InvalidArgument("parameters.trace names another file than load.trace_file: "
+                                  "give the replayed trace once", field="parameters.trace")
+        out.setdefault(key, value)
+    return out
 
 
 def _typed_params(raw: Mapping[str, str]) -> dict[str, Any]:
@@ -211,6 +228,8 @@ class BenchmarkManager:
         kind = get_kind(req.workload) if req.workload else None
         if kind is None:
             raise InvalidArgument("workload is required", field="workload")
+        req = dataclasses.replace(req, parameters=_with_load_defaults(
+            kind.params.model_fields, req.parameters, req.load))
         params = parse_params(kind, _typed_params(req.parameters)).model_dump()
         the_plan = plan(req.load)
         spark = req.load.engine == "spark"  # a sweep's steps run in one worker each

@@ -74,7 +74,8 @@ def final_progress(result: LoadResult, last: Progress | None) -> Progress:
         in_flight=0, lag_p99_s=lag.percentile_us(99) / 1e6,
         total_requests=last.total_requests if last else counters["completed"],
         total_errors=last.total_errors if last else counters["errors"], phase="final",
-        dropped=counters["dropped"])
+        dropped=counters["dropped"], cancelled=counters["cancelled"],
+        total_cancelled=last.total_cancelled if last else counters["cancelled"])
 
 
 class Runner:

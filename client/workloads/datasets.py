@@ -25,7 +25,7 @@ from aifb.client.workloads.tokenizer import Tokenizer, exact_text
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["DISTRIBUTIONS", "LengthDist", "Prompt", "count_words", "load_prompts",
-           "synthetic_prompts"]
+           "random_text", "synthetic_prompts"]
 
 DISTRIBUTIONS = ("fixed", "uniform", "normal", "lognormal")
 Distribution = Literal["fixed", "uniform", "normal", "lognormal"]
@@ -70,6 +70,12 @@ class Prompt:
 def count_words(text: str) -> int:
     """The token estimate: whitespace-separated words."""
     return len(text.split())
+
+
+def random_text(rng: random.Random, length: int) -> str:
+    """`length` random common words: every synthetic prompt's text comes from here. For the
+    same generator state, a shorter text is a prefix of a longer one."""
+    return " ".join(rng.choices(_WORDS, k=length))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +133,7 @@ def synthetic_prompts(n: int, lengths: LengthDist, seed: int,
     prompts = []
     for size in lengths.sample(n, seed):
         text = (exact_text(tokenizer, size, rng) if tokenizer is not None
-                else " ".join(rng.choices(_WORDS, k=size)))
+                else random_text(rng, size))
         prompts.append(Prompt(text=text, input_tokens=size))
     return prompts
 

@@ -12,7 +12,9 @@ Two ways to use a connection: `send()` returns a future (for coroutines), `send_
 function with the response or the HttpError from `data_received` itself: no future, no task,
 which is what lets an open loop send 10k requests a second from one core. The pool likewise
 takes a coroutine (`acquire`) or a callback (`acquire_cb`) as a waiter; waiters are served in
-order, whichever kind they are.
+order, whichever kind they are. A connection released while its reply is still coming (the
+awaiting task was cancelled: a client giving up) is closed, never reused: the server sees the
+client hang up, and no later request can read the rest of that reply.
 """
 
 from __future__ import annotations
@@ -316,6 +318,19 @@ class HttpConnection(asyncio.Protocol):
     def timeout(self, message: str = "request timed out") -> None:
         self._fail("timeout", message)
 
+    @property
+    def awaiting(self) -> bool:
+        """A request went out and its reply has neither ended nor failed."""
+        return self._waiter is not None or self._callback is not None
+
+    def abandon(self) -> None:
+        """The caller gave up on the reply in progress: close the connection (how a client
+        that hangs up tells the server to stop), delivering nothing to anyone."""
+        self._waiter = self._callback = None
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
 
 class HttpPool:
     """Keep-alive connections to one host:port, at most `limit` of them; FIFO waiters."""
@@ -425,6 +440,8 @@ class HttpPool:
                 return
 
     def release(self, conn: HttpConnection) -> None:
+        if not conn.closed and conn.awaiting:  # its caller was cancelled mid-reply
+            conn.abandon()
         if conn.closed:
             self._all.discard(conn)
             if self._waiters and len(self._all) + self._opening < self.limit:

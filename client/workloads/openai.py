@@ -32,6 +32,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from time import perf_counter_ns
 from typing import Any, Literal
@@ -51,7 +52,8 @@ from aifb.client.workloads.sessions import (
     reply_text,
 )
 from aifb.client.workloads.sse import SseError, SseReader
-from aifb.client.workloads.tokenizer import Tokenizer, load_tokenizer
+from aifb.client.workloads.tokenizer import Tokenizer, exact_text, load_tokenizer
+from aifb.client.workloads.trace import BuiltOnAccess, TracePrompts, read_trace
 from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["OpenAIParams", "OpenAIWorkload", "parse_extra_body"]
@@ -113,6 +115,10 @@ class OpenAIParams(SessionParams):
     api_key_env: str = Field("", description="Environment variable holding the API key (sent "
                              "as a bearer token); the key itself never enters a parameter.")
     seed: int = Field(0, ge=0, description="Seed of prompt and length draws.")
+    trace: str = Field("", description="Request trace (mooncake JSONL: timestamp, "
+                       "input_length, output_length, hash_ids): request n takes entry n's "
+                       "prompt length, shared prefix blocks and max_tokens; replaces dataset "
+                       "and the length laws. The load mode trace sends entry n at its time.")
 
 
 class OpenAIWorkload:
@@ -127,6 +133,8 @@ class OpenAIWorkload:
         if not path.startswith("/") or any(c in path for c in " \r\n"):
             raise InvalidArgument("path must start with / and hold no spaces",
                                   field="params.path")
+        if params.trace and params.dataset:
+            raise InvalidArgument("give a dataset or a trace, not both", field="params.trace")
         if params.api_key_env and not _ENV_NAME.fullmatch(params.api_key_env):
             raise InvalidArgument("api_key_env must be an environment variable name",
                                   field="params.api_key_env")
@@ -142,7 +150,8 @@ class OpenAIWorkload:
         self._prefix = parts.path.rstrip("/")
         self._path = self._prefix + path
         self._pool: HttpPool | None = None
-        self._requests: list[tuple[bytes, int]] = []  # (encoded request, input-token estimate)
+        # (encoded request, input-token estimate); a trace's are encoded when sent
+        self._requests: Sequence[tuple[bytes, int]] = []
         self.model = params.model
         self._extra = parse_extra_body(params.extra_body)
         self._tokenizer: Tokenizer | None = None
@@ -160,10 +169,16 @@ class OpenAIWorkload:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def _prompts(self) -> list[Prompt]:
+    def _prompts(self) -> Sequence[Prompt]:
         p = self.params
         tok = load_tokenizer(p.tokenizer) if p.tokenizer else None
         self._tokenizer = tok
+        if p.trace:
+            entries = read_trace(p.trace, field="params.trace")
+            if tok is None:
+                return TracePrompts(entries, p.seed)
+            return TracePrompts(entries, p.seed, lambda rng, n: exact_text(tok, n, rng),
+                                count=lambda text: len(tok.encode(text)))
         if p.dataset:
             prompts = load_prompts(p.dataset, p.dataset_format, p.num_prompts)
             if tok is None:
@@ -213,16 +228,27 @@ class OpenAIWorkload:
             conn = await self._pool.acquire()  # fail fast when nothing listens
             self._pool.release(conn)
         p = self.params
-        lengths = LengthDist(p.output_dist, p.output_tokens, p.output_spread, p.output_min,
-                             p.output_max).sample(len(prompts), p.seed + 1)
         headers["Accept"] = "text/event-stream" if p.stream else "application/json"
         self._post_headers = headers
+        if isinstance(prompts, TracePrompts):
+            self._requests = BuiltOnAccess(prompts, lambda prompt: self._encode(
+                headers, prompt, prompt.output_tokens or p.output_tokens))
+            return
+        lengths = LengthDist(p.output_dist, p.output_tokens, p.output_spread, p.output_min,
+                             p.output_max).sample(len(prompts), p.seed + 1)
+        self._post_headers = headers
+        built = []
         for prompt, length in zip(prompts, lengths, strict=True):
             wanted = prompt.output_tokens if (p.dataset_output_tokens and prompt.output_tokens) \
                 else length
-            body = json.dumps(self._body(prompt, wanted), separators=(",", ":")).encode()
-            self._requests.append((build_request("POST", self._path, self._host_header, headers,
-                                                 body), prompt.input_tokens))
+            built.append(self._encode(headers, prompt, wanted))
+        self._requests = built
+
+    def _encode(self, headers: dict[str, str], prompt: Prompt, max_tokens: int
+                ) -> tuple[bytes, int]:
+        body = json.dumps(self._body(prompt, max_tokens), separators=(",", ":")).encode()
+        return (build_request("POST", self._path, self._host_header, headers, body),
+                prompt.input_tokens)
 
     async def _first_model(self, headers: dict[str, str]) -> str:
         assert self._pool is not None

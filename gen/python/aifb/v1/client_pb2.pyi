@@ -29,6 +29,7 @@ class LoadMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LOAD_MODE_RAMP: _ClassVar[LoadMode]
     LOAD_MODE_STEP: _ClassVar[LoadMode]
     LOAD_MODE_SWEEP: _ClassVar[LoadMode]
+    LOAD_MODE_TRACE: _ClassVar[LoadMode]
 
 class LoadEngine(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -56,6 +57,7 @@ LOAD_MODE_POISSON: LoadMode
 LOAD_MODE_RAMP: LoadMode
 LOAD_MODE_STEP: LoadMode
 LOAD_MODE_SWEEP: LoadMode
+LOAD_MODE_TRACE: LoadMode
 LOAD_ENGINE_UNSPECIFIED: LoadEngine
 LOAD_ENGINE_INPROCESS: LoadEngine
 LOAD_ENGINE_SPARK: LoadEngine
@@ -66,7 +68,7 @@ REPORT_FORMAT_HTML: ReportFormat
 REPORT_FORMAT_PARQUET: ReportFormat
 
 class LoadProfile(_message.Message):
-    __slots__ = ("mode", "concurrency", "rate", "start_rate", "step_rate", "step_duration", "burstiness", "duration", "max_requests", "warmup", "cooldown", "error_budget", "slo", "engine", "spark_master", "partitions", "record_samples", "max_samples", "workers", "seed")
+    __slots__ = ("mode", "concurrency", "rate", "start_rate", "step_rate", "step_duration", "burstiness", "duration", "max_requests", "warmup", "cooldown", "error_budget", "slo", "engine", "spark_master", "partitions", "record_samples", "max_samples", "workers", "seed", "start_concurrency", "trace_file", "time_scale", "cancel_fraction", "cancel_after", "time_slice")
     class SloEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +96,12 @@ class LoadProfile(_message.Message):
     MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    START_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FILE_FIELD_NUMBER: _ClassVar[int]
+    TIME_SCALE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_AFTER_FIELD_NUMBER: _ClassVar[int]
+    TIME_SLICE_FIELD_NUMBER: _ClassVar[int]
     mode: LoadMode
     concurrency: int
     rate: float
@@ -114,7 +122,13 @@ class LoadProfile(_message.Message):
     max_samples: int
     workers: int
     seed: int
-    def __init__(self, mode: _Optional[_Union[LoadMode, str]] = ..., concurrency: _Optional[int] = ..., rate: _Optional[float] = ..., start_rate: _Optional[float] = ..., step_rate: _Optional[float] = ..., step_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., burstiness: _Optional[float] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_requests: _Optional[int] = ..., warmup: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cooldown: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., error_budget: _Optional[float] = ..., slo: _Optional[_Mapping[str, str]] = ..., engine: _Optional[_Union[LoadEngine, str]] = ..., spark_master: _Optional[str] = ..., partitions: _Optional[int] = ..., record_samples: _Optional[bool] = ..., max_samples: _Optional[int] = ..., workers: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    start_concurrency: int
+    trace_file: str
+    time_scale: float
+    cancel_fraction: float
+    cancel_after: _duration_pb2.Duration
+    time_slice: _duration_pb2.Duration
+    def __init__(self, mode: _Optional[_Union[LoadMode, str]] = ..., concurrency: _Optional[int] = ..., rate: _Optional[float] = ..., start_rate: _Optional[float] = ..., step_rate: _Optional[float] = ..., step_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., burstiness: _Optional[float] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_requests: _Optional[int] = ..., warmup: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., cooldown: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., error_budget: _Optional[float] = ..., slo: _Optional[_Mapping[str, str]] = ..., engine: _Optional[_Union[LoadEngine, str]] = ..., spark_master: _Optional[str] = ..., partitions: _Optional[int] = ..., record_samples: _Optional[bool] = ..., max_samples: _Optional[int] = ..., workers: _Optional[int] = ..., seed: _Optional[int] = ..., start_concurrency: _Optional[int] = ..., trace_file: _Optional[str] = ..., time_scale: _Optional[float] = ..., cancel_fraction: _Optional[float] = ..., cancel_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., time_slice: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ProgressSample(_message.Message):
     __slots__ = ("elapsed", "requests", "errors", "achieved_rate", "target_rate", "latency_p50_seconds", "latency_p99_seconds", "in_flight", "schedule_lag_p99_seconds", "extra")

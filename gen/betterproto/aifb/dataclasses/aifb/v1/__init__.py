@@ -292,7 +292,8 @@ class LoadMode(betterproto2.Enum):
 
     RAMP = 4
     """
-    The rate grows linearly from start_rate to rate over the duration.
+    The rate grows linearly from start_rate to rate over the duration; given concurrency and
+    no rate, the closed loop's users go linearly from start_concurrency to concurrency.
     """
 
     STEP = 5
@@ -305,6 +306,12 @@ class LoadMode(betterproto2.Enum):
     Synchronous, then maximum throughput, then interpolated rates until an SLO breaks.
     """
 
+    TRACE = 7
+    """
+    Replays trace_file: entry n is sent at its timestamp / time_scale, whatever the responses
+    do (open loop; one engine). The LLM workloads take entry n's lengths and prefix blocks too.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -315,6 +322,7 @@ class LoadMode(betterproto2.Enum):
             4: "LOAD_MODE_RAMP",
             5: "LOAD_MODE_STEP",
             6: "LOAD_MODE_SWEEP",
+            7: "LOAD_MODE_TRACE",
         }
 
     @classmethod
@@ -327,6 +335,7 @@ class LoadMode(betterproto2.Enum):
             "LOAD_MODE_RAMP": 4,
             "LOAD_MODE_STEP": 5,
             "LOAD_MODE_SWEEP": 6,
+            "LOAD_MODE_TRACE": 7,
         }
 
 
@@ -1643,8 +1652,46 @@ class LoadProfile(betterproto2.Message):
 
     seed: "int | None" = betterproto2.field(20, betterproto2.TYPE_INT64, optional=True)
     """
-    Seeds the load's random choices (Poisson and gamma arrival times, split per worker or
-    partition): the same seed gives the same schedule. Absent: a new schedule each run.
+    Seeds the load's random choices (Poisson and gamma arrival times, the cancelled requests;
+    split per worker or partition): the same seed gives the same schedule and cancellations.
+    Absent: new ones each run. The workload's own draws (prompts, lengths) follow its seed
+    parameter; `aifb bench run --seed` sets both.
+    """
+
+    start_concurrency: "int" = betterproto2.field(21, betterproto2.TYPE_INT32)
+    """
+    A closed loop's users at the start: with concurrency, they ramp linearly to concurrency
+    over the duration (0: no ramp, except in LOAD_MODE_RAMP, which then starts from 0).
+    """
+
+    trace_file: "str" = betterproto2.field(22, betterproto2.TYPE_STRING)
+    """
+    LOAD_MODE_TRACE: the trace (JSONL, one {timestamp (ms), input_length, output_length,
+    hash_ids} per line) as a path on the BenchmarkService's machine. A duration, when set,
+    keeps the entries due before it; absent, the whole trace is replayed.
+    """
+
+    time_scale: "float" = betterproto2.field(23, betterproto2.TYPE_DOUBLE)
+    """
+    LOAD_MODE_TRACE: how many times faster than recorded the trace is replayed (0 means 1).
+    """
+
+    cancel_fraction: "float" = betterproto2.field(24, betterproto2.TYPE_DOUBLE)
+    """
+    The fraction of requests (0..1, chosen from the seed by request number) cancelled
+    cancel_after after they were sent when still unanswered: the connection is closed as a
+    client giving up would. Counted as cancelled, neither an error nor in any latency.
+    """
+
+    cancel_after: "datetime.timedelta | None" = betterproto2.field(
+        25, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+
+    time_slice: "datetime.timedelta | None" = betterproto2.field(
+        26, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Duration, optional=True
+    )
+    """
+    The report's time slices: figures per slice of this many whole seconds (0: about ten).
     """
 
 
