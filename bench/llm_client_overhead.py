@@ -39,7 +39,8 @@ say how much a client adds (p50 TTFT - prefill; ITL / decode). If GuideLLM canno
 reason is printed and aifb's figures still are. It asserts nothing about time; the server, the
 service and GuideLLM's processes are stopped by PID at the end.
 
-A side venv for the peer: `python -m venv DIR && DIR/bin/pip install guidellm==0.8.1 gguf`.
+A side venv for the peer: `python -m venv DIR && DIR/bin/pip install guidellm==0.8.1 gguf`, then
+`--guidellm DIR/bin/guidellm` (or AIFB_GUIDELLM=DIR/bin/guidellm, or that bin on the PATH).
 
 Measured here, 2026-12-07 (2 vCPU shared with other work, load average ~1-2.6; llama-cpp-python
 0.3.36, one thread; GuideLLM 0.8.1), with
@@ -72,6 +73,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -85,7 +87,9 @@ from _up import Up
 
 __all__ = ["main"]
 
-GUIDELLM = Path("/tmp/s10/guidellm-venv/bin/guidellm")
+# The peer lives in a venv of its own (its ~100 packages stay out of uv.lock): $AIFB_GUIDELLM,
+# else `guidellm` on the PATH.
+GUIDELLM = Path(os.environ.get("AIFB_GUIDELLM") or shutil.which("guidellm") or "guidellm")
 MODEL = "gemma3-270m"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 # Run in the peer's own interpreter: the GGUF's vocabulary as a Hugging Face tokenizer folder.

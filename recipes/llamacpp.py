@@ -196,7 +196,11 @@ class _Requests:
     each its own figures, and adds what llama-cpp-python's server leaves out of a stream that
     asked for it (`stream_options.include_usage`): a last chunk with `usage` (the server's
     token counts) and `timings` (its prefill and decode times, as llama.cpp's own server
-    sends them), before `[DONE]`."""
+    sends them), before `[DONE]`; and maps `max_completion_tokens` to `max_tokens`.
+
+    A client that hangs up stops the generation at the next token (llama-cpp-python's server
+    checks for it between chunks): the slot is free at once, and the request, never finished,
+    has no timings line."""
 
     def __init__(self, app: Any, counts: _InFlight) -> None:
         self.app = app
@@ -219,7 +223,7 @@ class _Requests:
                 return
             if not msg.get("more_body", False):
                 break
-        body = b"".join(parts)
+        body, usage = _adapted(b"".join(parts))
         replayed = False
 
         async def replay() -> Any:
@@ -230,7 +234,6 @@ class _Requests:
             return await receive()
 
         record = _fresh()
-        usage = _wants_usage(body)
         first: dict[str, Any] = {}
 
         async def send_usage(message: Any) -> None:
@@ -253,13 +256,23 @@ class _Requests:
             _CURRENT.reset(token)
 
 
-def _wants_usage(body: bytes) -> bool:
+def _adapted(body: bytes) -> tuple[bytes, bool]:
+    """The body the server gets, and whether the stream asked for usage. OpenAI's newer
+    `max_completion_tokens` becomes `max_tokens` when that is absent: llama-cpp-python reads
+    only `max_tokens`, and a client sending the other would get replies that run to the
+    context's end. A body that is not a JSON object goes on as it came (the server answers)."""
     try:
         req = json.loads(body)
-    except ValueError:
-        return False
-    opts = req.get("stream_options") if isinstance(req, dict) else None
-    return bool(req.get("stream")) and isinstance(opts, dict) and bool(opts.get("include_usage"))
+    except (ValueError, RecursionError):
+        return body, False
+    if not isinstance(req, dict):
+        return body, False
+    opts = req.get("stream_options")
+    usage = bool(req.get("stream")) and isinstance(opts, dict) and bool(opts.get("include_usage"))
+    if "max_completion_tokens" in req and req.get("max_tokens") is None:
+        req["max_tokens"] = req.pop("max_completion_tokens")
+        body = json.dumps(req).encode()
+    return body, usage
 
 
 def _first_event(data: bytes) -> dict[str, Any]:

@@ -164,3 +164,14 @@ def test_the_gemma_template_accepts_string_and_list_content_and_opens_the_reply(
                     "<start_of_turn>model\nHello.<end_of_turn>\n"
                     "<start_of_turn>user\nMore?<end_of_turn>\n"
                     "<start_of_turn>model\n")
+
+
+def test_max_completion_tokens_becomes_max_tokens_when_that_is_absent() -> None:
+    body, usage = L._adapted(json.dumps({"max_completion_tokens": 7, "stream": True,
+                                         "stream_options": {"include_usage": True}}).encode())
+    assert json.loads(body) == {"max_tokens": 7, "stream": True,
+                                "stream_options": {"include_usage": True}} and usage
+    both = json.dumps({"max_tokens": 3, "max_completion_tokens": 9}).encode()
+    assert L._adapted(both) == (both, False)  # max_tokens wins; the body goes on untouched
+    for raw in (b"not json", b"[1]", b"[" * 50_000):
+        assert L._adapted(raw) == (raw, False)  # the server answers what it cannot read
