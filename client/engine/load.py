@@ -42,9 +42,10 @@ from aifb.client.engine.recorder import Recorder
 from aifb.client.engine.results import LoadResult, RunState
 from aifb.client.engine.samples import RequestLog
 from aifb.client.engine.schedule import arrival_offsets_ns
-from aifb.client.engine.sessions import SessionRunner, SessionWorkload
+from aifb.client.engine.sessions import SESSIONS_NOT_CANCELLED, SessionRunner, SessionWorkload
 from aifb.client.engine.spec import LoadSpec, Mode
 from aifb.client.engine.workload import CallbackWorkload, Outcome, WarmWorkload, Workload
+from aifb.mesh.errors import InvalidArgument
 
 __all__ = ["LoadRun", "ProgressCallback", "StartHook", "run_load"]
 
@@ -81,6 +82,8 @@ class LoadRun:
         self._session_runner: SessionRunner | None = None
         self._seq = 0
         self._cancel = Cancellation(spec.cancel_fraction, spec.cancel_after_s, spec.seed)
+        if self._cancel.active and isinstance(workload, SessionWorkload) and workload.multi_turn:
+            raise InvalidArgument(SESSIONS_NOT_CANCELLED, field="cancel_fraction")
 
     # -- control
     def start(self) -> None:

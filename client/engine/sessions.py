@@ -36,8 +36,8 @@ from aifb.client.engine.recorder import Recorder
 from aifb.client.engine.spec import LoadSpec, Mode
 from aifb.client.engine.workload import Outcome, Workload
 
-__all__ = ["MAX_TURNS", "SESSION_COUNTERS", "Session", "SessionRunner", "SessionWorkload",
-           "parse_turn_key", "turn_key"]
+__all__ = ["MAX_TURNS", "SESSIONS_NOT_CANCELLED", "SESSION_COUNTERS", "Session",
+           "SessionRunner", "SessionWorkload", "parse_turn_key", "turn_key"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,10 @@ class _Unopened:
 
     async def request(self, turn: int) -> Outcome:
         return Outcome(ok=False, error=self.error)
+
+
+SESSIONS_NOT_CANCELLED = ("cancellation picks single requests; a multi-turn session's turns are "
+                          "not cancelled (set cancel_fraction 0, or turns 1)")
 
 
 class SessionRunner:

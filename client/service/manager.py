@@ -28,6 +28,7 @@ from opentelemetry.trace import Link, SpanContext, TraceFlags
 from aifb.client.engine.progress import Progress
 from aifb.client.engine.results import LoadResult, RunState
 from aifb.client.engine.samples import RequestLog, SampleSet
+from aifb.client.engine.sessions import SESSIONS_NOT_CANCELLED
 from aifb.client.report.parquet import samples_parquet
 from aifb.client.report.render import FORMATS, render_report
 from aifb.client.runs.options import LoadOptions, plan, workload_defaults
@@ -230,7 +231,10 @@ class BenchmarkManager:
             raise InvalidArgument("workload is required", field="workload")
         req = dataclasses.replace(req, parameters=_with_load_defaults(
             kind.params.model_fields, req.parameters, req.load))
-        params = parse_params(kind, _typed_params(req.parameters)).model_dump()
+        parsed = parse_params(kind, _typed_params(req.parameters))
+        params = parsed.model_dump()
+        if getattr(parsed, "multi_turn", False) and req.load.cancel_fraction > 0:
+            raise InvalidArgument(SESSIONS_NOT_CANCELLED, field="load.cancel_fraction")
         the_plan = plan(req.load)
         spark = req.load.engine == "spark"  # a sweep's steps run in one worker each
         check_one_engine(req.workload, params, req.load.partitions if spark else 1

@@ -352,3 +352,14 @@ def test_bad_session_parameters_name_their_field(kind: str, params: dict[str, ob
     with pytest.raises(InvalidArgument) as err:
         build_workload(kind, "http://127.0.0.1:1", params)
     assert err.value.field == field
+
+
+def test_cancelling_a_share_of_requests_is_refused_for_sessions_naming_the_field() -> None:
+    """Cancellation picks single requests by number; a session's turns are not requests the
+    engine sends one by one, so asking for both is an error, not a silent no-op."""
+    from aifb.mesh.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument) as err:
+        LoadRun(LoadSpec(mode=Mode.CLOSED, users=1, duration_s=5.0, cancel_fraction=0.5,
+                         cancel_after_s=0.1), FakeSessionWorkload(turns=2))
+    assert err.value.field == "cancel_fraction" and "turns" in str(err.value)
