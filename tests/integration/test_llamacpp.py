@@ -29,6 +29,7 @@ from tests.integration.flow import S, state_name
 
 pytestmark = pytest.mark.integration
 REQUESTS, PROMPT, REPLY = 20, 64, 32
+TRACE = 8
 
 
 @pytest.fixture
@@ -54,8 +55,8 @@ def _ready(stub: object, name: str, timeout: float = 600) -> S.Service:
 
 @pytest.mark.parametrize("scheduler", ["local", pytest.param("slurm", marks=pytest.mark.slurm)])
 def test_llamacpp_serves_exact_lengths_and_ttft_tracks_the_servers_prefill(
-        llm_extra: None, aifb_home: Path, scheduler: str, request: pytest.FixtureRequest
-) -> None:
+        llm_extra: None, aifb_home: Path, scheduler: str, request: pytest.FixtureRequest,
+        tmp_path: Path) -> None:
     kw = {}
     if scheduler == "slurm":
         request.getfixturevalue("slurm_cluster")
@@ -91,6 +92,21 @@ def test_llamacpp_serves_exact_lengths_and_ttft_tracks_the_servers_prefill(
         assert done.state == C.BENCHMARK_STATE_SUCCEEDED, done.state_message
         sessions = json.loads(bench.GetBenchmarkReport(C.GetBenchmarkReportRequest(
             name=chat.name, format=C.REPORT_FORMAT_JSON), timeout=60).content)["sessions"]
+        # A trace replayed on its schedule (one request every 300 ms, more than the one slot
+        # serves: they queue), a quarter of them cancelled after 0.3 s, in 1 s slices.
+        trace = tmp_path / "trace.jsonl"
+        trace.write_text("".join(json.dumps({
+            "timestamp": 300 * i, "input_length": 32, "output_length": 16,
+            "hash_ids": [7] if i % 2 else []}) + "\n" for i in range(TRACE)))
+        replay = create(bench, workload="openai-chat", service=svc.name, parameters={
+            "tokenizer": "gemma3-270m", "exact_output_tokens": "true"},
+            load=C.LoadProfile(mode=C.LOAD_MODE_TRACE, trace_file=str(trace), time_scale=1.0,
+                               cancel_fraction=0.25, cancel_after=seconds(0.3),
+                               time_slice=seconds(1), seed=3))
+        done, _ = follow(bench, replay.name, timeout=600)
+        assert done.state == C.BENCHMARK_STATE_SUCCEEDED, done.state_message
+        replayed = json.loads(bench.GetBenchmarkReport(C.GetBenchmarkReportRequest(
+            name=replay.name, format=C.REPORT_FORMAT_JSON), timeout=60).content)
         server.DeleteService(S.DeleteServiceRequest(name=svc.name), timeout=30)
 
     f = doc["figures"]
@@ -130,6 +146,17 @@ def test_llamacpp_serves_exact_lengths_and_ttft_tracks_the_servers_prefill(
     outputs = [t["output_tokens_mean"] for t in sessions["turns"]]
     assert [t["turn"] for t in sessions["turns"]] == [1, 2, 3] and outputs == [16, 16, 16]
     assert all(30 <= b - a <= 45 for a, b in itertools.pairwise(inputs)), inputs
+    # The replay: every entry sent on time (the open loop's lag), each either answered with
+    # exactly its 16 tokens or cancelled (counted apart, not an error), slices adding up.
+    rf = replayed["figures"]
+    c = rf["counters"]
+    assert c["sent"] == TRACE and c["errors"] == 0
+    assert c["completed"] + c["cancelled"] == TRACE and 0 < c["cancelled"] < TRACE
+    assert rf["values"]["output_tokens"] == 16 * c["completed"]
+    assert rf["histograms"]["lag"]["max"] < 0.2, rf["histograms"]["lag"]
+    rows, total = replayed["slices"]["rows"], replayed["slices"]["total"]
+    for key, counter in (("requests", "completed"), ("cancelled", "cancelled")):
+        assert sum(r[key] for r in rows) == total[key] == c[counter]
 
 
 def test_a_model_that_is_not_there_fails_the_start_with_the_reason(
