@@ -45,6 +45,7 @@ from aifb.client.workloads.registry import (
     parse_params,
 )
 from aifb.client.workloads.spread import STRATEGIES
+from aifb.mesh.access import operator_name
 from aifb.mesh.auth import Principal
 from aifb.mesh.errors import (
     AifbError,
@@ -56,6 +57,7 @@ from aifb.mesh.errors import (
 from aifb.mesh.labels import check_labels
 from aifb.mesh.paging import check_page_size
 from aifb.mesh.tracing import current_trace_id
+from aifb.recipes.llm_models import PACKAGED
 
 __all__ = ["BenchmarkManager", "CreateRequest", "Report", "parse_benchmark_id"]
 
@@ -133,6 +135,26 @@ def _typed_params(raw: Mapping[str, str]) -> dict[str, Any]:
                 pass
         out[key] = value
     return out
+
+
+# Parameters that name a file on this service's host (a packaged model's name is not a file).
+_FILE_PARAMS = ("dataset", "tokenizer", "trace")
+
+
+def _check_files(principal: Principal, params: dict[str, Any], trace_file: str) -> None:
+    """A file a request names is read by this service, with its account's permissions: only
+    that account (the operator) may name one. Another user's request could otherwise read
+    the operator's files (their error messages say whether a path exists, and a dataset's
+    prompts are sent to a target the user chose). Docs: docs/security.md, rule 5."""
+    named = ["load.trace_file"] if trace_file else []  # (it also fills parameters.trace)
+    named += [f"parameters.{k}" for k in _FILE_PARAMS
+              if isinstance(params.get(k), str) and params[k]
+              and not (k == "tokenizer" and params[k] in PACKAGED)]
+    if named and principal.user != operator_name():
+        raise PermissionDenied(
+            f"{named[0]} names a file on the benchmark service's host, which it reads as "
+            f"{operator_name()!r}: only {operator_name()!r} may name files there (send the "
+            "content another way, e.g. synthetic prompts, or ask the operator)")
 
 
 class BenchmarkManager:
@@ -233,6 +255,7 @@ class BenchmarkManager:
             kind.params.model_fields, req.parameters, req.load))
         parsed = parse_params(kind, _typed_params(req.parameters))
         params = parsed.model_dump()
+        _check_files(principal, params, req.load.trace_file)
         if getattr(parsed, "multi_turn", False) and req.load.cancel_fraction > 0:
             raise InvalidArgument(SESSIONS_NOT_CANCELLED, field="load.cancel_fraction")
         the_plan = plan(req.load)

@@ -29,8 +29,9 @@ from aifb.client.workloads.trace import (
     read_trace,
     trace_offsets_ns,
 )
+from aifb.mesh.access import operator_name
 from aifb.mesh.auth import Principal
-from aifb.mesh.errors import InvalidArgument
+from aifb.mesh.errors import InvalidArgument, PermissionDenied
 
 pytestmark = pytest.mark.unit
 MS = 1_000_000
@@ -239,7 +240,7 @@ def test_the_service_gives_a_replay_its_trace_unless_given_and_refuses_another_f
         tmp_path: Path) -> None:
     path = _write(tmp_path / "t.jsonl", [_entry(0), _entry(50)])
     manager = BenchmarkManager(RunStore(tmp_path / "runs"), None)
-    me = Principal(user="u")
+    me = Principal(user=operator_name())  # the account the service runs as: it may name files
     load = LoadOptions(mode="trace", trace_file=str(path), duration_s=0, seed=7)
 
     def validate(workload: str, **params: str) -> BenchmarkRecord:
@@ -256,6 +257,31 @@ def test_the_service_gives_a_replay_its_trace_unless_given_and_refuses_another_f
     with pytest.raises(InvalidArgument) as info:
         validate("openai-chat", dataset=str(path))
     assert info.value.field == "params.trace"
+    manager.store.close()
+
+
+def test_only_the_services_own_account_may_name_files_on_its_host(tmp_path: Path) -> None:
+    """Files a request names (dataset, tokenizer, trace) are read with the service's account:
+    another user could otherwise have it read the operator's files."""
+    path = _write(tmp_path / "t.jsonl", [_entry(0), _entry(50)])
+    manager = BenchmarkManager(RunStore(tmp_path / "runs"), None)
+    mallory, operator = Principal(user="mallory"), Principal(user=operator_name())
+
+    def validate(who: Principal, load: LoadOptions | None = None, **params: str) -> object:
+        return asyncio.run(manager.create(who, CreateRequest(
+            workload="openai-chat", url="http://127.0.0.1:9/", parameters=params,
+            load=load or LoadOptions(concurrency=1), validate_only=True)))
+
+    for params, field in (({"dataset": "/etc/passwd"}, "parameters.dataset"),
+                          ({"tokenizer": "/root/tokenizer.json"}, "parameters.tokenizer"),
+                          ({"trace": str(path)}, "parameters.trace")):
+        with pytest.raises(PermissionDenied) as info:
+            validate(mallory, **params)
+        assert field in info.value.message and operator_name() in info.value.message
+    with pytest.raises(PermissionDenied, match=r"load\.trace_file"):
+        validate(mallory, LoadOptions(mode="trace", trace_file=str(path), duration_s=0))
+    validate(mallory, tokenizer="gemma3-270m")  # a packaged model's name is not a file
+    validate(operator, trace=str(path))
     manager.store.close()
 
 
