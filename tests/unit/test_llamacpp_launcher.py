@@ -175,3 +175,25 @@ def test_max_completion_tokens_becomes_max_tokens_when_that_is_absent() -> None:
     assert L._adapted(both) == (both, False)  # max_tokens wins; the body goes on untouched
     for raw in (b"not json", b"[1]", b"[" * 50_000):
         assert L._adapted(raw) == (raw, False)  # the server answers what it cannot read
+
+
+def test_the_monitor_reads_the_servers_metrics_under_llamacpps_names() -> None:
+    """What the monitor scrapes from /metrics (the recipe declares it): every llama.cpp series,
+    counters as counters, with the service's labels added."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from aifb.monitor.model import COUNTER, GAUGE
+    from aifb.monitor.scrape import parse_exposition
+
+    t = L.Timings("")
+    t.record({"prompt_tokens": 73, "prompt_evaluated": 69, "prompt_ms": 500.0,
+              "eval_runs": 31, "eval_ms": 600.0, "completion_tokens": 32})
+    registry = CollectorRegistry()
+    registry.register(L._Collector(t, L._InFlight()))
+    samples = {s.name: s for s in parse_exposition(generate_latest(registry).decode(),
+                                                   {"service": "s1", "job_id": "7"})}
+    assert samples["llamacpp:prompt_tokens_total"].value == 69
+    assert samples["llamacpp:tokens_predicted_seconds_total"].value == 0.6
+    assert samples["llamacpp:requests_total"].type == COUNTER
+    assert samples["llamacpp:requests_deferred"].type == GAUGE
+    assert ("service", "s1") in samples["llamacpp:requests_total"].labels
