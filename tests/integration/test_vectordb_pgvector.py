@@ -262,6 +262,23 @@ def test_the_pgvector_recipe_deploys_and_serves_a_vectordb_benchmark(
         assert state_name(wait_for_state(stub, svc.name, set()).state) == "STOPPED"
 
 
+def _table_gone(url: str, collection: str) -> bool:
+    """True when attaching to `collection` fails as PostgreSQL's undefined_table (42P01)."""
+
+    async def attach() -> str:
+        index = IndexSettings(16, "l2")
+        pool = _pool(url, index)
+        try:
+            await PgVectorStore(pool, collection, index).attach()
+        except VectorDbError as err:
+            return err.kind
+        finally:
+            await pool.aclose()
+        return "attached"
+
+    return asyncio.run(attach()) == "sql_42P01"
+
+
 def test_vectordb_on_spark_with_pgvector_inserts_once_and_both_partitions_query(
         spark_session: None, pgvector: PgVectorServer) -> None:
     from aifb.client.scaleout.spark import SparkLoad
@@ -279,17 +296,7 @@ def test_vectordb_on_spark_with_pgvector_inserts_once_and_both_partitions_query(
     assert res.extra["insert_vectors"] == count and res.extra["insert_batches"] == 4  # once
     assert res.extra["recall_at_k"] == 1.0 and res.extra["recall_queries"] == 80
 
-    async def gone() -> VectorDbError:  # the driver dropped the table after both partitions
-        index = IndexSettings(16, "l2")
-        pool = _pool(pgvector.url, index)
-        try:
-            with pytest.raises(VectorDbError) as err:
-                await PgVectorStore(pool, "spark-shared", index).attach()
-            return err.value
-        finally:
-            await pool.aclose()
-
-    assert asyncio.run(gone()).kind == "sql_42P01"
+    assert _table_gone(pgvector.url, "spark-shared")  # the driver dropped it after both
 
 
 def test_vectordb_on_worker_processes_inserts_once_and_every_worker_queries(
@@ -310,17 +317,7 @@ def test_vectordb_on_worker_processes_inserts_once_and_every_worker_queries(
     assert res.extra["insert_vectors"] == count and res.extra["insert_batches"] == 4  # once
     assert res.extra["recall_at_k"] == 1.0 and res.extra["recall_queries"] == 80
 
-    async def gone() -> VectorDbError:  # the parent dropped the table after the workers
-        index = IndexSettings(16, "l2")
-        pool = _pool(pgvector.url, index)
-        try:
-            with pytest.raises(VectorDbError) as err:
-                await PgVectorStore(pool, "workers-shared", index).attach()
-            return err.value
-        finally:
-            await pool.aclose()
-
-    assert asyncio.run(gone()).kind == "sql_42P01"
+    assert _table_gone(pgvector.url, "workers-shared")  # the parent dropped it after the workers
 
 
 def test_a_failed_shared_setup_fails_the_run_before_any_worker_starts(
