@@ -3,6 +3,7 @@ a real HTTP server that answers 500 to everything, and small request helpers."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,10 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from aifb.cli.host.threaded import ThreadedMesh
+from aifb.client.engine.load import run_load
+from aifb.client.engine.results import LoadResult, RunState
+from aifb.client.engine.spec import LoadSpec, Mode
+from aifb.client.workloads.registry import build_workload
 from aifb.mesh.channel import raise_for_rpc_error
 from aifb.mesh.errors import AifbError
 from aifb.v1 import client_pb2 as C
@@ -88,3 +93,12 @@ def failing_http_server() -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def run_vectordb(url: str, params: dict[str, Any], requests: int = 60) -> LoadResult:
+    """A closed-loop vectordb run of `requests` queries (4 users) that must succeed."""
+    wl = build_workload("vectordb", url, params)
+    spec = LoadSpec(mode=Mode.CLOSED, users=4, duration_s=60.0, max_requests=requests)
+    res = asyncio.run(run_load(spec, wl))
+    assert res.state is RunState.SUCCEEDED, res.reason
+    return res

@@ -14,13 +14,13 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
 
 from aifb.client.engine.load import run_load
-from aifb.client.engine.results import LoadResult, RunState
+from aifb.client.engine.results import RunState
 from aifb.client.engine.spec import LoadSpec, Mode
 from aifb.client.workloads.registry import build_workload
 from aifb.client.workloads.vectordb.base import IndexSettings, Metric, VectorDbError, VectorStore
@@ -35,6 +35,7 @@ from aifb.client.workloads.vectordb.vectors import (
     recall_hits,
 )
 from tests.fixtures.pgvector import require_pgvector
+from tests.integration.bench_harness import run_vectordb as _run
 from tests.integration.flow import S, create, state_name, wait_for_state
 
 if TYPE_CHECKING:
@@ -43,14 +44,6 @@ if TYPE_CHECKING:
     from tests.fixtures.server import RunningServer
 
 pytestmark = pytest.mark.integration
-
-
-def _run(url: str, params: dict[str, Any], requests: int = 60) -> LoadResult:
-    wl = build_workload("vectordb", url, params)
-    spec = LoadSpec(mode=Mode.CLOSED, users=4, duration_s=60.0, max_requests=requests)
-    res = asyncio.run(run_load(spec, wl))
-    assert res.state is RunState.SUCCEEDED, res.reason
-    return res
 
 
 def _pool(url: str, index: IndexSettings, timeout_s: float = 30) -> PgPool:

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 
 from aifb.client.engine.load import run_load
-from aifb.client.engine.results import LoadResult, RunState
-from aifb.client.engine.spec import LoadSpec, Mode
+from aifb.client.engine.results import RunState
+from aifb.client.engine.spec import LoadSpec
 from aifb.client.workloads.registry import build_workload
 from aifb.client.workloads.vectordb.base import IndexSettings, Metric, VectorDbError
 from aifb.client.workloads.vectordb.chroma import ChromaStore
@@ -32,15 +32,9 @@ if TYPE_CHECKING:
     from tests.fixtures.chroma import ChromaServer
     from tests.fixtures.qdrant_fake import QdrantFake
 
+from tests.integration.bench_harness import run_vectordb as _run
+
 pytestmark = pytest.mark.integration
-
-
-def _run(url: str, params: dict[str, Any], requests: int = 60) -> LoadResult:
-    wl = build_workload("vectordb", url, params)
-    spec = LoadSpec(mode=Mode.CLOSED, users=4, duration_s=60.0, max_requests=requests)
-    res = asyncio.run(run_load(spec, wl))
-    assert res.state is RunState.SUCCEEDED, res.reason
-    return res
 
 
 def _http(url: str) -> JsonHttp:
